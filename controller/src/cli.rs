@@ -1,0 +1,249 @@
+//! Command-line definitions (clap) and the dispatcher that prints reports and picks the exit
+//! code. Not the commands' logic: that is in `commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+use crate::report::{Failure, Report};
+
+/// Fleet: build signed releases and push them over SSH to the nodes of your customers.
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print the result as one JSON document on stdout (errors too), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log level on stderr: error, warn, info, debug or trace (or set FLEET_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Write logs on stderr as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check and list the inventory: the YAML file describing customers, clusters and nodes.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Generate ed25519 key pairs (root and release keys).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create, sign, rotate and check trust roots: the document naming the keys nodes accept.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Build, verify and list signed release bundles.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Validate an inventory file, reporting every problem with its file:line:column.
+    Check {
+        /// The inventory YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        inventory: PathBuf,
+    },
+    /// List nodes with their resolved settings, one per line (secrets masked).
+    List {
+        /// The inventory YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Select nodes: names, CUSTOMER, CUSTOMER/CLUSTER, globs (acme-*), labels
+        /// (region=eu-west-2); commas for union, a leading ! to exclude.
+        #[arg(short, long, value_name = "PATTERN")]
+        limit: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an ed25519 key pair: DIR/NAME.key (private, mode 0600) and DIR/NAME.pub.
+    Generate {
+        /// Directory to write the key files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Base name of the key files.
+        #[arg(long, default_value = "fleet")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RootKeys {
+    /// A root public key file (repeat for several).
+    #[arg(long = "root-key", value_name = "PUB")]
+    pub root_keys: Vec<PathBuf>,
+    /// How many root keys must sign a root document.
+    #[arg(long, value_name = "N")]
+    pub root_threshold: Option<u32>,
+    /// A release public key file that nodes accept (repeat for several).
+    #[arg(long = "release-key", value_name = "PUB")]
+    pub release_keys: Vec<PathBuf>,
+    /// How many release keys must sign a manifest.
+    #[arg(long, value_name = "N")]
+    pub release_threshold: Option<u32>,
+    /// Sign with this private key (repeat for several).
+    #[arg(long = "sign", value_name = "KEY")]
+    pub sign: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Create root version 1, signed by the given keys.
+    Init {
+        #[command(flatten)]
+        keys: RootKeys,
+        /// Where to write the root document (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Create the successor of a root: version + 1, keys changed as given (unchanged where
+    /// not given). It is valid once signed by a threshold of the old and of the new root keys.
+    Rotate {
+        /// The root being replaced.
+        #[arg(long, value_name = "ROOT.json")]
+        current: PathBuf,
+        #[command(flatten)]
+        keys: RootKeys,
+        /// Where to write the new root document (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Add a signature to a root document (in place).
+    Sign {
+        /// The root document to sign.
+        file: PathBuf,
+        /// The private key to sign with.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
+    /// Check a root document: signed by a threshold of its own root keys or, with
+    /// --previous, a valid rotation from that root.
+    Verify {
+        /// The root document to check.
+        file: PathBuf,
+        /// The root it must succeed.
+        #[arg(long, value_name = "ROOT.json")]
+        previous: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Build and sign a bundle of DIR into the release store as VERSION.bundle.
+    Build {
+        /// Release version (semver, e.g. 1.4.0).
+        #[arg(long, value_name = "V")]
+        version: semver::Version,
+        /// Directory holding the release tree (bin/etl-server, ...).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// Release private key to sign the manifest with.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Release channel.
+        #[arg(long, default_value = "stable", value_name = "C")]
+        channel: String,
+        /// Days until the release expires and nodes refuse it.
+        #[arg(long, default_value_t = 90, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_in: u32,
+        /// Target platform (default: this machine's, e.g. linux-x86_64).
+        #[arg(long, value_name = "P")]
+        platform: Option<String>,
+        /// Oldest fleet-agent version that may install this release (default: this fleet's).
+        #[arg(long, value_name = "V")]
+        min_agent_version: Option<semver::Version>,
+        /// The release store directory.
+        #[arg(long, value_name = "STORE")]
+        out: PathBuf,
+    },
+    /// Verify a bundle against a trust root: signatures, expiry and every file's size and hash.
+    Verify {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The trust root document (ROOT.json).
+        #[arg(long, value_name = "ROOT.json")]
+        trust: PathBuf,
+    },
+    /// List the releases in a store (signatures are not checked here; use verify).
+    List {
+        /// The release store directory.
+        #[arg(long, value_name = "STORE")]
+        store: PathBuf,
+    },
+}
+
+/// Sets up `tracing` on stderr from `--log-level`, then `FLEET_LOG`, else `warn`.
+pub fn init_logging(cli: &Cli) {
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("FLEET_LOG").ok())
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs a parsed command line, prints its report or error, and returns the exit code:
+/// 0 on success, 1 on failure (clap exits with 2 on a usage error before this).
+pub fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Inventory(c) => commands::inventory(c),
+        Command::Keys(c) => commands::keys(c).map_err(Failure::from),
+        Command::Trust(c) => commands::trust(c).map_err(Failure::from),
+        Command::Release(c) => commands::release(c).map_err(Failure::from),
+    };
+    match outcome {
+        Ok(report) => {
+            print_report(&report, cli.json);
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            for line in &failure.lines {
+                eprintln!("{line}");
+            }
+            eprintln!("error: {:#}", failure.error);
+            if cli.json {
+                let mut doc =
+                    serde_json::json!({ "ok": false, "error": format!("{:#}", failure.error) });
+                if let (Some(details), Some(obj)) = (failure.details, doc.as_object_mut()) {
+                    obj.insert("details".into(), details);
+                }
+                println!("{doc}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!("{}", report.json);
+    } else if !report.text.is_empty() {
+        println!("{}", report.text.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,374 @@
+//! The work behind each `fleet` command: load, check, build, verify, and describe the outcome
+//! as a [`Report`]. Not argument parsing (that is `cli`) and not printing.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use fleet_inventory::Inventory;
+use fleet_release::{PublicKey, Root, RootBody, SecretKey};
+use serde_json::json;
+
+use crate::cli::{InventoryCommand, KeysCommand, ReleaseCommand, RootKeys, TrustCommand};
+use crate::report::{Failure, Report};
+
+pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
+    match command {
+        InventoryCommand::Check { inventory } => {
+            let inv = load_inventory(&inventory)?;
+            let (customers, clusters, nodes) = (
+                inv.customers().len(),
+                inv.clusters().len(),
+                inv.nodes().len(),
+            );
+            Ok(Report::new(
+                format!(
+                    "{}: ok ({customers} customers, {clusters} clusters, {nodes} nodes)",
+                    inventory.display()
+                ),
+                json!({ "ok": true, "file": inventory, "customers": customers, "clusters": clusters, "nodes": nodes }),
+            ))
+        }
+        InventoryCommand::List { inventory, limit } => {
+            let inv = load_inventory(&inventory)?;
+            let nodes = match &limit {
+                Some(pattern) => inv
+                    .select(pattern)
+                    .map_err(|e| anyhow!("--limit {pattern:?}: {e}"))?,
+                None => inv.nodes().iter().collect(),
+            };
+            let cluster = |n| {
+                inv.cluster_of(n)
+                    .expect("a loaded inventory places every node in a cluster")
+            };
+            let text = nodes
+                .iter()
+                .map(|n| n.summary_line(cluster(n)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let json: Vec<_> = nodes.iter().map(|n| n.with_cluster(cluster(n))).collect();
+            Ok(Report::new(text, json!({ "ok": true, "nodes": json })))
+        }
+    }
+}
+
+/// Loads an inventory; when it is invalid, every problem becomes its own stderr line.
+fn load_inventory(path: &Path) -> Result<Inventory, Failure> {
+    Inventory::load(path).map_err(|e| {
+        let problems = e.problems();
+        Failure {
+            error: anyhow!(
+                "{}: {} problem{} found",
+                path.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            lines: problems.iter().map(ToString::to_string).collect(),
+            details: Some(json!({ "problems": problems })),
+        }
+    })
+}
+
+pub fn keys(command: KeysCommand) -> Result<Report> {
+    match command {
+        KeysCommand::Generate { out, name } => {
+            let files = fleet_release::write_key_pair(&out, &name)?;
+            Ok(Report::new(
+                format!(
+                    "private key: {} (mode 0600, keep it secret)\npublic key:  {}\nkey:         {}",
+                    files.secret.display(),
+                    files.public.display(),
+                    files.key
+                ),
+                json!({ "ok": true, "secret": files.secret, "public": files.public, "key": files.key }),
+            ))
+        }
+    }
+}
+
+pub fn trust(command: TrustCommand) -> Result<Report> {
+    match command {
+        TrustCommand::Init { keys, out } => {
+            let body = root_body(1, &keys, None)?;
+            let mut root = Root::unsigned(body)?;
+            sign_all(&mut root, &keys.sign)?;
+            let status = match root.verify_self() {
+                Ok(()) => "complete".to_owned(),
+                Err(e) => format!("not yet valid: {e}"),
+            };
+            write_new(&out, root.to_json().as_bytes())?;
+            Ok(root_report(&out, &root, &status))
+        }
+        TrustCommand::Rotate { current, keys, out } => {
+            let current = Root::load(&current).with_context(|| format!("{}", current.display()))?;
+            let body = root_body(current.body().version + 1, &keys, Some(current.body()))?;
+            let mut next = Root::unsigned(body)?;
+            sign_all(&mut next, &keys.sign)?;
+            let status = match current.verify_successor(&next) {
+                Ok(()) => "complete".to_owned(),
+                Err(e) => format!("not yet valid: {e}"),
+            };
+            write_new(&out, next.to_json().as_bytes())?;
+            Ok(root_report(&out, &next, &status))
+        }
+        TrustCommand::Sign { file, key } => {
+            let bytes = read_root_bytes(&file)?;
+            let mut root = Root::parse(&bytes).with_context(|| format!("{}", file.display()))?;
+            root.sign(&load_secret(&key)?);
+            replace(&file, root.to_json().as_bytes())?;
+            Ok(root_report(&file, &root, "signed"))
+        }
+        TrustCommand::Verify { file, previous } => {
+            let bytes = read_root_bytes(&file)?;
+            let root = Root::parse(&bytes).with_context(|| format!("{}", file.display()))?;
+            match previous {
+                None => root
+                    .verify_self()
+                    .with_context(|| format!("{}", file.display()))?,
+                Some(prev) => {
+                    let prev = Root::load(&prev).with_context(|| format!("{}", prev.display()))?;
+                    prev.verify_successor(&root).with_context(|| {
+                        format!(
+                            "{} does not succeed root version {}",
+                            file.display(),
+                            prev.body().version
+                        )
+                    })?;
+                }
+            }
+            Ok(root_report(&file, &root, "valid"))
+        }
+    }
+}
+
+fn read_root_bytes(path: &Path) -> Result<Vec<u8>> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .len();
+    if size > fleet_release::trust::ROOT_CAP {
+        bail!(
+            "{}: {size} bytes, over the root document cap",
+            path.display()
+        );
+    }
+    fs::read(path).with_context(|| format!("{}", path.display()))
+}
+
+fn root_body(version: u64, keys: &RootKeys, base: Option<&RootBody>) -> Result<RootBody> {
+    let load_all = |paths: &[std::path::PathBuf]| -> Result<Vec<PublicKey>> {
+        paths
+            .iter()
+            .map(|p| PublicKey::load(p).map_err(Into::into))
+            .collect()
+    };
+    let root_keys = match (keys.root_keys.is_empty(), base) {
+        (true, Some(b)) => b.root_keys.clone(),
+        (true, None) => bail!("give at least one --root-key"),
+        (false, _) => load_all(&keys.root_keys)?,
+    };
+    let release_keys = match (keys.release_keys.is_empty(), base) {
+        (true, Some(b)) => b.release_keys.clone(),
+        (true, None) => bail!("give at least one --release-key"),
+        (false, _) => load_all(&keys.release_keys)?,
+    };
+    let root_threshold = keys
+        .root_threshold
+        .or(base.map(|b| b.root_threshold))
+        .unwrap_or(1);
+    let release_threshold = keys
+        .release_threshold
+        .or(base.map(|b| b.release_threshold))
+        .unwrap_or(1);
+    Ok(RootBody::new(
+        version,
+        root_keys,
+        root_threshold,
+        release_keys,
+        release_threshold,
+    )?)
+}
+
+fn sign_all(root: &mut Root, keys: &[std::path::PathBuf]) -> Result<()> {
+    for path in keys {
+        root.sign(&load_secret(path)?);
+    }
+    Ok(())
+}
+
+fn load_secret(path: &Path) -> Result<SecretKey> {
+    Ok(SecretKey::load(path)?)
+}
+
+fn root_report(path: &Path, root: &Root, status: &str) -> Report {
+    let b = root.body();
+    Report::new(
+        format!(
+            "{}: root version {}, {} of {} root keys, {} of {} release keys, {} signature(s): {status}",
+            path.display(),
+            b.version,
+            b.root_threshold,
+            b.root_keys.len(),
+            b.release_threshold,
+            b.release_keys.len(),
+            root.signatures().len()
+        ),
+        json!({ "ok": true, "file": path, "status": status, "root": b, "signed_by": root.signatures().iter().map(|s| s.key).collect::<Vec<_>>() }),
+    )
+}
+
+pub fn release(command: ReleaseCommand) -> Result<Report> {
+    match command {
+        ReleaseCommand::Build {
+            version,
+            from,
+            key,
+            channel,
+            expires_in,
+            platform,
+            min_agent_version,
+            out,
+        } => {
+            let key = load_secret(&key)?;
+            let opts = fleet_release::BuildOptions {
+                version: version.clone(),
+                from: &from,
+                key: &key,
+                channel,
+                expires_in: Duration::from_secs(u64::from(expires_in) * 86_400),
+                platform: platform.unwrap_or_else(fleet_release::bundle::host_platform),
+                min_agent_version: min_agent_version.unwrap_or_else(|| {
+                    env!("CARGO_PKG_VERSION")
+                        .parse()
+                        .expect("the crate version is semver")
+                }),
+                store: &out,
+                now: SystemTime::now(),
+            };
+            tracing::info!(version = %version, from = %from.display(), "building release");
+            let (path, manifest) = fleet_release::build(&opts)
+                .with_context(|| format!("building release {version}"))?;
+            Ok(Report::new(
+                format!(
+                    "built release {} (counter {}, channel {}, {} files, {} bytes, expires {}) -> {}",
+                    manifest.version,
+                    manifest.counter,
+                    manifest.channel,
+                    manifest.file_count(),
+                    manifest.total_size(),
+                    manifest.expires,
+                    path.display()
+                ),
+                json!({ "ok": true, "bundle": path, "version": manifest.version, "counter": manifest.counter,
+                        "channel": manifest.channel, "files": manifest.file_count(), "bytes": manifest.total_size(),
+                        "created": manifest.created, "expires": manifest.expires }),
+            ))
+        }
+        ReleaseCommand::Verify { bundle, trust } => {
+            let root =
+                Root::load(&trust).with_context(|| format!("trust root {}", trust.display()))?;
+            let file = fs::File::open(&bundle).with_context(|| format!("{}", bundle.display()))?;
+            let verified = fleet_release::verify(file, &root, SystemTime::now())
+                .with_context(|| format!("{}: refused", bundle.display()))?;
+            let m = &verified.manifest;
+            Ok(Report::new(
+                format!(
+                    "{}: ok: release {} (counter {}, channel {}, {}), {} files, {} bytes, signed by {}, expires {}",
+                    bundle.display(),
+                    m.version,
+                    m.counter,
+                    m.channel,
+                    m.platform,
+                    verified.files,
+                    verified.bytes,
+                    verified
+                        .signers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    m.expires
+                ),
+                json!({ "ok": true, "bundle": bundle, "version": m.version, "counter": m.counter, "channel": m.channel,
+                        "platform": m.platform, "files": verified.files, "bytes": verified.bytes,
+                        "signers": verified.signers, "expires": m.expires }),
+            ))
+        }
+        ReleaseCommand::List { store } => {
+            let items = fleet_release::list_store(&store)
+                .with_context(|| format!("release store {}", store.display()))?;
+            let mut lines = vec![format!(
+                "{:<16} {:>7} {:<10} {:<20} {:<20} {:>12}",
+                "VERSION", "COUNTER", "CHANNEL", "CREATED", "EXPIRES", "SIZE"
+            )];
+            let mut json_items = Vec::new();
+            let mut broken = Vec::new();
+            for item in items {
+                match item {
+                    Ok(r) => {
+                        let m = &r.manifest;
+                        lines.push(format!(
+                            "{:<16} {:>7} {:<10} {:<20} {:<20} {:>12}",
+                            m.version.to_string(),
+                            m.counter,
+                            m.channel,
+                            m.created.to_string(),
+                            m.expires.to_string(),
+                            r.size
+                        ));
+                        json_items.push(json!({ "version": m.version, "counter": m.counter, "channel": m.channel,
+                            "created": m.created, "expires": m.expires, "platform": m.platform, "size": r.size,
+                            "bundle": r.path, "signed_by": r.signers }));
+                    }
+                    Err(e) => broken.push(e.to_string()),
+                }
+            }
+            if !broken.is_empty() {
+                bail!(
+                    "{} unreadable bundle(s) in {}: {}",
+                    broken.len(),
+                    store.display(),
+                    broken.join("; ")
+                );
+            }
+            Ok(Report::new(
+                lines.join("\n"),
+                json!({ "ok": true, "releases": json_items }),
+            ))
+        }
+    }
+}
+
+/// Writes a file that must not exist yet.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "{}: cannot create (it is never overwritten)",
+                path.display()
+            )
+        })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// Replaces a file atomically: a reader sees the old or the new content, never a mix.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("{}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("{}: {}", path.display(), e.error))?;
+    Ok(())
+}

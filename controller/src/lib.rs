@@ -1,0 +1,6 @@
+//! The fleet controller: the `fleet` command line and the work behind each command. Not the
+//! inventory or release formats: those are the `fleet-inventory` and `fleet-release` crates.
+
+pub mod cli;
+mod commands;
+pub mod report;

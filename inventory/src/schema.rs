@@ -1,0 +1,998 @@
+//! Checks the YAML tree against the inventory schema, reporting every problem with its
+//! position, and resolves inherited settings into the model; not the YAML reading (see `yaml`)
+//! nor target selection (see `select`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use crate::model::{Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh};
+use crate::problem::{Pos, Problems};
+use crate::secret::{self, Setting};
+use crate::yaml::{Entry, Value, Yaml};
+
+const INHERITABLE: [&str; 4] = ["ssh", "node_root", "labels", "vars"];
+const ROOT_KEYS: [&str; 2] = ["defaults", "customers"];
+const CUSTOMER_KEYS: [&str; 2] = ["mode", "clusters"];
+const CLUSTER_KEYS: [&str; 6] = [
+    "redis_url",
+    "postgres_url",
+    "shared_storage",
+    "load_balancing",
+    "rollout",
+    "nodes",
+];
+const NODE_KEYS: [&str; 3] = ["name", "host", "weight"];
+const SSH_KEYS: [&str; 5] = ["user", "port", "identity_file", "known_hosts", "jump"];
+const JUMP_KEYS: [&str; 3] = ["host", "port", "user"];
+const ROLLOUT_KEYS: [&str; 4] = [
+    "max_unavailable",
+    "canary",
+    "min_healthy_secs",
+    "health_timeout_secs",
+];
+
+const NAME_HINT: &str =
+    "names match [a-z0-9][a-z0-9_.-]*: lowercase letters, digits, `_`, `.` and `-`";
+const SECRET_HINT: &str = "a secret reference is `env:NAME` or `file:PATH`";
+
+/// The resolved inventory, meaningful only when no problem was reported.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    pub customers: Vec<Customer>,
+    pub clusters: Vec<Cluster>,
+    pub nodes: Vec<Node>,
+}
+
+/// Resolves a path written in the inventory: absolute and `~/...` paths are kept as written,
+/// relative ones are joined to the inventory's folder.
+pub(crate) fn resolve_path(written: &str, base_dir: &Path) -> PathBuf {
+    let path = Path::new(written);
+    if written == "~" || written.starts_with("~/") || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let mut out = base_dir.to_path_buf();
+    for component in path.components() {
+        if component != Component::CurDir {
+            out.push(component);
+        }
+    }
+    out
+}
+
+pub(crate) fn check(root: Option<&Yaml>, base_dir: &Path, problems: &mut Problems) -> Resolved {
+    let mut checker = Checker {
+        problems,
+        base_dir: base_dir.to_path_buf(),
+        node_names: HashMap::new(),
+        out: Resolved::default(),
+    };
+    match root {
+        None => checker.problems.add_hint(
+            Pos::new(1, 1),
+            "<root>",
+            "the inventory is empty",
+            Some("start with `customers:`"),
+        ),
+        Some(root) => checker.root(root),
+    }
+    checker.out
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path == "<root>" {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The closest of `options` to `word`, if it is close enough to be a likely typo.
+fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_lowercase();
+    options
+        .iter()
+        .map(|o| (strsim::damerau_levenshtein(&lower, o), *o))
+        .filter(|(d, o)| *d <= (o.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, o)| o)
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+}
+
+fn is_label_key(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+}
+
+fn is_host(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() || s.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    // An all-digit last label means an IPv4 address was meant, and it did not parse.
+    let looks_numeric = labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    labels.iter().all(label_ok) && !looks_numeric
+}
+
+/// Settings that every level may set; a nearer level wins.
+#[derive(Clone, Default)]
+struct Layer {
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    jump: Option<Jump>,
+    node_root: Option<PathBuf>,
+    labels: BTreeMap<String, String>,
+    vars: BTreeMap<String, serde_json::Value>,
+}
+
+impl Layer {
+    /// `self` (the nearer level) over `parent`.
+    fn over(self, parent: &Layer) -> Layer {
+        let mut labels = parent.labels.clone();
+        labels.extend(self.labels);
+        let mut vars = parent.vars.clone();
+        vars.extend(self.vars);
+        Layer {
+            user: self.user.or_else(|| parent.user.clone()),
+            port: self.port.or(parent.port),
+            identity_file: self.identity_file.or_else(|| parent.identity_file.clone()),
+            known_hosts: self.known_hosts.or_else(|| parent.known_hosts.clone()),
+            jump: self.jump.or_else(|| parent.jump.clone()),
+            node_root: self.node_root.or_else(|| parent.node_root.clone()),
+            labels,
+            vars,
+        }
+    }
+}
+
+/// A map's entries, with the map's position and key path.
+struct Fields<'y> {
+    entries: &'y [Entry],
+    pos: Pos,
+    path: String,
+}
+
+impl<'y> Fields<'y> {
+    fn entry(&self, key: &str) -> Option<&'y Entry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    /// The value of `key`, or `None` when it is absent or null.
+    fn opt(&self, key: &str) -> Option<&'y Yaml> {
+        self.entry(key).map(|e| &e.value).filter(|v| !v.is_null())
+    }
+
+    fn child(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+struct Cx<'a> {
+    customer: &'a str,
+    cluster: &'a str,
+    path: &'a str,
+    mode: Mode,
+}
+
+struct Checker<'p> {
+    problems: &'p mut Problems,
+    base_dir: PathBuf,
+    /// Node name → where it was first defined, across the whole file.
+    node_names: HashMap<String, (Pos, String)>,
+    out: Resolved,
+}
+
+impl Checker<'_> {
+    fn wrong_type(&mut self, y: &Yaml, path: &str, expected: &str) {
+        self.problems.add(
+            y.pos,
+            path,
+            format!("expected {expected}, found {}", y.kind()),
+        );
+    }
+
+    /// The map at `y`, after reporting every key not in `allowed`.
+    fn fields<'y>(&mut self, y: &'y Yaml, path: &str, allowed: &[&str]) -> Option<Fields<'y>> {
+        let Value::Map(entries) = &y.value else {
+            self.wrong_type(y, path, "a map");
+            return None;
+        };
+        for e in entries {
+            if allowed.contains(&e.key.as_str()) {
+                continue;
+            }
+            let hint = if e.key == "<<" {
+                "merge keys (`<<`) are not supported; alias the whole value instead (e.g. `ssh: *common`) or repeat the keys".to_owned()
+            } else if let Some(near) = suggest(&e.key, allowed) {
+                format!("did you mean `{near}`?")
+            } else {
+                format!("allowed keys: {}", allowed.join(", "))
+            };
+            self.problems.add_hint(
+                e.key_pos,
+                &join(path, &e.key),
+                format!("unknown key `{}`", e.key),
+                Some(hint),
+            );
+        }
+        Some(Fields {
+            entries,
+            pos: y.pos,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The value of a required key; reports it missing (absent, null or empty) otherwise.
+    fn require<'y>(&mut self, f: &Fields<'y>, key: &str) -> Option<&'y Yaml> {
+        match f.entry(key) {
+            None => {
+                self.problems.add(
+                    f.pos,
+                    &f.child(key),
+                    format!("missing required key `{key}`"),
+                );
+                None
+            }
+            Some(e) if e.value.is_null() => {
+                self.problems
+                    .add(e.key_pos, &f.child(key), "required value is empty");
+                None
+            }
+            Some(e) => Some(&e.value),
+        }
+    }
+
+    fn string(&mut self, y: &Yaml, path: &str) -> Option<String> {
+        match &y.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(_) | Value::Float(_) => Some(y.raw.clone()),
+            _ => {
+                self.wrong_type(y, path, "a string");
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, y: &Yaml, path: &str, min: i64, max: i64) -> Option<i64> {
+        match &y.value {
+            Value::Int(i) if (min..=max).contains(i) => Some(*i),
+            Value::Int(_) => {
+                let range = if max >= i64::from(u32::MAX) {
+                    format!("must be at least {min}")
+                } else {
+                    format!("must be within {min}..={max}")
+                };
+                self.problems
+                    .add(y.pos, path, format!("`{}` is out of range: {range}", y.raw));
+                None
+            }
+            Value::Str(s) if s.trim().parse::<i64>().is_ok() => {
+                self.problems.add_hint(
+                    y.pos,
+                    path,
+                    "expected an integer, found a string",
+                    Some("remove the quotes"),
+                );
+                None
+            }
+            Value::Float(_) => {
+                self.problems.add(
+                    y.pos,
+                    path,
+                    format!("expected an integer, found `{}`", y.raw),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(y, path, "an integer");
+                None
+            }
+        }
+    }
+
+    fn enum_value<T: Copy>(
+        &mut self,
+        y: &Yaml,
+        path: &str,
+        what: &str,
+        options: &[(&'static str, T)],
+    ) -> Option<T> {
+        let text = self.string(y, path)?;
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == text) {
+            return Some(*value);
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let hint = match suggest(&text, &names) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("one of: {}", names.join(", ")),
+        };
+        self.problems
+            .add_hint(y.pos, path, format!("unknown {what} `{text}`"), Some(hint));
+        None
+    }
+
+    fn absolute_path(&mut self, y: &Yaml, path: &str) -> Option<PathBuf> {
+        let text = self.string(y, path)?;
+        if Path::new(&text).is_absolute() {
+            Some(PathBuf::from(text))
+        } else {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("`{text}` is not an absolute path"),
+                Some("write it from the root, e.g. /opt/etl"),
+            );
+            None
+        }
+    }
+
+    fn file_path(&mut self, y: &Yaml, path: &str) -> Option<PathBuf> {
+        let text = self.string(y, path)?;
+        if text.trim().is_empty() {
+            self.problems.add(y.pos, path, "the path is empty");
+            return None;
+        }
+        Some(resolve_path(&text, &self.base_dir))
+    }
+
+    fn name(&mut self, text: &str, pos: Pos, path: &str, what: &str) -> bool {
+        if is_name(text) {
+            return true;
+        }
+        self.problems.add_hint(
+            pos,
+            path,
+            format!("invalid {what} name `{text}`"),
+            Some(NAME_HINT),
+        );
+        false
+    }
+
+    fn user(&mut self, y: &Yaml, path: &str) -> Option<String> {
+        let user = self.string(y, path)?;
+        if user.is_empty()
+            || user
+                .chars()
+                .any(|c| c.is_whitespace() || c == '@' || c == ':')
+        {
+            self.problems
+                .add(y.pos, path, format!("invalid SSH user `{user}`"));
+            return None;
+        }
+        Some(user)
+    }
+
+    fn host(&mut self, y: &Yaml, path: &str) -> Option<String> {
+        let host = self.string(y, path)?;
+        if is_host(&host) {
+            Some(host)
+        } else {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("`{host}` is not a valid hostname or IP address"),
+                Some("write a DNS name such as node1.example.com or an IP address"),
+            );
+            None
+        }
+    }
+
+    fn port(&mut self, y: &Yaml, path: &str) -> Option<u16> {
+        self.int(y, path, 1, 65535)
+            .and_then(|p| u16::try_from(p).ok())
+    }
+
+    /// A URL setting: a secret reference, or a literal URL with one of `schemes`.
+    fn url(&mut self, y: &Yaml, path: &str, schemes: &[&str], example: &str) -> Option<Setting> {
+        let text = self.string(y, path)?;
+        if let Some(reference) = secret::parse_ref(&text, &self.base_dir) {
+            return match reference {
+                Ok(reference) => Some(Setting::Secret(reference)),
+                Err(message) => {
+                    self.problems
+                        .add_hint(y.pos, path, message, Some(SECRET_HINT));
+                    None
+                }
+            };
+        }
+        let accepted = schemes
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = format!(
+            "write a {accepted} URL such as {example}, or a secret reference `env:NAME` / `file:PATH`"
+        );
+        // The message never repeats the URL: it may carry a password.
+        match url::Url::parse(&text) {
+            Err(err) => {
+                self.problems
+                    .add_hint(y.pos, path, format!("not a valid URL: {err}"), Some(hint));
+                None
+            }
+            Ok(url) if !schemes.contains(&url.scheme()) => {
+                self.problems.add_hint(
+                    y.pos,
+                    path,
+                    format!("unsupported URL scheme `{}`", url.scheme()),
+                    Some(hint),
+                );
+                None
+            }
+            Ok(url) if url.scheme() == "unix" && url.path().is_empty() => {
+                self.problems
+                    .add_hint(y.pos, path, "the unix socket path is empty", Some(hint));
+                None
+            }
+            Ok(url)
+                if url.scheme().starts_with("redis")
+                    && url.host_str().is_none_or(str::is_empty) =>
+            {
+                self.problems
+                    .add_hint(y.pos, path, "the URL has no host", Some(hint));
+                None
+            }
+            Ok(_) => Some(Setting::Literal(text)),
+        }
+    }
+
+    fn jump(&mut self, y: &Yaml, path: &str) -> Option<Jump> {
+        if let Value::Map(_) = y.value {
+            let f = self.fields(y, path, &JUMP_KEYS)?;
+            let host = self
+                .require(&f, "host")
+                .and_then(|h| self.host(h, &f.child("host")));
+            let port = match f.opt("port") {
+                Some(p) => self.port(p, &f.child("port")),
+                None => Some(22),
+            };
+            let user = match f.opt("user") {
+                Some(u) => Some(self.user(u, &f.child("user"))?),
+                None => None,
+            };
+            return Some(Jump {
+                user,
+                host: host?,
+                port: port?,
+            });
+        }
+        let text = self.string(y, path)?;
+        let (user, host_port) = match text.rsplit_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, text.as_str()),
+        };
+        let (host, port) = if let Some(rest) = host_port.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((host, "")) => (host, None),
+                Some((host, port)) => (host, Some(port.strip_prefix(':').unwrap_or(port))),
+                None => (host_port, None),
+            }
+        } else {
+            match host_port.split_once(':') {
+                Some((host, port)) if !port.contains(':') => (host, Some(port)),
+                _ => (host_port, None),
+            }
+        };
+        let hint = Some("write `[user@]host[:port]` or a map { host, port, user }");
+        if host.is_empty() || !is_host(host) {
+            self.problems
+                .add_hint(y.pos, path, format!("invalid jump host `{text}`"), hint);
+            return None;
+        }
+        if let Some(user) = user
+            && (user.is_empty() || user.chars().any(char::is_whitespace))
+        {
+            self.problems
+                .add_hint(y.pos, path, format!("invalid jump user in `{text}`"), hint);
+            return None;
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p >= 1 => p,
+                _ => {
+                    self.problems.add_hint(
+                        y.pos,
+                        path,
+                        format!("invalid jump port `{p}`: must be within 1..=65535"),
+                        hint,
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Jump {
+            user: user.map(str::to_owned),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    fn ssh(&mut self, y: &Yaml, path: &str, layer: &mut Layer) {
+        let Some(f) = self.fields(y, path, &SSH_KEYS) else {
+            return;
+        };
+        if let Some(v) = f.opt("user") {
+            layer.user = self.user(v, &f.child("user"));
+        }
+        if let Some(v) = f.opt("port") {
+            layer.port = self.port(v, &f.child("port"));
+        }
+        if let Some(v) = f.opt("identity_file") {
+            layer.identity_file = self.file_path(v, &f.child("identity_file"));
+        }
+        if let Some(v) = f.opt("known_hosts") {
+            layer.known_hosts = self.file_path(v, &f.child("known_hosts"));
+        }
+        if let Some(v) = f.opt("jump") {
+            layer.jump = self.jump(v, &f.child("jump"));
+        }
+    }
+
+    fn labels(&mut self, y: &Yaml, path: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        let Value::Map(entries) = &y.value else {
+            self.wrong_type(y, path, "a map of labels");
+            return labels;
+        };
+        for e in entries {
+            let key_path = join(path, &e.key);
+            if !is_label_key(&e.key) {
+                self.problems.add_hint(
+                    e.key_pos,
+                    &key_path,
+                    format!("invalid label key `{}`", e.key),
+                    Some("label keys match [A-Za-z0-9][A-Za-z0-9_.-/]*"),
+                );
+                continue;
+            }
+            match &e.value.value {
+                Value::Str(s) => {
+                    labels.insert(e.key.clone(), s.clone());
+                }
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                    labels.insert(e.key.clone(), e.value.raw.clone());
+                }
+                Value::Null => {
+                    self.problems.add_hint(
+                        e.key_pos,
+                        &key_path,
+                        "label value is empty",
+                        Some("write `\"\"` for an empty label"),
+                    );
+                }
+                Value::Seq(_) | Value::Map(_) => {
+                    self.wrong_type(&e.value, &key_path, "a string");
+                }
+            }
+        }
+        labels
+    }
+
+    fn vars(&mut self, y: &Yaml, path: &str) -> BTreeMap<String, serde_json::Value> {
+        let Value::Map(entries) = &y.value else {
+            self.wrong_type(y, path, "a map of variables");
+            return BTreeMap::new();
+        };
+        entries
+            .iter()
+            .map(|e| (e.key.clone(), to_json(&e.value)))
+            .collect()
+    }
+
+    /// The inheritable settings set at this level.
+    fn layer(&mut self, f: &Fields<'_>) -> Layer {
+        let mut layer = Layer::default();
+        if let Some(y) = f.opt("ssh") {
+            self.ssh(y, &f.child("ssh"), &mut layer);
+        }
+        if let Some(y) = f.opt("node_root") {
+            layer.node_root = self.absolute_path(y, &f.child("node_root"));
+        }
+        if let Some(y) = f.opt("labels") {
+            layer.labels = self.labels(y, &f.child("labels"));
+        }
+        if let Some(y) = f.opt("vars") {
+            layer.vars = self.vars(y, &f.child("vars"));
+        }
+        layer
+    }
+
+    fn root(&mut self, root: &Yaml) {
+        let Some(f) = self.fields(root, "<root>", &ROOT_KEYS) else {
+            return;
+        };
+        let defaults = match f.opt("defaults") {
+            Some(y) => match self.fields(y, "defaults", &INHERITABLE) {
+                Some(d) => self.layer(&d),
+                None => Layer::default(),
+            },
+            None => Layer::default(),
+        };
+        let Some(customers) = self.require(&f, "customers") else {
+            return;
+        };
+        let Value::Map(entries) = &customers.value else {
+            self.wrong_type(customers, "customers", "a map of customers");
+            return;
+        };
+        if entries.is_empty() {
+            self.problems
+                .add(customers.pos, "customers", "no customers defined");
+        }
+        for e in entries {
+            self.customer(e, &defaults);
+        }
+    }
+
+    fn customer(&mut self, e: &Entry, defaults: &Layer) {
+        let path = format!("customers.{}", e.key);
+        self.name(&e.key, e.key_pos, &path, "customer");
+        let allowed = [&CUSTOMER_KEYS[..], &INHERITABLE[..]].concat();
+        let Some(f) = self.fields(&e.value, &path, &allowed) else {
+            return;
+        };
+        let modes: Vec<(&str, Mode)> = Mode::ALL.iter().map(|m| (m.as_str(), *m)).collect();
+        let mode = self
+            .require(&f, "mode")
+            .and_then(|y| self.enum_value(y, &f.child("mode"), "mode", &modes))
+            .unwrap_or(Mode::Shared);
+        let layer = self.layer(&f).over(defaults);
+        let mut cluster_names = Vec::new();
+        if let Some(clusters) = self.require(&f, "clusters") {
+            let clusters_path = f.child("clusters");
+            match &clusters.value {
+                Value::Map(entries) => {
+                    if entries.is_empty() {
+                        self.problems.add_hint(
+                            clusters.pos,
+                            &clusters_path,
+                            "customer has no clusters",
+                            Some("add a cluster, or remove the customer"),
+                        );
+                    }
+                    for ce in entries {
+                        cluster_names.push(ce.key.clone());
+                        let cx = Cx {
+                            customer: &e.key,
+                            cluster: &ce.key,
+                            path: &join(&clusters_path, &ce.key),
+                            mode,
+                        };
+                        self.cluster(&cx, ce, &layer);
+                    }
+                }
+                _ => self.wrong_type(clusters, &clusters_path, "a map of clusters"),
+            }
+        }
+        self.out.customers.push(Customer {
+            name: e.key.clone(),
+            mode,
+            clusters: cluster_names,
+        });
+    }
+
+    fn rollout(&mut self, y: &Yaml, path: &str) -> (Rollout, Option<(String, Pos, String)>) {
+        let mut rollout = Rollout::default();
+        let mut canary_node = None;
+        let Some(f) = self.fields(y, path, &ROLLOUT_KEYS) else {
+            return (rollout, None);
+        };
+        if let Some(v) = f.opt("max_unavailable")
+            && let Some(n) = self.int(v, &f.child("max_unavailable"), 1, i64::from(u32::MAX))
+        {
+            rollout.max_unavailable = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = f.opt("canary") {
+            let canary_path = f.child("canary");
+            match &v.value {
+                Value::Bool(false) => rollout.canary = Canary::Off,
+                Value::Bool(true) => rollout.canary = Canary::Auto,
+                Value::Str(name) => {
+                    if self.name(name, v.pos, &canary_path, "node") {
+                        rollout.canary = Canary::Node(name.clone());
+                        canary_node = Some((name.clone(), v.pos, canary_path));
+                    }
+                }
+                _ => self.wrong_type(v, &canary_path, "`true`, `false` or a node name"),
+            }
+        }
+        let mut min_healthy_pos = None;
+        if let Some(v) = f.opt("min_healthy_secs")
+            && let Some(n) = self.int(v, &f.child("min_healthy_secs"), 0, i64::MAX)
+        {
+            rollout.min_healthy_secs = u64::try_from(n).unwrap_or(0);
+            min_healthy_pos = Some(v.pos);
+        }
+        let mut timeout_pos = None;
+        if let Some(v) = f.opt("health_timeout_secs")
+            && let Some(n) = self.int(v, &f.child("health_timeout_secs"), 1, i64::MAX)
+        {
+            rollout.health_timeout_secs = u64::try_from(n).unwrap_or(1);
+            timeout_pos = Some(v.pos);
+        }
+        if rollout.health_timeout_secs < rollout.min_healthy_secs {
+            let (pos, key) = match (timeout_pos, min_healthy_pos) {
+                (Some(pos), _) => (pos, "health_timeout_secs"),
+                (None, Some(pos)) => (pos, "min_healthy_secs"),
+                (None, None) => (f.pos, "health_timeout_secs"),
+            };
+            self.problems.add_hint(
+                pos,
+                &f.child(key),
+                format!(
+                    "health_timeout_secs ({}) is shorter than min_healthy_secs ({})",
+                    rollout.health_timeout_secs, rollout.min_healthy_secs
+                ),
+                Some("a node could never pass its health gate; raise health_timeout_secs"),
+            );
+        }
+        (rollout, canary_node)
+    }
+
+    fn cluster(&mut self, cx: &Cx<'_>, e: &Entry, parent: &Layer) {
+        self.name(&e.key, e.key_pos, cx.path, "cluster");
+        let allowed = [&CLUSTER_KEYS[..], &INHERITABLE[..]].concat();
+        let Some(f) = self.fields(&e.value, cx.path, &allowed) else {
+            return;
+        };
+        let redis_url = self.require(&f, "redis_url").and_then(|y| {
+            self.url(
+                y,
+                &f.child("redis_url"),
+                &["redis", "rediss", "unix"],
+                "redis://10.0.0.5:6379/0",
+            )
+        });
+        let postgres_url = self.require(&f, "postgres_url").and_then(|y| {
+            self.url(
+                y,
+                &f.child("postgres_url"),
+                &["postgres", "postgresql"],
+                "postgres://etl@10.0.0.6:5432/etl",
+            )
+        });
+        let shared_storage = self
+            .require(&f, "shared_storage")
+            .and_then(|y| self.absolute_path(y, &f.child("shared_storage")));
+        let algorithms: Vec<(&str, LoadBalancing)> = LoadBalancing::ALL
+            .iter()
+            .map(|a| (a.as_str(), *a))
+            .collect();
+        let load_balancing = f
+            .opt("load_balancing")
+            .and_then(|y| {
+                self.enum_value(
+                    y,
+                    &f.child("load_balancing"),
+                    "load-balancing algorithm",
+                    &algorithms,
+                )
+            })
+            .unwrap_or_default();
+        let (rollout, canary_node) = match f.opt("rollout") {
+            Some(y) => self.rollout(y, &f.child("rollout")),
+            None => (Rollout::default(), None),
+        };
+        let layer = self.layer(&f).over(parent);
+
+        let mut node_names = Vec::new();
+        if let Some(nodes) = self.require(&f, "nodes") {
+            let nodes_path = f.child("nodes");
+            match &nodes.value {
+                Value::Seq(items) => {
+                    if items.is_empty() {
+                        self.problems.add_hint(
+                            nodes.pos,
+                            &nodes_path,
+                            "cluster has no nodes",
+                            Some("a cluster needs at least one node"),
+                        );
+                    }
+                    for (i, item) in items.iter().enumerate() {
+                        let path = format!("{nodes_path}[{i}]");
+                        if let Some(name) = self.node(cx, item, &path, &layer)
+                            && !node_names.contains(&name)
+                        {
+                            node_names.push(name);
+                        }
+                    }
+                }
+                _ => self.wrong_type(nodes, &nodes_path, "a list of nodes"),
+            }
+        }
+        if let Some((name, pos, path)) = canary_node
+            && !node_names.contains(&name)
+        {
+            let names: Vec<&str> = node_names.iter().map(String::as_str).collect();
+            let hint = match suggest(&name, &names) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!("nodes of this cluster: {}", names.join(", ")),
+            };
+            self.problems.add_hint(
+                pos,
+                &path,
+                format!("canary `{name}` is not a node of this cluster"),
+                Some(hint),
+            );
+        }
+        if let (Some(redis_url), Some(postgres_url), Some(shared_storage)) =
+            (redis_url, postgres_url, shared_storage)
+        {
+            self.out.clusters.push(Cluster {
+                customer: cx.customer.to_owned(),
+                name: cx.cluster.to_owned(),
+                redis_url,
+                postgres_url,
+                shared_storage,
+                load_balancing,
+                rollout,
+                nodes: node_names,
+            });
+        }
+    }
+
+    /// Checks one node; returns its name when it has a valid one (for the canary check).
+    fn node(&mut self, cx: &Cx<'_>, y: &Yaml, path: &str, parent: &Layer) -> Option<String> {
+        let allowed = [&NODE_KEYS[..], &INHERITABLE[..]].concat();
+        let f = self.fields(y, path, &allowed)?;
+        let name = self.require(&f, "name").and_then(|v| {
+            let name_path = f.child("name");
+            let name = self.string(v, &name_path)?;
+            if !self.name(&name, v.pos, &name_path, "node") {
+                return None;
+            }
+            if let Some((first, first_path)) = self.node_names.get(&name) {
+                self.problems.add_hint(
+                    v.pos,
+                    &name_path,
+                    format!("duplicate node name `{name}`"),
+                    Some(format!(
+                        "`{name}` is already defined at line {} ({first_path}); node names are unique across the file",
+                        first.line
+                    )),
+                );
+            } else {
+                self.node_names
+                    .insert(name.clone(), (v.pos, name_path.clone()));
+            }
+            Some(name)
+        });
+        let host = self
+            .require(&f, "host")
+            .and_then(|v| self.host(v, &f.child("host")));
+        let weight = match f.opt("weight") {
+            Some(v) => self
+                .int(v, &f.child("weight"), 1, i64::from(u32::MAX))
+                .and_then(|w| u32::try_from(w).ok()),
+            None => Some(1),
+        };
+        let layer = self.layer(&f).over(parent);
+        let user = layer.user.clone();
+        if user.is_none() {
+            self.problems.add_hint(
+                f.pos,
+                &join(path, "ssh.user"),
+                "no SSH user for this node",
+                Some("set ssh.user on the node, its cluster, its customer or in defaults"),
+            );
+        }
+        if let (Some(name), Some(host), Some(user), Some(weight)) =
+            (name.clone(), host, user, weight)
+        {
+            self.out.nodes.push(Node {
+                name,
+                host,
+                customer: cx.customer.to_owned(),
+                cluster: cx.cluster.to_owned(),
+                mode: cx.mode,
+                ssh: Ssh {
+                    user,
+                    port: layer.port.unwrap_or(22),
+                    identity_file: layer.identity_file,
+                    known_hosts: layer
+                        .known_hosts
+                        .unwrap_or_else(|| self.base_dir.join("known_hosts")),
+                    jump: layer.jump,
+                },
+                node_root: layer
+                    .node_root
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_NODE_ROOT)),
+                labels: layer.labels,
+                vars: layer.vars,
+                weight,
+            });
+        }
+        name
+    }
+}
+
+/// Where a node's files live when no level sets `node_root`.
+pub const DEFAULT_NODE_ROOT: &str = "/opt/etl";
+
+fn to_json(y: &Yaml) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &y.value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or_else(|| J::String(y.raw.clone()), J::Number)
+        }
+        Value::Str(s) => J::String(s.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_hosts() {
+        assert!(is_name("acme-prod-1"));
+        assert!(is_name("0a_b.c"));
+        assert!(!is_name("Acme"));
+        assert!(!is_name("-a"));
+        assert!(!is_name("a/b"));
+        assert!(!is_name(""));
+        assert!(is_host("10.0.1.11"));
+        assert!(is_host("::1"));
+        assert!(is_host("node-1.example.com"));
+        assert!(!is_host("10.0.1.300"));
+        assert!(!is_host("bad host"));
+        assert!(!is_host("-x.example.com"));
+        assert!(is_label_key("app.kubernetes.io/name"));
+        assert!(!is_label_key("_x"));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("hots", &NODE_KEYS), Some("host"));
+        assert_eq!(
+            suggest("least_loded", &["round_robin", "least_loaded"]),
+            Some("least_loaded")
+        );
+        assert_eq!(suggest("zzzzzz", &NODE_KEYS), None);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_inventory_folder() {
+        let base = Path::new("/inv");
+        assert_eq!(
+            resolve_path("./known_hosts", base),
+            Path::new("/inv/known_hosts")
+        );
+        assert_eq!(resolve_path("keys/id", base), Path::new("/inv/keys/id"));
+        assert_eq!(resolve_path("~/.ssh/id", base), Path::new("~/.ssh/id"));
+        assert_eq!(resolve_path("/etc/ssh/kh", base), Path::new("/etc/ssh/kh"));
+    }
+}

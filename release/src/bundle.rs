@@ -1,0 +1,652 @@
+//! The bundle file: header, signed manifest, signatures, then a zstd-compressed tar of the
+//! release tree. Building writes one; verification streams one. Not installation: unpacking
+//! onto a node belongs to the agent.
+//!
+//! Layout: `MAGIC`, u32 big-endian manifest length, manifest JSON, u32 big-endian signature
+//! list length, signature list JSON, then the payload to the end of the file.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::ReleaseError;
+use crate::keys::{PublicKey, SecretKey, io_err};
+use crate::manifest::{self, Entry, FORMAT, MODE_BITS, Manifest, Payload, Timestamp};
+use crate::signatures::{self, Signature};
+use crate::trust::Root;
+
+pub const MAGIC: &[u8; 16] = b"fleet-bundle-v1\n";
+/// Prefix of every manifest signature.
+pub const MANIFEST_DOMAIN: &[u8] = b"fleet release manifest v1\0";
+/// A manifest larger than this is refused before it is read.
+pub const MANIFEST_CAP: u64 = 16 << 20;
+/// A signature list larger than this is refused before it is read.
+pub const SIGNATURES_CAP: u64 = 64 << 10;
+/// File name suffix of bundles in a store.
+pub const BUNDLE_SUFFIX: &str = ".bundle";
+
+const IO_BUF: usize = 1 << 20;
+/// Largest zstd window a bundle may use (16 MiB); `build` stays well under it.
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// The part of a bundle before the payload, as read (not yet trusted).
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub manifest_bytes: Vec<u8>,
+    pub signatures: Vec<Signature>,
+}
+
+impl Header {
+    /// Parses the manifest without checking any signature; for listing a store, never for
+    /// deciding what to install.
+    pub fn manifest_unverified(&self) -> Result<Manifest, ReleaseError> {
+        parse_manifest(&self.manifest_bytes)
+    }
+
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        let sigs = serde_json::to_vec(&self.signatures).map_err(io::Error::other)?;
+        w.write_all(MAGIC)?;
+        write_block(w, &self.manifest_bytes)?;
+        write_block(w, &sigs)
+    }
+}
+
+fn write_block(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ReleaseError> {
+    serde_json::from_slice(bytes).map_err(|e| ReleaseError::BadManifest(e.to_string()))
+}
+
+/// Reads the header, refusing a block over its cap before allocating it.
+pub fn read_header(r: &mut impl Read) -> Result<Header, ReleaseError> {
+    let mut magic = [0u8; 16];
+    read_exact(r, &mut magic)?;
+    if &magic != MAGIC {
+        return Err(ReleaseError::NotABundle);
+    }
+    let manifest_bytes = read_block(r, "manifest", MANIFEST_CAP)?;
+    let sig_bytes = read_block(r, "signature list", SIGNATURES_CAP)?;
+    let signatures = serde_json::from_slice(&sig_bytes)
+        .map_err(|e| ReleaseError::Corrupt(format!("signature list: {e}")))?;
+    Ok(Header {
+        manifest_bytes,
+        signatures,
+    })
+}
+
+fn read_block(r: &mut impl Read, what: &'static str, cap: u64) -> Result<Vec<u8>, ReleaseError> {
+    let mut len = [0u8; 4];
+    read_exact(r, &mut len)?;
+    let size = u64::from(u32::from_be_bytes(len));
+    if size > cap {
+        return Err(ReleaseError::TooLarge { what, size, cap });
+    }
+    let mut bytes = vec![0u8; size as usize];
+    read_exact(r, &mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ReleaseError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ReleaseError::Truncated,
+        _ => ReleaseError::Read(e),
+    })
+}
+
+/// What a successful verification established.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub manifest: Manifest,
+    /// The release keys whose signatures counted.
+    pub signers: Vec<PublicKey>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Verifies a bundle read from `r` against a trusted root at time `now`, in one streaming
+/// pass with fixed-size buffers: signatures over the exact manifest bytes first, then the
+/// manifest's rules, then every archive entry against the manifest.
+pub fn verify(r: impl Read, root: &Root, now: SystemTime) -> Result<Verified, ReleaseError> {
+    let mut r = BufReader::with_capacity(IO_BUF, r);
+    let header = read_header(&mut r)?;
+    let signers = signatures::verify_threshold(
+        "manifest",
+        MANIFEST_DOMAIN,
+        &header.manifest_bytes,
+        &header.signatures,
+        &root.body().release_keys,
+        root.body().release_threshold,
+    )?;
+    let manifest = parse_manifest(&header.manifest_bytes)?;
+    manifest.check()?;
+    if now >= manifest.expires.0 {
+        return Err(ReleaseError::Expired {
+            version: manifest.version.to_string(),
+            expires: manifest.expires,
+        });
+    }
+    check_payload(r, &manifest)?;
+    Ok(Verified {
+        files: manifest.file_count(),
+        bytes: manifest.total_size(),
+        manifest,
+        signers,
+    })
+}
+
+/// Streams the payload and holds each archive entry to the manifest entry of the same path,
+/// while hashing the compressed bytes themselves against the manifest's payload digest.
+fn check_payload(r: impl BufRead, manifest: &Manifest) -> Result<(), ReleaseError> {
+    let mut expected: BTreeMap<&str, (&Entry, bool)> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.path(), (e, false)))
+        .collect();
+    let tee = Tee {
+        inner: r,
+        hasher: Sha256::new(),
+        count: 0,
+        limit: manifest.payload.size,
+    };
+    let mut decoder = zstd::stream::read::Decoder::new(tee).map_err(corrupt)?;
+    // Bounds the decoder's window (and so its memory) whatever window a hostile frame asks for.
+    decoder.window_log_max(WINDOW_LOG_MAX).map_err(corrupt)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut buf = vec![0u8; IO_BUF];
+    check_entries(&mut archive, &mut expected, &mut buf)?;
+    if let Some((path, _)) = expected.iter().find(|(_, (_, seen))| !seen) {
+        return Err(ReleaseError::Missing {
+            path: (*path).to_owned(),
+        });
+    }
+    // Whatever follows the archive's end (padding, or bytes an attacker appended) is hashed too.
+    let mut tee = archive.into_inner().finish().into_inner();
+    io::copy(&mut tee, &mut io::sink()).map_err(corrupt)?;
+    if tee.count != manifest.payload.size {
+        return Err(ReleaseError::PayloadMismatch(
+            "shorter than the manifest says",
+        ));
+    }
+    if hex::encode(tee.hasher.finalize()) != manifest.payload.sha256 {
+        return Err(ReleaseError::PayloadMismatch(
+            "sha256 differs from the manifest",
+        ));
+    }
+    Ok(())
+}
+
+type Expected<'a> = BTreeMap<&'a str, (&'a Entry, bool)>;
+
+fn check_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    expected: &mut Expected<'_>,
+    buf: &mut [u8],
+) -> Result<(), ReleaseError> {
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let raw_path = entry.path_bytes();
+        let path = std::str::from_utf8(&raw_path)
+            .map_err(|_| ReleaseError::UnsafePath {
+                path: String::from_utf8_lossy(&raw_path).into_owned(),
+                reason: "not UTF-8".into(),
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        manifest::check_path(&path)?;
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() {
+            return Err(ReleaseError::DeviceFile { path });
+        }
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            return Err(ReleaseError::UnsafePath {
+                path,
+                reason: format!("unsupported entry type {kind:?}"),
+            });
+        }
+        if kind.is_symlink() {
+            let link = entry.link_name_bytes().unwrap_or_default();
+            manifest::check_link(&path, &String::from_utf8_lossy(&link))?;
+        }
+        let Some((listed, seen)) = expected.get_mut(path.as_str()) else {
+            return Err(ReleaseError::Unlisted { path });
+        };
+        if std::mem::replace(seen, true) {
+            return Err(ReleaseError::Corrupt(format!(
+                "`{path}` appears twice in the archive"
+            )));
+        }
+        let mode = entry.header().mode().map_err(corrupt)? & 0o7777;
+        let differs = |what: &str| {
+            Err(ReleaseError::EntryDiffers {
+                path: path.clone(),
+                what: what.into(),
+            })
+        };
+        match **listed {
+            Entry::Dir { mode: m, .. } if kind.is_dir() => {
+                if mode != m {
+                    return differs("mode");
+                }
+            }
+            Entry::Symlink { ref target, .. } if kind.is_symlink() => {
+                let link = entry.link_name_bytes().unwrap_or_default();
+                if link.as_ref() != target.as_bytes() {
+                    return Err(ReleaseError::LinkEscapes {
+                        path,
+                        target: String::from_utf8_lossy(&link).into_owned(),
+                    });
+                }
+            }
+            Entry::File {
+                mode: m,
+                size,
+                ref sha256,
+                ..
+            } if kind.is_file() => {
+                let actual = entry.size();
+                if actual != size {
+                    return Err(ReleaseError::SizeMismatch {
+                        path,
+                        expected: size,
+                        actual,
+                    });
+                }
+                if mode != m {
+                    return differs("mode");
+                }
+                let mut hasher = Sha256::new();
+                loop {
+                    let n = entry.read(buf).map_err(corrupt)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                if hex::encode(hasher.finalize()) != *sha256 {
+                    return Err(ReleaseError::HashMismatch { path });
+                }
+            }
+            _ => return differs("entry type"),
+        }
+    }
+    Ok(())
+}
+
+/// Hashes and counts the bytes read through it, and refuses to read past `limit`.
+struct Tee<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        if self.count > self.limit {
+            return Err(io::Error::other("payload is longer than the manifest says"));
+        }
+        Ok(n)
+    }
+}
+
+fn corrupt(e: io::Error) -> ReleaseError {
+    ReleaseError::Corrupt(e.to_string())
+}
+
+/// Everything `build` needs besides the files.
+#[derive(Debug)]
+pub struct BuildOptions<'a> {
+    pub version: semver::Version,
+    pub from: &'a Path,
+    pub key: &'a SecretKey,
+    pub channel: String,
+    pub expires_in: Duration,
+    pub platform: String,
+    pub min_agent_version: semver::Version,
+    pub store: &'a Path,
+    /// The creation time written into the manifest.
+    pub now: SystemTime,
+}
+
+/// The platform this controller runs on, as manifests name it.
+pub fn host_platform() -> String {
+    format!("linux-{}", std::env::consts::ARCH)
+}
+
+/// Builds and signs a bundle of `opts.from` into the store as `<version>.bundle`, with a
+/// counter one above the highest in the store. The store is locked for the whole build; the
+/// bundle appears under its name only once complete.
+pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseError> {
+    manifest::check_channel(&opts.channel)?;
+    fs::create_dir_all(opts.store).map_err(|e| io_err(opts.store, e))?;
+    let lock_path = opts.store.join(".lock");
+    let lock = File::create(&lock_path).map_err(|e| io_err(&lock_path, e))?;
+    lock.lock().map_err(|e| io_err(&lock_path, e))?;
+
+    let target = opts.store.join(format!("{}{BUNDLE_SUFFIX}", opts.version));
+    if target.exists() {
+        return Err(ReleaseError::VersionExists {
+            version: opts.version.to_string(),
+            path: target,
+        });
+    }
+    let counter = list_store(opts.store)?
+        .into_iter()
+        .map(|item| item.map(|s| s.manifest.counter))
+        .try_fold(0u64, |max, c| c.map(|c| max.max(c)))?
+        + 1;
+
+    let walked = walk(opts.from)?;
+    let mut payload = tempfile::tempfile_in(opts.store).map_err(|e| io_err(opts.store, e))?;
+    let (entries, payload_digest) = write_payload(opts.from, &walked, &mut payload)?;
+    let created = Timestamp::from(opts.now);
+    let manifest = Manifest {
+        format: FORMAT,
+        version: opts.version.clone(),
+        counter,
+        channel: opts.channel.clone(),
+        created,
+        expires: created.plus(opts.expires_in),
+        platform: opts.platform.clone(),
+        min_agent_version: opts.min_agent_version.clone(),
+        payload: payload_digest,
+        entries,
+    };
+    manifest.check()?;
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| ReleaseError::BadManifest(e.to_string()))?;
+    let header = Header {
+        signatures: vec![Signature::create(
+            opts.key,
+            MANIFEST_DOMAIN,
+            &manifest_bytes,
+        )],
+        manifest_bytes,
+    };
+
+    let out = tempfile::NamedTempFile::new_in(opts.store).map_err(|e| io_err(opts.store, e))?;
+    let write = |out: &File, payload: &mut File| -> io::Result<()> {
+        let mut w = io::BufWriter::with_capacity(IO_BUF, out);
+        header.write_to(&mut w)?;
+        w.flush()?;
+        io::Seek::rewind(payload)?;
+        io::copy(payload, &mut w.into_inner().map_err(|e| e.into_error())?)?;
+        out.sync_all()
+    };
+    write(out.as_file(), &mut payload).map_err(|e| io_err(out.path(), e))?;
+    out.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(|e| io_err(out.path(), e))?;
+    out.persist_noclobber(&target)
+        .map_err(|e| io_err(&target, e.error))?;
+    Ok((target, manifest))
+}
+
+enum Walked {
+    Dir { rel: String, mode: u32 },
+    File { rel: String, mode: u32, size: u64 },
+    Symlink { rel: String, target: String },
+}
+
+/// Lists the tree under `root` in a fixed order (sorted, parents first), refusing what a
+/// release cannot carry.
+fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
+    let meta = fs::metadata(root).map_err(|e| io_err(root, e))?;
+    if !meta.is_dir() {
+        return Err(ReleaseError::Source {
+            path: root.to_owned(),
+            reason: "not a directory".into(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_owned(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut names = Vec::new();
+        for item in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let item = item.map_err(|e| io_err(&dir, e))?;
+            names.push(item.file_name());
+        }
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let abs = dir.join(&name);
+            let name = name.into_string().map_err(|_| ReleaseError::Source {
+                path: abs.clone(),
+                reason: "file name is not UTF-8".into(),
+            })?;
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = fs::symlink_metadata(&abs).map_err(|e| io_err(&abs, e))?;
+            let kind = meta.file_type();
+            let mode = meta.mode() & 0o7777;
+            let source_err = |reason: String| ReleaseError::Source {
+                path: abs.clone(),
+                reason,
+            };
+            if mode & !MODE_BITS != 0 && !kind.is_symlink() {
+                return Err(source_err(format!(
+                    "mode {mode:o} has setuid, setgid or sticky bits"
+                )));
+            }
+            if kind.is_dir() {
+                out.push(Walked::Dir {
+                    rel: rel.clone(),
+                    mode,
+                });
+                subdirs.push((abs, rel));
+            } else if kind.is_file() {
+                out.push(Walked::File {
+                    rel,
+                    mode,
+                    size: meta.size(),
+                });
+            } else if kind.is_symlink() {
+                let target = fs::read_link(&abs).map_err(|e| io_err(&abs, e))?;
+                let target = target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| source_err("symlink target is not UTF-8".into()))?;
+                manifest::check_link(&rel, &target)?;
+                out.push(Walked::Symlink { rel, target });
+            } else {
+                return Err(source_err(
+                    "not a regular file, directory or symlink (device, FIFO or socket)".into(),
+                ));
+            }
+        }
+        // Depth first, in sorted order: push in reverse so the first name is walked first.
+        stack.extend(subdirs.into_iter().rev());
+        // Keep parents before children across levels: order within `out` is what we emit.
+    }
+    Ok(sort_parents_first(out))
+}
+
+/// Sorts entries by path components, which puts every directory before what it holds.
+fn sort_parents_first(mut entries: Vec<Walked>) -> Vec<Walked> {
+    let key = |w: &Walked| match w {
+        Walked::Dir { rel, .. } | Walked::File { rel, .. } | Walked::Symlink { rel, .. } => {
+            rel.split('/').map(str::to_owned).collect::<Vec<_>>()
+        }
+    };
+    entries.sort_by_cached_key(key);
+    entries
+}
+
+/// Writes the tar (zstd) payload and returns the manifest entries, hashing each file as it
+/// is copied so that every byte is read once.
+fn write_payload(
+    root: &Path,
+    walked: &[Walked],
+    out: &mut File,
+) -> Result<(Vec<Entry>, Payload), ReleaseError> {
+    let store_err = |e: io::Error| ReleaseError::Write(e);
+    let sink = HashingWriter {
+        inner: io::BufWriter::with_capacity(IO_BUF, out),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(sink, 3).map_err(store_err)?;
+    // Two workers keep compression off the reading thread; failure just means one thread.
+    let _ = encoder.multithread(2);
+    let mut tar = tar::Builder::new(encoder);
+    let mut entries = Vec::with_capacity(walked.len());
+    for w in walked {
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        match w {
+            Walked::Dir { rel, mode } => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(*mode);
+                header.set_size(0);
+                tar.append_data(&mut header, rel, io::empty())
+                    .map_err(store_err)?;
+                entries.push(Entry::Dir {
+                    path: rel.clone(),
+                    mode: *mode,
+                });
+            }
+            Walked::File { rel, mode, size } => {
+                let abs = root.join(rel);
+                let file = File::open(&abs).map_err(|e| io_err(&abs, e))?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_size(*size);
+                let mut reader = HashingReader {
+                    inner: file.take(*size),
+                    hasher: Sha256::new(),
+                    count: 0,
+                };
+                tar.append_data(&mut header, rel, &mut reader)
+                    .map_err(|e| io_err(&abs, e))?;
+                if reader.count != *size {
+                    return Err(ReleaseError::Source {
+                        path: abs,
+                        reason: "file changed size while it was read".into(),
+                    });
+                }
+                entries.push(Entry::File {
+                    path: rel.clone(),
+                    mode: *mode,
+                    size: *size,
+                    sha256: hex::encode(reader.hasher.finalize()),
+                });
+            }
+            Walked::Symlink { rel, target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                tar.append_link(&mut header, rel, target)
+                    .map_err(store_err)?;
+                entries.push(Entry::Symlink {
+                    path: rel.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+    }
+    let encoder = tar.into_inner().map_err(store_err)?;
+    let mut sink = encoder.finish().map_err(store_err)?;
+    sink.inner.flush().map_err(store_err)?;
+    Ok((
+        entries,
+        Payload {
+            size: sink.count,
+            sha256: hex::encode(sink.hasher.finalize()),
+        },
+    ))
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// One bundle of a store, read without verifying its signatures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRelease {
+    pub path: PathBuf,
+    pub size: u64,
+    pub signers: Vec<PublicKey>,
+    pub manifest: Manifest,
+}
+
+/// Every bundle in `store`, by counter; a bundle that cannot be read is an `Err` naming it.
+pub fn list_store(store: &Path) -> Result<Vec<Result<StoredRelease, ReleaseError>>, ReleaseError> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(store).map_err(|e| io_err(store, e))? {
+        let path = item.map_err(|e| io_err(store, e))?.path();
+        if !path.to_string_lossy().ends_with(BUNDLE_SUFFIX) {
+            continue;
+        }
+        out.push(read_stored(&path).map_err(|e| ReleaseError::InStore {
+            path: path.clone(),
+            source: Box::new(e),
+        }));
+    }
+    out.sort_by_key(|r| match r {
+        Ok(s) => (0, s.manifest.counter, PathBuf::new()),
+        Err(ReleaseError::InStore { path, .. }) => (1, 0, path.clone()),
+        Err(_) => (1, 0, PathBuf::new()),
+    });
+    Ok(out)
+}
+
+fn read_stored(path: &Path) -> Result<StoredRelease, ReleaseError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let size = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let header = read_header(&mut BufReader::new(file))?;
+    let manifest = header.manifest_unverified()?;
+    Ok(StoredRelease {
+        path: path.to_owned(),
+        size,
+        signers: header.signatures.iter().map(|s| s.key).collect(),
+        manifest,
+    })
+}

@@ -1,0 +1,113 @@
+//! Signed releases: key files, trust roots, the bundle format, building a bundle and
+//! verifying one in a single streaming pass. Not transport or installation: the controller
+//! moves bundles and the agent installs them, both through this crate's checks.
+
+pub mod bundle;
+pub mod keys;
+pub mod manifest;
+pub mod signatures;
+pub mod trust;
+
+use std::path::PathBuf;
+
+pub use bundle::{BuildOptions, StoredRelease, Verified, build, list_store, verify};
+pub use keys::{PublicKey, SecretKey, write_key_pair};
+pub use manifest::{Entry, Manifest, Payload, Timestamp};
+pub use trust::{Root, RootBody};
+
+/// Everything that can go wrong with keys, roots and bundles. Each refusal has its own
+/// variant so callers and tests can tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading bundle: {0}")]
+    Read(std::io::Error),
+    #[error("writing bundle: {0}")]
+    Write(std::io::Error),
+    #[error("{}: {reason}", path.display())]
+    BadKeyFile { path: PathBuf, reason: String },
+    #[error("key name `{0}` must be letters, digits, `-`, `_` or `.` (not starting with `.`)")]
+    BadKeyName(String),
+    #[error("{} already exists; refusing to overwrite it", .0.display())]
+    Exists(PathBuf),
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
+
+    #[error("bad root document: {0}")]
+    BadRoot(String),
+    #[error("new root has version {offered}, but the current root is version {current}: a rotation must go to version {}", current + 1)]
+    RootVersion { current: u64, offered: u64 },
+
+    #[error("not a fleet bundle (bad magic bytes at the start)")]
+    NotABundle,
+    #[error("bundle is truncated")]
+    Truncated,
+    #[error("bundle is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{what} is {size} bytes, over its cap of {cap} bytes")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        cap: u64,
+    },
+    #[error("{what} is not signed")]
+    MissingSignature { what: &'static str },
+    #[error(
+        "{what}: signature by key {key} does not verify (the document was altered or the signature is damaged)"
+    )]
+    BadSignature { what: &'static str, key: PublicKey },
+    #[error("{what}: signed by unknown key {key}, which the trust root does not name")]
+    UnknownKey { what: &'static str, key: PublicKey },
+    #[error("{what}: key {key} signed more than once (a repeated signature never counts twice)")]
+    RepeatedSignature { what: &'static str, key: PublicKey },
+    #[error("{what}: {valid} valid signature(s) from trusted keys, {needed} needed")]
+    ThresholdNotMet {
+        what: &'static str,
+        valid: usize,
+        needed: u32,
+    },
+    #[error("bad manifest: {0}")]
+    BadManifest(String),
+    #[error("release {version} expired at {expires}")]
+    Expired { version: String, expires: Timestamp },
+    #[error("payload: {0} (the bundle was altered after signing)")]
+    PayloadMismatch(&'static str),
+    #[error("`{path}`: sha256 differs from the manifest")]
+    HashMismatch { path: String },
+    #[error("`{path}`: size is {actual} bytes, the manifest says {expected}")]
+    SizeMismatch {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("`{path}`: {what} differs from the manifest")]
+    EntryDiffers { path: String, what: String },
+    #[error("`{path}` is in the archive but not in the manifest")]
+    Unlisted { path: String },
+    #[error("`{path}` is in the manifest but not in the archive")]
+    Missing { path: String },
+    #[error("`{path}`: path contains `..`")]
+    PathTraversal { path: String },
+    #[error("`{path}`: absolute path")]
+    AbsolutePath { path: String },
+    #[error("`{path}`: symlink to `{target}` leaves the release tree")]
+    LinkEscapes { path: String, target: String },
+    #[error("`{path}`: device file")]
+    DeviceFile { path: String },
+    #[error("`{path}`: unsafe path: {reason}")]
+    UnsafePath { path: String, reason: String },
+
+    #[error("{}: {reason}", path.display())]
+    Source { path: PathBuf, reason: String },
+    #[error("release {version} is already in the store at {}", path.display())]
+    VersionExists { version: String, path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    InStore {
+        path: PathBuf,
+        source: Box<ReleaseError>,
+    },
+}

@@ -1,0 +1,225 @@
+//! The trust root: a small signed document naming the root keys (with a threshold) and the
+//! release keys a node accepts. Not a distribution channel: how a root reaches a node is the
+//! controller's and the installer's business; this module only decides what to believe.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ReleaseError;
+use crate::keys::{PublicKey, SecretKey, io_err};
+use crate::signatures::{Signature, add_signature, verify_threshold};
+
+/// Prefix of every root signature, so no other signed document can pass for a root.
+pub const ROOT_DOMAIN: &[u8] = b"fleet trust root v1\0";
+/// A root document larger than this is refused before it is parsed.
+pub const ROOT_CAP: u64 = 1 << 20;
+const ROOT_TYPE: &str = "fleet-root";
+
+/// The signed part of a root document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Grows by exactly one with every rotation.
+    pub version: u64,
+    pub root_keys: Vec<PublicKey>,
+    pub root_threshold: u32,
+    pub release_keys: Vec<PublicKey>,
+    pub release_threshold: u32,
+}
+
+impl RootBody {
+    pub fn new(
+        version: u64,
+        root_keys: Vec<PublicKey>,
+        root_threshold: u32,
+        release_keys: Vec<PublicKey>,
+        release_threshold: u32,
+    ) -> Result<Self, ReleaseError> {
+        let body = Self {
+            kind: ROOT_TYPE.into(),
+            version,
+            root_keys,
+            root_threshold,
+            release_keys,
+            release_threshold,
+        };
+        body.check()?;
+        Ok(body)
+    }
+
+    fn check(&self) -> Result<(), ReleaseError> {
+        let bad = |reason: String| Err(ReleaseError::BadRoot(reason));
+        if self.kind != ROOT_TYPE {
+            return bad(format!("`type` is `{}`, expected `{ROOT_TYPE}`", self.kind));
+        }
+        if self.version == 0 {
+            return bad("`version` starts at 1".into());
+        }
+        for (name, keys, threshold) in [
+            ("root", &self.root_keys, self.root_threshold),
+            ("release", &self.release_keys, self.release_threshold),
+        ] {
+            if keys.iter().collect::<BTreeSet<_>>().len() != keys.len() {
+                return bad(format!("a {name} key is listed twice"));
+            }
+            if threshold == 0 || threshold as usize > keys.len() {
+                return bad(format!(
+                    "{name} threshold {threshold} must be between 1 and the number of {name} keys ({})",
+                    keys.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A root document as read from disk: the exact signed bytes, their meaning, and signatures.
+#[derive(Debug, Clone)]
+pub struct Root {
+    body: RootBody,
+    signed: String,
+    signatures: Vec<Signature>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootFile<'a> {
+    #[serde(borrow)]
+    signed: &'a RawValue,
+    signatures: Vec<Signature>,
+}
+
+impl Root {
+    /// An unsigned root for `body`; sign it with [`Root::sign`].
+    pub fn unsigned(body: RootBody) -> Result<Self, ReleaseError> {
+        body.check()?;
+        let signed =
+            serde_json::to_string(&body).map_err(|e| ReleaseError::BadRoot(e.to_string()))?;
+        Ok(Self {
+            body,
+            signed,
+            signatures: Vec::new(),
+        })
+    }
+
+    pub fn body(&self) -> &RootBody {
+        &self.body
+    }
+
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+
+    /// Adds (or replaces) `key`'s signature. Any key may sign; whether it counts is decided
+    /// when the root is verified.
+    pub fn sign(&mut self, key: &SecretKey) {
+        add_signature(
+            &mut self.signatures,
+            key,
+            ROOT_DOMAIN,
+            self.signed.as_bytes(),
+        );
+    }
+
+    /// Parses a root document without judging its signatures.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ReleaseError> {
+        if bytes.len() as u64 > ROOT_CAP {
+            return Err(ReleaseError::TooLarge {
+                what: "root document",
+                size: bytes.len() as u64,
+                cap: ROOT_CAP,
+            });
+        }
+        let file: RootFile<'_> =
+            serde_json::from_slice(bytes).map_err(|e| ReleaseError::BadRoot(e.to_string()))?;
+        let body: RootBody = serde_json::from_str(file.signed.get())
+            .map_err(|e| ReleaseError::BadRoot(format!("signed: {e}")))?;
+        body.check()?;
+        Ok(Self {
+            body,
+            signed: file.signed.get().to_owned(),
+            signatures: file.signatures,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        let raw = RawValue::from_string(self.signed.clone())
+            .expect("signed holds JSON we wrote or parsed");
+        let file = RootFile {
+            signed: &raw,
+            signatures: self.signatures.clone(),
+        };
+        let mut text = serde_json::to_string_pretty(&file).expect("a root always serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Checks that a threshold of this root's own root keys signed it. A pinned root is
+    /// trusted because it was pinned; this catches a damaged or hand-edited file.
+    pub fn verify_self(&self) -> Result<(), ReleaseError> {
+        verify_threshold(
+            "root document",
+            ROOT_DOMAIN,
+            self.signed.as_bytes(),
+            &self.signatures,
+            &self.body.root_keys,
+            self.body.root_threshold,
+        )
+        .map(drop)
+    }
+
+    /// Reads and self-verifies a pinned root from a file.
+    pub fn load(path: &Path) -> Result<Self, ReleaseError> {
+        let bytes = read_capped(path, ROOT_CAP, "root document")?;
+        let root = Self::parse(&bytes)?;
+        root.verify_self()?;
+        Ok(root)
+    }
+
+    /// Accepts `next` as the successor of this root only if its version is exactly one more
+    /// and it is signed by a threshold of this root's keys *and* of its own keys: the old keys
+    /// vouch for the change, the new keys show they are held.
+    pub fn verify_successor(&self, next: &Root) -> Result<(), ReleaseError> {
+        if next.body.version != self.body.version + 1 {
+            return Err(ReleaseError::RootVersion {
+                current: self.body.version,
+                offered: next.body.version,
+            });
+        }
+        verify_threshold(
+            "new root (by the current root keys)",
+            ROOT_DOMAIN,
+            next.signed.as_bytes(),
+            &next.signatures,
+            &self.body.root_keys,
+            self.body.root_threshold,
+        )?;
+        verify_threshold(
+            "new root (by its own root keys)",
+            ROOT_DOMAIN,
+            next.signed.as_bytes(),
+            &next.signatures,
+            &next.body.root_keys,
+            next.body.root_threshold,
+        )?;
+        Ok(())
+    }
+}
+
+/// Reads a whole file after checking it is not over `cap`.
+pub(crate) fn read_capped(
+    path: &Path,
+    cap: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, ReleaseError> {
+    let size = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
+    if size > cap {
+        return Err(ReleaseError::TooLarge { what, size, cap });
+    }
+    std::fs::read(path).map_err(|e| io_err(path, e))
+}

@@ -1,0 +1,642 @@
+//! Build → verify round trips and every refusal, on real files. Hostile bundles are assembled
+//! by hand from raw tar headers, the way an attacker would.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use fleet_release::bundle::{Header, MAGIC, MANIFEST_CAP, MANIFEST_DOMAIN, SIGNATURES_CAP};
+use fleet_release::signatures::Signature;
+use fleet_release::{
+    BuildOptions, Entry, Manifest, ReleaseError, Root, RootBody, SecretKey, Timestamp,
+};
+use sha2::{Digest, Sha256};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    release_key: SecretKey,
+    root: Root,
+}
+
+fn fixture() -> Fixture {
+    let root_key = SecretKey::generate().expect("key");
+    let release_key = SecretKey::generate().expect("key");
+    let body =
+        RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1).expect("body");
+    let mut root = Root::unsigned(body).expect("root");
+    root.sign(&root_key);
+    root.verify_self().expect("self-signed root");
+    Fixture {
+        dir: tempfile::tempdir().expect("tempdir"),
+        release_key,
+        root,
+    }
+}
+
+impl Fixture {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A small release tree with a directory, an executable, a data file and a symlink.
+    fn tree(&self) -> PathBuf {
+        let from = self.path("tree");
+        if from.exists() {
+            return from;
+        }
+        fs::create_dir_all(from.join("bin")).expect("mkdir");
+        fs::write(from.join("bin/etl-server"), "#!/bin/sh\necho etl\n").expect("write");
+        fs::set_permissions(
+            from.join("bin/etl-server"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        fs::write(from.join("README"), "hello\n").expect("write");
+        symlink("bin/etl-server", from.join("server")).expect("symlink");
+        from
+    }
+
+    fn build(&self, version: &str, now: SystemTime) -> Result<(PathBuf, Manifest), ReleaseError> {
+        let from = self.tree();
+        fleet_release::build(&BuildOptions {
+            version: version.parse().expect("semver"),
+            from: &from,
+            key: &self.release_key,
+            channel: "stable".into(),
+            expires_in: Duration::from_secs(86_400),
+            platform: "linux-x86_64".into(),
+            min_agent_version: "0.1.0".parse().expect("semver"),
+            store: &self.path("store"),
+            now,
+        })
+    }
+
+    fn verify(&self, bundle: &Path) -> Result<fleet_release::Verified, ReleaseError> {
+        fleet_release::verify(
+            fs::File::open(bundle).expect("open"),
+            &self.root,
+            SystemTime::now(),
+        )
+    }
+}
+
+#[test]
+fn build_then_verify_round_trip() {
+    let f = fixture();
+    let (bundle, manifest) = f.build("1.2.0", SystemTime::now()).expect("build");
+    assert_eq!(bundle, f.path("store/1.2.0.bundle"));
+    assert_eq!(manifest.counter, 1);
+    let paths: Vec<_> = manifest.entries.iter().map(Entry::path).collect();
+    assert_eq!(paths, ["README", "bin", "bin/etl-server", "server"]);
+    let verified = f.verify(&bundle).expect("verifies");
+    assert_eq!(verified.manifest, manifest);
+    assert_eq!(verified.files, 2);
+    assert_eq!(verified.signers, vec![f.release_key.public()]);
+    let exe = manifest
+        .entries
+        .iter()
+        .find(|e| e.path() == "bin/etl-server")
+        .expect("listed");
+    assert!(matches!(
+        exe,
+        Entry::File {
+            mode: 0o755,
+            size: 19,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn counter_grows_and_versions_are_unique() {
+    let f = fixture();
+    f.build("1.0.0", SystemTime::now()).expect("first");
+    let (_, second) = f.build("1.1.0", SystemTime::now()).expect("second");
+    assert_eq!(second.counter, 2);
+    // A hotfix of an older line still gets a higher counter.
+    let (_, hotfix) = f.build("1.0.1", SystemTime::now()).expect("hotfix");
+    assert_eq!(hotfix.counter, 3);
+    assert!(matches!(
+        f.build("1.1.0", SystemTime::now()),
+        Err(ReleaseError::VersionExists { .. })
+    ));
+    let listed = fleet_release::list_store(&f.path("store")).expect("list");
+    let counters: Vec<_> = listed
+        .iter()
+        .map(|r| r.as_ref().expect("readable").manifest.counter)
+        .collect();
+    assert_eq!(counters, [1, 2, 3]);
+}
+
+#[test]
+fn refuses_a_damaged_store_rather_than_guessing_the_counter() {
+    let f = fixture();
+    f.build("1.0.0", SystemTime::now()).expect("first");
+    fs::write(f.path("store/0.9.0.bundle"), b"garbage").expect("write");
+    assert!(matches!(
+        f.build("1.1.0", SystemTime::now()),
+        Err(ReleaseError::InStore { .. })
+    ));
+}
+
+#[test]
+fn refuses_expired_manifest() {
+    let f = fixture();
+    let (bundle, _) = f
+        .build("1.0.0", SystemTime::now() - Duration::from_secs(2 * 86_400))
+        .expect("build");
+    assert!(matches!(
+        f.verify(&bundle),
+        Err(ReleaseError::Expired { .. })
+    ));
+}
+
+#[test]
+fn refuses_flipped_byte_in_payload() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let mut bytes = fs::read(&bundle).expect("read");
+    let last = bytes.len() - 40;
+    bytes[last] ^= 0x01;
+    fs::write(&bundle, &bytes).expect("write");
+    assert!(f.verify(&bundle).is_err());
+}
+
+#[test]
+fn every_byte_of_a_bundle_counts() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let bytes = fs::read(&bundle).expect("read");
+    let probe = f.path("probe.bundle");
+    for at in 0..bytes.len() {
+        for mask in [0x01u8, 0x20, 0x80] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= mask;
+            fs::write(&probe, &flipped).expect("write");
+            assert!(
+                f.verify(&probe).is_err(),
+                "flipping byte {at} of {} with {mask:#x} verified",
+                bytes.len()
+            );
+        }
+    }
+    let mut appended = bytes.clone();
+    appended.push(0);
+    fs::write(&probe, &appended).expect("write");
+    assert!(matches!(f.verify(&probe), Err(ReleaseError::Corrupt(_))));
+}
+
+#[test]
+fn refuses_altered_manifest() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let bytes = fs::read(&bundle).expect("read");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let at = text.find("\"stable\"").expect("channel in manifest");
+    let mut altered = bytes.clone();
+    altered[at + 1..at + 7].copy_from_slice(b"stabl3");
+    fs::write(&bundle, &altered).expect("write");
+    assert!(matches!(
+        f.verify(&bundle),
+        Err(ReleaseError::BadSignature {
+            what: "manifest",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn refuses_wrong_and_missing_signatures() {
+    let f = fixture();
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+    let stranger = SecretKey::generate().expect("key");
+
+    let unknown = assemble(&f, "unknown", &manifest, &[&stranger], &payload);
+    assert!(matches!(
+        f.verify(&unknown),
+        Err(ReleaseError::UnknownKey { .. })
+    ));
+
+    let unsigned = assemble(&f, "unsigned", &manifest, &[], &payload);
+    assert!(matches!(
+        f.verify(&unsigned),
+        Err(ReleaseError::MissingSignature { .. })
+    ));
+
+    let good = assemble(&f, "good", &manifest, &[&f.release_key], &payload);
+    f.verify(&good)
+        .expect("a hand-assembled good bundle verifies");
+}
+
+#[test]
+fn refuses_a_signature_repeated_to_fake_a_threshold() {
+    let root_key = SecretKey::generate().expect("key");
+    let a = SecretKey::generate().expect("key");
+    let b = SecretKey::generate().expect("key");
+    let body = RootBody::new(
+        1,
+        vec![root_key.public()],
+        1,
+        vec![a.public(), b.public()],
+        2,
+    )
+    .expect("body");
+    let mut root = Root::unsigned(body).expect("root");
+    root.sign(&root_key);
+    let f = Fixture {
+        dir: tempfile::tempdir().expect("tempdir"),
+        release_key: a,
+        root,
+    };
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+
+    let twice = assemble(
+        &f,
+        "twice",
+        &manifest,
+        &[&f.release_key, &f.release_key],
+        &payload,
+    );
+    assert!(matches!(
+        f.verify(&twice),
+        Err(ReleaseError::RepeatedSignature { .. })
+    ));
+    let once = assemble(&f, "once", &manifest, &[&f.release_key], &payload);
+    assert!(matches!(
+        f.verify(&once),
+        Err(ReleaseError::ThresholdNotMet {
+            valid: 1,
+            needed: 2,
+            ..
+        })
+    ));
+    let both = assemble(&f, "both", &manifest, &[&f.release_key, &b], &payload);
+    f.verify(&both)
+        .expect("two distinct keys meet the threshold");
+}
+
+#[test]
+fn refuses_content_that_differs_from_the_manifest() {
+    let f = fixture();
+    let manifest = manifest_for(&[("a", b"hello".as_slice())]);
+    type Case<'a> = (&'a str, Vec<(&'a str, RawKind)>, fn(&ReleaseError) -> bool);
+    let cases: Vec<Case<'_>> = vec![
+        ("hash", vec![("a", RawKind::File(b"hellO"))], |e| {
+            matches!(e, ReleaseError::HashMismatch { .. })
+        }),
+        ("size", vec![("a", RawKind::File(b"hello!"))], |e| {
+            matches!(e, ReleaseError::SizeMismatch { .. })
+        }),
+        (
+            "unlisted",
+            vec![
+                ("a", RawKind::File(b"hello")),
+                ("extra", RawKind::File(b"x")),
+            ],
+            |e| matches!(e, ReleaseError::Unlisted { path } if path == "extra"),
+        ),
+        (
+            "missing",
+            vec![],
+            |e| matches!(e, ReleaseError::Missing { path } if path == "a"),
+        ),
+        (
+            "dotdot",
+            vec![
+                ("a", RawKind::File(b"hello")),
+                ("../evil", RawKind::File(b"x")),
+            ],
+            |e| matches!(e, ReleaseError::PathTraversal { .. }),
+        ),
+        ("absolute", vec![("/etc/evil", RawKind::File(b"x"))], |e| {
+            matches!(e, ReleaseError::AbsolutePath { .. })
+        }),
+        ("device", vec![("null", RawKind::CharDevice)], |e| {
+            matches!(e, ReleaseError::DeviceFile { .. })
+        }),
+        (
+            "link-out",
+            vec![
+                ("a", RawKind::File(b"hello")),
+                ("evil", RawKind::Symlink("../../etc/passwd")),
+            ],
+            |e| matches!(e, ReleaseError::LinkEscapes { .. }),
+        ),
+        (
+            "twice",
+            vec![
+                ("a", RawKind::File(b"hello")),
+                ("a", RawKind::File(b"hello")),
+            ],
+            |e| matches!(e, ReleaseError::Corrupt(_)),
+        ),
+    ];
+    for (name, entries, expected) in cases {
+        let bundle = assemble(&f, name, &manifest, &[&f.release_key], &payload(&entries));
+        match f.verify(&bundle) {
+            Err(e) if expected(&e) => {}
+            other => panic!("{name}: unexpected outcome {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn refuses_manifests_listing_unsafe_entries() {
+    let f = fixture();
+    let bad_entries = [
+        (
+            Entry::File {
+                path: "../x".into(),
+                mode: 0o644,
+                size: 0,
+                sha256: sha(b""),
+            },
+            "traversal",
+        ),
+        (
+            Entry::File {
+                path: "/x".into(),
+                mode: 0o644,
+                size: 0,
+                sha256: sha(b""),
+            },
+            "absolute",
+        ),
+        (
+            Entry::Symlink {
+                path: "l".into(),
+                target: "../outside".into(),
+            },
+            "link",
+        ),
+        (
+            Entry::Symlink {
+                path: "l".into(),
+                target: "/etc/passwd".into(),
+            },
+            "link",
+        ),
+    ];
+    for (entry, kind) in bad_entries {
+        let mut manifest = manifest_for(&[]);
+        manifest.entries.push(entry);
+        let bundle = assemble(&f, kind, &manifest, &[&f.release_key], &payload(&[]));
+        let err = f.verify(&bundle).expect_err("refused");
+        let ok = match kind {
+            "traversal" => matches!(err, ReleaseError::PathTraversal { .. }),
+            "absolute" => matches!(err, ReleaseError::AbsolutePath { .. }),
+            _ => matches!(err, ReleaseError::LinkEscapes { .. }),
+        };
+        assert!(ok, "{kind}: {err}");
+    }
+    // An archive symlink whose target differs from the listed (safe) one.
+    let mut manifest = manifest_for(&[]);
+    manifest.entries.push(Entry::Symlink {
+        path: "l".into(),
+        target: "ok".into(),
+    });
+    let bundle = assemble(
+        &f,
+        "swapped",
+        &manifest,
+        &[&f.release_key],
+        &payload(&[("l", RawKind::Symlink("/etc/passwd"))]),
+    );
+    assert!(matches!(
+        f.verify(&bundle),
+        Err(ReleaseError::LinkEscapes { .. })
+    ));
+}
+
+#[test]
+fn refuses_blocks_over_their_caps_before_reading_them() {
+    let f = fixture();
+    for (name, manifest_len, sig_len) in [
+        ("manifest", MANIFEST_CAP + 1, 2),
+        ("sigs", 2, SIGNATURES_CAP + 1),
+    ] {
+        let path = f.path(name);
+        let mut w = fs::File::create(&path).expect("create");
+        w.write_all(MAGIC).expect("write");
+        w.write_all(&(manifest_len as u32).to_be_bytes())
+            .expect("write");
+        if name == "sigs" {
+            w.write_all(b"{}").expect("write");
+            w.write_all(&(sig_len as u32).to_be_bytes()).expect("write");
+        }
+        drop(w);
+        let err = f.verify(&path).expect_err("refused");
+        assert!(
+            matches!(err, ReleaseError::TooLarge { .. }),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn refuses_non_bundles_and_truncation() {
+    let f = fixture();
+    fs::write(f.path("junk"), b"definitely not a bundle").expect("write");
+    assert!(matches!(
+        f.verify(&f.path("junk")),
+        Err(ReleaseError::NotABundle)
+    ));
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let bytes = fs::read(&bundle).expect("read");
+    for cut in [10, 100, bytes.len() - 10] {
+        fs::write(f.path("cut"), &bytes[..cut]).expect("write");
+        assert!(f.verify(&f.path("cut")).is_err(), "cut at {cut} verified");
+    }
+}
+
+#[test]
+fn root_rotation_needs_old_and_new_thresholds_and_the_next_version() {
+    let keys: Vec<SecretKey> = (0..4)
+        .map(|_| SecretKey::generate().expect("key"))
+        .collect();
+    let release = SecretKey::generate().expect("key");
+    let pubs = |idx: &[usize]| idx.iter().map(|&i| keys[i].public()).collect::<Vec<_>>();
+    let mut v1 = Root::unsigned(
+        RootBody::new(1, pubs(&[0, 1]), 2, vec![release.public()], 1).expect("body"),
+    )
+    .expect("root");
+    v1.sign(&keys[0]);
+    assert!(matches!(
+        v1.verify_self(),
+        Err(ReleaseError::ThresholdNotMet { .. })
+    ));
+    v1.sign(&keys[1]);
+    v1.verify_self().expect("v1 complete");
+    let v1 = Root::parse(v1.to_json().as_bytes()).expect("round trip");
+    v1.verify_self().expect("v1 complete after a round trip");
+
+    let next = |version, signers: &[usize]| {
+        let mut r = Root::unsigned(
+            RootBody::new(version, pubs(&[2, 3]), 2, vec![release.public()], 1).expect("body"),
+        )
+        .expect("root");
+        for &i in signers {
+            r.sign(&keys[i]);
+        }
+        Root::parse(r.to_json().as_bytes()).expect("round trip")
+    };
+    v1.verify_successor(&next(2, &[0, 1, 2, 3]))
+        .expect("rotation accepted");
+    assert!(matches!(
+        v1.verify_successor(&next(2, &[0, 2, 3])),
+        Err(ReleaseError::ThresholdNotMet { .. })
+    ));
+    assert!(matches!(
+        v1.verify_successor(&next(2, &[0, 1, 2])),
+        Err(ReleaseError::ThresholdNotMet { .. })
+    ));
+    assert!(matches!(
+        v1.verify_successor(&next(3, &[0, 1, 2, 3])),
+        Err(ReleaseError::RootVersion { .. })
+    ));
+    assert!(matches!(
+        v1.verify_successor(&next(1, &[0, 1, 2, 3])),
+        Err(ReleaseError::RootVersion { .. })
+    ));
+
+    // A signature repeated to reach the old threshold is refused.
+    let text = next(2, &[0, 2, 3]).to_json();
+    let list = text.find("\"signatures\": [").expect("signature list") + "\"signatures\": [".len();
+    let first = &text[list..=list + text[list..].find('}').expect("first signature")];
+    let doubled = format!("{}{first},{}", &text[..list], &text[list..]);
+    let doubled = Root::parse(doubled.as_bytes()).expect("parses");
+    assert!(matches!(
+        v1.verify_successor(&doubled),
+        Err(ReleaseError::RepeatedSignature { .. })
+    ));
+
+    // Editing the signed part breaks every signature.
+    let tampered = next(2, &[0, 1, 2, 3])
+        .to_json()
+        .replace("\"release_threshold\":1", "\"release_threshold\":1 ");
+    let tampered = Root::parse(tampered.as_bytes()).expect("parses");
+    assert!(matches!(
+        v1.verify_successor(&tampered),
+        Err(ReleaseError::BadSignature { .. })
+    ));
+}
+
+#[test]
+fn refuses_malformed_roots() {
+    let k = SecretKey::generate().expect("key");
+    assert!(RootBody::new(1, vec![k.public()], 2, vec![k.public()], 1).is_err());
+    assert!(RootBody::new(1, vec![k.public(), k.public()], 1, vec![k.public()], 1).is_err());
+    assert!(RootBody::new(0, vec![k.public()], 1, vec![k.public()], 1).is_err());
+    assert!(Root::parse(b"{}").is_err());
+    assert!(Root::parse(b"not json").is_err());
+    assert!(matches!(
+        Root::parse(&vec![b' '; 2 << 20]),
+        Err(ReleaseError::TooLarge { .. })
+    ));
+}
+
+// ---- hand assembly of hostile bundles ----
+
+enum RawKind {
+    File(&'static [u8]),
+    Symlink(&'static str),
+    CharDevice,
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn manifest_for(files: &[(&str, &[u8])]) -> Manifest {
+    let now = Timestamp::now();
+    Manifest {
+        format: 1,
+        version: "1.0.0".parse().expect("semver"),
+        counter: 1,
+        channel: "stable".into(),
+        created: now,
+        expires: now.plus(Duration::from_secs(3600)),
+        platform: "linux-x86_64".into(),
+        min_agent_version: "0.1.0".parse().expect("semver"),
+        payload: fleet_release::Payload {
+            size: 0,
+            sha256: sha(b""),
+        },
+        entries: files
+            .iter()
+            .map(|(p, b)| Entry::File {
+                path: (*p).into(),
+                mode: 0o644,
+                size: b.len() as u64,
+                sha256: sha(b),
+            })
+            .collect(),
+    }
+}
+
+/// A zstd tar whose header names are written raw, so `..` and absolute paths get through.
+fn payload(entries: &[(&str, RawKind)]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (path, kind) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        let data: &[u8] = match kind {
+            RawKind::File(b) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(b.len() as u64);
+                b
+            }
+            RawKind::Symlink(t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.as_old_mut().linkname[..t.len()].copy_from_slice(t.as_bytes());
+                h.set_size(0);
+                b""
+            }
+            RawKind::CharDevice => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_size(0);
+                b""
+            }
+        };
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    zstd::encode_all(tar.as_slice(), 3).expect("compress")
+}
+
+/// Writes a bundle of `payload` under `manifest`, whose payload digest is filled in to match.
+fn assemble(
+    f: &Fixture,
+    name: &str,
+    manifest: &Manifest,
+    signers: &[&SecretKey],
+    payload: &[u8],
+) -> PathBuf {
+    let mut manifest = manifest.clone();
+    manifest.payload = fleet_release::Payload {
+        size: payload.len() as u64,
+        sha256: sha(payload),
+    };
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
+    let header = Header {
+        signatures: signers
+            .iter()
+            .map(|k| Signature::create(k, MANIFEST_DOMAIN, &manifest_bytes))
+            .collect(),
+        manifest_bytes,
+    };
+    let path = f.path(&format!("{name}.bundle"));
+    let mut file = fs::File::create(&path).expect("create");
+    header.write_to(&mut file).expect("header");
+    file.write_all(payload).expect("payload");
+    path
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: they run the real `fleet` binary on real files, as an operator would.
+
+mod inventory;
+mod release;
+mod support;

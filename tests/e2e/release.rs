@@ -1,0 +1,482 @@
+//! Keys, trust roots and release bundles through the `fleet` command line.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{Run, run};
+
+/// A temporary workspace with a root key, a release key and a root document.
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn new() -> Self {
+        let keys = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        for name in ["root", "release"] {
+            run(&[
+                "keys",
+                "generate",
+                "--out",
+                keys.s("keys").as_str(),
+                "--name",
+                name,
+            ])
+            .ok();
+        }
+        run(&[
+            "trust",
+            "init",
+            "--root-key",
+            &keys.s("keys/root.pub"),
+            "--release-key",
+            &keys.s("keys/release.pub"),
+            "--sign",
+            &keys.s("keys/root.key"),
+            "--out",
+            &keys.s("root.json"),
+        ])
+        .ok();
+        keys
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.p(rel).to_string_lossy().into_owned()
+    }
+
+    fn tree(&self, name: &str, files: &[(&str, &[u8])]) -> String {
+        for (path, bytes) in files {
+            let full = self.p(name).join(path);
+            fs::create_dir_all(full.parent().expect("has parent")).expect("mkdir");
+            fs::write(full, bytes).expect("write");
+        }
+        self.s(name)
+    }
+
+    fn build(&self, version: &str, from: &str) -> Run {
+        run(&[
+            "release",
+            "build",
+            "--version",
+            version,
+            "--from",
+            from,
+            "--key",
+            &self.s("keys/release.key"),
+            "--out",
+            &self.s("store"),
+            "--json",
+        ])
+    }
+
+    fn verify(&self, bundle: &str) -> Run {
+        run(&["release", "verify", bundle, "--trust", &self.s("root.json")])
+    }
+}
+
+#[test]
+fn keys_are_private_and_never_overwritten() {
+    let k = Keys::new();
+    let mode = fs::metadata(k.p("keys/root.key"))
+        .expect("key exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = run(&["keys", "generate", "--out", &k.s("keys"), "--name", "root"]).fails();
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    // A private key that others can read is refused, as OpenSSH does.
+    fs::set_permissions(k.p("keys/release.key"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    let refused = k.build("1.0.0", &from).fails();
+    assert!(refused.stderr.contains("chmod 600"), "{}", refused.stderr);
+}
+
+#[test]
+fn build_verify_list_round_trip() {
+    let k = Keys::new();
+    let from = k.tree(
+        "tree",
+        &[
+            ("bin/etl-server", b"#!/bin/sh\necho etl\n"),
+            ("share/flows.yaml", b"x: 1\n"),
+        ],
+    );
+    let built = k.build("1.0.0", &from).ok().json();
+    assert_eq!(built["counter"], 1);
+    assert_eq!(built["files"], 2);
+    let bundle = built["bundle"].as_str().expect("bundle path").to_owned();
+    let verified = k.verify(&bundle).ok();
+    assert!(
+        verified.stdout.contains("ok: release 1.0.0"),
+        "{}",
+        verified.stdout
+    );
+
+    k.build("1.1.0", &from).ok();
+    let listed = run(&["release", "list", "--store", &k.s("store"), "--json"])
+        .ok()
+        .json();
+    let versions: Vec<_> = listed["releases"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["version"].clone())
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.1.0"]);
+    let text = run(&["release", "list", "--store", &k.s("store")]).ok();
+    assert!(
+        text.stdout
+            .lines()
+            .nth(2)
+            .is_some_and(|l| l.starts_with("1.1.0")),
+        "{}",
+        text.stdout
+    );
+
+    let again = k.build("1.1.0", &from).fails();
+    assert!(
+        again.stderr.contains("already in the store"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn verify_refuses_tampering_with_a_clear_message() {
+    let k = Keys::new();
+    let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\necho etl\n")]);
+    write_noise(&k.p("tree/data.bin"), 1 << 20);
+    let bundle = k.build("1.0.0", &from).ok().json()["bundle"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+
+    // Swap the payload for one where a single byte of a file differs (incompressible data, so
+    // the payload keeps its size) under the original signed manifest.
+    let other_tree = k.tree("other", &[("bin/etl-server", b"#!/bin/sh\necho etl\n")]);
+    let mut data = fs::read(k.p("tree/data.bin")).expect("read");
+    data[1000] ^= 1;
+    fs::write(k.p("other/data.bin"), data).expect("write");
+    let other = run(&[
+        "release",
+        "build",
+        "--version",
+        "9.9.9",
+        "--from",
+        &other_tree,
+        "--key",
+        &k.s("keys/release.key"),
+        "--out",
+        &k.s("other-store"),
+        "--json",
+    ])
+    .ok()
+    .json()["bundle"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let spliced = k.p("spliced.bundle");
+    let (original, replacement) = (
+        fs::read(&bundle).expect("read"),
+        fs::read(&other).expect("read"),
+    );
+    let (head, _) = split_bundle(&original);
+    let (_, payload) = split_bundle(&replacement);
+    fs::write(&spliced, [head, payload].concat()).expect("write");
+    let refused = k.verify(&spliced.to_string_lossy()).fails();
+    assert!(
+        refused
+            .stderr
+            .contains("refused: `data.bin`: sha256 differs from the manifest"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        refused.stderr.lines().count(),
+        1,
+        "one clear line: {}",
+        refused.stderr
+    );
+
+    // A bundle signed by a key the root does not name.
+    run(&[
+        "keys",
+        "generate",
+        "--out",
+        &k.s("keys"),
+        "--name",
+        "stranger",
+    ])
+    .ok();
+    let foreign = run(&[
+        "release",
+        "build",
+        "--version",
+        "2.0.0",
+        "--from",
+        &from,
+        "--key",
+        &k.s("keys/stranger.key"),
+        "--out",
+        &k.s("foreign"),
+        "--json",
+    ])
+    .ok()
+    .json()["bundle"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let refused = k.verify(&foreign).fails();
+    assert!(refused.stderr.contains("unknown key"), "{}", refused.stderr);
+
+    // JSON output for scripts carries the error too.
+    let json = run(&[
+        "release",
+        "verify",
+        &foreign,
+        "--trust",
+        &k.s("root.json"),
+        "--json",
+    ])
+    .fails()
+    .json();
+    assert_eq!(json["ok"], false);
+    assert!(
+        json["error"]
+            .as_str()
+            .expect("error text")
+            .contains("unknown key")
+    );
+}
+
+/// Splits a bundle file into its header (magic, manifest, signatures) and its payload.
+fn split_bundle(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let block =
+        |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let manifest_end = 16 + 4 + block(16);
+    let header_end = manifest_end + 4 + block(manifest_end);
+    bytes.split_at(header_end)
+}
+
+#[test]
+fn trust_rotation_through_the_command_line() {
+    let k = Keys::new();
+    for name in ["root2", "root3"] {
+        run(&["keys", "generate", "--out", &k.s("keys"), "--name", name]).ok();
+    }
+    // v2 hands the root to root2 + root3 (2 of 2); signed only by the new keys it is not valid.
+    let partial = run(&[
+        "trust",
+        "rotate",
+        "--current",
+        &k.s("root.json"),
+        "--root-key",
+        &k.s("keys/root2.pub"),
+        "--root-key",
+        &k.s("keys/root3.pub"),
+        "--root-threshold",
+        "2",
+        "--sign",
+        &k.s("keys/root2.key"),
+        "--sign",
+        &k.s("keys/root3.key"),
+        "--out",
+        &k.s("root-v2.json"),
+    ])
+    .ok();
+    assert!(
+        partial.stdout.contains("not yet valid"),
+        "{}",
+        partial.stdout
+    );
+    let refused = run(&[
+        "trust",
+        "verify",
+        &k.s("root-v2.json"),
+        "--previous",
+        &k.s("root.json"),
+    ])
+    .fails();
+    assert!(
+        refused.stderr.contains("by the current root keys"),
+        "{}",
+        refused.stderr
+    );
+
+    // The old root key signs too: now the rotation is accepted.
+    run(&[
+        "trust",
+        "sign",
+        &k.s("root-v2.json"),
+        "--key",
+        &k.s("keys/root.key"),
+    ])
+    .ok();
+    run(&[
+        "trust",
+        "verify",
+        &k.s("root-v2.json"),
+        "--previous",
+        &k.s("root.json"),
+    ])
+    .ok();
+    run(&["trust", "verify", &k.s("root-v2.json")]).ok();
+
+    // Skipping a version is refused even with every signature.
+    let v3 = run(&[
+        "trust",
+        "rotate",
+        "--current",
+        &k.s("root-v2.json"),
+        "--sign",
+        &k.s("keys/root2.key"),
+        "--sign",
+        &k.s("keys/root3.key"),
+        "--out",
+        &k.s("root-v3.json"),
+    ])
+    .ok();
+    assert!(v3.stdout.contains("complete"), "{}", v3.stdout);
+    let skipped = run(&[
+        "trust",
+        "verify",
+        &k.s("root-v3.json"),
+        "--previous",
+        &k.s("root.json"),
+    ])
+    .fails();
+    assert!(
+        skipped.stderr.contains("must go to version 2"),
+        "{}",
+        skipped.stderr
+    );
+
+    // Outputs are never overwritten.
+    let again = run(&[
+        "trust",
+        "init",
+        "--root-key",
+        &k.s("keys/root.pub"),
+        "--release-key",
+        &k.s("keys/release.pub"),
+        "--out",
+        &k.s("root.json"),
+    ])
+    .fails();
+    assert!(
+        again.stderr.contains("never overwritten"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn expired_release_is_refused() {
+    use fleet_release::{BuildOptions, SecretKey};
+    use std::time::{Duration, SystemTime};
+    let k = Keys::new();
+    let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    let key = SecretKey::load(&k.p("keys/release.key")).expect("key");
+    let (bundle, _) = fleet_release::build(&BuildOptions {
+        version: "1.0.0".parse().expect("semver"),
+        from: Path::new(&from),
+        key: &key,
+        channel: "stable".into(),
+        expires_in: Duration::from_secs(86_400),
+        platform: fleet_release::bundle::host_platform(),
+        min_agent_version: "0.1.0".parse().expect("semver"),
+        store: &k.p("store"),
+        now: SystemTime::now() - Duration::from_secs(3 * 86_400),
+    })
+    .expect("build");
+    let refused = k.verify(&bundle.to_string_lossy()).fails();
+    assert!(refused.stderr.contains("expired at"), "{}", refused.stderr);
+}
+
+/// A 1 GiB release verifies in fixed memory. Measured as the peak resident set size that
+/// GNU time reports for the `fleet release verify` process, compared with a small bundle.
+#[test]
+fn one_gib_bundle_verifies_in_flat_memory() {
+    let k = Keys::new();
+    let small = k.tree("small", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    write_noise(&k.p("small/data.bin"), 4 << 20);
+    let big = k.tree("big", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    for i in 0..4 {
+        write_noise(&k.p(&format!("big/data/part-{i}.bin")), 256 << 20);
+    }
+    let small_bundle = k.build("1.0.0", &small).ok().json()["bundle"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let big_bundle = k.build("2.0.0", &big).ok().json()["bundle"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    assert!(fs::metadata(&big_bundle).expect("bundle").len() > 1 << 30);
+
+    let small_rss = peak_rss_kib(&small_bundle, &k.s("root.json"));
+    let big_rss = peak_rss_kib(&big_bundle, &k.s("root.json"));
+    eprintln!(
+        "peak RSS of `fleet release verify`: 4 MiB bundle {small_rss} KiB, 1 GiB bundle {big_rss} KiB"
+    );
+    assert!(big_rss < 64 * 1024, "1 GiB verify used {big_rss} KiB");
+    assert!(
+        big_rss < small_rss + 16 * 1024,
+        "memory grew with size: {small_rss} KiB -> {big_rss} KiB"
+    );
+}
+
+fn peak_rss_kib(bundle: &str, root: &str) -> u64 {
+    let time = Path::new("/usr/bin/time");
+    assert!(
+        time.exists(),
+        "GNU time is missing: install it with `apt-get install -y time` (.ci/run does)"
+    );
+    let out = Command::new(time)
+        .args([
+            "-f",
+            "%M",
+            env!("CARGO_BIN_EXE_fleet"),
+            "release",
+            "verify",
+            bundle,
+            "--trust",
+            root,
+        ])
+        .output()
+        .expect("runs");
+    let run = Run::from(out).ok();
+    run.stderr
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("GNU time prints the peak RSS in KiB")
+}
+
+/// Writes `len` bytes that do not compress (xorshift), quickly and without holding them.
+fn write_noise(path: &Path, len: usize) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut file = std::io::BufWriter::new(fs::File::create(path).expect("create"));
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ len as u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..len / chunk.len() {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&chunk).expect("write");
+    }
+    file.flush().expect("flush");
+}

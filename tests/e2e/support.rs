@@ -1,0 +1,77 @@
+//! Shared helpers for the end-to-end tests: running `fleet` and reading what it printed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The `fleet` binary cargo built for these tests.
+pub fn fleet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fleet"))
+}
+
+/// What one run of `fleet` did.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn fails(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected failure\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `fleet ARGS`.
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    fleet()
+        .args(args)
+        .output()
+        .expect("the fleet binary runs")
+        .into()
+}
+
+/// The repository's root, for the example files.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the controller crate sits in the repository")
+}
