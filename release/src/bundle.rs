@@ -401,8 +401,8 @@ enum Walked {
     Symlink { rel: String, target: String },
 }
 
-/// Lists the tree under `root` in a fixed order (sorted, parents first), refusing what a
-/// release cannot carry.
+/// Lists the tree under `root` in a fixed order (sorted by path components, so parents come
+/// first), refusing what a release cannot carry.
 fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
     let meta = fs::metadata(root).map_err(|e| io_err(root, e))?;
     if !meta.is_dir() {
@@ -414,14 +414,8 @@ fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_owned(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
-        let mut names = Vec::new();
         for item in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
-            let item = item.map_err(|e| io_err(&dir, e))?;
-            names.push(item.file_name());
-        }
-        names.sort();
-        let mut subdirs = Vec::new();
-        for name in names {
+            let name = item.map_err(|e| io_err(&dir, e))?.file_name();
             let abs = dir.join(&name);
             let name = name.into_string().map_err(|_| ReleaseError::Source {
                 path: abs.clone(),
@@ -449,7 +443,7 @@ fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
                     rel: rel.clone(),
                     mode,
                 });
-                subdirs.push((abs, rel));
+                stack.push((abs, rel));
             } else if kind.is_file() {
                 out.push(Walked::File {
                     rel,
@@ -470,9 +464,6 @@ fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
                 ));
             }
         }
-        // Depth first, in sorted order: push in reverse so the first name is walked first.
-        stack.extend(subdirs.into_iter().rev());
-        // Keep parents before children across levels: order within `out` is what we emit.
     }
     Ok(sort_parents_first(out))
 }
