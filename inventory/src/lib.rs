@@ -47,7 +47,7 @@ impl Inventory {
     /// known_hosts, `file:` secrets) are taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let mut problems = Problems::new(path.display().to_string());
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_capped(path, MAX_FILE_BYTES) {
             Ok(bytes) => bytes,
             Err(err) => {
                 problems.add_file(format!("cannot read: {err}"));
@@ -153,4 +153,21 @@ fn utf8_error_pos(bytes: &[u8], offset: usize) -> Pos {
     let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
     let column = valid[line_start..].chars().count() + 1;
     Pos::new(line, column)
+}
+
+/// Largest inventory file read (16 MiB): an inventory is text an operator writes.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a whole file, but never more than `cap` bytes, whatever the file claims to be (a
+/// device or a FIFO has no honest size).
+pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::other(format!("larger than {cap} bytes")));
+    }
+    Ok(bytes)
 }

@@ -59,6 +59,9 @@ pub(crate) fn parse_ref(text: &str, base_dir: &Path) -> Option<Result<SecretRef,
     None
 }
 
+/// Largest secret file read (64 KiB).
+const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+
 impl SecretRef {
     /// Reads the secret now: the environment variable or the file, minus one trailing newline.
     pub fn resolve(&self) -> Result<Secret, SecretError> {
@@ -79,7 +82,7 @@ impl SecretRef {
                     path: path.clone(),
                     reason,
                 };
-                match std::fs::read(&path) {
+                match crate::read_capped(&path, MAX_SECRET_FILE_BYTES) {
                     Ok(bytes) => match String::from_utf8(bytes) {
                         Ok(text) => Ok(Secret(trim_newline(text))),
                         Err(_) => Err(unreadable("not valid UTF-8".to_owned())),
@@ -192,8 +195,32 @@ impl Serialize for Setting {
     }
 }
 
-/// `scheme://user:password@host/...` → `scheme://user:***@host/...`; anything else unchanged.
+/// `scheme://user:password@host/...` → `scheme://user:***@host/...`, and a `password=` query
+/// parameter (libpq accepts one) → `password=***`; anything else unchanged.
 pub fn mask_url_password(url: &str) -> String {
+    let url = mask_userinfo(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let (query, fragment) = query
+        .split_once('#')
+        .map_or((query, None), |(q, f)| (q, Some(f)));
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", masked.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -237,6 +264,10 @@ mod tests {
         assert_eq!(
             mask_url_password("redis://10.0.0.5:6379/0?x=a:b@c"),
             "redis://10.0.0.5:6379/0?x=a:b@c"
+        );
+        assert_eq!(
+            mask_url_password("postgres://db/etl?sslmode=require&password=hunter2#x"),
+            "postgres://db/etl?sslmode=require&password=***#x"
         );
         assert_eq!(
             mask_url_password("unix:///run/redis.sock"),

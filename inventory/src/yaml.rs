@@ -7,8 +7,16 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
 
 use crate::problem::{Pos, Problems};
 
-/// Most nodes a document may expand to, counting every copy an alias makes.
+/// Most nodes a document may expand to, counting every copy an alias makes. A scalar counts
+/// one more node for every [`SCALAR_BYTES_PER_NODE`] bytes of its text, so that an alias to a
+/// long string is bounded by its size, not only by its count.
 pub const MAX_NODES: usize = 100_000;
+/// Bytes of scalar text that count as one more node towards [`MAX_NODES`].
+pub const SCALAR_BYTES_PER_NODE: usize = 64;
+
+fn scalar_weight(text: &str) -> usize {
+    1 + text.len() / SCALAR_BYTES_PER_NODE
+}
 /// Deepest nesting of maps and lists a document may have.
 pub const MAX_DEPTH: usize = 64;
 
@@ -254,7 +262,7 @@ impl Builder<'_> {
                         self.problems.add_hint(
                             pos,
                             &path,
-                            format!("`{text}` cannot be tagged `{}`", tag_text(tag)),
+                            format!("this value cannot be tagged `{}`", tag_text(tag)),
                             Some(TAG_HINT),
                         );
                         untagged()
@@ -432,18 +440,19 @@ impl Builder<'_> {
                 });
             }
             Event::Scalar(text, style, anchor, tag) => {
-                self.total += 1;
+                let weight = scalar_weight(&text);
+                self.total += weight;
                 if self.total > MAX_NODES {
                     self.too_big(pos, "this value");
                     return false;
                 }
                 let yaml = self.scalar(text.into_owned(), style, tag.as_deref(), pos);
                 if anchor != 0 {
-                    self.anchors.insert(anchor, (yaml.clone(), 1, 0));
+                    self.anchors.insert(anchor, (yaml.clone(), weight, 0));
                 }
                 self.push(Built {
                     yaml,
-                    count: 1,
+                    count: weight,
                     height: 0,
                 });
             }

@@ -159,3 +159,14 @@ fn limit_forms_through_the_command_line() {
         out.stderr
     );
 }
+
+#[test]
+fn endless_input_is_refused_without_reading_it_all() {
+    let out = run(&["inventory", "check", "-i", "/dev/zero"]).fails();
+    assert!(
+        out.stderr
+            .starts_with("/dev/zero: cannot read: larger than"),
+        "{}",
+        out.stderr
+    );
+}
