@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
-use crate::report::{Failure, Report};
+use crate::report::Failure;
 
 /// Fleet: build signed releases and push them over SSH to the nodes of your customers.
 #[derive(Debug, Parser)]
@@ -209,8 +209,19 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match outcome {
         Ok(report) => {
-            print_report(&report, cli.json);
-            ExitCode::SUCCESS
+            if cli.json {
+                print_out(&report.json.to_string());
+            } else if !report.text.is_empty() {
+                print_out(report.text.trim_end());
+            }
+            for problem in &report.problems {
+                eprintln!("error: {problem}");
+            }
+            if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(failure) => {
             for line in &failure.lines {
@@ -223,19 +234,18 @@ pub fn run(cli: Cli) -> ExitCode {
                 if let (Some(details), Some(obj)) = (failure.details, doc.as_object_mut()) {
                     obj.insert("details".into(), details);
                 }
-                println!("{doc}");
+                print_out(&doc.to_string());
             }
             ExitCode::FAILURE
         }
     }
 }
 
-fn print_report(report: &Report, json: bool) {
-    if json {
-        println!("{}", report.json);
-    } else if !report.text.is_empty() {
-        println!("{}", report.text.trim_end());
-    }
+/// Prints to stdout; a reader that went away (`fleet ... | head`) is not an error worth a
+/// panic, so write errors are dropped.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 #[cfg(test)]

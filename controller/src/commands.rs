@@ -103,7 +103,7 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
         }
         TrustCommand::Rotate { current, keys, out } => {
             let current = Root::load(&current).with_context(|| format!("{}", current.display()))?;
-            let body = root_body(current.body().version + 1, &keys, Some(current.body()))?;
+            let body = root_body(current.next_version()?, &keys, Some(current.body()))?;
             let mut next = Root::unsigned(body)?;
             sign_all(&mut next, &keys.sign)?;
             let status = match current.verify_successor(&next) {
@@ -114,15 +114,13 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
             Ok(root_report(&out, &next, &status))
         }
         TrustCommand::Sign { file, key } => {
-            let bytes = read_root_bytes(&file)?;
-            let mut root = Root::parse(&bytes).with_context(|| format!("{}", file.display()))?;
+            let mut root = Root::read(&file).with_context(|| format!("{}", file.display()))?;
             root.sign(&load_secret(&key)?);
             replace(&file, root.to_json().as_bytes())?;
             Ok(root_report(&file, &root, "signed"))
         }
         TrustCommand::Verify { file, previous } => {
-            let bytes = read_root_bytes(&file)?;
-            let root = Root::parse(&bytes).with_context(|| format!("{}", file.display()))?;
+            let root = Root::read(&file).with_context(|| format!("{}", file.display()))?;
             match previous {
                 None => root
                     .verify_self()
@@ -141,19 +139,6 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
             Ok(root_report(&file, &root, "valid"))
         }
     }
-}
-
-fn read_root_bytes(path: &Path) -> Result<Vec<u8>> {
-    let size = fs::metadata(path)
-        .with_context(|| format!("{}", path.display()))?
-        .len();
-    if size > fleet_release::trust::ROOT_CAP {
-        bail!(
-            "{}: {size} bytes, over the root document cap",
-            path.display()
-        );
-    }
-    fs::read(path).with_context(|| format!("{}", path.display()))
 }
 
 fn root_body(version: u64, keys: &RootKeys, base: Option<&RootBody>) -> Result<RootBody> {
@@ -324,18 +309,11 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
                     Err(e) => broken.push(e.to_string()),
                 }
             }
-            if !broken.is_empty() {
-                bail!(
-                    "{} unreadable bundle(s) in {}: {}",
-                    broken.len(),
-                    store.display(),
-                    broken.join("; ")
-                );
-            }
             Ok(Report::new(
                 lines.join("\n"),
                 json!({ "ok": true, "releases": json_items }),
-            ))
+            )
+            .with_problems(broken))
         }
     }
 }
@@ -357,14 +335,22 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}", path.display()))
 }
 
-/// Replaces a file atomically: a reader sees the old or the new content, never a mix.
+/// Replaces a file atomically, keeping its mode: a reader sees the old or the new content,
+/// never a mix.
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let permissions = fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .permissions();
     let mut tmp =
         tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}", dir.display()))?;
+    // Keep the file's mode: the temporary file starts as 0600, and a trust root is public.
+    tmp.as_file()
+        .set_permissions(permissions)
+        .with_context(|| format!("{}", path.display()))?;
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("{}", path.display()))?;

@@ -7,6 +7,9 @@ use serde::Serialize;
 pub struct Report {
     pub text: String,
     pub json: serde_json::Value,
+    /// What went wrong in a command that still has results to show (one line each, printed on
+    /// stderr); any problem makes the exit code non-zero.
+    pub problems: Vec<String>,
 }
 
 impl Report {
@@ -16,7 +19,21 @@ impl Report {
         Self {
             text: text.into(),
             json,
+            problems: Vec::new(),
         }
+    }
+
+    /// Records problems next to the results; the JSON document then says `"ok": false` and
+    /// lists them.
+    pub fn with_problems(mut self, problems: Vec<String>) -> Self {
+        if !problems.is_empty()
+            && let Some(doc) = self.json.as_object_mut()
+        {
+            doc.insert("ok".into(), false.into());
+            doc.insert("problems".into(), problems.clone().into());
+        }
+        self.problems = problems;
+        self
     }
 }
 

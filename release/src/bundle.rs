@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -70,9 +70,11 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ReleaseError> {
 /// Reads the header, refusing a block over its cap before allocating it.
 pub fn read_header(r: &mut impl Read) -> Result<Header, ReleaseError> {
     let mut magic = [0u8; 16];
-    read_exact(r, &mut magic)?;
-    if &magic != MAGIC {
-        return Err(ReleaseError::NotABundle);
+    match read_exact(r, &mut magic) {
+        Err(ReleaseError::Truncated) => return Err(ReleaseError::NotABundle),
+        Err(e) => return Err(e),
+        Ok(()) if &magic != MAGIC => return Err(ReleaseError::NotABundle),
+        Ok(()) => {}
     }
     let manifest_bytes = read_block(r, "manifest", MANIFEST_CAP)?;
     let sig_bytes = read_block(r, "signature list", SIGNATURES_CAP)?;
@@ -113,10 +115,16 @@ pub struct Verified {
     pub bytes: u64,
 }
 
-/// Verifies a bundle read from `r` against a trusted root at time `now`, in one streaming
-/// pass with fixed-size buffers: signatures over the exact manifest bytes first, then the
-/// manifest's rules, then every archive entry against the manifest.
-pub fn verify(r: impl Read, root: &Root, now: SystemTime) -> Result<Verified, ReleaseError> {
+/// Verifies a bundle against a trusted root at time `now`, with fixed-size buffers whatever
+/// its size. Nothing is believed before it is authenticated: the signatures over the exact
+/// manifest bytes first, then the manifest's rules, then (first pass) the compressed payload
+/// against the manifest's digest, and only then (second pass) is the payload decompressed and
+/// every archive entry held to the manifest entry of the same path.
+pub fn verify<R: Read + Seek>(
+    r: R,
+    root: &Root,
+    now: SystemTime,
+) -> Result<Verified, ReleaseError> {
     let mut r = BufReader::with_capacity(IO_BUF, r);
     let header = read_header(&mut r)?;
     let signers = signatures::verify_threshold(
@@ -135,7 +143,10 @@ pub fn verify(r: impl Read, root: &Root, now: SystemTime) -> Result<Verified, Re
             expires: manifest.expires,
         });
     }
-    check_payload(r, &manifest)?;
+    let start = r.stream_position().map_err(ReleaseError::Read)?;
+    check_payload_digest(&mut r, &manifest.payload)?;
+    r.seek(SeekFrom::Start(start)).map_err(ReleaseError::Read)?;
+    check_entries(r, &manifest)?;
     Ok(Verified {
         files: manifest.file_count(),
         bytes: manifest.total_size(),
@@ -144,162 +155,139 @@ pub fn verify(r: impl Read, root: &Root, now: SystemTime) -> Result<Verified, Re
     })
 }
 
-/// Streams the payload and holds each archive entry to the manifest entry of the same path,
-/// while hashing the compressed bytes themselves against the manifest's payload digest.
-fn check_payload(r: impl BufRead, manifest: &Manifest) -> Result<(), ReleaseError> {
-    let mut expected: BTreeMap<&str, (&Entry, bool)> = manifest
+/// Hashes the payload to the end of the bundle, reading at most one byte past its declared
+/// size, so that every byte of the file is covered by the signature before any is parsed.
+fn check_payload_digest(r: impl Read, payload: &Payload) -> Result<(), ReleaseError> {
+    let mut hashing = Hashing::new(r.take(payload.size.saturating_add(1)));
+    io::copy(&mut hashing, &mut io::sink()).map_err(ReleaseError::Read)?;
+    let (_, count, sha256) = hashing.finish();
+    match count.cmp(&payload.size) {
+        std::cmp::Ordering::Less => Err(ReleaseError::PayloadMismatch(
+            "shorter than the manifest says",
+        )),
+        std::cmp::Ordering::Greater => Err(ReleaseError::PayloadMismatch(
+            "longer than the manifest says",
+        )),
+        std::cmp::Ordering::Equal if sha256 != payload.sha256 => Err(
+            ReleaseError::PayloadMismatch("sha256 differs from the manifest"),
+        ),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
+/// Decompresses the (authenticated) payload and holds each archive entry to the manifest.
+fn check_entries(r: impl BufRead, manifest: &Manifest) -> Result<(), ReleaseError> {
+    let mut expected: Expected<'_> = manifest
         .entries
         .iter()
         .map(|e| (e.path(), (e, false)))
         .collect();
-    let tee = Tee {
-        inner: r,
-        hasher: Sha256::new(),
-        count: 0,
-        limit: manifest.payload.size,
-    };
-    let mut decoder = zstd::stream::read::Decoder::new(tee).map_err(corrupt)?;
-    // Bounds the decoder's window (and so its memory) whatever window a hostile frame asks for.
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(r).map_err(corrupt)?;
+    // Bounds the decoder's window (and so its memory) whatever window a frame asks for.
     decoder.window_log_max(WINDOW_LOG_MAX).map_err(corrupt)?;
     let mut archive = tar::Archive::new(decoder);
     let mut buf = vec![0u8; IO_BUF];
-    check_entries(&mut archive, &mut expected, &mut buf)?;
+    for entry in archive.entries().map_err(corrupt)? {
+        check_entry(entry.map_err(corrupt)?, &mut expected, &mut buf)?;
+    }
     if let Some((path, _)) = expected.iter().find(|(_, (_, seen))| !seen) {
         return Err(ReleaseError::Missing {
             path: (*path).to_owned(),
         });
-    }
-    // Whatever follows the archive's end (padding, or bytes an attacker appended) is hashed too.
-    let mut tee = archive.into_inner().finish().into_inner();
-    io::copy(&mut tee, &mut io::sink()).map_err(corrupt)?;
-    if tee.count != manifest.payload.size {
-        return Err(ReleaseError::PayloadMismatch(
-            "shorter than the manifest says",
-        ));
-    }
-    if hex::encode(tee.hasher.finalize()) != manifest.payload.sha256 {
-        return Err(ReleaseError::PayloadMismatch(
-            "sha256 differs from the manifest",
-        ));
     }
     Ok(())
 }
 
 type Expected<'a> = BTreeMap<&'a str, (&'a Entry, bool)>;
 
-fn check_entries<R: Read>(
-    archive: &mut tar::Archive<R>,
+fn check_entry<R: Read>(
+    mut entry: tar::Entry<'_, R>,
     expected: &mut Expected<'_>,
     buf: &mut [u8],
 ) -> Result<(), ReleaseError> {
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(corrupt)?;
-        let raw_path = entry.path_bytes();
-        let path = std::str::from_utf8(&raw_path)
-            .map_err(|_| ReleaseError::UnsafePath {
-                path: String::from_utf8_lossy(&raw_path).into_owned(),
-                reason: "not UTF-8".into(),
-            })?
-            .trim_end_matches('/')
-            .to_owned();
-        manifest::check_path(&path)?;
-        let kind = entry.header().entry_type();
-        if kind.is_character_special() || kind.is_block_special() {
-            return Err(ReleaseError::DeviceFile { path });
-        }
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            return Err(ReleaseError::UnsafePath {
-                path,
-                reason: format!("unsupported entry type {kind:?}"),
-            });
-        }
-        if kind.is_symlink() {
-            let link = entry.link_name_bytes().unwrap_or_default();
-            manifest::check_link(&path, &String::from_utf8_lossy(&link))?;
-        }
-        let Some((listed, seen)) = expected.get_mut(path.as_str()) else {
-            return Err(ReleaseError::Unlisted { path });
-        };
-        if std::mem::replace(seen, true) {
-            return Err(ReleaseError::Corrupt(format!(
-                "`{path}` appears twice in the archive"
-            )));
-        }
-        let mode = entry.header().mode().map_err(corrupt)? & 0o7777;
-        let differs = |what: &str| {
-            Err(ReleaseError::EntryDiffers {
-                path: path.clone(),
-                what: what.into(),
-            })
-        };
-        match **listed {
-            Entry::Dir { mode: m, .. } if kind.is_dir() => {
-                if mode != m {
-                    return differs("mode");
-                }
+    let raw_path = entry.path_bytes();
+    let path = std::str::from_utf8(&raw_path)
+        .map_err(|_| ReleaseError::UnsafePath {
+            path: String::from_utf8_lossy(&raw_path).into_owned(),
+            reason: "not UTF-8".into(),
+        })?
+        .trim_end_matches('/')
+        .to_owned();
+    manifest::check_path(&path)?;
+    let kind = entry.header().entry_type();
+    if kind.is_character_special() || kind.is_block_special() {
+        return Err(ReleaseError::DeviceFile { path });
+    }
+    if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+        return Err(ReleaseError::UnsafePath {
+            path,
+            reason: format!("unsupported entry type {kind:?}"),
+        });
+    }
+    let link = entry
+        .link_name_bytes()
+        .map(|l| String::from_utf8_lossy(&l).into_owned());
+    if let (true, Some(link)) = (kind.is_symlink(), &link) {
+        manifest::check_link(&path, link)?;
+    }
+    let Some((listed, seen)) = expected.get_mut(path.as_str()) else {
+        return Err(ReleaseError::Unlisted { path });
+    };
+    if std::mem::replace(seen, true) {
+        return Err(ReleaseError::Corrupt(format!(
+            "`{path}` appears twice in the archive"
+        )));
+    }
+    let mode = entry.header().mode().map_err(corrupt)? & 0o7777;
+    let differs = |what: &str| {
+        Err(ReleaseError::EntryDiffers {
+            path: path.clone(),
+            what: what.into(),
+        })
+    };
+    match **listed {
+        Entry::Dir { mode: m, .. } if kind.is_dir() => {
+            if mode != m {
+                return differs("mode");
             }
-            Entry::Symlink { ref target, .. } if kind.is_symlink() => {
-                let link = entry.link_name_bytes().unwrap_or_default();
-                if link.as_ref() != target.as_bytes() {
-                    return Err(ReleaseError::LinkEscapes {
-                        path,
-                        target: String::from_utf8_lossy(&link).into_owned(),
-                    });
-                }
-            }
-            Entry::File {
-                mode: m,
-                size,
-                ref sha256,
-                ..
-            } if kind.is_file() => {
-                let actual = entry.size();
-                if actual != size {
-                    return Err(ReleaseError::SizeMismatch {
-                        path,
-                        expected: size,
-                        actual,
-                    });
-                }
-                if mode != m {
-                    return differs("mode");
-                }
-                let mut hasher = Sha256::new();
-                loop {
-                    let n = entry.read(buf).map_err(corrupt)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                if hex::encode(hasher.finalize()) != *sha256 {
-                    return Err(ReleaseError::HashMismatch { path });
-                }
-            }
-            _ => return differs("entry type"),
         }
+        Entry::Symlink { ref target, .. } if kind.is_symlink() => {
+            if link.as_deref() != Some(target.as_str()) {
+                return differs("symlink target");
+            }
+        }
+        Entry::File {
+            mode: m,
+            size,
+            ref sha256,
+            ..
+        } if kind.is_file() => {
+            let actual = entry.size();
+            if actual != size {
+                return Err(ReleaseError::SizeMismatch {
+                    path,
+                    expected: size,
+                    actual,
+                });
+            }
+            if mode != m {
+                return differs("mode");
+            }
+            let mut hasher = Sha256::new();
+            loop {
+                let n = entry.read(buf).map_err(corrupt)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            if hex::encode(hasher.finalize()) != *sha256 {
+                return Err(ReleaseError::HashMismatch { path });
+            }
+        }
+        _ => return differs("entry type"),
     }
     Ok(())
-}
-
-/// Hashes and counts the bytes read through it, and refuses to read past `limit`.
-struct Tee<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for Tee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        if self.count > self.limit {
-            return Err(io::Error::other("payload is longer than the manifest says"));
-        }
-        Ok(n)
-    }
 }
 
 fn corrupt(e: io::Error) -> ReleaseError {
@@ -347,7 +335,10 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseErro
         .into_iter()
         .map(|item| item.map(|s| s.manifest.counter))
         .try_fold(0u64, |max, c| c.map(|c| max.max(c)))?
-        + 1;
+        .checked_add(1)
+        .ok_or_else(|| {
+            ReleaseError::BadManifest("the store's release counter is at its maximum".into())
+        })?;
 
     let walked = walk(opts.from)?;
     let mut payload = tempfile::tempfile_in(opts.store).map_err(|e| io_err(opts.store, e))?;
@@ -396,9 +387,21 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseErro
 }
 
 enum Walked {
-    Dir { rel: String, mode: u32 },
-    File { rel: String, mode: u32, size: u64 },
-    Symlink { rel: String, target: String },
+    Dir {
+        rel: String,
+        mode: u32,
+    },
+    /// `id` is the device and inode, to notice a file swapped between the walk and the read.
+    File {
+        rel: String,
+        mode: u32,
+        size: u64,
+        id: (u64, u64),
+    },
+    Symlink {
+        rel: String,
+        target: String,
+    },
 }
 
 /// Lists the tree under `root` in a fixed order (sorted by path components, so parents come
@@ -449,6 +452,7 @@ fn walk(root: &Path) -> Result<Vec<Walked>, ReleaseError> {
                     rel,
                     mode,
                     size: meta.size(),
+                    id: (meta.dev(), meta.ino()),
                 });
             } else if kind.is_symlink() {
                 let target = fs::read_link(&abs).map_err(|e| io_err(&abs, e))?;
@@ -487,11 +491,7 @@ fn write_payload(
     out: &mut File,
 ) -> Result<(Vec<Entry>, Payload), ReleaseError> {
     let store_err = |e: io::Error| ReleaseError::Write(e);
-    let sink = HashingWriter {
-        inner: io::BufWriter::with_capacity(IO_BUF, out),
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let sink = Hashing::new(io::BufWriter::with_capacity(IO_BUF, out));
     let mut encoder = zstd::stream::write::Encoder::new(sink, 3).map_err(store_err)?;
     // Two workers keep compression off the reading thread; failure just means one thread.
     let _ = encoder.multithread(2);
@@ -514,20 +514,31 @@ fn write_payload(
                     mode: *mode,
                 });
             }
-            Walked::File { rel, mode, size } => {
+            Walked::File {
+                rel,
+                mode,
+                size,
+                id,
+            } => {
                 let abs = root.join(rel);
                 let file = File::open(&abs).map_err(|e| io_err(&abs, e))?;
+                // The walk saw a regular file here; refuse whatever was put in its place since
+                // (a symlink to outside the tree would have been followed by `open`).
+                let meta = file.metadata().map_err(|e| io_err(&abs, e))?;
+                if (meta.dev(), meta.ino()) != *id || !meta.is_file() {
+                    return Err(ReleaseError::Source {
+                        path: abs,
+                        reason: "file was replaced while the release was built".into(),
+                    });
+                }
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(*mode);
                 header.set_size(*size);
-                let mut reader = HashingReader {
-                    inner: file.take(*size),
-                    hasher: Sha256::new(),
-                    count: 0,
-                };
+                let mut reader = Hashing::new(file.take(*size));
                 tar.append_data(&mut header, rel, &mut reader)
                     .map_err(|e| io_err(&abs, e))?;
-                if reader.count != *size {
+                let (_, count, sha256) = reader.finish();
+                if count != *size {
                     return Err(ReleaseError::Source {
                         path: abs,
                         reason: "file changed size while it was read".into(),
@@ -537,7 +548,7 @@ fn write_payload(
                     path: rel.clone(),
                     mode: *mode,
                     size: *size,
-                    sha256: hex::encode(reader.hasher.finalize()),
+                    sha256,
                 });
             }
             Walked::Symlink { rel, target } => {
@@ -554,24 +565,43 @@ fn write_payload(
         }
     }
     let encoder = tar.into_inner().map_err(store_err)?;
-    let mut sink = encoder.finish().map_err(store_err)?;
-    sink.inner.flush().map_err(store_err)?;
-    Ok((
-        entries,
-        Payload {
-            size: sink.count,
-            sha256: hex::encode(sink.hasher.finalize()),
-        },
-    ))
+    let (mut file, size, sha256) = encoder.finish().map_err(store_err)?.finish();
+    file.flush().map_err(store_err)?;
+    Ok((entries, Payload { size, sha256 }))
 }
 
-struct HashingWriter<W> {
-    inner: W,
+/// Counts and hashes the bytes that pass through it, read or written.
+struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
     count: u64,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// The inner reader or writer, the byte count and the hex sha256.
+    fn finish(self) -> (T, u64, String) {
+        (self.inner, self.count, hex::encode(self.hasher.finalize()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -581,21 +611,6 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
     }
 }
 

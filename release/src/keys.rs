@@ -196,13 +196,7 @@ fn write_new(path: &Path, mode: u32, text: &str) -> Result<(), ReleaseError> {
 }
 
 fn read_small(path: &Path) -> Result<String, ReleaseError> {
-    let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
-    if bytes.len() > 4096 {
-        return Err(ReleaseError::BadKeyFile {
-            path: path.to_owned(),
-            reason: "file is too large for a key".into(),
-        });
-    }
+    let bytes = crate::trust::read_capped(path, 4096, "key file")?;
     String::from_utf8(bytes).map_err(|_| ReleaseError::BadKeyFile {
         path: path.to_owned(),
         reason: "not UTF-8 text".into(),

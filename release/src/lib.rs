@@ -48,7 +48,7 @@ pub enum ReleaseError {
     Truncated,
     #[error("bundle is corrupt: {0}")]
     Corrupt(String),
-    #[error("{what} is {size} bytes, over its cap of {cap} bytes")]
+    #[error("{what} is larger than its cap of {cap} bytes")]
     TooLarge {
         what: &'static str,
         size: u64,

@@ -173,19 +173,31 @@ impl Root {
         .map(drop)
     }
 
+    /// Reads a root document from a file without judging its signatures.
+    pub fn read(path: &Path) -> Result<Self, ReleaseError> {
+        Self::parse(&read_capped(path, ROOT_CAP, "root document")?)
+    }
+
     /// Reads and self-verifies a pinned root from a file.
     pub fn load(path: &Path) -> Result<Self, ReleaseError> {
-        let bytes = read_capped(path, ROOT_CAP, "root document")?;
-        let root = Self::parse(&bytes)?;
+        let root = Self::read(path)?;
         root.verify_self()?;
         Ok(root)
+    }
+
+    /// The version a successor of this root must have.
+    pub fn next_version(&self) -> Result<u64, ReleaseError> {
+        self.body
+            .version
+            .checked_add(1)
+            .ok_or_else(|| ReleaseError::BadRoot("version is at its maximum".into()))
     }
 
     /// Accepts `next` as the successor of this root only if its version is exactly one more
     /// and it is signed by a threshold of this root's keys *and* of its own keys: the old keys
     /// vouch for the change, the new keys show they are held.
     pub fn verify_successor(&self, next: &Root) -> Result<(), ReleaseError> {
-        if next.body.version != self.body.version + 1 {
+        if Some(next.body.version) != self.next_version().ok() {
             return Err(ReleaseError::RootVersion {
                 current: self.body.version,
                 offered: next.body.version,
@@ -211,15 +223,20 @@ impl Root {
     }
 }
 
-/// Reads a whole file after checking it is not over `cap`.
-pub(crate) fn read_capped(
-    path: &Path,
-    cap: u64,
-    what: &'static str,
-) -> Result<Vec<u8>, ReleaseError> {
-    let size = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
-    if size > cap {
-        return Err(ReleaseError::TooLarge { what, size, cap });
+/// Reads a whole file, but never more than `cap` bytes, whatever the file claims to be (a
+/// device or a FIFO has no honest size).
+pub fn read_capped(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>, ReleaseError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap + 1).read_to_end(&mut bytes))
+        .map_err(|e| io_err(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(ReleaseError::TooLarge {
+            what,
+            size: bytes.len() as u64,
+            cap,
+        });
     }
-    std::fs::read(path).map_err(|e| io_err(path, e))
+    Ok(bytes)
 }

@@ -185,7 +185,12 @@ fn every_byte_of_a_bundle_counts() {
     let mut appended = bytes.clone();
     appended.push(0);
     fs::write(&probe, &appended).expect("write");
-    assert!(matches!(f.verify(&probe), Err(ReleaseError::Corrupt(_))));
+    assert!(matches!(
+        f.verify(&probe),
+        Err(ReleaseError::PayloadMismatch(
+            "longer than the manifest says"
+        ))
+    ));
 }
 
 #[test]

@@ -170,3 +170,45 @@ fn endless_input_is_refused_without_reading_it_all() {
         out.stderr
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_crash() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.yaml");
+    let nodes: String = (0..3000)
+        .map(|i| {
+            format!(
+                "          - {{ name: n{i}, host: 10.1.{}.{} }}\n",
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    fs::write(
+        &file,
+        format!("customers:\n  c:\n    mode: shared\n    ssh: {{ user: etl }}\n    clusters:\n      k:\n        redis_url: redis://r\n        postgres_url: postgres://p/db\n        shared_storage: /mnt/s\n        nodes:\n{nodes}"),
+    )
+    .expect("write");
+    let mut child = crate::support::fleet()
+        .args(["inventory", "list", "-i"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert!(first.starts_with("n0 "), "{first}");
+    let out = child.wait_with_output().expect("wait");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "panicked: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

@@ -196,7 +196,7 @@ fn verify_refuses_tampering_with_a_clear_message() {
     assert!(
         refused
             .stderr
-            .contains("refused: `data.bin`: sha256 differs from the manifest"),
+            .contains("refused: payload: sha256 differs from the manifest"),
         "{}",
         refused.stderr
     );
@@ -479,4 +479,87 @@ fn write_noise(path: &Path, len: usize) {
         file.write_all(&chunk).expect("write");
     }
     file.flush().expect("flush");
+}
+
+#[test]
+fn list_shows_what_it_can_and_names_what_it_cannot() {
+    let k = Keys::new();
+    let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    k.build("1.0.0", &from).ok();
+    fs::write(k.p("store/0.9.0.bundle"), b"not a bundle").expect("write");
+    let out = run(&["release", "list", "--store", &k.s("store")]).fails();
+    assert!(
+        out.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("1.0.0")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("0.9.0.bundle: not a fleet bundle"),
+        "{}",
+        out.stderr
+    );
+    let json = run(&["release", "list", "--store", &k.s("store"), "--json"])
+        .fails()
+        .json();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["releases"].as_array().expect("releases").len(), 1);
+    // Building refuses rather than guess the next counter past a bundle it cannot read.
+    let refused = k.build("1.1.0", &from).fails();
+    assert!(
+        refused.stderr.contains("0.9.0.bundle"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn signing_a_root_keeps_its_mode() {
+    let k = Keys::new();
+    fs::set_permissions(k.p("root.json"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    run(&[
+        "trust",
+        "sign",
+        &k.s("root.json"),
+        "--key",
+        &k.s("keys/release.key"),
+    ])
+    .ok();
+    let mode = fs::metadata(k.p("root.json"))
+        .expect("root")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // The extra signature by a non-root key does not count, and does not break the root.
+    run(&["trust", "verify", &k.s("root.json")]).ok();
+}
+
+#[test]
+fn endless_key_files_are_refused_without_reading_them_all() {
+    let k = Keys::new();
+    let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    let out = run(&["release", "verify", &from, "--trust", "/dev/zero"]).fails();
+    assert!(
+        out.stderr.contains("root document is larger than its cap"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&[
+        "trust",
+        "init",
+        "--root-key",
+        "/dev/zero",
+        "--release-key",
+        &k.s("keys/release.pub"),
+        "--out",
+        &k.s("x.json"),
+    ])
+    .fails();
+    assert!(
+        out.stderr.contains("key file is larger than its cap"),
+        "{}",
+        out.stderr
+    );
 }
