@@ -20,7 +20,7 @@ pub struct Cli {
     pub json: bool,
     /// Log level on stderr: error, warn, info, debug or trace (or set FLEET_LOG).
     #[arg(long, global = true, value_name = "LEVEL")]
-    pub log_level: Option<String>,
+    pub log_level: Option<tracing::Level>,
     /// Write logs on stderr as JSON lines.
     #[arg(long, global = true)]
     pub log_json: bool,
@@ -182,12 +182,14 @@ pub enum ReleaseCommand {
 
 /// Sets up `tracing` on stderr from `--log-level`, then `FLEET_LOG`, else `warn`.
 pub fn init_logging(cli: &Cli) {
-    let level = cli
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("FLEET_LOG").ok())
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
+    let from_env = std::env::var("FLEET_LOG").ok().and_then(|l| match l.parse() {
+        Ok(level) => Some(level),
+        Err(_) => {
+            eprintln!("warning: FLEET_LOG={l:?} is not a log level (error, warn, info, debug, trace); using warn");
+            None
+        }
+    });
+    let level = cli.log_level.or(from_env).unwrap_or(tracing::Level::WARN);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level);

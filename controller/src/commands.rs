@@ -102,7 +102,7 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
             Ok(root_report(&out, &root, &status))
         }
         TrustCommand::Rotate { current, keys, out } => {
-            let current = Root::load(&current).with_context(|| format!("{}", current.display()))?;
+            let current = Root::load(&current)?;
             let body = root_body(current.next_version()?, &keys, Some(current.body()))?;
             let mut next = Root::unsigned(body)?;
             sign_all(&mut next, &keys.sign)?;
@@ -114,19 +114,19 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
             Ok(root_report(&out, &next, &status))
         }
         TrustCommand::Sign { file, key } => {
-            let mut root = Root::read(&file).with_context(|| format!("{}", file.display()))?;
+            let mut root = Root::read(&file)?;
             root.sign(&load_secret(&key)?);
             replace(&file, root.to_json().as_bytes())?;
             Ok(root_report(&file, &root, "signed"))
         }
         TrustCommand::Verify { file, previous } => {
-            let root = Root::read(&file).with_context(|| format!("{}", file.display()))?;
+            let root = Root::read(&file)?;
             match previous {
                 None => root
                     .verify_self()
                     .with_context(|| format!("{}", file.display()))?,
                 Some(prev) => {
-                    let prev = Root::load(&prev).with_context(|| format!("{}", prev.display()))?;
+                    let prev = Root::load(&prev)?;
                     prev.verify_successor(&root).with_context(|| {
                         format!(
                             "{} does not succeed root version {}",
@@ -251,8 +251,7 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
             ))
         }
         ReleaseCommand::Verify { bundle, trust } => {
-            let root =
-                Root::load(&trust).with_context(|| format!("trust root {}", trust.display()))?;
+            let root = Root::load(&trust).context("trust root")?;
             let file = fs::File::open(&bundle).with_context(|| format!("{}", bundle.display()))?;
             let verified = fleet_release::verify(file, &root, SystemTime::now())
                 .with_context(|| format!("{}: refused", bundle.display()))?;
@@ -281,8 +280,7 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
             ))
         }
         ReleaseCommand::List { store } => {
-            let items = fleet_release::list_store(&store)
-                .with_context(|| format!("release store {}", store.display()))?;
+            let items = fleet_release::list_store(&store).context("release store")?;
             let mut lines = vec![format!(
                 "{:<16} {:>7} {:<10} {:<20} {:<20} {:>12}",
                 "VERSION", "COUNTER", "CHANNEL", "CREATED", "EXPIRES", "SIZE"

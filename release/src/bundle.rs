@@ -631,14 +631,14 @@ pub fn list_store(store: &Path) -> Result<Vec<Result<StoredRelease, ReleaseError
         if !path.to_string_lossy().ends_with(BUNDLE_SUFFIX) {
             continue;
         }
-        out.push(read_stored(&path).map_err(|e| ReleaseError::InStore {
+        out.push(read_stored(&path).map_err(|e| ReleaseError::InFile {
             path: path.clone(),
-            source: Box::new(e),
+            error: Box::new(e),
         }));
     }
     out.sort_by_key(|r| match r {
         Ok(s) => (0, s.manifest.counter, PathBuf::new()),
-        Err(ReleaseError::InStore { path, .. }) => (1, 0, path.clone()),
+        Err(ReleaseError::InFile { path, .. }) => (1, 0, path.clone()),
         Err(_) => (1, 0, PathBuf::new()),
     });
     Ok(out)

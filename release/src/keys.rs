@@ -230,9 +230,9 @@ fn decode_32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub(crate) fn io_err(path: &Path, source: std::io::Error) -> ReleaseError {
+pub(crate) fn io_err(path: &Path, error: std::io::Error) -> ReleaseError {
     ReleaseError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }

@@ -16,13 +16,15 @@ pub use manifest::{Entry, Manifest, Payload, Timestamp};
 pub use trust::{Root, RootBody};
 
 /// Everything that can go wrong with keys, roots and bundles. Each refusal has its own
-/// variant so callers and tests can tell them apart.
+/// variant so callers and tests can tell them apart. Fields holding an underlying error are
+/// named `error`, not `source`: the message already includes it, and a `source` would print
+/// it twice in an error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("reading bundle: {0}")]
     Read(std::io::Error),
@@ -105,9 +107,9 @@ pub enum ReleaseError {
     Source { path: PathBuf, reason: String },
     #[error("release {version} is already in the store at {}", path.display())]
     VersionExists { version: String, path: PathBuf },
-    #[error("{}: {source}", path.display())]
-    InStore {
+    #[error("{}: {error}", path.display())]
+    InFile {
         path: PathBuf,
-        source: Box<ReleaseError>,
+        error: Box<ReleaseError>,
     },
 }

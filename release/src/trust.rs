@@ -175,13 +175,13 @@ impl Root {
 
     /// Reads a root document from a file without judging its signatures.
     pub fn read(path: &Path) -> Result<Self, ReleaseError> {
-        Self::parse(&read_capped(path, ROOT_CAP, "root document")?)
+        Self::parse(&read_capped(path, ROOT_CAP, "root document")?).map_err(|e| in_file(path, e))
     }
 
     /// Reads and self-verifies a pinned root from a file.
     pub fn load(path: &Path) -> Result<Self, ReleaseError> {
         let root = Self::read(path)?;
-        root.verify_self()?;
+        root.verify_self().map_err(|e| in_file(path, e))?;
         Ok(root)
     }
 
@@ -232,11 +232,20 @@ pub fn read_capped(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>,
         .and_then(|f| f.take(cap + 1).read_to_end(&mut bytes))
         .map_err(|e| io_err(path, e))?;
     if bytes.len() as u64 > cap {
-        return Err(ReleaseError::TooLarge {
+        let too_large = ReleaseError::TooLarge {
             what,
             size: bytes.len() as u64,
             cap,
-        });
+        };
+        return Err(in_file(path, too_large));
     }
     Ok(bytes)
+}
+
+/// Names the file an error was found in.
+pub(crate) fn in_file(path: &Path, error: ReleaseError) -> ReleaseError {
+    ReleaseError::InFile {
+        path: path.to_owned(),
+        error: Box::new(error),
+    }
 }

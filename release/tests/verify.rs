@@ -137,7 +137,7 @@ fn refuses_a_damaged_store_rather_than_guessing_the_counter() {
     fs::write(f.path("store/0.9.0.bundle"), b"garbage").expect("write");
     assert!(matches!(
         f.build("1.1.0", SystemTime::now()),
-        Err(ReleaseError::InStore { .. })
+        Err(ReleaseError::InFile { .. })
     ));
 }
 

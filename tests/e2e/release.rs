@@ -63,6 +63,11 @@ impl Keys {
     }
 
     fn build(&self, version: &str, from: &str) -> Run {
+        self.build_with(version, from, "keys/release.key", "store")
+    }
+
+    /// Builds with the key and into the store given relative to the workspace.
+    fn build_with(&self, version: &str, from: &str, key: &str, store: &str) -> Run {
         run(&[
             "release",
             "build",
@@ -71,9 +76,9 @@ impl Keys {
             "--from",
             from,
             "--key",
-            &self.s("keys/release.key"),
+            &self.s(key),
             "--out",
-            &self.s("store"),
+            &self.s(store),
             "--json",
         ])
     }
@@ -166,21 +171,10 @@ fn verify_refuses_tampering_with_a_clear_message() {
     let mut data = fs::read(k.p("tree/data.bin")).expect("read");
     data[1000] ^= 1;
     fs::write(k.p("other/data.bin"), data).expect("write");
-    let other = run(&[
-        "release",
-        "build",
-        "--version",
-        "9.9.9",
-        "--from",
-        &other_tree,
-        "--key",
-        &k.s("keys/release.key"),
-        "--out",
-        &k.s("other-store"),
-        "--json",
-    ])
-    .ok()
-    .json()["bundle"]
+    let other = k
+        .build_with("9.9.9", &other_tree, "keys/release.key", "other-store")
+        .ok()
+        .json()["bundle"]
         .as_str()
         .expect("path")
         .to_owned();
@@ -217,21 +211,10 @@ fn verify_refuses_tampering_with_a_clear_message() {
         "stranger",
     ])
     .ok();
-    let foreign = run(&[
-        "release",
-        "build",
-        "--version",
-        "2.0.0",
-        "--from",
-        &from,
-        "--key",
-        &k.s("keys/stranger.key"),
-        "--out",
-        &k.s("foreign"),
-        "--json",
-    ])
-    .ok()
-    .json()["bundle"]
+    let foreign = k
+        .build_with("2.0.0", &from, "keys/stranger.key", "foreign")
+        .ok()
+        .json()["bundle"]
         .as_str()
         .expect("path")
         .to_owned();
@@ -561,5 +544,19 @@ fn endless_key_files_are_refused_without_reading_them_all() {
         out.stderr.contains("key file is larger than its cap"),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn errors_are_one_line_naming_the_file_once() {
+    let out = run(&["release", "list", "--store", "/nonexistent/store"]).fails();
+    assert_eq!(
+        out.stderr,
+        "error: release store: /nonexistent/store: No such file or directory (os error 2)\n"
+    );
+    let out = run(&["trust", "verify", "/dev/null"]).fails();
+    assert_eq!(
+        out.stderr,
+        "error: /dev/null: bad root document: EOF while parsing a value at line 1 column 0\n"
     );
 }
