@@ -320,6 +320,16 @@ pub fn host_platform() -> String {
 pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseError> {
     manifest::check_channel(&opts.channel)?;
     fs::create_dir_all(opts.store).map_err(|e| io_err(opts.store, e))?;
+    let (from, store) = (canonical(opts.from)?, canonical(opts.store)?);
+    if store.starts_with(&from) {
+        return Err(ReleaseError::Source {
+            path: opts.from.to_owned(),
+            reason: format!(
+                "the release store {} is inside it; the build would pack its own output",
+                opts.store.display()
+            ),
+        });
+    }
     let lock_path = opts.store.join(".lock");
     let lock = File::create(&lock_path).map_err(|e| io_err(&lock_path, e))?;
     lock.lock().map_err(|e| io_err(&lock_path, e))?;
@@ -384,6 +394,10 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseErro
     out.persist_noclobber(&target)
         .map_err(|e| io_err(&target, e.error))?;
     Ok((target, manifest))
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, ReleaseError> {
+    fs::canonicalize(path).map_err(|e| io_err(path, e))
 }
 
 enum Walked {

@@ -142,6 +142,25 @@ fn refuses_a_damaged_store_rather_than_guessing_the_counter() {
 }
 
 #[test]
+fn refuses_a_store_inside_the_tree() {
+    let f = fixture();
+    let from = f.tree();
+    let err = fleet_release::build(&BuildOptions {
+        version: "1.0.0".parse().expect("semver"),
+        from: &from,
+        key: &f.release_key,
+        channel: "stable".into(),
+        expires_in: Duration::from_secs(86_400),
+        platform: "linux-x86_64".into(),
+        min_agent_version: "0.1.0".parse().expect("semver"),
+        store: &from.join("store"),
+        now: SystemTime::now(),
+    })
+    .expect_err("refused");
+    assert!(err.to_string().contains("is inside it"), "{err}");
+}
+
+#[test]
 fn refuses_expired_manifest() {
     let f = fixture();
     let (bundle, _) = f
