@@ -31,6 +31,9 @@ pub enum Command {
     /// Check and list the inventory: the YAML file describing customers, clusters and nodes.
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// Enrol node host keys into known_hosts (the only step that ever trusts a host key).
+    #[command(subcommand)]
+    Hosts(HostsCommand),
     /// Generate ed25519 key pairs (root and release keys).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -59,6 +62,30 @@ pub enum InventoryCommand {
         /// (region=eu-west-2); commas for union, a leading ! to exclude.
         #[arg(short, long, value_name = "PATTERN")]
         limit: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Connect to each node (without logging in), show its host key fingerprint and record it
+    /// in the node's known_hosts file. Compare the fingerprints with the node owner's.
+    Trust {
+        /// The inventory YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Select nodes (see `fleet inventory list --help`).
+        #[arg(short, long, value_name = "PATTERN")]
+        limit: Option<String>,
+        /// Replace a recorded key that differs (after a reinstall). Without it, a changed key
+        /// is refused.
+        #[arg(long)]
+        replace: bool,
+        /// How many nodes to contact at once.
+        #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        parallel: u32,
+        /// Seconds to wait for each node.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        timeout: u64,
     },
 }
 
@@ -205,6 +232,7 @@ pub fn init_logging(cli: &Cli) {
 pub fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Inventory(c) => commands::inventory(c),
+        Command::Hosts(c) => commands::hosts(c, !cli.json),
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),

@@ -11,7 +11,9 @@ use fleet_inventory::Inventory;
 use fleet_release::{PublicKey, Root, RootBody, SecretKey};
 use serde_json::json;
 
-use crate::cli::{InventoryCommand, KeysCommand, ReleaseCommand, RootKeys, TrustCommand};
+use crate::cli::{
+    HostsCommand, InventoryCommand, KeysCommand, ReleaseCommand, RootKeys, TrustCommand,
+};
 use crate::report::{Failure, Report};
 
 pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
@@ -33,12 +35,7 @@ pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
         }
         InventoryCommand::List { inventory, limit } => {
             let inv = load_inventory(&inventory)?;
-            let nodes = match &limit {
-                Some(pattern) => inv
-                    .select(pattern)
-                    .map_err(|e| anyhow!("--limit {pattern:?}: {e}"))?,
-                None => inv.nodes().iter().collect(),
-            };
+            let nodes = select(&inv, limit.as_deref())?;
             let cluster = |n| {
                 inv.cluster_of(n)
                     .expect("a loaded inventory places every node in a cluster")
@@ -52,6 +49,101 @@ pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
             Ok(Report::new(text, json!({ "ok": true, "nodes": json })))
         }
     }
+}
+
+pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
+    match command {
+        HostsCommand::Trust {
+            inventory,
+            limit,
+            replace,
+            parallel,
+            timeout,
+        } => {
+            let inv = load_inventory(&inventory)?;
+            let targets = select(&inv, limit.as_deref())?
+                .into_iter()
+                .map(crate::ssh::Target::of)
+                .collect();
+            let results = runtime()?.block_on(crate::hosts::trust(
+                targets,
+                replace,
+                parallel as usize,
+                Duration::from_secs(timeout),
+                progress,
+            ));
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Ok(e) => vec![r.node.clone(), e.action.to_owned(), e.fingerprint.clone()],
+                    Err(e) => vec![r.node.clone(), "FAILED".to_owned(), e.clone()],
+                })
+                .collect();
+            let json: Vec<_> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Ok(e) => json!({ "node": r.node, "ok": true, "action": e.action, "fingerprint": e.fingerprint }),
+                    Err(e) => json!({ "node": r.node, "ok": false, "error": e }),
+                })
+                .collect();
+            Ok(node_report(
+                &["NODE", "ACTION", "HOST KEY"],
+                rows,
+                json,
+                &results,
+            ))
+        }
+    }
+}
+
+/// Nodes chosen by `--limit`, or all of them.
+fn select<'a>(
+    inv: &'a Inventory,
+    limit: Option<&str>,
+) -> Result<Vec<&'a fleet_inventory::Node>, Failure> {
+    match limit {
+        Some(pattern) => Ok(inv
+            .select(pattern)
+            .map_err(|e| anyhow!("--limit {pattern:?}: {e}"))?),
+        None => Ok(inv.nodes().iter().collect()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?)
+}
+
+/// A per-node summary: the table, the JSON list, and one problem per failed node (so the
+/// exit code says the run was partial).
+fn node_report<T>(
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+    json: Vec<serde_json::Value>,
+    results: &[crate::fanout::NodeResult<T>],
+) -> Report {
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.node)))
+        .collect();
+    let summary = format!(
+        "{} nodes: {} ok, {} failed",
+        results.len(),
+        results.len() - failed.len(),
+        failed.len()
+    );
+    let text = format!(
+        "{}
+{summary}",
+        crate::fanout::table(headers, &rows)
+    );
+    Report::new(
+        text,
+        json!({ "ok": true, "nodes": json, "summary": summary }),
+    )
+    .with_problems(failed)
 }
 
 /// Loads an inventory; when it is invalid, every problem becomes its own stderr line.

@@ -3,4 +3,8 @@
 
 pub mod cli;
 mod commands;
+pub mod fanout;
+pub mod hosts;
+pub mod known_hosts;
 pub mod report;
+pub mod ssh;

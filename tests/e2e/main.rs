@@ -2,4 +2,5 @@
 
 mod inventory;
 mod release;
+mod ssh;
 mod support;

@@ -1,0 +1,103 @@
+//! One piece of work per node, at most `parallel` at a time, with a progress line on stderr as
+//! each node finishes and results kept in inventory order. A slow or dead node holds up only
+//! its own slot. Not the work itself, and not the summary: callers render their results.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How one node's work ended.
+#[derive(Debug)]
+pub struct NodeResult<T> {
+    pub node: String,
+    pub outcome: Result<T, String>,
+    pub elapsed: Duration,
+}
+
+/// Runs `work` for every `(node name, input)` pair, with bounded concurrency. When
+/// `progress` is set, prints `[k/n] node: ok|error` on stderr as each finishes.
+pub async fn run<I, T, F, Fut>(
+    items: Vec<(String, I)>,
+    parallel: usize,
+    progress: bool,
+    work: F,
+) -> Vec<NodeResult<T>>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let total = items.len();
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let work = Arc::new(work);
+    let mut tasks = JoinSet::new();
+    for (index, (node, input)) in items.into_iter().enumerate() {
+        let (permits, done, work) = (permits.clone(), done.clone(), work.clone());
+        tasks.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let started = Instant::now();
+            let outcome = work(input).await.map_err(|e| format!("{e:#}"));
+            let elapsed = started.elapsed();
+            if progress {
+                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                match &outcome {
+                    Ok(_) => eprintln!("[{k}/{total}] {node}: ok ({:.1} s)", elapsed.as_secs_f64()),
+                    Err(e) => eprintln!("[{k}/{total}] {node}: FAILED: {e}"),
+                }
+            }
+            (
+                index,
+                NodeResult {
+                    node,
+                    outcome,
+                    elapsed,
+                },
+            )
+        });
+    }
+    let mut results: Vec<Option<NodeResult<T>>> = (0..total).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, result)) => results[index] = Some(result),
+            // A panicking task is a bug; say so rather than lose the node silently.
+            Err(e) => eprintln!("internal error in a node task: {e}"),
+        }
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// Renders rows under headers as a plain table with aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut text = line(headers.to_vec());
+    for row in rows {
+        text.push('\n');
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}

@@ -1,0 +1,57 @@
+//! Host key enrolment (`fleet hosts trust`): the one explicit step that records node host
+//! keys in known_hosts. Not a connection path: nothing else ever adds a key.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::fanout::{self, NodeResult};
+use crate::known_hosts::{self, KnownHosts, Verdict};
+use crate::ssh::{self, Target};
+
+/// What enrolment did for one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrolled {
+    pub fingerprint: String,
+    /// `added`, `unchanged` or `replaced`.
+    pub action: &'static str,
+}
+
+/// Fetches every target's host key (no authentication) and records it: new keys are added,
+/// known ones left alone, and a changed key is refused unless `replace` is set.
+pub async fn trust(
+    targets: Vec<Target>,
+    replace: bool,
+    parallel: usize,
+    timeout: Duration,
+    progress: bool,
+) -> Vec<NodeResult<Enrolled>> {
+    let items = targets.into_iter().map(|t| (t.node.clone(), t)).collect();
+    fanout::run(items, parallel, progress, move |target: Target| async move {
+        let key = ssh::fetch_host_key(&target, timeout).await?;
+        let fingerprint = known_hosts::fingerprint(&key);
+        let known = KnownHosts::load(&target.known_hosts)?;
+        let action = match known.check(&target.host, target.port, &key) {
+            Verdict::Known => "unchanged",
+            Verdict::Unknown => {
+                known_hosts::record(&target.known_hosts, &target.host, target.port, &key, false)?;
+                "added"
+            }
+            Verdict::Changed { lines } if replace => {
+                known_hosts::record(&target.known_hosts, &target.host, target.port, &key, true)?;
+                tracing::warn!(node = %target.node, ?lines, "replaced a recorded host key");
+                "replaced"
+            }
+            Verdict::Changed { lines } => bail!(
+                "offers {fingerprint}, but {} lines {lines:?} record another key for it; if the node was really reinstalled, run again with --replace",
+                target.known_hosts.display()
+            ),
+            Verdict::Revoked { line } => {
+                bail!("offers {fingerprint}, which is revoked at {} line {line}", target.known_hosts.display())
+            }
+        };
+        Ok(Enrolled { fingerprint, action })
+    })
+    .await
+}

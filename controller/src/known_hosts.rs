@@ -1,0 +1,412 @@
+//! OpenSSH `known_hosts` files: parsing (plain and hashed hosts, `[host]:port`, wildcards and
+//! negation, `@revoked`), checking a host key, and recording one. Not trust on first use:
+//! nothing here adds a key except `record`, which only `fleet hosts trust` calls.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use data_encoding::BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::HashAlg;
+use russh::keys::ssh_key::PublicKey;
+
+/// Largest known_hosts file read (8 MiB).
+const MAX_BYTES: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KnownHostsError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    None,
+    Revoked,
+    CertAuthority,
+}
+
+#[derive(Debug, Clone)]
+struct Line {
+    number: usize,
+    marker: Marker,
+    patterns: String,
+    key: PublicKey,
+}
+
+/// A parsed known_hosts file.
+#[derive(Debug, Clone)]
+pub struct KnownHosts {
+    path: PathBuf,
+    lines: Vec<Line>,
+}
+
+/// What a known_hosts file says about a host's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Known,
+    /// No key is recorded for this host.
+    Unknown,
+    /// Keys are recorded for this host, but not this one (line numbers of the recorded keys).
+    Changed {
+        lines: Vec<usize>,
+    },
+    /// The key is listed as `@revoked` on this line.
+    Revoked {
+        line: usize,
+    },
+}
+
+impl KnownHosts {
+    /// Reads a known_hosts file; a missing file is an empty one (nothing is known).
+    pub fn load(path: &Path) -> Result<Self, KnownHostsError> {
+        let io = |error| KnownHostsError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let text = match fs::File::open(path) {
+            Ok(file) => {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                file.take(MAX_BYTES + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(io)?;
+                if bytes.len() as u64 > MAX_BYTES {
+                    return Err(io(std::io::Error::other(format!(
+                        "larger than {MAX_BYTES} bytes"
+                    ))));
+                }
+                String::from_utf8(bytes).map_err(|_| io(std::io::Error::other("not UTF-8 text")))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, KnownHostsError> {
+        let mut lines = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let number = index + 1;
+            let malformed = |reason: &str| KnownHostsError::Malformed {
+                path: path.to_owned(),
+                line: number,
+                reason: reason.to_owned(),
+            };
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let mut fields = trimmed.split_whitespace();
+            let mut first = fields.next().unwrap_or_default();
+            let marker = match first {
+                "@revoked" => Marker::Revoked,
+                "@cert-authority" => Marker::CertAuthority,
+                m if m.starts_with('@') => return Err(malformed(&format!("unknown marker `{m}`"))),
+                _ => Marker::None,
+            };
+            if marker != Marker::None {
+                first = fields
+                    .next()
+                    .ok_or_else(|| malformed("missing host patterns"))?;
+            }
+            let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+                return Err(malformed(
+                    "expected `[marker] hosts key-type base64-key [comment]`",
+                ));
+            };
+            let key = PublicKey::from_openssh(&format!("{kind} {blob}"))
+                .map_err(|e| malformed(&format!("unreadable {kind} key: {e}")))?;
+            lines.push(Line {
+                number,
+                marker,
+                patterns: first.to_owned(),
+                key,
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            lines,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Judges `key` for `host` on `port` as OpenSSH does: a revoked key is refused wherever
+    /// it appears; otherwise a matching entry makes it known, other keys for the host mean it
+    /// changed, and no entry means unknown. `@cert-authority` lines vouch only for
+    /// certificates, which we do not accept, so they never make a plain key known.
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
+        let name = host_port(host, port);
+        if let Some(line) = self.lines.iter().find(|l| {
+            l.marker == Marker::Revoked && same_key(&l.key, key) && matches_host(&l.patterns, &name)
+        }) {
+            return Verdict::Revoked { line: line.number };
+        }
+        let recorded: Vec<&Line> = self
+            .lines
+            .iter()
+            .filter(|l| l.marker == Marker::None && matches_host(&l.patterns, &name))
+            .collect();
+        if recorded.iter().any(|l| same_key(&l.key, key)) {
+            Verdict::Known
+        } else if recorded.is_empty() {
+            Verdict::Unknown
+        } else {
+            Verdict::Changed {
+                lines: recorded.iter().map(|l| l.number).collect(),
+            }
+        }
+    }
+}
+
+fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
+    a.key_data() == b.key_data()
+}
+
+/// The name OpenSSH looks up: `host`, or `[host]:port` when the port is not 22.
+pub fn host_port(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// OpenSSH pattern lists: comma-separated, `*` and `?` wildcards, `!` negates (a negated match
+/// rules the line out), `|1|salt|hash` is HMAC-SHA1 of the name under the salt.
+fn matches_host(patterns: &str, name: &str) -> bool {
+    let mut matched = false;
+    for pattern in patterns.split(',') {
+        if let Some(hashed) = pattern.strip_prefix("|1|") {
+            matched |= hashed_matches(hashed, name);
+        } else if let Some(negated) = pattern.strip_prefix('!') {
+            if wildcard(negated.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else {
+            matched |= wildcard(pattern.as_bytes(), name.as_bytes());
+        }
+    }
+    matched
+}
+
+fn hashed_matches(hashed: &str, name: &str) -> bool {
+    let Some((salt, hash)) = hashed.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (
+        BASE64.decode(salt.as_bytes()),
+        BASE64.decode(hash.as_bytes()),
+    ) else {
+        return false;
+    };
+    let Ok(mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.chain_update(name.as_bytes())
+        .verify_slice(&hash)
+        .is_ok()
+}
+
+fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            wildcard(&pattern[1..], text) || (!text.is_empty() && wildcard(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => wildcard(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => wildcard(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// `SHA256:...`, as OpenSSH prints fingerprints.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Appends `key` for `host:port` to the file (created if missing), after removing the lines
+/// that recorded other keys for that name when `replace` is set. The file is rewritten
+/// atomically under a lock, so concurrent enrolments never lose a line.
+pub fn record(
+    path: &Path,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+    replace: bool,
+) -> Result<(), KnownHostsError> {
+    let io = |error| KnownHostsError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| KnownHostsError::Io {
+        path: dir.to_owned(),
+        error: e,
+    })?;
+    let lock_path = path.with_extension("lock");
+    let lock = fs::File::create(&lock_path).map_err(|e| KnownHostsError::Io {
+        path: lock_path.clone(),
+        error: e,
+    })?;
+    lock.lock().map_err(|e| KnownHostsError::Io {
+        path: lock_path,
+        error: e,
+    })?;
+
+    let current = KnownHosts::load(path)?;
+    let name = host_port(host, port);
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let drop_lines: Vec<usize> = if replace {
+        current
+            .lines
+            .iter()
+            .filter(|l| {
+                l.marker == Marker::None
+                    && matches_host(&l.patterns, &name)
+                    && !same_key(&l.key, key)
+            })
+            .map(|l| l.number)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut out: String = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !drop_lines.contains(&(i + 1)))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let openssh = key
+        .to_openssh()
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    out.push_str(&format!("{name} {openssh}\n"));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    // A known_hosts file is public; the temporary file starts as 0600.
+    tmp.as_file().set_permissions(perms_0644()).map_err(io)?;
+    tmp.write_all(out.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+fn perms_0644() -> fs::Permissions {
+    std::os::unix::fs::PermissionsExt::from_mode(0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEy2Ea2Q8ianGKEVy966V28Muhj7j3Y3GyKV2e+OwlO4";
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ6H702NFBezjTh9a58gZF7pnRNxmg+lSfSPDhyaMO3w";
+    /// `[10.0.0.7]:2222` with K1, hashed by `ssh-keygen -H`.
+    const HASHED: &str = "|1|95cHFTH4zEI7S8KHV9Neaiygd+M=|Rx5uQQzH0zktF9jCTBGeMggy+YY=";
+
+    fn key(k: &str) -> PublicKey {
+        PublicKey::from_openssh(k).expect("test key")
+    }
+
+    fn parse(text: &str) -> KnownHosts {
+        KnownHosts::parse(text, Path::new("known_hosts")).expect("parses")
+    }
+
+    #[test]
+    fn plain_port_and_hashed_entries() {
+        let kh = parse(&format!(
+            "# comment\n\n10.0.0.5 {K1}\n[10.0.0.6]:2222 {K1} a comment\n{HASHED} {K1}\n"
+        ));
+        assert_eq!(kh.check("10.0.0.5", 22, &key(K1)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.5", 2222, &key(K1)), Verdict::Unknown);
+        assert_eq!(kh.check("10.0.0.6", 2222, &key(K1)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.7", 2222, &key(K1)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.7", 22, &key(K1)), Verdict::Unknown);
+        assert_eq!(
+            kh.check("10.0.0.7", 2222, &key(K2)),
+            Verdict::Changed { lines: vec![5] }
+        );
+    }
+
+    #[test]
+    fn wildcards_negation_and_revocation() {
+        let kh = parse(&format!(
+            "10.0.*,!10.0.0.9 {K1}\n@revoked * {K2}\n@cert-authority * {K2}\n"
+        ));
+        assert_eq!(kh.check("10.0.3.4", 22, &key(K1)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.9", 22, &key(K1)), Verdict::Unknown);
+        assert_eq!(
+            kh.check("10.0.3.4", 22, &key(K2)),
+            Verdict::Revoked { line: 2 }
+        );
+        // A CA line never vouches for a plain key.
+        assert_eq!(
+            kh.check("10.9.9.9", 22, &key(K2)),
+            Verdict::Revoked { line: 2 }
+        );
+        let ca_only = parse(&format!("@cert-authority * {K1}\n"));
+        assert_eq!(ca_only.check("10.9.9.9", 22, &key(K1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_with_their_line() {
+        for (text, line) in [
+            (format!("10.0.0.5 {K1}\nbroken\n"), 2),
+            ("10.0.0.5 ssh-ed25519 not-base64!\n".to_owned(), 1),
+            (format!("@bogus * {K1}\n"), 1),
+        ] {
+            match KnownHosts::parse(&text, Path::new("kh")) {
+                Err(KnownHostsError::Malformed { line: l, .. }) => assert_eq!(l, line, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn record_appends_and_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        record(&path, "10.0.0.5", 2222, &key(K1), false).expect("record");
+        record(&path, "10.0.0.6", 22, &key(K2), false).expect("record");
+        let kh = KnownHosts::load(&path).expect("load");
+        assert_eq!(kh.check("10.0.0.5", 2222, &key(K1)), Verdict::Known);
+        assert_eq!(kh.check("10.0.0.6", 22, &key(K2)), Verdict::Known);
+        record(&path, "10.0.0.5", 2222, &key(K2), true).expect("replace");
+        let kh = KnownHosts::load(&path).expect("load");
+        assert_eq!(kh.check("10.0.0.5", 2222, &key(K2)), Verdict::Known);
+        assert_eq!(
+            kh.check("10.0.0.5", 2222, &key(K1)),
+            Verdict::Changed { lines: vec![2] }
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(&path).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(
+            fingerprint(&key(K1)),
+            "SHA256:0gkdzl7hlcFe8fE2RmzTD95X7QVYY0J3f31OfFZbNQc"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! Test fleet: N private OpenSSH `sshd` processes, each a "node" on its own loopback address
+//! (127.A.B.K, one locked /24 per fleet), for end-to-end tests, the demo and benchmarks; not a
+//! mock of SSH, and never the system sshd.
+//!
+//! ```no_run
+//! use fleet_tests::{FleetOptions, TestFleet};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fleet = TestFleet::start(FleetOptions::with_nodes(3))?;
+//! let known_hosts = fleet.dir().join("known_hosts");
+//! fleet.write_known_hosts(&known_hosts)?;
+//! fleet.write_inventory(&fleet.dir().join("inventory.yaml"), &known_hosts)?;
+//! let status = fleet.ssh_command(0, &known_hosts).arg("true").status()?;
+//! assert!(status.success());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
+//! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`.
+
+mod block;
+mod error;
+mod fleet;
+mod kept;
+mod node;
+
+pub use block::{MAX_NODES, lock_dir};
+pub use error::HarnessError;
+pub use fleet::{FleetOptions, TestFleet, TestNode};
+pub use kept::{PIDS_FILE, stop_kept};
+pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
