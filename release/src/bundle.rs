@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -125,6 +125,29 @@ pub fn verify<R: Read + Seek>(
     root: &Root,
     now: SystemTime,
 ) -> Result<Verified, ReleaseError> {
+    check(r, root, now, None)
+}
+
+/// Verifies a bundle exactly as [`verify`] does and, in the same second pass, writes its tree
+/// into `dest`, a directory that must not exist yet. Each file is hashed as it is written; on
+/// any refusal the caller must discard `dest` (the agent unpacks into a staging name and
+/// renames only a complete, verified tree).
+pub fn unpack<R: Read + Seek>(
+    r: R,
+    root: &Root,
+    now: SystemTime,
+    dest: &Path,
+) -> Result<Verified, ReleaseError> {
+    fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
+    check(r, root, now, Some(dest))
+}
+
+fn check<R: Read + Seek>(
+    r: R,
+    root: &Root,
+    now: SystemTime,
+    dest: Option<&Path>,
+) -> Result<Verified, ReleaseError> {
     let mut r = BufReader::with_capacity(IO_BUF, r);
     let header = read_header(&mut r)?;
     let signers = signatures::verify_threshold(
@@ -146,7 +169,7 @@ pub fn verify<R: Read + Seek>(
     let start = r.stream_position().map_err(ReleaseError::Read)?;
     check_payload_digest(&mut r, &manifest.payload)?;
     r.seek(SeekFrom::Start(start)).map_err(ReleaseError::Read)?;
-    check_entries(r, &manifest)?;
+    check_entries(r, &manifest, dest)?;
     Ok(Verified {
         files: manifest.file_count(),
         bytes: manifest.total_size(),
@@ -176,7 +199,11 @@ fn check_payload_digest(r: impl Read, payload: &Payload) -> Result<(), ReleaseEr
 }
 
 /// Decompresses the (authenticated) payload and holds each archive entry to the manifest.
-fn check_entries(r: impl BufRead, manifest: &Manifest) -> Result<(), ReleaseError> {
+fn check_entries(
+    r: impl BufRead,
+    manifest: &Manifest,
+    dest: Option<&Path>,
+) -> Result<(), ReleaseError> {
     let mut expected: Expected<'_> = manifest
         .entries
         .iter()
@@ -188,14 +215,34 @@ fn check_entries(r: impl BufRead, manifest: &Manifest) -> Result<(), ReleaseErro
     let mut archive = tar::Archive::new(decoder);
     let mut buf = vec![0u8; IO_BUF];
     for entry in archive.entries().map_err(corrupt)? {
-        check_entry(entry.map_err(corrupt)?, &mut expected, &mut buf)?;
+        check_entry(entry.map_err(corrupt)?, &mut expected, &mut buf, dest)?;
     }
     if let Some((path, _)) = expected.iter().find(|(_, (_, seen))| !seen) {
         return Err(ReleaseError::Missing {
             path: (*path).to_owned(),
         });
     }
+    if let Some(dest) = dest {
+        finish_dirs(dest, manifest)?;
+    }
     Ok(())
+}
+
+/// Gives unpacked directories their modes (deepest first, so a read-only directory is closed
+/// only after everything inside it was written) and makes the tree durable.
+fn finish_dirs(dest: &Path, manifest: &Manifest) -> Result<(), ReleaseError> {
+    for entry in manifest.entries.iter().rev() {
+        if let Entry::Dir { path, mode } = entry {
+            let dir = dest.join(path);
+            let file = File::open(&dir).map_err(|e| io_err(&dir, e))?;
+            file.sync_all().map_err(|e| io_err(&dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(*mode))
+                .map_err(|e| io_err(&dir, e))?;
+        }
+    }
+    File::open(dest)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dest, e))
 }
 
 type Expected<'a> = BTreeMap<&'a str, (&'a Entry, bool)>;
@@ -204,6 +251,7 @@ fn check_entry<R: Read>(
     mut entry: tar::Entry<'_, R>,
     expected: &mut Expected<'_>,
     buf: &mut [u8],
+    dest: Option<&Path>,
 ) -> Result<(), ReleaseError> {
     let raw_path = entry.path_bytes();
     let path = std::str::from_utf8(&raw_path)
@@ -250,10 +298,21 @@ fn check_entry<R: Read>(
             if mode != m {
                 return differs("mode");
             }
+            if let Some(dest) = dest {
+                // Owner-writable until `finish_dirs` sets the listed mode.
+                let dir = dest.join(&path);
+                std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+                    .create(&dir)
+                    .map_err(|e| io_err(&dir, e))?;
+            }
         }
         Entry::Symlink { ref target, .. } if kind.is_symlink() => {
             if link.as_deref() != Some(target.as_str()) {
                 return differs("symlink target");
+            }
+            if let Some(dest) = dest {
+                let at = dest.join(&path);
+                std::os::unix::fs::symlink(target, &at).map_err(|e| io_err(&at, e))?;
             }
         }
         Entry::File {
@@ -273,6 +332,19 @@ fn check_entry<R: Read>(
             if mode != m {
                 return differs("mode");
             }
+            let mut out = match dest {
+                Some(dest) => {
+                    let at = dest.join(&path);
+                    let file = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&at)
+                        .map_err(|e| io_err(&at, e))?;
+                    Some((at, file))
+                }
+                None => None,
+            };
             let mut hasher = Sha256::new();
             loop {
                 let n = entry.read(buf).map_err(corrupt)?;
@@ -280,9 +352,17 @@ fn check_entry<R: Read>(
                     break;
                 }
                 hasher.update(&buf[..n]);
+                if let Some((at, file)) = &mut out {
+                    file.write_all(&buf[..n]).map_err(|e| io_err(at, e))?;
+                }
             }
             if hex::encode(hasher.finalize()) != *sha256 {
                 return Err(ReleaseError::HashMismatch { path });
+            }
+            if let Some((at, file)) = out {
+                file.set_permissions(fs::Permissions::from_mode(m))
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| io_err(&at, e))?;
             }
         }
         _ => return differs("entry type"),

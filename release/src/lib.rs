@@ -10,7 +10,7 @@ pub mod trust;
 
 use std::path::PathBuf;
 
-pub use bundle::{BuildOptions, StoredRelease, Verified, build, list_store, verify};
+pub use bundle::{BuildOptions, StoredRelease, Verified, build, list_store, unpack, verify};
 pub use keys::{PublicKey, SecretKey, write_key_pair};
 pub use manifest::{Entry, Manifest, Payload, Timestamp};
 pub use trust::{Root, RootBody};

@@ -664,3 +664,63 @@ fn assemble(
     file.write_all(payload).expect("payload");
     path
 }
+
+#[test]
+fn unpack_writes_the_verified_tree() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let dest = f.path("unpacked");
+    let verified = fleet_release::unpack(
+        fs::File::open(&bundle).expect("open"),
+        &f.root,
+        SystemTime::now(),
+        &dest,
+    )
+    .expect("unpacks");
+    assert_eq!(verified.files, 2);
+    assert_eq!(
+        fs::read(dest.join("bin/etl-server")).expect("file"),
+        fs::read(f.path("tree/bin/etl-server")).expect("src")
+    );
+    let mode = fs::metadata(dest.join("bin/etl-server"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        fs::read_link(dest.join("server")).expect("link"),
+        Path::new("bin/etl-server")
+    );
+    // The destination must be new: nothing is ever unpacked over an existing tree.
+    let again = fleet_release::unpack(
+        fs::File::open(&bundle).expect("open"),
+        &f.root,
+        SystemTime::now(),
+        &dest,
+    );
+    assert!(matches!(again, Err(ReleaseError::Io { .. })));
+}
+
+#[test]
+fn unpack_refuses_a_tampered_bundle_before_writing_anything() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let mut bytes = fs::read(&bundle).expect("read");
+    let last = bytes.len() - 100;
+    bytes[last] ^= 1;
+    fs::write(f.path("bad.bundle"), &bytes).expect("write");
+    let dest = f.path("unpacked");
+    let err = fleet_release::unpack(
+        fs::File::open(f.path("bad.bundle")).expect("open"),
+        &f.root,
+        SystemTime::now(),
+        &dest,
+    )
+    .expect_err("refused");
+    assert!(matches!(err, ReleaseError::PayloadMismatch(_)), "{err}");
+    assert_eq!(
+        fs::read_dir(&dest).expect("dest").count(),
+        0,
+        "nothing unpacked from an unauthenticated payload"
+    );
+}
