@@ -1,0 +1,118 @@
+//! Paths of the node layout (DESIGN.md "Node layout") and the atomic file operations on it.
+//! Not policy: which release may become current is decided in `ops`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{AgentError, io};
+
+/// The node layout under a node root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+    pub fn release(&self, version: &str) -> PathBuf {
+        self.releases().join(version)
+    }
+    pub fn current(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    pub fn previous(&self) -> PathBuf {
+        self.root.join("previous")
+    }
+    pub fn trust_root(&self) -> PathBuf {
+        self.root.join("trust").join("root.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    /// Verified manifests of staged releases, `state/manifests/<version>.json`.
+    pub fn manifest(&self, version: &str) -> PathBuf {
+        self.state()
+            .join("manifests")
+            .join(format!("{version}.json"))
+    }
+    /// Where bundles are received and unpacked before they become `releases/<version>`.
+    pub fn staging(&self) -> PathBuf {
+        self.state().join("staging")
+    }
+
+    /// Creates the directories the agent writes to (idempotent).
+    pub fn ensure(&self) -> Result<(), AgentError> {
+        for dir in [
+            self.releases(),
+            self.staging(),
+            self.state().join("manifests"),
+            self.root.join("trust"),
+        ] {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        Ok(())
+    }
+
+    /// The version a link (`current`, `previous`) points at, if it exists.
+    pub fn link_version(&self, link: &Path) -> Result<Option<String>, AgentError> {
+        match fs::read_link(link) {
+            Ok(target) => {
+                let name = target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned);
+                match (target.parent() == Some(Path::new("releases")), name) {
+                    (true, Some(name)) => Ok(Some(name)),
+                    _ => Err(AgentError::Layout(format!(
+                        "{} points at {}, not releases/<version>",
+                        link.display(),
+                        target.display()
+                    ))),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AgentError::Io {
+                path: link.to_owned(),
+                error: e,
+            }),
+        }
+    }
+
+    /// Points `link` at `releases/<version>` atomically: a new symlink under a temporary name,
+    /// renamed over the old one, then the directory synced.
+    pub fn point(&self, link: &Path, version: &str) -> Result<(), AgentError> {
+        let tmp = link.with_extension("new");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(version), &tmp).map_err(io(&tmp))?;
+        fs::rename(&tmp, link).map_err(io(link))?;
+        sync_dir(&self.root)
+    }
+
+    /// Writes a file atomically (temporary name, fsync, rename, directory fsync).
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+        let dir = path.parent().unwrap_or(&self.root);
+        let tmp = path.with_extension("tmp");
+        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
+        sync_dir(dir)
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), AgentError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}

@@ -1,0 +1,267 @@
+//! What the agent does: stage a bundle (receive, verify against the node's trust root,
+//! unpack, then move into place), switch `current`, roll back, report status. Every operation
+//! holds the node's agent lock, so two controllers never interleave on one node.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use fleet_release::{Manifest, Root};
+use serde::Serialize;
+
+use crate::layout::{Layout, sync_dir};
+use crate::{AgentError, VERSION, io};
+
+/// Holds `state/agent.lock` for as long as it lives.
+struct Lock(#[allow(dead_code)] fs::File);
+
+fn lock(layout: &Layout) -> Result<Lock, AgentError> {
+    layout.ensure()?;
+    let path = layout.state().join("agent.lock");
+    let file = fs::File::create(&path).map_err(io(&path))?;
+    file.lock().map_err(io(&path))?;
+    Ok(Lock(file))
+}
+
+/// What staging did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Staged {
+    pub version: String,
+    /// False when the release was already staged (nothing was read or written).
+    pub changed: bool,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Receives the bundle for `version` from `input` into the staging area, verifies it against
+/// `trust/root.json` (signatures, expiry, every byte and hash, as written to disk), checks it
+/// is that version, for this platform and this agent, and only then moves the unpacked tree
+/// to `releases/<version>`. On any failure nothing is left in staging or in `releases/`.
+pub fn stage(
+    layout: &Layout,
+    version: &str,
+    input: &mut impl Read,
+    now: SystemTime,
+) -> Result<Staged, AgentError> {
+    let wanted: semver::Version = version
+        .parse()
+        .map_err(|e| AgentError::BadRequest(format!("`{version}` is not a version: {e}")))?;
+    let _lock = lock(layout)?;
+    if layout.release(version).exists() {
+        return Ok(Staged {
+            version: version.into(),
+            changed: false,
+            files: 0,
+            bytes: 0,
+        });
+    }
+    // Whatever an interrupted run left behind is garbage: a release only counts once renamed.
+    clear_staging(layout)?;
+    let bundle = layout.staging().join(format!("{version}.bundle"));
+    let tree = layout.staging().join(format!("{version}.tree"));
+    let result = receive_and_unpack(layout, &wanted, input, &bundle, &tree, now);
+    let outcome = result.and_then(|manifest| {
+        let bytes =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| AgentError::Layout(e.to_string()))?;
+        layout.write_atomic(&layout.manifest(version), &bytes)?;
+        fs::rename(&tree, layout.release(version)).map_err(io(layout.release(version)))?;
+        sync_dir(&layout.releases())?;
+        Ok(Staged {
+            version: version.into(),
+            changed: true,
+            files: manifest.file_count(),
+            bytes: manifest.total_size(),
+        })
+    });
+    if outcome.is_err() {
+        let _ = fs::remove_file(layout.manifest(version));
+    }
+    clear_staging(layout)?;
+    outcome
+}
+
+fn receive_and_unpack(
+    layout: &Layout,
+    wanted: &semver::Version,
+    input: &mut impl Read,
+    bundle: &std::path::Path,
+    tree: &std::path::Path,
+    now: SystemTime,
+) -> Result<Manifest, AgentError> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(bundle)
+        .map_err(io(bundle))?;
+    std::io::copy(input, &mut file).map_err(io(bundle))?;
+    file.flush()
+        .and_then(|()| file.sync_all())
+        .map_err(io(bundle))?;
+    std::io::Seek::rewind(&mut file).map_err(io(bundle))?;
+    let root = Root::load(&layout.trust_root())?;
+    let verified = fleet_release::unpack(file, &root, now, tree)?;
+    let manifest = verified.manifest;
+    if manifest.version != *wanted {
+        return Err(AgentError::WrongVersion {
+            wanted: wanted.to_string(),
+            found: manifest.version.to_string(),
+        });
+    }
+    let platform = fleet_release::bundle::host_platform();
+    if manifest.platform != platform {
+        return Err(AgentError::WrongPlatform {
+            version: wanted.to_string(),
+            platform: manifest.platform,
+            node: platform,
+        });
+    }
+    let agent: semver::Version = VERSION.parse().expect("the crate version is semver");
+    if manifest.min_agent_version > agent {
+        return Err(AgentError::AgentTooOld {
+            version: wanted.to_string(),
+            needed: manifest.min_agent_version.to_string(),
+        });
+    }
+    Ok(manifest)
+}
+
+fn clear_staging(layout: &Layout) -> Result<(), AgentError> {
+    let staging = layout.staging();
+    for item in fs::read_dir(&staging).map_err(io(&staging))? {
+        let path = item.map_err(io(&staging))?.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            make_writable(&path);
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// A half-unpacked tree may hold read-only directories; open them up so they can be removed.
+fn make_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(items) = fs::read_dir(dir) {
+        for item in items.flatten() {
+            let path = item.path();
+            if path.is_dir() && !path.is_symlink() {
+                make_writable(&path);
+            }
+        }
+    }
+}
+
+/// What activation or rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switched {
+    pub active: String,
+    pub previous: Option<String>,
+    /// False when `version` was already active.
+    pub changed: bool,
+}
+
+/// Makes a staged release current, keeping the one it replaces as `previous`. Refuses a
+/// release that is not staged, and one older than the active release unless
+/// `allow_downgrade`.
+pub fn activate(
+    layout: &Layout,
+    version: &str,
+    allow_downgrade: bool,
+) -> Result<Switched, AgentError> {
+    let _lock = lock(layout)?;
+    if !layout.release(version).is_dir() || !layout.manifest(version).is_file() {
+        return Err(AgentError::NotStaged(version.into()));
+    }
+    let active = layout.link_version(&layout.current())?;
+    if active.as_deref() == Some(version) {
+        let previous = layout.link_version(&layout.previous())?;
+        return Ok(Switched {
+            active: version.into(),
+            previous,
+            changed: false,
+        });
+    }
+    if let Some(active) = &active {
+        let older = match (
+            version.parse::<semver::Version>(),
+            active.parse::<semver::Version>(),
+        ) {
+            (Ok(v), Ok(a)) => v < a,
+            _ => false,
+        };
+        if older && !allow_downgrade {
+            return Err(AgentError::Downgrade {
+                wanted: version.into(),
+                active: active.clone(),
+            });
+        }
+        layout.point(&layout.previous(), active)?;
+    }
+    layout.point(&layout.current(), version)?;
+    Ok(Switched {
+        active: version.into(),
+        previous: active,
+        changed: true,
+    })
+}
+
+/// Swaps `current` and `previous`.
+pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
+    let _lock = lock(layout)?;
+    let previous = layout
+        .link_version(&layout.previous())?
+        .ok_or(AgentError::NoPrevious)?;
+    if !layout.release(&previous).is_dir() {
+        return Err(AgentError::NotStaged(previous));
+    }
+    let active = layout.link_version(&layout.current())?;
+    layout.point(&layout.current(), &previous)?;
+    if let Some(active) = &active {
+        layout.point(&layout.previous(), active)?;
+    }
+    Ok(Switched {
+        active: previous,
+        previous: active,
+        changed: true,
+    })
+}
+
+/// A node's release state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub agent_version: String,
+    pub active: Option<String>,
+    pub previous: Option<String>,
+    pub staged: Vec<String>,
+    pub free_bytes: u64,
+}
+
+pub fn status(layout: &Layout) -> Result<Status, AgentError> {
+    layout.ensure()?;
+    let mut staged: Vec<String> = fs::read_dir(layout.releases())
+        .map_err(io(layout.releases()))?
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+        .filter(|v| layout.manifest(v).is_file())
+        .collect();
+    staged.sort_by(
+        |a, b| match (a.parse::<semver::Version>(), b.parse::<semver::Version>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.cmp(b),
+        },
+    );
+    let stat = rustix::fs::statvfs(layout.root()).map_err(|e| AgentError::Io {
+        path: layout.root().to_owned(),
+        error: e.into(),
+    })?;
+    Ok(Status {
+        agent_version: VERSION.into(),
+        active: layout.link_version(&layout.current())?,
+        previous: layout.link_version(&layout.previous())?,
+        staged,
+        free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+    })
+}

@@ -1,0 +1,256 @@
+//! The agent's operations on a real node root, with real signed bundles.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use fleet_agent::{AgentError, Layout};
+use fleet_release::{BuildOptions, ReleaseError, Root, RootBody, SecretKey};
+
+struct Node {
+    dir: tempfile::TempDir,
+    release_key: SecretKey,
+    layout: Layout,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root_key = SecretKey::generate().expect("key");
+    let release_key = SecretKey::generate().expect("key");
+    let mut root = Root::unsigned(
+        RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1).expect("body"),
+    )
+    .expect("root");
+    root.sign(&root_key);
+    let layout = Layout::new(dir.path().join("node"));
+    layout.ensure().expect("layout");
+    fs::write(layout.trust_root(), root.to_json()).expect("trust");
+    Node {
+        dir,
+        release_key,
+        layout,
+    }
+}
+
+impl Node {
+    fn bundle(&self, version: &str, key: &SecretKey, created: SystemTime) -> PathBuf {
+        let tree = self.dir.path().join(format!("tree-{version}"));
+        fs::create_dir_all(tree.join("bin")).expect("mkdir");
+        fs::write(
+            tree.join("bin/etl-server"),
+            format!("#!/bin/sh\necho {version}\n"),
+        )
+        .expect("write");
+        let store = self.dir.path().join(format!("store-{}", key.public()));
+        let (path, _) = fleet_release::build(&BuildOptions {
+            version: version.parse().expect("semver"),
+            from: &tree,
+            key,
+            channel: "stable".into(),
+            expires_in: Duration::from_secs(86_400),
+            platform: fleet_release::bundle::host_platform(),
+            min_agent_version: "0.1.0".parse().expect("semver"),
+            store: &store,
+            now: created,
+        })
+        .expect("build");
+        path
+    }
+
+    fn good(&self, version: &str) -> PathBuf {
+        self.bundle(version, &self.release_key, SystemTime::now())
+    }
+
+    fn stage_bytes(
+        &self,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<fleet_agent::ops::Staged, AgentError> {
+        fleet_agent::stage(&self.layout, version, &mut &bytes[..], SystemTime::now())
+    }
+
+    fn stage(&self, version: &str, bundle: &Path) -> Result<fleet_agent::ops::Staged, AgentError> {
+        self.stage_bytes(version, &fs::read(bundle).expect("bundle"))
+    }
+
+    /// Nothing half-done: staging is empty and only complete releases exist.
+    fn assert_clean(&self, staged: &[&str]) {
+        assert_eq!(
+            fs::read_dir(self.layout.staging())
+                .expect("staging")
+                .count(),
+            0,
+            "staging debris"
+        );
+        let mut found: Vec<String> = fs::read_dir(self.layout.releases())
+            .expect("releases")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        found.sort();
+        assert_eq!(found, staged);
+    }
+}
+
+#[test]
+fn stage_is_verified_complete_and_idempotent() {
+    let n = node();
+    let bundle = n.good("1.0.0");
+    let staged = n.stage("1.0.0", &bundle).expect("stages");
+    assert!(staged.changed);
+    assert_eq!(
+        fs::read_to_string(n.layout.release("1.0.0").join("bin/etl-server")).expect("file"),
+        "#!/bin/sh\necho 1.0.0\n"
+    );
+    n.assert_clean(&["1.0.0"]);
+    let again = n.stage_bytes("1.0.0", b"").expect("no-op");
+    assert!(
+        !again.changed,
+        "staging a release the node has reads nothing"
+    );
+}
+
+#[test]
+fn refused_bundles_leave_nothing_behind() {
+    let n = node();
+    let bundle = fs::read(n.good("1.0.0")).expect("bundle");
+
+    let mut flipped = bundle.clone();
+    let at = flipped.len() - 50;
+    flipped[at] ^= 1;
+    assert!(matches!(
+        n.stage_bytes("1.0.0", &flipped),
+        Err(AgentError::Release(ReleaseError::PayloadMismatch(_)))
+    ));
+    n.assert_clean(&[]);
+
+    // A connection cut mid-upload: the agent sees a short stream.
+    assert!(n.stage_bytes("1.0.0", &bundle[..bundle.len() / 2]).is_err());
+    n.assert_clean(&[]);
+    n.stage_bytes("1.0.0", &bundle)
+        .expect("a retry completes it");
+    n.assert_clean(&["1.0.0"]);
+
+    let stranger = SecretKey::generate().expect("key");
+    let foreign = n.bundle("2.0.0", &stranger, SystemTime::now());
+    assert!(matches!(
+        n.stage("2.0.0", &foreign),
+        Err(AgentError::Release(ReleaseError::UnknownKey { .. }))
+    ));
+    let expired = n.bundle(
+        "3.0.0",
+        &n.release_key,
+        SystemTime::now() - Duration::from_secs(3 * 86_400),
+    );
+    assert!(matches!(
+        n.stage("3.0.0", &expired),
+        Err(AgentError::Release(ReleaseError::Expired { .. }))
+    ));
+    let v4 = n.good("4.0.0");
+    assert!(matches!(
+        n.stage("5.0.0", &v4),
+        Err(AgentError::WrongVersion { .. })
+    ));
+    n.assert_clean(&["1.0.0"]);
+}
+
+#[test]
+fn activate_downgrade_and_rollback() {
+    let n = node();
+    assert!(matches!(
+        fleet_agent::activate(&n.layout, "1.0.0", false),
+        Err(AgentError::NotStaged(_))
+    ));
+    for v in ["1.0.0", "2.0.0"] {
+        n.stage(v, &n.good(v)).expect("stages");
+    }
+    fleet_agent::activate(&n.layout, "1.0.0", false).expect("first activation");
+    let switched = fleet_agent::activate(&n.layout, "2.0.0", false).expect("upgrade");
+    assert_eq!(
+        (switched.active.as_str(), switched.previous.as_deref()),
+        ("2.0.0", Some("1.0.0"))
+    );
+    assert_eq!(
+        fs::read_link(n.layout.current()).expect("current"),
+        Path::new("releases/2.0.0")
+    );
+    assert!(
+        !fleet_agent::activate(&n.layout, "2.0.0", false)
+            .expect("no-op")
+            .changed
+    );
+
+    assert!(matches!(
+        fleet_agent::activate(&n.layout, "1.0.0", false),
+        Err(AgentError::Downgrade { .. })
+    ));
+    assert_eq!(
+        fs::read_link(n.layout.current()).expect("current"),
+        Path::new("releases/2.0.0"),
+        "a refusal changes nothing"
+    );
+
+    let back = fleet_agent::rollback(&n.layout).expect("rollback");
+    assert_eq!(
+        (back.active.as_str(), back.previous.as_deref()),
+        ("1.0.0", Some("2.0.0"))
+    );
+    let status = fleet_agent::status(&n.layout).expect("status");
+    assert_eq!(status.active.as_deref(), Some("1.0.0"));
+    assert_eq!(status.staged, ["1.0.0", "2.0.0"]);
+    assert!(status.free_bytes > 0);
+    fleet_agent::activate(&n.layout, "2.0.0", false).expect("forward again");
+    fleet_agent::activate(&n.layout, "1.0.0", true).expect("an explicit downgrade");
+}
+
+#[test]
+fn the_binary_serves_only_agent_requests() {
+    let n = node();
+    let agent = env!("CARGO_BIN_EXE_fleet-agent");
+    let root = n.layout.root().to_string_lossy().into_owned();
+    let serve = |original: &str, stdin: Vec<u8>| {
+        let mut child = Command::new(agent)
+            .args(["--root", &root, "serve"])
+            .env("SSH_ORIGINAL_COMMAND", original)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut input = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = input.write_all(&stdin);
+        });
+        let out = child.wait_with_output().expect("wait");
+        writer.join().expect("writer");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        (out.status.code(), json)
+    };
+    for refused in ["", "sh", "bash -i", "stage ../../etc/passwd", "status; id"] {
+        let (code, json) = serve(refused, Vec::new());
+        assert_eq!(code, Some(1), "{refused:?}");
+        assert!(
+            json["error"]
+                .as_str()
+                .expect("error")
+                .contains("only runs fleet-agent requests"),
+            "{json}"
+        );
+    }
+    let bundle = fs::read(n.good("1.0.0")).expect("bundle");
+    let (code, json) = serve("stage 1.0.0", bundle);
+    assert_eq!(
+        (code, json["ok"].clone(), json["changed"].clone()),
+        (Some(0), true.into(), true.into()),
+        "{json}"
+    );
+    let (code, json) = serve("activate 1.0.0", Vec::new());
+    assert_eq!(
+        (code, json["active"].clone()),
+        (Some(0), "1.0.0".into()),
+        "{json}"
+    );
+    let (_, json) = serve("status", Vec::new());
+    assert_eq!(json["active"], "1.0.0");
+}
