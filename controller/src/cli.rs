@@ -34,6 +34,52 @@ pub enum Command {
     /// Enrol node host keys into known_hosts (the only step that ever trusts a host key).
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Bootstrap nodes through the bootstrap account: node layout, fleet-agent, trust root,
+    /// and the deploy key restricted to the agent. Idempotent; --check shows what would change.
+    Provision {
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// The trust root document the nodes will pin (trust/root.json).
+        #[arg(long, value_name = "ROOT.json")]
+        trust: PathBuf,
+        /// The fleet-agent binary to install (default: `fleet-agent` beside this `fleet`).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Stage release VERSION on the nodes: the bundle streams to each node's agent, which
+    /// verifies it before anything changes. A node that has it already is left alone.
+    Push {
+        /// The release version.
+        version: semver::Version,
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// The release store holding VERSION.bundle.
+        #[arg(long, value_name = "STORE")]
+        store: PathBuf,
+    },
+    /// Switch the nodes to staged release VERSION (the replaced one becomes `previous`).
+    Activate {
+        /// The release version.
+        version: semver::Version,
+        #[command(flatten)]
+        nodes: NodeArgs,
+        /// Allow activating a release older than the active one.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Switch the nodes back to their previous release.
+    Rollback {
+        #[command(flatten)]
+        nodes: NodeArgs,
+    },
+    /// Show each node: reachable, host key, active / previous / staged releases, free disk.
+    Status {
+        #[command(flatten)]
+        nodes: NodeArgs,
+    },
     /// Generate ed25519 key pairs (root and release keys).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -63,6 +109,26 @@ pub enum InventoryCommand {
         #[arg(short, long, value_name = "PATTERN")]
         limit: Option<String>,
     },
+}
+
+/// Which nodes, how many at once, how long to wait.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The inventory YAML file.
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Select nodes (see `fleet inventory list --help`).
+    #[arg(short, long, value_name = "PATTERN")]
+    pub limit: Option<String>,
+    /// How many nodes to work on at once.
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub parallel: u32,
+    /// Seconds to wait for each node to connect.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for each command on a node.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub command_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +299,30 @@ pub fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Inventory(c) => commands::inventory(c),
         Command::Hosts(c) => commands::hosts(c, !cli.json),
+        Command::Provision {
+            nodes,
+            trust,
+            agent,
+            check,
+        } => commands::provision(nodes, &trust, agent, check, !cli.json),
+        Command::Push {
+            version,
+            nodes,
+            store,
+        } => commands::push(nodes, &version, &store, !cli.json),
+        Command::Activate {
+            version,
+            nodes,
+            allow_downgrade,
+        } => {
+            let request = match allow_downgrade {
+                true => format!("activate {version} --allow-downgrade"),
+                false => format!("activate {version}"),
+            };
+            commands::switch(nodes, request, !cli.json)
+        }
+        Command::Rollback { nodes } => commands::switch(nodes, "rollback".into(), !cli.json),
+        Command::Status { nodes } => commands::status(nodes, !cli.json),
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),

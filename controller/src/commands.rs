@@ -12,7 +12,7 @@ use fleet_release::{PublicKey, Root, RootBody, SecretKey};
 use serde_json::json;
 
 use crate::cli::{
-    HostsCommand, InventoryCommand, KeysCommand, ReleaseCommand, RootKeys, TrustCommand,
+    HostsCommand, InventoryCommand, KeysCommand, NodeArgs, ReleaseCommand, RootKeys, TrustCommand,
 };
 use crate::report::{Failure, Report};
 
@@ -94,6 +94,200 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
             ))
         }
     }
+}
+
+/// The selected nodes (owned) and the timeouts from the common node arguments.
+fn nodes(args: &NodeArgs) -> Result<(Vec<fleet_inventory::Node>, crate::ssh::Timeouts), Failure> {
+    let inv = load_inventory(&args.inventory)?;
+    let nodes = select(&inv, args.limit.as_deref())?
+        .into_iter()
+        .cloned()
+        .collect();
+    let timeouts = crate::ssh::Timeouts {
+        connect: Duration::from_secs(args.connect_timeout),
+        command: Duration::from_secs(args.command_timeout),
+    };
+    Ok((nodes, timeouts))
+}
+
+/// Runs `work` on every selected node and reports a row per node from `row`.
+fn per_node<T, F, Fut>(
+    args: &NodeArgs,
+    progress: bool,
+    headers: &[&str],
+    work: F,
+    row: impl Fn(&T) -> (Vec<String>, serde_json::Value),
+) -> Result<Report, Failure>
+where
+    T: Send + 'static,
+    F: Fn(fleet_inventory::Node, crate::ssh::Timeouts) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let (nodes, timeouts) = nodes(args)?;
+    let items = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    let results = runtime()?.block_on(crate::fanout::run(
+        items,
+        args.parallel as usize,
+        progress,
+        move |n| work(n, timeouts),
+    ));
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    for r in &results {
+        match &r.outcome {
+            Ok(t) => {
+                let (mut cells, mut doc) = row(t);
+                cells.insert(0, r.node.clone());
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("node".into(), r.node.clone().into());
+                    obj.insert("ok".into(), true.into());
+                }
+                rows.push(cells);
+                json.push(doc);
+            }
+            Err(e) => {
+                let mut cells = vec![r.node.clone(), "FAILED".to_owned(), e.clone()];
+                cells.resize(headers.len(), String::new());
+                rows.push(cells);
+                json.push(json!({ "node": r.node, "ok": false, "error": e }));
+            }
+        }
+    }
+    Ok(node_report(headers, rows, json, &results))
+}
+
+pub fn provision(
+    args: NodeArgs,
+    trust: &Path,
+    agent: Option<std::path::PathBuf>,
+    check: bool,
+    progress: bool,
+) -> Result<Report, Failure> {
+    // The nodes pin exactly these bytes; a root that does not verify is never sent.
+    Root::load(trust).context("trust root")?;
+    let root_json =
+        std::sync::Arc::new(fs::read(trust).with_context(|| format!("{}", trust.display()))?);
+    let agent = match agent {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("locating this fleet binary")?
+            .with_file_name("fleet-agent"),
+    };
+    let agent_bytes = std::sync::Arc::new(fs::read(&agent).with_context(|| {
+        format!(
+            "the fleet-agent binary {} (give --agent PATH)",
+            agent.display()
+        )
+    })?);
+    let (nodes, _) = nodes(&args)?;
+    let mut deploy_pubs = std::collections::BTreeMap::new();
+    for node in &nodes {
+        let key = crate::deploy::deploy_target(node)?
+            .identity
+            .expect("deploy_target sets the identity");
+        if !deploy_pubs.contains_key(&key) {
+            let public = fs::read_to_string(key.with_extension("pub"))
+                .with_context(|| format!("the deploy key's public half {}.pub", key.display()))?;
+            deploy_pubs.insert(key.clone(), public);
+        }
+    }
+    let deploy_pubs = std::sync::Arc::new(deploy_pubs);
+    per_node(
+        &args,
+        progress,
+        &["NODE", "RESULT", "CHANGES"],
+        move |node, timeouts| {
+            let (agent_bytes, root_json, deploy_pubs) =
+                (agent_bytes.clone(), root_json.clone(), deploy_pubs.clone());
+            async move {
+                let key = crate::deploy::deploy_target(&node)?
+                    .identity
+                    .expect("deploy_target sets the identity");
+                let public = deploy_pubs
+                    .get(&key)
+                    .ok_or_else(|| anyhow!("no public key for {}", key.display()))?;
+                crate::deploy::provision(&node, timeouts, &agent_bytes, &root_json, public, check)
+                    .await
+            }
+        },
+        move |p: &crate::deploy::Provisioned| {
+            let result = match (p.changes.is_empty(), p.applied) {
+                (true, _) => "unchanged",
+                (false, true) => "changed",
+                (false, false) => "would change",
+            };
+            (
+                vec![result.to_owned(), p.changes.join("; ")],
+                json!({ "result": result, "changes": p.changes }),
+            )
+        },
+    )
+}
+
+pub fn push(
+    args: NodeArgs,
+    version: &semver::Version,
+    store: &Path,
+    progress: bool,
+) -> Result<Report, Failure> {
+    let bundle = store.join(format!("{version}{}", fleet_release::bundle::BUNDLE_SUFFIX));
+    fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
+    let version = version.to_string();
+    per_node(
+        &args,
+        progress,
+        &["NODE", "RESULT"],
+        move |node, timeouts| {
+            let (version, bundle) = (version.clone(), bundle.clone());
+            async move { crate::deploy::push(&node, &version, &bundle, timeouts).await }
+        },
+        |result: &&'static str| (vec![(*result).to_owned()], json!({ "result": result })),
+    )
+}
+
+pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report, Failure> {
+    per_node(
+        &args,
+        progress,
+        &["NODE", "ACTIVE", "RESULT"],
+        move |node, timeouts| {
+            let request = request.clone();
+            async move { crate::deploy::switch(&node, &request, timeouts).await }
+        },
+        |(active, changed): &(String, bool)| {
+            let result = if *changed { "switched" } else { "unchanged" };
+            (
+                vec![active.clone(), result.to_owned()],
+                json!({ "active": active, "result": result }),
+            )
+        },
+    )
+}
+
+pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
+    per_node(
+        &args,
+        progress,
+        &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
+        |node, timeouts| async move { crate::deploy::status(&node, timeouts).await },
+        |s: &crate::deploy::NodeStatus| {
+            let none = || "-".to_owned();
+            (
+                vec![
+                    s.active.clone().unwrap_or_else(none),
+                    s.previous.clone().unwrap_or_else(none),
+                    if s.staged.is_empty() {
+                        none()
+                    } else {
+                        s.staged.join(",")
+                    },
+                    format!("{:.1} GiB", s.free_bytes as f64 / (1u64 << 30) as f64),
+                    s.host_key.clone(),
+                ],
+                serde_json::to_value(s).unwrap_or_default(),
+            )
+        },
+    )
 }
 
 /// Nodes chosen by `--limit`, or all of them.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod commands;
+pub mod deploy;
 pub mod fanout;
 pub mod hosts;
 pub mod known_hosts;

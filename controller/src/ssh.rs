@@ -43,6 +43,11 @@ impl Target {
         }
     }
 
+    /// A local path with a leading `~/` expanded from `$HOME`.
+    pub fn expand(path: &Path) -> PathBuf {
+        expand_home(path)
+    }
+
     fn addr(&self) -> String {
         known_hosts::host_port(&self.host, self.port)
     }

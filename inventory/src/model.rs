@@ -156,6 +156,12 @@ pub struct Ssh {
     pub port: u16,
     /// Absolute, or starting with `~/` (expanded at use).
     pub identity_file: Option<PathBuf>,
+    /// The controller's deploy key, which provisioning restricts to the agent on the node and
+    /// which push, activate and status use. Absolute, or starting with `~/`.
+    pub deploy_identity_file: Option<PathBuf>,
+    /// The authorized_keys file on the node, where provisioning installs the deploy key
+    /// (a path on the node; `~/` is the SSH user's home there).
+    pub authorized_keys: String,
     /// Absolute, or starting with `~/` (expanded at use).
     pub known_hosts: PathBuf,
     pub jump: Option<Jump>,

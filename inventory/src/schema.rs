@@ -23,7 +23,15 @@ const CLUSTER_KEYS: [&str; 6] = [
     "nodes",
 ];
 const NODE_KEYS: [&str; 3] = ["name", "host", "weight"];
-const SSH_KEYS: [&str; 5] = ["user", "port", "identity_file", "known_hosts", "jump"];
+const SSH_KEYS: [&str; 7] = [
+    "user",
+    "port",
+    "identity_file",
+    "deploy_identity_file",
+    "authorized_keys",
+    "known_hosts",
+    "jump",
+];
 const JUMP_KEYS: [&str; 3] = ["host", "port", "user"];
 const ROLLOUT_KEYS: [&str; 4] = [
     "max_unavailable",
@@ -140,6 +148,8 @@ struct Layer {
     user: Option<String>,
     port: Option<u16>,
     identity_file: Option<PathBuf>,
+    deploy_identity_file: Option<PathBuf>,
+    authorized_keys: Option<String>,
     known_hosts: Option<PathBuf>,
     jump: Option<Jump>,
     node_root: Option<PathBuf>,
@@ -158,6 +168,12 @@ impl Layer {
             user: self.user.or_else(|| parent.user.clone()),
             port: self.port.or(parent.port),
             identity_file: self.identity_file.or_else(|| parent.identity_file.clone()),
+            deploy_identity_file: self
+                .deploy_identity_file
+                .or_else(|| parent.deploy_identity_file.clone()),
+            authorized_keys: self
+                .authorized_keys
+                .or_else(|| parent.authorized_keys.clone()),
             known_hosts: self.known_hosts.or_else(|| parent.known_hosts.clone()),
             jump: self.jump.or_else(|| parent.jump.clone()),
             node_root: self.node_root.or_else(|| parent.node_root.clone()),
@@ -543,6 +559,12 @@ impl Checker<'_> {
         if let Some(v) = f.opt("identity_file") {
             layer.identity_file = self.file_path(v, &f.child("identity_file"));
         }
+        if let Some(v) = f.opt("deploy_identity_file") {
+            layer.deploy_identity_file = self.file_path(v, &f.child("deploy_identity_file"));
+        }
+        if let Some(v) = f.opt("authorized_keys") {
+            layer.authorized_keys = self.string(v, &f.child("authorized_keys"));
+        }
         if let Some(v) = f.opt("known_hosts") {
             layer.known_hosts = self.file_path(v, &f.child("known_hosts"));
         }
@@ -912,6 +934,10 @@ impl Checker<'_> {
                     user,
                     port: layer.port.unwrap_or(22),
                     identity_file: layer.identity_file,
+                    deploy_identity_file: layer.deploy_identity_file,
+                    authorized_keys: layer
+                        .authorized_keys
+                        .unwrap_or_else(|| DEFAULT_AUTHORIZED_KEYS.to_owned()),
                     known_hosts: layer
                         .known_hosts
                         .unwrap_or_else(|| self.base_dir.join("known_hosts")),
@@ -931,6 +957,8 @@ impl Checker<'_> {
 
 /// Where a node's files live when no level sets `node_root`.
 pub const DEFAULT_NODE_ROOT: &str = "/opt/etl";
+/// Where provisioning installs the deploy key when the inventory does not say.
+pub const DEFAULT_AUTHORIZED_KEYS: &str = "~/.ssh/authorized_keys";
 
 fn to_json(y: &Yaml) -> serde_json::Value {
     use serde_json::Value as J;

@@ -1,5 +1,6 @@
 //! End-to-end tests: they run the real `fleet` binary on real files, as an operator would.
 
+mod deploy;
 mod inventory;
 mod release;
 mod ssh;

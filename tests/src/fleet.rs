@@ -103,6 +103,7 @@ pub struct TestFleet {
     opts: FleetOptions,
     block: Block,
     client_key: PathBuf,
+    deploy_key: PathBuf,
     nodes: Vec<TestNode>,
     files: Vec<NodeFiles>,
     /// `children[k]` is node k's sshd while it runs.
@@ -156,6 +157,7 @@ impl TestFleet {
         let block = block::allocate(opts.nodes, opts.port, &dir)?;
 
         let client_key = dir.join("client_ed25519");
+        let deploy_key = dir.join("deploy_ed25519");
         let files: Vec<NodeFiles> = (1..=opts.nodes)
             .map(|k| NodeFiles::new(dir.join(format!("node-{k}"))))
             .collect();
@@ -165,7 +167,7 @@ impl TestFleet {
                     .map_err(HarnessError::io(format!("create {}", d.display())))?;
             }
         }
-        let mut keys = vec![client_key.clone()];
+        let mut keys = vec![client_key.clone(), deploy_key.clone()];
         keys.extend(files.iter().map(|f| f.host_key.clone()));
         node::keygen_all(&keys, "fleet-testfleet")?;
         let client_pub = node::read_public_key(&node::pub_path(&client_key))?;
@@ -201,6 +203,7 @@ impl TestFleet {
             opts,
             block,
             client_key,
+            deploy_key,
             nodes,
             files,
             children: (0..count).map(|_| None).collect(),
@@ -231,6 +234,12 @@ impl TestFleet {
     /// The ed25519 private key (no passphrase) every node's authorized_keys accepts.
     pub fn client_key(&self) -> &Path {
         &self.client_key
+    }
+
+    /// The controller's deploy key (ed25519, no passphrase). No node accepts it until
+    /// provisioning installs it, restricted to the agent.
+    pub fn deploy_key(&self) -> &Path {
+        &self.deploy_key
     }
 
     /// The user the inventory logs in as.
@@ -284,6 +293,7 @@ impl TestFleet {
         let _ = writeln!(y, "    user: {}", q(&self.opts.user));
         let _ = writeln!(y, "    port: {}", self.opts.port);
         let _ = writeln!(y, "    identity_file: {}", p(&self.client_key));
+        let _ = writeln!(y, "    deploy_identity_file: {}", p(&self.deploy_key));
         let _ = writeln!(y, "    known_hosts: {}", p(known_hosts));
         let _ = writeln!(y, "customers:\n  {}:", q(&self.opts.customer));
         let _ = writeln!(
@@ -301,10 +311,11 @@ impl TestFleet {
         for n in &self.nodes {
             let _ = writeln!(
                 y,
-                "          - {{ name: {}, host: {}, node_root: {} }}",
+                "          - {{ name: {}, host: {}, node_root: {}, ssh: {{ authorized_keys: {} }} }}",
                 q(&n.name),
                 q(&n.addr.to_string()),
-                p(&n.root)
+                p(&n.root),
+                p(&n.dir.join("authorized_keys"))
             );
         }
         y
