@@ -415,12 +415,22 @@ impl Session {
                 }
                 out
             };
-            // The remote side may stop reading early (and exit): its output still counts.
-            let (sent, out) = tokio::join!(send, receive);
-            if out.status.is_none() && out.signal.is_none() {
-                sent?;
+            tokio::pin!(receive);
+            tokio::select! {
+                // The command ended before taking all its input: its output is the answer.
+                out = &mut receive => Ok(out),
+                sent = send => match sent {
+                    Ok(()) => Ok(receive.await),
+                    // Our own input failed: give up on the command (dropping the channel).
+                    Err(e @ SshError::Input { .. }) => Err(e),
+                    // The channel refused more input, most likely because the command exited;
+                    // its exit status and output say why, if they arrive promptly.
+                    Err(e) => match tokio::time::timeout(Duration::from_secs(5), receive).await {
+                        Ok(out) if out.status.is_some() || out.signal.is_some() => Ok(out),
+                        _ => Err(e),
+                    },
+                },
             }
-            Ok(out)
         };
         tokio::time::timeout(timeout, work)
             .await

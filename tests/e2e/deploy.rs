@@ -264,3 +264,289 @@ fn the_deploy_key_reaches_only_the_agent() {
     assert!(stderr.contains("forwarding failed"), "{stderr}");
     let _ = &site.keys;
 }
+
+impl Site {
+    fn dir(&self) -> &Path {
+        self.fleet.dir()
+    }
+
+    /// Copies release `version` from the site's store into a new store, changed by `alter`.
+    fn altered_store(&self, name: &str, version: &str, alter: impl FnOnce(&mut Vec<u8>)) -> String {
+        let store = self.dir().join(name);
+        fs::create_dir_all(&store).expect("mkdir");
+        let mut bytes =
+            fs::read(Path::new(&self.store).join(format!("{version}.bundle"))).expect("bundle");
+        alter(&mut bytes);
+        fs::write(store.join(format!("{version}.bundle")), bytes).expect("write");
+        store.to_string_lossy().into_owned()
+    }
+
+    /// Builds `version` signed by `key` at `created` into a store of its own.
+    fn built_store(
+        &self,
+        name: &str,
+        version: &str,
+        key: &Path,
+        created: std::time::SystemTime,
+    ) -> String {
+        let tree = self.dir().join(format!("tree-{version}"));
+        if !tree.exists() {
+            fs::create_dir_all(tree.join("bin")).expect("mkdir");
+            fs::write(tree.join("bin/etl-server"), "#!/bin/sh\n").expect("write");
+        }
+        let store = self.dir().join(name);
+        let key = fleet_release::SecretKey::load(key).expect("key");
+        fleet_release::build(&fleet_release::BuildOptions {
+            version: version.parse().expect("semver"),
+            from: &tree,
+            key: &key,
+            channel: "stable".into(),
+            expires_in: std::time::Duration::from_secs(86_400),
+            platform: fleet_release::bundle::host_platform(),
+            min_agent_version: "0.1.0".parse().expect("semver"),
+            store: &store,
+            now: created,
+        })
+        .expect("build");
+        store.to_string_lossy().into_owned()
+    }
+
+    /// `current`, the staged releases and whatever is in staging, on node `k`.
+    fn node_state(&self, k: usize) -> (PathBuf, Vec<String>, usize) {
+        let root = &self.fleet.nodes()[k].root;
+        let mut releases: Vec<String> = fs::read_dir(root.join("releases"))
+            .expect("releases")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        releases.sort();
+        let staging = fs::read_dir(root.join("state/staging"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (
+            fs::read_link(root.join("current")).unwrap_or_default(),
+            releases,
+            staging,
+        )
+    }
+
+    fn assert_untouched(&self, k: usize) {
+        assert_eq!(
+            self.node_state(k),
+            (PathBuf::from("releases/1.0.0"), vec!["1.0.0".to_owned()], 0),
+            "node {k}"
+        );
+    }
+}
+
+/// A site with 1.0.0 active everywhere.
+fn running_site(nodes: usize) -> Site {
+    let site = site(nodes);
+    site.provision(&[]).ok();
+    site.fleet_cmd(&["push", "1.0.0", "--store", &site.store])
+        .ok();
+    site.fleet_cmd(&["activate", "1.0.0"]).ok();
+    site
+}
+
+#[test]
+fn refused_pushes_leave_the_active_release_and_no_debris() {
+    let site = running_site(3);
+    let cases = [
+        (
+            "flipped",
+            site.altered_store("flipped", "2.0.0", |b| *b.last_mut().expect("bytes") ^= 1),
+            "payload",
+        ),
+        (
+            "stranger",
+            {
+                run(&[
+                    "keys",
+                    "generate",
+                    "--out",
+                    &site.keys.to_string_lossy(),
+                    "--name",
+                    "stranger",
+                ])
+                .ok();
+                site.built_store(
+                    "stranger",
+                    "2.0.0",
+                    &site.keys.join("stranger.key"),
+                    std::time::SystemTime::now(),
+                )
+            },
+            "unknown key",
+        ),
+        (
+            "expired",
+            site.built_store(
+                "expired",
+                "2.0.0",
+                &site.keys.join("release.key"),
+                std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400),
+            ),
+            "expired at",
+        ),
+    ];
+    for (name, store, message) in cases {
+        let out = site
+            .fleet_cmd(&["push", "2.0.0", "--store", &store])
+            .fails();
+        assert!(
+            out.stdout.contains("3 nodes: 0 ok, 3 failed"),
+            "{name}: {}",
+            out.stdout
+        );
+        assert!(out.stderr.contains(message), "{name}: {}", out.stderr);
+        for k in 0..3 {
+            site.assert_untouched(k);
+        }
+    }
+}
+
+#[test]
+fn a_cut_upload_leaves_nothing_and_a_retry_completes_it() {
+    use fleet_controller::ssh::{Input, Session, Timeouts};
+    let site = running_site(1);
+    let node = fleet_inventory::Inventory::load(Path::new(&site.inv))
+        .expect("inventory")
+        .nodes()[0]
+        .clone();
+    let target = fleet_controller::deploy::deploy_target(&node).expect("deploy target");
+    let bundle = fs::read(Path::new(&site.store).join("2.0.0.bundle")).expect("bundle");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let session = Session::connect(&target, Timeouts::default())
+            .await
+            .expect("connects");
+        let mut half = CutAfter {
+            data: bundle.clone(),
+            pos: 0,
+            cut: bundle.len() / 2,
+        };
+        let sent = session
+            .exec(
+                "stage 2.0.0",
+                Input::Reader(&mut half),
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        assert!(sent.is_err(), "the cut upload reported success");
+        drop(session); // the connection goes away mid-upload
+    });
+    // The agent sees its input end early, refuses the bundle and clears staging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while site.node_state(0).2 != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    site.assert_untouched(0);
+    site.fleet_cmd(&["push", "2.0.0", "--store", &site.store])
+        .ok();
+    assert_eq!(site.node_state(0).1, ["1.0.0", "2.0.0"]);
+}
+
+/// Yields `data` up to `cut`, then fails, like a source that breaks mid-transfer.
+struct CutAfter {
+    data: Vec<u8>,
+    pos: usize,
+    cut: usize,
+}
+
+impl tokio::io::AsyncRead for CutAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.pos >= self.cut {
+            return std::task::Poll::Ready(Err(std::io::Error::other("connection cut")));
+        }
+        let n = buf.remaining().min(self.cut - self.pos).min(64 << 10);
+        let start = self.pos;
+        buf.put_slice(&self.data[start..start + n]);
+        self.pos += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_down_node_fails_alone() {
+    let mut site = running_site(3);
+    site.fleet.stop_node(1).expect("stop node-2");
+    let out = site
+        .fleet_cmd(&["push", "2.0.0", "--store", &site.store])
+        .fails();
+    assert!(
+        out.stdout.contains("3 nodes: 2 ok, 1 failed"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("error: node-2"), "{}", out.stderr);
+    assert_eq!(site.node_state(0).1, ["1.0.0", "2.0.0"]);
+    assert_eq!(site.node_state(2).1, ["1.0.0", "2.0.0"]);
+    site.assert_untouched(1);
+}
+
+/// Unmounts on drop, so a failing test never leaves a mount behind.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_staging_is_refused_cleanly() {
+    let site = site(1);
+    let root = site.fleet.nodes()[0].root.clone();
+    let agent_size = fs::metadata(agent_binary()).expect("agent").len();
+    let size = format!("size={}k", (agent_size + (4 << 20)) / 1024);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+        .arg(&root)
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let _guard = Tmpfs(root.clone());
+    site.provision(&[]).ok();
+    site.fleet_cmd(&["push", "1.0.0", "--store", &site.store])
+        .ok();
+    site.fleet_cmd(&["activate", "1.0.0"]).ok();
+
+    // 8 MiB that cannot compress does not fit in what is left.
+    let tree = site.dir().join("tree-9.0.0");
+    fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    let noise: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    fs::write(tree.join("data.bin"), noise).expect("write");
+    fs::write(tree.join("bin/etl-server"), "#!/bin/sh\n").expect("write");
+    let key = site.keys.join("release.key");
+    run(&[
+        "release",
+        "build",
+        "--version",
+        "9.0.0",
+        "--from",
+        &tree.to_string_lossy(),
+        "--key",
+        &key.to_string_lossy(),
+        "--out",
+        &site.store,
+    ])
+    .ok();
+    let out = site
+        .fleet_cmd(&["push", "9.0.0", "--store", &site.store])
+        .fails();
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    site.assert_untouched(0);
+}
