@@ -45,6 +45,10 @@ impl Layout {
             .join("manifests")
             .join(format!("{version}.json"))
     }
+    /// The highest release counter this node has activated, `state/counter`.
+    pub fn counter(&self) -> PathBuf {
+        self.state().join("counter")
+    }
     /// Where bundles are received and unpacked before they become `releases/<version>`.
     pub fn staging(&self) -> PathBuf {
         self.state().join("staging")

@@ -35,6 +35,14 @@ pub enum AgentError {
     },
     #[error("release {version} needs fleet-agent {needed} or newer; this is {VERSION}")]
     AgentTooOld { version: String, needed: String },
+    #[error(
+        "release {version} has counter {counter}, below the counter {installed} of a release this node already ran: an old release replayed? (stage refused)"
+    )]
+    OldCounter {
+        version: String,
+        counter: u64,
+        installed: u64,
+    },
     #[error("release {0} is not staged on this node; push it first")]
     NotStaged(String),
     #[error(

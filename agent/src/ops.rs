@@ -116,6 +116,14 @@ fn receive_and_unpack(
             node: platform,
         });
     }
+    let installed = installed_counter(layout)?;
+    if manifest.counter < installed {
+        return Err(AgentError::OldCounter {
+            version: wanted.to_string(),
+            counter: manifest.counter,
+            installed,
+        });
+    }
     let agent: semver::Version = VERSION.parse().expect("the crate version is semver");
     if manifest.min_agent_version > agent {
         return Err(AgentError::AgentTooOld {
@@ -202,6 +210,7 @@ pub fn activate(
         layout.point(&layout.previous(), active)?;
     }
     layout.point(&layout.current(), version)?;
+    record_counter(layout, version)?;
     Ok(Switched {
         active: version.into(),
         previous: active,
@@ -264,4 +273,37 @@ pub fn status(layout: &Layout) -> Result<Status, AgentError> {
         staged,
         free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
     })
+}
+
+/// The highest counter of any release this node activated (0 before the first).
+fn installed_counter(layout: &Layout) -> Result<u64, AgentError> {
+    match fs::read_to_string(layout.counter()) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            AgentError::Layout(format!(
+                "{} does not hold a number",
+                layout.counter().display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(AgentError::Io {
+            path: layout.counter(),
+            error: e,
+        }),
+    }
+}
+
+/// Raises the installed counter to the activated release's, never lowers it: an explicit
+/// downgrade runs an older release without making older bundles stageable again.
+fn record_counter(layout: &Layout, version: &str) -> Result<(), AgentError> {
+    let path = layout.manifest(version);
+    let text = fs::read(&path).map_err(io(&path))?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display())))?;
+    if manifest.counter > installed_counter(layout)? {
+        layout.write_atomic(
+            &layout.counter(),
+            format!("{}\n", manifest.counter).as_bytes(),
+        )?;
+    }
+    Ok(())
 }

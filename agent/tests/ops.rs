@@ -204,6 +204,24 @@ fn activate_downgrade_and_rollback() {
 }
 
 #[test]
+fn an_old_release_cannot_be_staged_after_a_newer_one_ran() {
+    let n = node();
+    let old = n.good("1.0.0"); // counter 1
+    let new = n.good("2.0.0"); // counter 2
+    n.stage("2.0.0", &new).expect("stages");
+    fleet_agent::activate(&n.layout, "2.0.0", false).expect("activates");
+    match n.stage("1.0.0", &old) {
+        Err(AgentError::OldCounter {
+            counter: 1,
+            installed: 2,
+            ..
+        }) => {}
+        other => panic!("an old, validly signed release was staged: {other:?}"),
+    }
+    n.assert_clean(&["2.0.0"]);
+}
+
+#[test]
 fn the_binary_serves_only_agent_requests() {
     let n = node();
     let agent = env!("CARGO_BIN_EXE_fleet-agent");

@@ -94,6 +94,31 @@ impl KnownHosts {
         Self::parse(&text, path)
     }
 
+    /// Like [`KnownHosts::load`], but parsed once per process for as long as the file's size
+    /// and modification time stay the same (a fan-out to hundreds of nodes reads one file).
+    pub fn load_shared(path: &Path) -> Result<std::sync::Arc<Self>, KnownHostsError> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        type Stamp = Option<(u64, std::time::SystemTime)>;
+        type Cache = Mutex<HashMap<PathBuf, (Stamp, Arc<KnownHosts>)>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let stamp: Stamp = fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some((seen, parsed)) = cache.lock().ok().and_then(|c| c.get(path).cloned())
+            && stamp.is_some()
+            && seen == stamp
+        {
+            return Ok(parsed);
+        }
+        let parsed = Arc::new(Self::load(path)?);
+        if let Ok(mut c) = cache.lock() {
+            c.insert(path.to_owned(), (stamp, parsed.clone()));
+        }
+        Ok(parsed)
+    }
+
     pub fn parse(text: &str, path: &Path) -> Result<Self, KnownHostsError> {
         let mut lines = Vec::new();
         for (index, raw) in text.lines().enumerate() {

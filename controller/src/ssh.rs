@@ -29,6 +29,8 @@ pub struct Target {
     pub user: String,
     pub identity: Option<PathBuf>,
     pub known_hosts: PathBuf,
+    /// A jump host from the inventory; connections through one are refused until supported.
+    pub jump: Option<String>,
 }
 
 impl Target {
@@ -40,6 +42,7 @@ impl Target {
             user: node.ssh.user.clone(),
             identity: node.ssh.identity_file.as_deref().map(expand_home),
             known_hosts: expand_home(&node.ssh.known_hosts),
+            jump: node.ssh.jump.as_ref().map(ToString::to_string),
         }
     }
 
@@ -146,6 +149,8 @@ pub enum SshError {
         what: &'static str,
         error: String,
     },
+    #[error("{node}: {what}")]
+    Unsupported { node: String, what: String },
     #[error("{node}: `{command}` did not finish within {after:?}")]
     CommandTimeout {
         node: String,
@@ -271,8 +276,16 @@ impl Session {
     /// authentication unless it is known), then authenticates with the identity file.
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<Self, SshError> {
         let node = target.node.clone();
+        if let Some(jump) = &target.jump {
+            return Err(SshError::Unsupported {
+                node,
+                what: format!(
+                    "jump host {jump}: connecting through a jump host is not supported yet"
+                ),
+            });
+        }
         let known =
-            KnownHosts::load(&target.known_hosts).map_err(|error| SshError::KnownHosts {
+            KnownHosts::load_shared(&target.known_hosts).map_err(|error| SshError::KnownHosts {
                 node: node.clone(),
                 error,
             })?;
@@ -282,13 +295,18 @@ impl Session {
             .ok_or_else(|| SshError::NoIdentity { node: node.clone() })?;
         let key = load_identity(&node, &identity)?;
         let work = async {
-            let (mut handle, host_key) = open(target, Arc::new(known)).await?;
-            let hash = handle
-                .best_supported_rsa_hash()
-                .await
-                .ok()
-                .flatten()
-                .flatten();
+            let (mut handle, host_key) = open(target, known).await?;
+            // Only RSA keys need the server's preferred signature hash; asking costs a wait
+            // for the server's extension info.
+            let hash = match key.algorithm().is_rsa() {
+                true => handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten(),
+                false => None,
+            };
             let auth = handle
                 .authenticate_publickey(
                     &target.user,

@@ -285,6 +285,14 @@ fn a_wrong_identity_is_refused_and_a_down_node_fails_alone() {
         Err(SshError::AuthRefused { .. })
     ));
 
+    // A jump host is refused plainly rather than silently bypassed.
+    let mut jumped = targets(&inv).remove(0);
+    jumped.jump = Some("bastion.example:22".into());
+    assert!(matches!(
+        rt.block_on(Session::connect(&jumped, timeouts())),
+        Err(SshError::Unsupported { .. })
+    ));
+
     f.stop_node(1).expect("stop node-2");
     let inv_s = inv.to_string_lossy().into_owned();
     let out = run(&["hosts", "trust", "-i", &inv_s]).fails();
