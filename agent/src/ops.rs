@@ -88,19 +88,23 @@ fn receive_and_unpack(
     tree: &std::path::Path,
     now: SystemTime,
 ) -> Result<Manifest, AgentError> {
+    // The payload is hashed as it arrives (one write, no second read for the digest).
     let mut file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(bundle)
         .map_err(io(bundle))?;
-    std::io::copy(input, &mut file).map_err(io(bundle))?;
-    file.flush()
-        .and_then(|()| file.sync_all())
-        .map_err(io(bundle))?;
+    let measured = {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let measured = fleet_release::bundle::receive(input, &mut out)?;
+        out.flush().map_err(io(bundle))?;
+        measured
+    };
+    file.sync_all().map_err(io(bundle))?;
     std::io::Seek::rewind(&mut file).map_err(io(bundle))?;
     let root = Root::load(&layout.trust_root())?;
-    let verified = fleet_release::unpack(file, &root, now, tree)?;
+    let verified = fleet_release::bundle::unpack_measured(file, &measured, &root, now, tree)?;
     let manifest = verified.manifest;
     if manifest.version != *wanted {
         return Err(AgentError::WrongVersion {

@@ -125,7 +125,7 @@ pub fn verify<R: Read + Seek>(
     root: &Root,
     now: SystemTime,
 ) -> Result<Verified, ReleaseError> {
-    check(r, root, now, None)
+    check(r, root, now, None, None)
 }
 
 /// Verifies a bundle exactly as [`verify`] does and, in the same second pass, writes its tree
@@ -139,7 +139,41 @@ pub fn unpack<R: Read + Seek>(
     dest: &Path,
 ) -> Result<Verified, ReleaseError> {
     fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
-    check(r, root, now, Some(dest))
+    check(r, root, now, Some(dest), None)
+}
+
+/// The size and sha256 of a bundle's payload, measured by [`receive`] as it wrote the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measured {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Copies a bundle from `input` to `out`, hashing the payload as it passes, so that
+/// [`unpack_measured`] need not read it again. Reads at most one byte more than the (not yet
+/// verified) manifest announces, so a stream cannot fill the disk with bytes it never declared.
+pub fn receive(input: &mut impl Read, out: &mut impl Write) -> Result<Measured, ReleaseError> {
+    let header = read_header(input)?;
+    let limit = header.manifest_unverified()?.payload.size.saturating_add(1);
+    header.write_to(out).map_err(ReleaseError::Write)?;
+    let mut hashing = Hashing::new(out);
+    io::copy(&mut input.take(limit), &mut hashing).map_err(ReleaseError::Read)?;
+    let (out, size, sha256) = hashing.finish();
+    out.flush().map_err(ReleaseError::Write)?;
+    Ok(Measured { size, sha256 })
+}
+
+/// [`unpack`] for a bundle written by [`receive`]: the payload digest measured while receiving
+/// stands in for the first pass; everything else is checked as in [`verify`].
+pub fn unpack_measured<R: Read + Seek>(
+    r: R,
+    measured: &Measured,
+    root: &Root,
+    now: SystemTime,
+    dest: &Path,
+) -> Result<Verified, ReleaseError> {
+    fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
+    check(r, root, now, Some(dest), Some(measured))
 }
 
 fn check<R: Read + Seek>(
@@ -147,6 +181,7 @@ fn check<R: Read + Seek>(
     root: &Root,
     now: SystemTime,
     dest: Option<&Path>,
+    measured: Option<&Measured>,
 ) -> Result<Verified, ReleaseError> {
     let mut r = BufReader::with_capacity(IO_BUF, r);
     let header = read_header(&mut r)?;
@@ -166,9 +201,14 @@ fn check<R: Read + Seek>(
             expires: manifest.expires,
         });
     }
-    let start = r.stream_position().map_err(ReleaseError::Read)?;
-    check_payload_digest(&mut r, &manifest.payload)?;
-    r.seek(SeekFrom::Start(start)).map_err(ReleaseError::Read)?;
+    match measured {
+        Some(m) => compare_payload(m.size, &m.sha256, &manifest.payload)?,
+        None => {
+            let start = r.stream_position().map_err(ReleaseError::Read)?;
+            check_payload_digest(&mut r, &manifest.payload)?;
+            r.seek(SeekFrom::Start(start)).map_err(ReleaseError::Read)?;
+        }
+    }
     check_entries(r, &manifest, dest)?;
     Ok(Verified {
         files: manifest.file_count(),
@@ -184,6 +224,10 @@ fn check_payload_digest(r: impl Read, payload: &Payload) -> Result<(), ReleaseEr
     let mut hashing = Hashing::new(r.take(payload.size.saturating_add(1)));
     io::copy(&mut hashing, &mut io::sink()).map_err(ReleaseError::Read)?;
     let (_, count, sha256) = hashing.finish();
+    compare_payload(count, &sha256, payload)
+}
+
+fn compare_payload(count: u64, sha256: &str, payload: &Payload) -> Result<(), ReleaseError> {
     match count.cmp(&payload.size) {
         std::cmp::Ordering::Less => Err(ReleaseError::PayloadMismatch(
             "shorter than the manifest says",

@@ -724,3 +724,54 @@ fn unpack_refuses_a_tampered_bundle_before_writing_anything() {
         "nothing unpacked from an unauthenticated payload"
     );
 }
+
+#[test]
+fn receiving_measures_the_payload_as_it_is_written() {
+    let f = fixture();
+    let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
+    let bytes = fs::read(&bundle).expect("read");
+    let receive = |input: &[u8], name: &str| {
+        let path = f.path(name);
+        let mut out = fs::File::create(&path).expect("create");
+        let measured = fleet_release::bundle::receive(&mut &input[..], &mut out).expect("receives");
+        let dest = f.path(&format!("{name}.tree"));
+        fleet_release::bundle::unpack_measured(
+            fs::File::open(&path).expect("open"),
+            &measured,
+            &f.root,
+            SystemTime::now(),
+            &dest,
+        )
+    };
+    receive(&bytes, "good").expect("a received bundle unpacks");
+    assert_eq!(
+        fs::read(f.path("good")).expect("copy"),
+        bytes,
+        "received bytes are written unchanged"
+    );
+
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 1;
+    assert!(matches!(
+        receive(&flipped, "flipped"),
+        Err(ReleaseError::PayloadMismatch(
+            "sha256 differs from the manifest"
+        ))
+    ));
+    let short = &bytes[..bytes.len() - 10];
+    assert!(matches!(
+        receive(short, "short"),
+        Err(ReleaseError::PayloadMismatch(
+            "shorter than the manifest says"
+        ))
+    ));
+    let mut long = bytes.clone();
+    long.extend_from_slice(b"trailing");
+    assert!(matches!(
+        receive(&long, "long"),
+        Err(ReleaseError::PayloadMismatch(
+            "longer than the manifest says"
+        ))
+    ));
+}
