@@ -523,16 +523,7 @@ async fn open(
                 },
             })
         }
-        (Err(e), None) => Err(SshError::Connect {
-            node,
-            addr,
-            error: e.to_string(),
-        }),
-        (Ok(_), None) => Err(SshError::Protocol {
-            node,
-            what: "key exchange",
-            error: "no host key was offered".into(),
-        }),
+        (result, None) => Err(no_key(&result, node, addr)),
     }
 }
 
@@ -550,16 +541,23 @@ pub async fn fetch_host_key(target: &Target, timeout: Duration) -> Result<Public
     match exchange {
         (_, Some(Seen::Key { key, .. })) => Ok(key),
         (_, Some(Seen::Certificate)) => Err(SshError::HostCertificate { node, addr }),
-        (Err(e), None) => Err(SshError::Connect {
+        (result, None) => Err(no_key(&result, node, addr)),
+    }
+}
+
+/// The error for a key exchange that ended before the host offered a key.
+fn no_key<T>(result: &Result<T, russh::Error>, node: String, addr: String) -> SshError {
+    match result {
+        Err(e) => SshError::Connect {
             node,
             addr,
             error: e.to_string(),
-        }),
-        (Ok(_), None) => Err(SshError::Protocol {
+        },
+        Ok(_) => SshError::Protocol {
             node,
             what: "key exchange",
             error: "no host key was offered".into(),
-        }),
+        },
     }
 }
 
