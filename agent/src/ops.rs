@@ -243,8 +243,8 @@ pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
     })
 }
 
-/// A node's release state.
-#[derive(Debug, Clone, Serialize)]
+/// A node's release state; what `status` answers, and what the controller reads back.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Status {
     pub agent_version: String,
     pub active: Option<String>,

@@ -274,14 +274,14 @@ pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
             let none = || "-".to_owned();
             (
                 vec![
-                    s.active.clone().unwrap_or_else(none),
-                    s.previous.clone().unwrap_or_else(none),
-                    if s.staged.is_empty() {
+                    s.agent.active.clone().unwrap_or_else(none),
+                    s.agent.previous.clone().unwrap_or_else(none),
+                    if s.agent.staged.is_empty() {
                         none()
                     } else {
-                        s.staged.join(",")
+                        s.agent.staged.join(",")
                     },
-                    format!("{:.1} GiB", s.free_bytes as f64 / (1u64 << 30) as f64),
+                    format!("{:.1} GiB", s.agent.free_bytes as f64 / (1u64 << 30) as f64),
                     s.host_key.clone(),
                 ],
                 serde_json::to_value(s).unwrap_or_default(),

@@ -220,10 +220,8 @@ pub async fn agent(
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
     pub host_key: String,
-    pub active: Option<String>,
-    pub previous: Option<String>,
-    pub staged: Vec<String>,
-    pub free_bytes: u64,
+    #[serde(flatten)]
+    pub agent: fleet_agent::Status,
 }
 
 pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatus> {
@@ -231,17 +229,8 @@ pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatu
     let json = agent(&session, "status", Input::None, timeouts.command).await?;
     let host_key = crate::known_hosts::fingerprint(session.host_key());
     session.close().await;
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    Ok(NodeStatus {
-        host_key,
-        active: text(&json["active"]),
-        previous: text(&json["previous"]),
-        staged: json["staged"]
-            .as_array()
-            .map(|a| a.iter().filter_map(text).collect())
-            .unwrap_or_default(),
-        free_bytes: json["free_bytes"].as_u64().unwrap_or(0),
-    })
+    let agent = serde_json::from_value(json).context("the agent's status answer")?;
+    Ok(NodeStatus { host_key, agent })
 }
 
 /// Stages `version` from `bundle` unless the node has it; one connection for both steps.
