@@ -29,8 +29,8 @@ pub struct Target {
     pub user: String,
     pub identity: Option<PathBuf>,
     pub known_hosts: PathBuf,
-    /// A jump host from the inventory; connections through one are refused until supported.
-    pub jump: Option<String>,
+    /// The jump host to connect through (a TCP channel from it to this target), if any.
+    pub jump: Option<Box<Target>>,
 }
 
 impl Target {
@@ -42,7 +42,17 @@ impl Target {
             user: node.ssh.user.clone(),
             identity: node.ssh.identity_file.as_deref().map(expand_home),
             known_hosts: expand_home(&node.ssh.known_hosts),
-            jump: node.ssh.jump.as_ref().map(ToString::to_string),
+            jump: node.ssh.jump.as_ref().map(|j| {
+                Box::new(Target {
+                    node: format!("{} (jump host {j})", node.name),
+                    host: j.host.clone(),
+                    port: j.port,
+                    user: j.user.clone().unwrap_or_else(|| node.ssh.user.clone()),
+                    identity: node.ssh.identity_file.as_deref().map(expand_home),
+                    known_hosts: expand_home(&node.ssh.known_hosts),
+                    jump: None,
+                })
+            }),
         }
     }
 
@@ -149,8 +159,6 @@ pub enum SshError {
         what: &'static str,
         error: String,
     },
-    #[error("{node}: {what}")]
-    Unsupported { node: String, what: String },
     #[error("{node}: `{command}` did not finish within {after:?}")]
     CommandTimeout {
         node: String,
@@ -239,6 +247,8 @@ pub struct Session {
     node: String,
     handle: client::Handle<HostKeyCheck>,
     host_key: PublicKey,
+    /// The connection to the jump host this one runs through; it must outlive this one.
+    _jump: Option<Box<Session>>,
 }
 
 /// What a command printed and how it ended.
@@ -276,14 +286,6 @@ impl Session {
     /// authentication unless it is known), then authenticates with the identity file.
     pub async fn connect(target: &Target, timeouts: Timeouts) -> Result<Self, SshError> {
         let node = target.node.clone();
-        if let Some(jump) = &target.jump {
-            return Err(SshError::Unsupported {
-                node,
-                what: format!(
-                    "jump host {jump}: connecting through a jump host is not supported yet"
-                ),
-            });
-        }
         let known =
             KnownHosts::load_shared(&target.known_hosts).map_err(|error| SshError::KnownHosts {
                 node: node.clone(),
@@ -295,7 +297,7 @@ impl Session {
             .ok_or_else(|| SshError::NoIdentity { node: node.clone() })?;
         let key = load_identity(&node, &identity)?;
         let work = async {
-            let (mut handle, host_key) = open(target, known).await?;
+            let (mut handle, host_key, jump) = open(target, known).await?;
             // Only RSA keys need the server's preferred signature hash; asking costs a wait
             // for the server's extension info.
             let hash = match key.algorithm().is_rsa() {
@@ -330,6 +332,7 @@ impl Session {
                 node: node.clone(),
                 handle,
                 host_key,
+                _jump: jump,
             })
         };
         tokio::time::timeout(timeouts.connect, work)
@@ -472,10 +475,14 @@ impl Session {
 async fn key_exchange(
     target: &Target,
     known: Option<Arc<KnownHosts>>,
-) -> (
-    Result<client::Handle<HostKeyCheck>, russh::Error>,
-    Option<Seen>,
-) {
+) -> Result<
+    (
+        Result<client::Handle<HostKeyCheck>, russh::Error>,
+        Option<Seen>,
+        Option<Box<Session>>,
+    ),
+    SshError,
+> {
     let seen = Arc::new(Mutex::new(None));
     let checker = HostKeyCheck {
         known,
@@ -483,9 +490,35 @@ async fn key_exchange(
         port: target.port,
         seen: seen.clone(),
     };
-    let result = client::connect(config(), (target.host.as_str(), target.port), checker).await;
+    let (result, jump) = match &target.jump {
+        None => (
+            client::connect(config(), (target.host.as_str(), target.port), checker).await,
+            None,
+        ),
+        Some(jump_target) => {
+            // An authenticated session to the jump host (its own host key checked the same
+            // way), then a TCP channel from it to the target, then SSH over that channel.
+            let jump = Box::pin(Session::connect(jump_target, Timeouts::default())).await?;
+            let channel = jump
+                .handle
+                .channel_open_direct_tcpip(
+                    target.host.clone(),
+                    u32::from(target.port),
+                    "127.0.0.1",
+                    0,
+                )
+                .await
+                .map_err(|e| SshError::Connect {
+                    node: target.node.clone(),
+                    addr: target.addr(),
+                    error: format!("through jump host {}: {e}", jump_target.addr()),
+                })?;
+            let result = client::connect_stream(config(), channel.into_stream(), checker).await;
+            (result, Some(Box::new(jump)))
+        }
+    };
     let seen = seen.lock().ok().and_then(|s| s.clone());
-    (result, seen)
+    Ok((result, seen, jump))
 }
 
 /// Opens the transport; returns the handle once the host key was accepted, or the reason it
@@ -493,10 +526,18 @@ async fn key_exchange(
 async fn open(
     target: &Target,
     known: Arc<KnownHosts>,
-) -> Result<(client::Handle<HostKeyCheck>, PublicKey), SshError> {
+) -> Result<
+    (
+        client::Handle<HostKeyCheck>,
+        PublicKey,
+        Option<Box<Session>>,
+    ),
+    SshError,
+> {
     let (node, addr) = (target.node.clone(), target.addr());
-    match key_exchange(target, Some(known)).await {
-        (Ok(handle), Some(Seen::Key { key, .. })) => Ok((handle, key)),
+    let (result, seen, jump) = key_exchange(target, Some(known)).await?;
+    match (result, seen) {
+        (Ok(handle), Some(Seen::Key { key, .. })) => Ok((handle, key, jump)),
         (_, Some(Seen::Certificate)) => Err(SshError::HostCertificate { node, addr }),
         (_, Some(Seen::Key { key, verdict })) => {
             let fingerprint = known_hosts::fingerprint(&key);
@@ -538,7 +579,8 @@ pub async fn fetch_host_key(target: &Target, timeout: Duration) -> Result<Public
             addr: addr.clone(),
             after: timeout,
         })?;
-    match exchange {
+    let (result, seen, _jump) = exchange?;
+    match (result, seen) {
         (_, Some(Seen::Key { key, .. })) => Ok(key),
         (_, Some(Seen::Certificate)) => Err(SshError::HostCertificate { node, addr }),
         (result, None) => Err(no_key(&result, node, addr)),

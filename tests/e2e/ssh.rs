@@ -285,14 +285,6 @@ fn a_wrong_identity_is_refused_and_a_down_node_fails_alone() {
         Err(SshError::AuthRefused { .. })
     ));
 
-    // A jump host is refused plainly rather than silently bypassed.
-    let mut jumped = targets(&inv).remove(0);
-    jumped.jump = Some("bastion.example:22".into());
-    assert!(matches!(
-        rt.block_on(Session::connect(&jumped, timeouts())),
-        Err(SshError::Unsupported { .. })
-    ));
-
     f.stop_node(1).expect("stop node-2");
     let inv_s = inv.to_string_lossy().into_owned();
     let out = run(&["hosts", "trust", "-i", &inv_s]).fails();
@@ -307,4 +299,32 @@ fn a_wrong_identity_is_refused_and_a_down_node_fails_alone() {
         rt.block_on(fetch_host_key(&down, Duration::from_secs(5))),
         Err(SshError::Connect { .. })
     ));
+}
+
+#[test]
+fn connects_through_a_jump_host() {
+    let mut f = fleet(2);
+    let (inv, known) = inventory(&f);
+    f.write_known_hosts(&known).expect("known_hosts");
+    let mut all = targets(&inv);
+    let (jump, mut target) = (all.remove(0), all.remove(0));
+    target.jump = Some(Box::new(jump));
+    let rt = rt();
+    let run_echo = |target: &Target| {
+        rt.block_on(async {
+            let session = Session::connect(target, timeouts()).await?;
+            let out = session
+                .exec("echo via", Input::None, Duration::from_secs(10))
+                .await?;
+            session.close().await;
+            Ok::<_, SshError>(out.stdout_text())
+        })
+    };
+    assert_eq!(run_echo(&target).expect("connects through node-1"), "via\n");
+    // With the jump host down, the node cannot be reached this way (it went through it).
+    f.stop_node(0).expect("stop node-1");
+    assert!(matches!(run_echo(&target), Err(SshError::Connect { .. })));
+    let mut direct = target.clone();
+    direct.jump = None;
+    assert_eq!(run_echo(&direct).expect("direct"), "via\n");
 }
