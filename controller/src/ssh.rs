@@ -31,6 +31,8 @@ pub struct Target {
     pub known_hosts: PathBuf,
     /// The jump host to connect through (a TCP channel from it to this target), if any.
     pub jump: Option<Box<Target>>,
+    /// The ssh-agent socket used when no identity file is set (from `SSH_AUTH_SOCK`).
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Target {
@@ -51,8 +53,10 @@ impl Target {
                     identity: node.ssh.identity_file.as_deref().map(expand_home),
                     known_hosts: expand_home(&node.ssh.known_hosts),
                     jump: None,
+                    agent_socket: agent_socket(),
                 })
             }),
+            agent_socket: agent_socket(),
         }
     }
 
@@ -64,6 +68,18 @@ impl Target {
     fn addr(&self) -> String {
         known_hosts::host_port(&self.host, self.port)
     }
+}
+
+fn agent_socket() -> Option<PathBuf> {
+    std::env::var_os("SSH_AUTH_SOCK")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
+/// How a session proves who it is.
+enum Credential {
+    Key(PathBuf, Box<russh::keys::PrivateKey>),
+    Agent(PathBuf),
 }
 
 fn expand_home(path: &Path) -> PathBuf {
@@ -144,14 +160,16 @@ pub enum SshError {
         path: PathBuf,
         reason: String,
     },
-    #[error("{node}: no identity file is set for it (ssh.identity_file in the inventory)")]
+    #[error(
+        "{node}: no identity file is set for it (ssh.identity_file in the inventory) and no ssh-agent is reachable (SSH_AUTH_SOCK)"
+    )]
     NoIdentity { node: String },
-    #[error("{node} ({addr}): authentication as {user} with {} was refused", identity.display())]
+    #[error("{node} ({addr}): authentication as {user} with {identity} was refused")]
     AuthRefused {
         node: String,
         addr: String,
         user: String,
-        identity: PathBuf,
+        identity: String,
     },
     #[error("{node}: {what}: {error}")]
     Protocol {
@@ -291,41 +309,86 @@ impl Session {
                 node: node.clone(),
                 error,
             })?;
-        let identity = target
-            .identity
-            .clone()
-            .ok_or_else(|| SshError::NoIdentity { node: node.clone() })?;
-        let key = load_identity(&node, &identity)?;
+        let credential = match &target.identity {
+            Some(path) => Credential::Key(path.clone(), Box::new(load_identity(&node, path)?)),
+            None => match &target.agent_socket {
+                Some(socket) => Credential::Agent(socket.clone()),
+                None => return Err(SshError::NoIdentity { node }),
+            },
+        };
         let work = async {
             let (mut handle, host_key, jump) = open(target, known).await?;
-            // Only RSA keys need the server's preferred signature hash; asking costs a wait
-            // for the server's extension info.
-            let hash = match key.algorithm().is_rsa() {
-                true => handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .ok()
-                    .flatten()
-                    .flatten(),
-                false => None,
+            let protocol = |e: String| SshError::Protocol {
+                node: node.clone(),
+                what: "authentication",
+                error: e,
             };
-            let auth = handle
-                .authenticate_publickey(
-                    &target.user,
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
-                .map_err(|e| SshError::Protocol {
-                    node: node.clone(),
-                    what: "authentication",
-                    error: e.to_string(),
-                })?;
-            if !auth.success() {
+            let (accepted, used) = match credential {
+                Credential::Key(path, key) => {
+                    // Only RSA keys need the server's preferred signature hash; asking costs a
+                    // wait for the server's extension info.
+                    let hash = match key.algorithm().is_rsa() {
+                        true => handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .ok()
+                            .flatten()
+                            .flatten(),
+                        false => None,
+                    };
+                    let auth = handle
+                        .authenticate_publickey(
+                            &target.user,
+                            PrivateKeyWithHashAlg::new(Arc::new(*key), hash),
+                        )
+                        .await
+                        .map_err(|e| protocol(e.to_string()))?;
+                    (auth.success(), path.display().to_string())
+                }
+                Credential::Agent(socket) => {
+                    let mut agent = russh::keys::agent::client::AgentClient::connect_uds(&socket)
+                        .await
+                        .map_err(|e| protocol(format!("ssh-agent at {}: {e}", socket.display())))?;
+                    let identities = agent
+                        .request_identities()
+                        .await
+                        .map_err(|e| protocol(format!("ssh-agent: {e}")))?;
+                    let mut accepted = false;
+                    for identity in identities {
+                        let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity
+                        else {
+                            continue;
+                        };
+                        let hash = match key.algorithm().is_rsa() {
+                            true => handle
+                                .best_supported_rsa_hash()
+                                .await
+                                .ok()
+                                .flatten()
+                                .flatten(),
+                            false => None,
+                        };
+                        let auth = handle
+                            .authenticate_publickey_with(&target.user, key, hash, &mut agent)
+                            .await
+                            .map_err(|e| protocol(format!("ssh-agent: {e}")))?;
+                        if auth.success() {
+                            accepted = true;
+                            break;
+                        }
+                    }
+                    (
+                        accepted,
+                        format!("the keys of ssh-agent {}", socket.display()),
+                    )
+                }
+            };
+            if !accepted {
                 return Err(SshError::AuthRefused {
                     node: node.clone(),
                     addr: target.addr(),
                     user: target.user.clone(),
-                    identity: identity.clone(),
+                    identity: used,
                 });
             }
             Ok(Session {

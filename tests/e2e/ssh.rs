@@ -328,3 +328,68 @@ fn connects_through_a_jump_host() {
     direct.jump = None;
     assert_eq!(run_echo(&direct).expect("direct"), "via\n");
 }
+
+/// Kills (and reaps) the child it holds when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn authenticates_through_ssh_agent() {
+    use std::process::{Command, Stdio};
+    let f = fleet(1);
+    let (inv, known) = inventory(&f);
+    f.write_known_hosts(&known).expect("known_hosts");
+    let sock = f.dir().join("agent.sock");
+    let _agent = Child(
+        Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent runs (package openssh-client)"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut target = targets(&inv).remove(0);
+    target.identity = None;
+    target.agent_socket = Some(sock.clone());
+    let rt = rt();
+
+    // An empty agent proves nothing.
+    assert!(matches!(
+        rt.block_on(Session::connect(&target, timeouts())),
+        Err(SshError::AuthRefused { .. })
+    ));
+
+    let added = Command::new("ssh-add")
+        .arg(f.client_key())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .expect("ssh-add runs");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let out = rt.block_on(async {
+        let session = Session::connect(&target, timeouts())
+            .await
+            .expect("authenticates with the agent's key");
+        let out = session
+            .exec("echo agent", Input::None, Duration::from_secs(10))
+            .await
+            .expect("runs");
+        session.close().await;
+        out
+    });
+    assert_eq!(out.stdout_text(), "agent\n");
+}
