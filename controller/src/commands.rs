@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -165,52 +166,60 @@ pub fn provision(
 ) -> Result<Report, Failure> {
     // The nodes pin exactly these bytes; a root that does not verify is never sent.
     Root::load(trust).context("trust root")?;
-    let root_json =
-        std::sync::Arc::new(fs::read(trust).with_context(|| format!("{}", trust.display()))?);
+    let root_json = Arc::new(fs::read(trust).with_context(|| format!("{}", trust.display()))?);
     let agent = match agent {
         Some(path) => path,
         None => std::env::current_exe()
             .context("locating this fleet binary")?
             .with_file_name("fleet-agent"),
     };
-    let agent_bytes = std::sync::Arc::new(fs::read(&agent).with_context(|| {
+    let agent_bytes = Arc::new(fs::read(&agent).with_context(|| {
         format!(
             "the fleet-agent binary {} (give --agent PATH)",
             agent.display()
         )
     })?);
-    let (nodes, _) = nodes(&args)?;
-    let mut deploy_pubs = std::collections::BTreeMap::new();
-    for node in &nodes {
+    let inv = load_inventory(&args.inventory)?;
+    // Per node: its deploy key's public half and its rendered files (or why they cannot be made).
+    let mut prepared = std::collections::BTreeMap::new();
+    for node in select(&inv, args.limit.as_deref())? {
+        let cluster = inv
+            .cluster_of(node)
+            .expect("a loaded inventory places every node in a cluster");
         let key = crate::deploy::deploy_target(node)?
             .identity
             .expect("deploy_target sets the identity");
-        if !deploy_pubs.contains_key(&key) {
-            let public = fs::read_to_string(key.with_extension("pub"))
-                .with_context(|| format!("the deploy key's public half {}.pub", key.display()))?;
-            deploy_pubs.insert(key.clone(), public);
-        }
+        let public = fs::read_to_string(key.with_extension("pub"))
+            .with_context(|| format!("the deploy key's public half {}.pub", key.display()))?;
+        let files = crate::config::node_files(node, cluster).map_err(|e| e.to_string());
+        prepared.insert(node.name.clone(), (public, files));
     }
-    let deploy_pubs = std::sync::Arc::new(deploy_pubs);
-    per_node(
+    let prepared = Arc::new(prepared);
+    let report = per_node(
         &args,
         progress,
         &["NODE", "RESULT", "CHANGES"],
         move |node, timeouts| {
-            let (agent_bytes, root_json, deploy_pubs) =
-                (agent_bytes.clone(), root_json.clone(), deploy_pubs.clone());
+            let (agent_bytes, root_json, prepared) =
+                (agent_bytes.clone(), root_json.clone(), prepared.clone());
             async move {
-                let key = crate::deploy::deploy_target(&node)?
-                    .identity
-                    .expect("deploy_target sets the identity");
-                let public = deploy_pubs
-                    .get(&key)
-                    .ok_or_else(|| anyhow!("no public key for {}", key.display()))?;
-                crate::deploy::provision(&node, timeouts, &agent_bytes, &root_json, public, check)
-                    .await
+                let (public, files) = prepared
+                    .get(&node.name)
+                    .ok_or_else(|| anyhow!("{} was not prepared", node.name))?;
+                let files = files.as_ref().map_err(|e| anyhow!("{e}"))?;
+                crate::deploy::provision(
+                    &node,
+                    timeouts,
+                    &agent_bytes,
+                    &root_json,
+                    files,
+                    public,
+                    check,
+                )
+                .await
             }
         },
-        move |p: &crate::deploy::Provisioned| {
+        |p: &crate::deploy::Provisioned| {
             let result = match (p.changes.is_empty(), p.applied) {
                 (true, _) => "unchanged",
                 (false, true) => "changed",
@@ -218,10 +227,29 @@ pub fn provision(
             };
             (
                 vec![result.to_owned(), p.changes.join("; ")],
-                json!({ "result": result, "changes": p.changes }),
+                json!({ "result": result, "changes": p.changes, "diffs": p.diffs }),
             )
         },
-    )
+    )?;
+    // Under --check, each config file that would change follows the table as a diff.
+    let mut report = report;
+    let diffs: Vec<String> = report.json["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            let node = n["node"].as_str().unwrap_or_default().to_owned();
+            n["diffs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |d| d.as_str().map(|d| format!("== {node}\n{d}")))
+        })
+        .collect();
+    if !diffs.is_empty() {
+        report.text = format!("{}\n\n{}", report.text, diffs.join("\n"));
+    }
+    Ok(report)
 }
 
 pub fn push(

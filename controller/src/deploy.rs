@@ -50,37 +50,94 @@ pub fn deploy_line(node: &Node, deploy_pub: &str) -> String {
     )
 }
 
-/// What provisioning found or did on a node: one line per item that differs.
+/// What provisioning found or did on a node: one line per item that differs, and for
+/// `--check`, the diff of each rendered config file that would change.
 #[derive(Debug, Clone, Serialize)]
 pub struct Provisioned {
     pub changes: Vec<String>,
+    pub diffs: Vec<String>,
     pub applied: bool,
 }
 
-const DIRS: [&str; 7] = [
-    "releases", "config", "trust", "state", "chunks", "logs", "bin",
+const DIRS: [&str; 8] = [
+    "releases",
+    "config",
+    "config/secrets",
+    "trust",
+    "state",
+    "chunks",
+    "logs",
+    "bin",
 ];
 
+/// A file provisioning keeps on the node, with how to show a change to it.
+struct Managed<'a> {
+    path: String,
+    mode: &'a str,
+    bytes: &'a [u8],
+    show: Show,
+}
+
+enum Show {
+    /// Binary or opaque: only its size.
+    Size,
+    /// Text: a diff under `--check`.
+    Diff,
+    /// Never displayed.
+    Secret,
+}
+
 /// Brings a node to the provisioned state through the bootstrap account: the node layout,
-/// `bin/fleet-agent`, `trust/root.json`, and the deploy key restricted to the agent. Only
-/// what differs is written; with `check`, nothing is.
+/// `bin/fleet-agent`, `trust/root.json`, the config files rendered for it and their secrets,
+/// and the deploy key restricted to the agent. Only what differs is written; with `check`,
+/// nothing is, and each config file that would change is shown as a diff.
+#[allow(clippy::too_many_arguments)]
 pub async fn provision(
     node: &Node,
     timeouts: Timeouts,
     agent: &[u8],
     root_json: &[u8],
+    files: &[crate::config::NodeFile],
     deploy_pub: &str,
     check: bool,
 ) -> anyhow::Result<Provisioned> {
     let session = Session::connect(&Target::of(node), timeouts).await?;
     let root = node.node_root.to_string_lossy().into_owned();
     let r = sh_quote(&root);
+    let mut managed = vec![
+        Managed {
+            path: "bin/fleet-agent".into(),
+            mode: "755",
+            bytes: agent,
+            show: Show::Size,
+        },
+        Managed {
+            path: "trust/root.json".into(),
+            mode: "644",
+            bytes: root_json,
+            show: Show::Diff,
+        },
+    ];
+    for f in files {
+        let show = if f.secret { Show::Secret } else { Show::Diff };
+        managed.push(Managed {
+            path: f.path.clone(),
+            mode: f.mode,
+            bytes: f.content.as_bytes(),
+            show,
+        });
+    }
     let ak = remote_path(&node.ssh.authorized_keys);
     let line = deploy_line(node, deploy_pub);
+    let paths: Vec<String> = managed
+        .iter()
+        .map(|m| sh_quote(&format!("{root}/{}", m.path)))
+        .collect();
     let probe = format!(
-        "for f in {r}/bin/fleet-agent {r}/trust/root.json; do if [ -f \"$f\" ]; then sha256sum < \"$f\" | cut -d' ' -f1; else echo -; fi; done; \
+        "for f in {paths}; do if [ -f \"$f\" ]; then sha256sum < \"$f\" | cut -d' ' -f1; else echo -; fi; done; \
          if [ -f {ak} ] && grep -qxF {line} {ak}; then echo present; else echo absent; fi; \
          for d in {dirs}; do [ -d {r}/\"$d\" ] || echo \"missing $d\"; done",
+        paths = paths.join(" "),
         line = sh_quote(&line),
         dirs = DIRS.join(" ")
     );
@@ -88,28 +145,49 @@ pub async fn provision(
         .await
         .context("probing the node")?;
     let lines: Vec<&str> = out.lines().collect();
-    let (agent_sum, root_sum, key) = match lines.as_slice() {
-        [a, b, k, ..] => (*a, *b, *k),
-        _ => bail!("unexpected probe output: {out:?}"),
-    };
-    let missing: Vec<&str> = lines
+    if lines.len() < managed.len() + 1 {
+        bail!("unexpected probe output: {out:?}");
+    }
+    let (sums, rest) = lines.split_at(managed.len());
+    let key_missing = rest[0] != "present";
+    let missing: Vec<&str> = rest[1..]
         .iter()
-        .skip(3)
         .filter_map(|l| l.strip_prefix("missing "))
         .collect();
+
     let mut changes = Vec::new();
+    let mut diffs = Vec::new();
     if !missing.is_empty() {
         changes.push(format!("create {} under {root}", missing.join(", ")));
     }
-    let agent_changed = agent_sum != hex::encode(Sha256::digest(agent));
-    if agent_changed {
-        changes.push(format!("install bin/fleet-agent ({} bytes)", agent.len()));
+    let changed: Vec<&Managed> = managed
+        .iter()
+        .zip(sums)
+        .filter(|(m, sum)| **sum != hex::encode(Sha256::digest(m.bytes)))
+        .map(|(m, _)| m)
+        .collect();
+    for m in &changed {
+        changes.push(match m.show {
+            Show::Size => format!("install {} ({} bytes)", m.path, m.bytes.len()),
+            Show::Diff => format!("write {}", m.path),
+            Show::Secret => format!("write {} (secret, not shown)", m.path),
+        });
+        if check && matches!(m.show, Show::Diff) {
+            let remote = format!("{root}/{}", m.path);
+            let old = run(
+                &session,
+                &format!("cat {} 2>/dev/null || true", sh_quote(&remote)),
+                Input::None,
+                timeouts.command,
+            )
+            .await?;
+            diffs.push(crate::config::diff(
+                &m.path,
+                &old,
+                &String::from_utf8_lossy(m.bytes),
+            ));
+        }
     }
-    let root_changed = root_sum != hex::encode(Sha256::digest(root_json));
-    if root_changed {
-        changes.push("write trust/root.json".to_owned());
-    }
-    let key_missing = key != "present";
     if key_missing {
         changes.push(format!(
             "authorize the deploy key for the agent only in {}",
@@ -120,33 +198,22 @@ pub async fn provision(
         session.close().await;
         return Ok(Provisioned {
             changes,
+            diffs,
             applied: false,
         });
     }
     let dirs: Vec<String> = DIRS.iter().map(|d| format!("{r}/{d}")).collect();
-    run(
-        &session,
-        &format!("mkdir -p {} && chmod 700 {r}/state", dirs.join(" ")),
-        Input::None,
-        timeouts.command,
-    )
-    .await?;
-    if agent_changed {
+    let mkdirs = format!(
+        "mkdir -p {} && chmod 700 {r}/state {r}/config/secrets",
+        dirs.join(" ")
+    );
+    run(&session, &mkdirs, Input::None, timeouts.command).await?;
+    for m in changed {
         install(
             &session,
-            &format!("{root}/bin/fleet-agent"),
-            "755",
-            agent,
-            timeouts,
-        )
-        .await?;
-    }
-    if root_changed {
-        install(
-            &session,
-            &format!("{root}/trust/root.json"),
-            "644",
-            root_json,
+            &format!("{root}/{}", m.path),
+            m.mode,
+            m.bytes,
             timeouts,
         )
         .await?;
@@ -161,6 +228,7 @@ pub async fn provision(
     session.close().await;
     Ok(Provisioned {
         changes,
+        diffs,
         applied: true,
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 mod commands;
+pub mod config;
 pub mod deploy;
 pub mod fanout;
 pub mod hosts;

@@ -157,6 +157,63 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         each("unchanged")
     );
 
+    // Config files are rendered from templates/, and their secrets kept apart, mode 0600.
+    let config = site.fleet.nodes()[0].root.join("config");
+    let server = fs::read_to_string(config.join("server.toml")).expect("server.toml");
+    assert!(
+        server.contains("node = \"node-1\"\n") && server.contains("max_running_flows = 4\n"),
+        "{server}"
+    );
+    let secret = config.join("secrets/postgres_url");
+    assert_eq!(
+        fs::read_to_string(&secret).expect("secret"),
+        "postgres://postgres@127.0.0.1:5432/postgres\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&secret).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A changed setting: --check shows the diff and changes nothing; a run applies it.
+    let text = fs::read_to_string(&site.inv).expect("inventory");
+    fs::write(
+        &site.inv,
+        text.replacen(
+            "defaults:\n",
+            "defaults:\n  vars: { max_running_flows: 8 }\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let check = site.provision(&["--check"]).ok().json();
+    let diff = check["nodes"][0]["diffs"][0]
+        .as_str()
+        .expect("a diff")
+        .to_owned();
+    assert!(
+        diff.contains("-max_running_flows = 4\n+max_running_flows = 8\n"),
+        "{diff}"
+    );
+    assert!(
+        !check.to_string().contains("127.0.0.1:5432"),
+        "a secret reached the output: {check}"
+    );
+    assert_eq!(
+        fs::read_to_string(config.join("server.toml")).expect("server.toml"),
+        server,
+        "--check wrote"
+    );
+    assert_eq!(
+        Site::results(&site.provision(&[]).ok(), "result"),
+        each("changed")
+    );
+    assert!(
+        fs::read_to_string(config.join("server.toml"))
+            .expect("server.toml")
+            .contains("max_running_flows = 8\n")
+    );
+
     let push = |v: &str| {
         site.fleet_cmd(&["push", v, "--store", &site.store, "--json"])
             .ok()
