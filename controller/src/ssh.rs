@@ -325,17 +325,7 @@ impl Session {
             };
             let (accepted, used) = match credential {
                 Credential::Key(path, key) => {
-                    // Only RSA keys need the server's preferred signature hash; asking costs a
-                    // wait for the server's extension info.
-                    let hash = match key.algorithm().is_rsa() {
-                        true => handle
-                            .best_supported_rsa_hash()
-                            .await
-                            .ok()
-                            .flatten()
-                            .flatten(),
-                        false => None,
-                    };
+                    let hash = rsa_hash(&handle, key.algorithm()).await;
                     let auth = handle
                         .authenticate_publickey(
                             &target.user,
@@ -359,15 +349,7 @@ impl Session {
                         else {
                             continue;
                         };
-                        let hash = match key.algorithm().is_rsa() {
-                            true => handle
-                                .best_supported_rsa_hash()
-                                .await
-                                .ok()
-                                .flatten()
-                                .flatten(),
-                            false => None,
-                        };
+                        let hash = rsa_hash(&handle, key.algorithm()).await;
                         let auth = handle
                             .authenticate_publickey_with(&target.user, key, hash, &mut agent)
                             .await
@@ -647,6 +629,23 @@ pub async fn fetch_host_key(target: &Target, timeout: Duration) -> Result<Public
         (_, Some(Seen::Key { key, .. })) => Ok(key),
         (_, Some(Seen::Certificate)) => Err(SshError::HostCertificate { node, addr }),
         (result, None) => Err(no_key(&result, node, addr)),
+    }
+}
+
+/// The signature hash to use with a key: only RSA keys need the server's preferred one, and
+/// asking costs a wait for the server's extension info.
+async fn rsa_hash(
+    handle: &client::Handle<HostKeyCheck>,
+    algorithm: russh::keys::Algorithm,
+) -> Option<russh::keys::HashAlg> {
+    match algorithm.is_rsa() {
+        true => handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten(),
+        false => None,
     }
 }
 
