@@ -49,6 +49,8 @@ pub enum AgentError {
         "release {wanted} is older than the active {active}; activating it needs --allow-downgrade"
     )]
     Downgrade { wanted: String, active: String },
+    #[error("another fleet-agent operation has held this node for over {0} s; try again")]
+    Busy(u64),
     #[error("no previous release to roll back to")]
     NoPrevious,
     #[error("{0}")]

@@ -12,18 +12,21 @@ fn main() -> ExitCode {
     let outcome = run(&args);
     match outcome {
         Ok(json) => {
-            println!("{json}");
+            answer(&json);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!(
-                "{}",
-                serde_json::json!({ "ok": false, "error": e.to_string() })
-            );
+            answer(&serde_json::json!({ "ok": false, "error": e.to_string() }));
             eprintln!("fleet-agent: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the one-line answer; a controller that went away is not a reason to panic.
+fn answer(json: &serde_json::Value) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{json}");
 }
 
 fn run(args: &[String]) -> Result<serde_json::Value, fleet_agent::AgentError> {

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use fleet_release::{Manifest, Root};
 use serde::Serialize;
@@ -15,12 +15,28 @@ use crate::{AgentError, VERSION, io};
 /// Holds `state/agent.lock` for as long as it lives.
 struct Lock(#[allow(dead_code)] fs::File);
 
+/// How long an operation waits for another one on the same node before giving up. Shorter
+/// than any controller's command timeout, so a request its controller gave up on never runs
+/// late.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
 fn lock(layout: &Layout) -> Result<Lock, AgentError> {
     layout.ensure()?;
     let path = layout.state().join("agent.lock");
     let file = fs::File::create(&path).map_err(io(&path))?;
-    file.lock().map_err(io(&path))?;
-    Ok(Lock(file))
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock(file)),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(AgentError::Busy(LOCK_WAIT.as_secs()));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(AgentError::Io { path, error: e }),
+        }
+    }
 }
 
 /// What staging did.
@@ -47,7 +63,8 @@ pub fn stage(
         .parse()
         .map_err(|e| AgentError::BadRequest(format!("`{version}` is not a version: {e}")))?;
     let _lock = lock(layout)?;
-    if layout.release(version).exists() {
+    let release = layout.release(version);
+    if release.is_dir() && layout.manifest(version).is_file() {
         return Ok(Staged {
             version: version.into(),
             changed: false,
@@ -55,8 +72,12 @@ pub fn stage(
             bytes: 0,
         });
     }
-    // Whatever an interrupted run left behind is garbage: a release only counts once renamed.
+    // Whatever an interrupted run left behind is garbage: a release only counts once renamed
+    // with its manifest beside it.
     clear_staging(layout)?;
+    if release.exists() {
+        remove_tree(&release)?;
+    }
     let bundle = layout.staging().join(format!("{version}.bundle"));
     let tree = layout.staging().join(format!("{version}.tree"));
     let result = receive_and_unpack(layout, &wanted, input, &bundle, &tree, now);
@@ -75,8 +96,10 @@ pub fn stage(
     });
     if outcome.is_err() {
         let _ = fs::remove_file(layout.manifest(version));
+        let _ = remove_tree(&release);
     }
-    clear_staging(layout)?;
+    // Staging is cleared again by the next stage; a failure here must not hide the outcome.
+    let _ = clear_staging(layout);
     outcome
 }
 
@@ -95,15 +118,15 @@ fn receive_and_unpack(
         .create_new(true)
         .open(bundle)
         .map_err(io(bundle))?;
+    let root = Root::load(&layout.trust_root())?;
     let measured = {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-        let measured = fleet_release::bundle::receive(input, &mut out)?;
+        let measured = fleet_release::bundle::receive(input, &mut out, &root)?;
         out.flush().map_err(io(bundle))?;
         measured
     };
     file.sync_all().map_err(io(bundle))?;
     std::io::Seek::rewind(&mut file).map_err(io(bundle))?;
-    let root = Root::load(&layout.trust_root())?;
     let verified = fleet_release::bundle::unpack_measured(file, &measured, &root, now, tree)?;
     let manifest = verified.manifest;
     if manifest.version != *wanted {
@@ -142,15 +165,26 @@ fn clear_staging(layout: &Layout) -> Result<(), AgentError> {
     let staging = layout.staging();
     for item in fs::read_dir(&staging).map_err(io(&staging))? {
         let path = item.map_err(io(&staging))?.path();
-        let removed = if path.is_dir() && !path.is_symlink() {
-            make_writable(&path);
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        removed.map_err(io(&path))?;
+        remove_tree(&path)?;
     }
     Ok(())
+}
+
+/// Removes a file, a symlink, or a directory tree (even one with read-only directories).
+fn remove_tree(path: &std::path::Path) -> Result<(), AgentError> {
+    let removed = if path.is_dir() && !path.is_symlink() {
+        make_writable(path);
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::Io {
+            path: path.to_owned(),
+            error: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A half-unpacked tree may hold read-only directories; open them up so they can be removed.
@@ -213,8 +247,10 @@ pub fn activate(
         }
         layout.point(&layout.previous(), active)?;
     }
+    // Read everything that can fail before anything is switched.
+    let counter = release_counter(layout, version)?.max(installed_counter(layout)?);
     layout.point(&layout.current(), version)?;
-    record_counter(layout, version)?;
+    layout.write_atomic(&layout.counter(), format!("{counter}\n").as_bytes())?;
     Ok(Switched {
         active: version.into(),
         previous: active,
@@ -296,18 +332,11 @@ fn installed_counter(layout: &Layout) -> Result<u64, AgentError> {
     }
 }
 
-/// Raises the installed counter to the activated release's, never lowers it: an explicit
-/// downgrade runs an older release without making older bundles stageable again.
-fn record_counter(layout: &Layout, version: &str) -> Result<(), AgentError> {
+/// The counter of a staged release, from its verified manifest.
+fn release_counter(layout: &Layout, version: &str) -> Result<u64, AgentError> {
     let path = layout.manifest(version);
     let text = fs::read(&path).map_err(io(&path))?;
     let manifest: Manifest = serde_json::from_slice(&text)
         .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display())))?;
-    if manifest.counter > installed_counter(layout)? {
-        layout.write_atomic(
-            &layout.counter(),
-            format!("{}\n", manifest.counter).as_bytes(),
-        )?;
-    }
-    Ok(())
+    Ok(manifest.counter)
 }

@@ -111,6 +111,17 @@ fn stage_is_verified_complete_and_idempotent() {
 }
 
 #[test]
+fn a_release_without_its_manifest_is_staged_again() {
+    let n = node();
+    // What an interrupted rename (or a hand-made directory) leaves: a tree, no manifest.
+    fs::create_dir_all(n.layout.release("1.0.0").join("junk")).expect("mkdir");
+    let staged = n.stage("1.0.0", &n.good("1.0.0")).expect("stages");
+    assert!(staged.changed);
+    assert!(!n.layout.release("1.0.0").join("junk").exists());
+    assert!(n.layout.manifest("1.0.0").is_file());
+}
+
+#[test]
 fn refused_bundles_leave_nothing_behind() {
     let n = node();
     let bundle = fs::read(n.good("1.0.0")).expect("bundle");

@@ -189,8 +189,10 @@ pub fn provision(
         let key = crate::deploy::deploy_target(node)?
             .identity
             .expect("deploy_target sets the identity");
-        let public = fs::read_to_string(key.with_extension("pub"))
-            .with_context(|| format!("the deploy key's public half {}.pub", key.display()))?;
+        let public = crate::deploy::read_deploy_pub(std::path::Path::new(&format!(
+            "{}.pub",
+            key.display()
+        )))?;
         let files = crate::config::node_files(node, cluster).map_err(|e| e.to_string());
         prepared.insert(node.name.clone(), (public, files));
     }

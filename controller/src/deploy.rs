@@ -38,15 +38,33 @@ pub fn deploy_target(node: &Node) -> anyhow::Result<Target> {
     Ok(target)
 }
 
-/// The authorized_keys line that lets the deploy key run the agent and nothing else.
+/// The deploy key's public half as `type base64`, read from its `.pub` file (first line; the
+/// comment is dropped) and checked to be a key.
+pub fn read_deploy_pub(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("the deploy key's public half {}", path.display()))?;
+    let fields: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(2)
+        .collect();
+    let key = fields.join(" ");
+    russh::keys::ssh_key::PublicKey::from_openssh(&key)
+        .map_err(|e| anyhow!("{}: not an OpenSSH public key: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// The authorized_keys line that lets the deploy key (`type base64`) run the agent and
+/// nothing else.
 pub fn deploy_line(node: &Node, deploy_pub: &str) -> String {
     let root = node.node_root.to_string_lossy();
     let agent = format!("{root}/bin/fleet-agent");
     let command = format!("{} --root {} serve", sh_quote(&agent), sh_quote(&root));
     format!(
-        "restrict,command=\"{}\" {} fleet-deploy",
-        command.replace('"', "\\\""),
-        deploy_pub.trim()
+        "restrict,command=\"{}\" {deploy_pub} fleet-deploy",
+        command.replace('"', "\\\"")
     )
 }
 
@@ -133,12 +151,17 @@ pub async fn provision(
         .iter()
         .map(|m| sh_quote(&format!("{root}/{}", m.path)))
         .collect();
+    // One line per managed file, whatever happens to it, then the key's state, then what is
+    // missing. The key counts as present only if our exact line is the key's only line: sshd
+    // uses the first line for a key, so any other (an unrestricted one) must go.
+    let blob = deploy_pub.split_whitespace().nth(1).unwrap_or_default();
     let probe = format!(
-        "for f in {paths}; do if [ -f \"$f\" ]; then sha256sum < \"$f\" | cut -d' ' -f1; else echo -; fi; done; \
-         if [ -f {ak} ] && grep -qxF {line} {ak}; then echo present; else echo absent; fi; \
+        "for f in {paths}; do if [ -f \"$f\" ]; then s=$(sha256sum < \"$f\" 2>/dev/null | cut -d' ' -f1); echo \"${{s:-unreadable}}\"; else echo -; fi; done; \
+         if [ -f {ak} ] && grep -qxF {line} {ak} && [ \"$(grep -cF {blob} {ak})\" = 1 ]; then echo present; else echo absent; fi; \
          for d in {dirs}; do [ -d {r}/\"$d\" ] || echo \"missing $d\"; done",
         paths = paths.join(" "),
         line = sh_quote(&line),
+        blob = sh_quote(blob),
         dirs = DIRS.join(" ")
     );
     let out = run(&session, &probe, Input::None, timeouts.command)
@@ -155,6 +178,26 @@ pub async fn provision(
         .filter_map(|l| l.strip_prefix("missing "))
         .collect();
 
+    // A node that pins a root accepts only that root again or its valid successor: a wrong
+    // --trust file must not re-root the fleet.
+    if !matches!(sums[1], "-") && sums[1] != hex::encode(Sha256::digest(root_json)) {
+        let remote = run(
+            &session,
+            &format!("cat {}", sh_quote(&format!("{root}/trust/root.json"))),
+            Input::None,
+            timeouts.command,
+        )
+        .await
+        .context("reading the node's pinned root")?;
+        let pinned = fleet_release::Root::parse(remote.as_bytes())
+            .context("the node's pinned trust/root.json")?;
+        let offered = fleet_release::Root::parse(root_json)?;
+        if pinned.body() != offered.body() {
+            pinned.verify_successor(&offered).with_context(|| {
+                format!("the node pins root version {}; the given root is not its successor (rotate with `fleet trust rotate`)", pinned.body().version)
+            })?;
+        }
+    }
     let mut changes = Vec::new();
     let mut diffs = Vec::new();
     if !missing.is_empty() {
@@ -220,8 +263,9 @@ pub async fn provision(
     }
     if key_missing {
         let script = format!(
-            "mkdir -p \"$(dirname {ak})\" && touch {ak} && chmod 600 {ak} && (grep -qxF {line} {ak} || printf '%s\\n' {line} >> {ak})",
-            line = sh_quote(&line)
+            "mkdir -p \"$(dirname {ak})\" && touch {ak} && {{ grep -vF {blob} {ak} || true; printf '%s\\n' {line}; }} > {ak}.new && chmod 600 {ak}.new && mv -f {ak}.new {ak}",
+            line = sh_quote(&line),
+            blob = sh_quote(blob)
         );
         run(&session, &script, Input::None, timeouts.command).await?;
     }

@@ -37,9 +37,11 @@ where
     let done = Arc::new(AtomicUsize::new(0));
     let work = Arc::new(work);
     let mut tasks = JoinSet::new();
+    let mut ids = std::collections::HashMap::new();
     for (index, (node, input)) in items.into_iter().enumerate() {
         let (permits, done, work) = (permits.clone(), done.clone(), work.clone());
-        tasks.spawn(async move {
+        let name = node.clone();
+        let handle = tasks.spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
@@ -63,13 +65,23 @@ where
                 },
             )
         });
+        ids.insert(handle.id(), (index, name));
     }
     let mut results: Vec<Option<NodeResult<T>>> = (0..total).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((index, result)) => results[index] = Some(result),
-            // A panicking task is a bug; say so rather than lose the node silently.
-            Err(e) => eprintln!("internal error in a node task: {e}"),
+            // A panicking task is a bug; the node still gets its row, as failed.
+            Err(e) => {
+                if let Some((index, node)) = ids.remove(&e.id()) {
+                    let outcome = Err(format!("internal error: {e}"));
+                    results[index] = Some(NodeResult {
+                        node,
+                        outcome,
+                        elapsed: Duration::ZERO,
+                    });
+                }
+            }
         }
     }
     results.into_iter().flatten().collect()

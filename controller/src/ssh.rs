@@ -317,7 +317,7 @@ impl Session {
             },
         };
         let work = async {
-            let (mut handle, host_key, jump) = open(target, known).await?;
+            let (mut handle, host_key, jump) = open(target, known, timeouts).await?;
             let protocol = |e: String| SshError::Protocol {
                 node: node.clone(),
                 what: "authentication",
@@ -508,10 +508,10 @@ impl Session {
     }
 
     pub async fn close(self) {
-        let _ = self
+        let bye = self
             .handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+            .disconnect(russh::Disconnect::ByApplication, "", "en");
+        let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
     }
 }
 
@@ -520,6 +520,7 @@ impl Session {
 async fn key_exchange(
     target: &Target,
     known: Option<Arc<KnownHosts>>,
+    timeouts: Timeouts,
 ) -> Result<
     (
         Result<client::Handle<HostKeyCheck>, russh::Error>,
@@ -543,7 +544,7 @@ async fn key_exchange(
         Some(jump_target) => {
             // An authenticated session to the jump host (its own host key checked the same
             // way), then a TCP channel from it to the target, then SSH over that channel.
-            let jump = Box::pin(Session::connect(jump_target, Timeouts::default())).await?;
+            let jump = Box::pin(Session::connect(jump_target, timeouts)).await?;
             let channel = jump
                 .handle
                 .channel_open_direct_tcpip(
@@ -571,6 +572,7 @@ async fn key_exchange(
 async fn open(
     target: &Target,
     known: Arc<KnownHosts>,
+    timeouts: Timeouts,
 ) -> Result<
     (
         client::Handle<HostKeyCheck>,
@@ -580,7 +582,7 @@ async fn open(
     SshError,
 > {
     let (node, addr) = (target.node.clone(), target.addr());
-    let (result, seen, jump) = key_exchange(target, Some(known)).await?;
+    let (result, seen, jump) = key_exchange(target, Some(known), timeouts).await?;
     match (result, seen) {
         (Ok(handle), Some(Seen::Key { key, .. })) => Ok((handle, key, jump)),
         (_, Some(Seen::Certificate)) => Err(SshError::HostCertificate { node, addr }),
@@ -617,7 +619,11 @@ async fn open(
 /// once it has seen it, so the connection ends before authentication. For enrolment only.
 pub async fn fetch_host_key(target: &Target, timeout: Duration) -> Result<PublicKey, SshError> {
     let (node, addr) = (target.node.clone(), target.addr());
-    let exchange = tokio::time::timeout(timeout, key_exchange(target, None))
+    let leg = Timeouts {
+        connect: timeout,
+        ..Timeouts::default()
+    };
+    let exchange = tokio::time::timeout(timeout, key_exchange(target, None, leg))
         .await
         .map_err(|_| SshError::ConnectTimeout {
             node: node.clone(),

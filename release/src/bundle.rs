@@ -150,10 +150,17 @@ pub struct Measured {
 }
 
 /// Copies a bundle from `input` to `out`, hashing the payload as it passes, so that
-/// [`unpack_measured`] need not read it again. Reads at most one byte more than the (not yet
-/// verified) manifest announces, so a stream cannot fill the disk with bytes it never declared.
-pub fn receive(input: &mut impl Read, out: &mut impl Write) -> Result<Measured, ReleaseError> {
+/// [`unpack_measured`] need not read it again. The manifest's signatures are checked against
+/// `root` before any payload byte is accepted, and at most one byte more than the signed
+/// manifest announces is read: a sender without a trusted release key cannot make the receiver
+/// store anything, and a signed one cannot make it store more than it signed for.
+pub fn receive(
+    input: &mut impl Read,
+    out: &mut impl Write,
+    root: &Root,
+) -> Result<Measured, ReleaseError> {
     let header = read_header(input)?;
+    verify_signatures(&header, root)?;
     let limit = header.manifest_unverified()?.payload.size.saturating_add(1);
     header.write_to(out).map_err(ReleaseError::Write)?;
     let mut hashing = Hashing::new(out);
@@ -161,6 +168,17 @@ pub fn receive(input: &mut impl Read, out: &mut impl Write) -> Result<Measured, 
     let (out, size, sha256) = hashing.finish();
     out.flush().map_err(ReleaseError::Write)?;
     Ok(Measured { size, sha256 })
+}
+
+fn verify_signatures(header: &Header, root: &Root) -> Result<Vec<PublicKey>, ReleaseError> {
+    signatures::verify_threshold(
+        "manifest",
+        MANIFEST_DOMAIN,
+        &header.manifest_bytes,
+        &header.signatures,
+        &root.body().release_keys,
+        root.body().release_threshold,
+    )
 }
 
 /// [`unpack`] for a bundle written by [`receive`]: the payload digest measured while receiving
@@ -185,14 +203,7 @@ fn check<R: Read + Seek>(
 ) -> Result<Verified, ReleaseError> {
     let mut r = BufReader::with_capacity(IO_BUF, r);
     let header = read_header(&mut r)?;
-    let signers = signatures::verify_threshold(
-        "manifest",
-        MANIFEST_DOMAIN,
-        &header.manifest_bytes,
-        &header.signatures,
-        &root.body().release_keys,
-        root.body().release_threshold,
-    )?;
+    let signers = verify_signatures(&header, root)?;
     let manifest = parse_manifest(&header.manifest_bytes)?;
     manifest.check()?;
     if now >= manifest.expires.0 {

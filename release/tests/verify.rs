@@ -733,7 +733,7 @@ fn receiving_measures_the_payload_as_it_is_written() {
     let receive = |input: &[u8], name: &str| {
         let path = f.path(name);
         let mut out = fs::File::create(&path).expect("create");
-        let measured = fleet_release::bundle::receive(&mut &input[..], &mut out).expect("receives");
+        let measured = fleet_release::bundle::receive(&mut &input[..], &mut out, &f.root)?;
         let dest = f.path(&format!("{name}.tree"));
         fleet_release::bundle::unpack_measured(
             fs::File::open(&path).expect("open"),
@@ -744,6 +744,25 @@ fn receiving_measures_the_payload_as_it_is_written() {
         )
     };
     receive(&bytes, "good").expect("a received bundle unpacks");
+    // A bundle signed by an unknown key is refused before its payload is stored.
+    let stranger = SecretKey::generate().expect("key");
+    let manifest_for_stranger = manifest_for(&[("a", b"x".as_slice())]);
+    let foreign = assemble(
+        &f,
+        "foreign",
+        &manifest_for_stranger,
+        &[&stranger],
+        &payload(&[("a", RawKind::File(b"x"))]),
+    );
+    assert!(matches!(
+        receive(&fs::read(foreign).expect("read"), "foreign-copy"),
+        Err(ReleaseError::UnknownKey { .. })
+    ));
+    assert_eq!(
+        fs::metadata(f.path("foreign-copy")).expect("created").len(),
+        0,
+        "nothing stored"
+    );
     assert_eq!(
         fs::read(f.path("good")).expect("copy"),
         bytes,

@@ -256,7 +256,23 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
 #[test]
 fn the_deploy_key_reaches_only_the_agent() {
     let site = site(1);
+    // An earlier, unrestricted line for the same key would win in sshd: provisioning removes it.
+    let authorized = site.fleet.nodes()[0].dir.join("authorized_keys");
+    let deploy_pub =
+        fs::read_to_string(format!("{}.pub", site.fleet.deploy_key().display())).expect("pub");
+    let mut keys = fs::read_to_string(&authorized).expect("authorized_keys");
+    keys.push_str(&deploy_pub);
+    fs::write(&authorized, keys).expect("write");
     site.provision(&[]).ok();
+    let blob = deploy_pub.split_whitespace().nth(1).expect("blob");
+    let lines: Vec<String> = fs::read_to_string(&authorized)
+        .expect("authorized_keys")
+        .lines()
+        .filter(|l| l.contains(blob))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("restrict,command="), "{lines:?}");
     let node = &site.fleet.nodes()[0];
     let ssh = |args: &[&str], command: &[&str]| {
         let out = Command::new("ssh")
@@ -606,4 +622,68 @@ fn a_full_disk_during_staging_is_refused_cleanly() {
         out.stderr
     );
     site.assert_untouched(0);
+}
+
+#[test]
+fn provisioning_never_re_roots_a_node() {
+    let site = site(1);
+    site.provision(&[]).ok();
+    let pinned = fs::read(site.fleet.nodes()[0].root.join("trust/root.json")).expect("pinned root");
+    // A different root, valid on its own but not signed by the pinned root's keys.
+    let other = site.dir().join("other-root.json");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    run(&[
+        "keys",
+        "generate",
+        "--out",
+        &s(&site.keys),
+        "--name",
+        "other",
+    ])
+    .ok();
+    run(&[
+        "trust",
+        "init",
+        "--root-key",
+        &s(&site.keys.join("other.pub")),
+        "--release-key",
+        &s(&site.keys.join("other.pub")),
+        "--sign",
+        &s(&site.keys.join("other.key")),
+        "--out",
+        &s(&other),
+    ])
+    .ok();
+    let agent = agent_binary().to_string_lossy().into_owned();
+    let out = site
+        .fleet_cmd(&["provision", "--trust", &s(&other), "--agent", &agent])
+        .fails();
+    assert!(
+        out.stderr.contains("is not its successor"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::read(site.fleet.nodes()[0].root.join("trust/root.json")).expect("pinned root"),
+        pinned
+    );
+    // A proper rotation (signed by the old root key and the new one) is accepted.
+    let v2 = site.dir().join("root-v2.json");
+    run(&[
+        "trust",
+        "rotate",
+        "--current",
+        &site.root,
+        "--root-key",
+        &s(&site.keys.join("other.pub")),
+        "--sign",
+        &s(&site.keys.join("root.key")),
+        "--sign",
+        &s(&site.keys.join("other.key")),
+        "--out",
+        &s(&v2),
+    ])
+    .ok();
+    site.fleet_cmd(&["provision", "--trust", &s(&v2), "--agent", &agent])
+        .ok();
 }
