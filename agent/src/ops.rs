@@ -1,6 +1,7 @@
 //! What the agent does: stage a bundle (receive, verify against the node's trust root,
 //! unpack, then move into place), switch `current`, roll back, report status. Every operation
-//! holds the node's agent lock, so two controllers never interleave on one node.
+//! that changes the node holds the node's agent lock, so two controllers never interleave on
+//! one node; `status` only reads.
 
 use std::fs;
 use std::io::{Read, Write};

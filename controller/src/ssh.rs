@@ -276,6 +276,17 @@ pub struct Output {
     pub signal: Option<String>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Output past [`OUTPUT_CAP`] per stream was dropped.
+    pub truncated: bool,
+}
+
+/// Most output kept per stream of a command: a node cannot exhaust the controller's memory.
+pub const OUTPUT_CAP: usize = 16 << 20;
+
+fn keep(buf: &mut Vec<u8>, data: &[u8], truncated: &mut bool) {
+    let room = OUTPUT_CAP.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    *truncated |= data.len() > room;
 }
 
 impl Output {
@@ -464,12 +475,15 @@ impl Session {
                     signal: None,
                     stdout: Vec::new(),
                     stderr: Vec::new(),
+                    truncated: false,
                 };
                 while let Some(msg) = read.wait().await {
                     match msg {
-                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                        ChannelMsg::Data { data } => {
+                            keep(&mut out.stdout, &data, &mut out.truncated)
+                        }
                         ChannelMsg::ExtendedData { data, ext: 1 } => {
-                            out.stderr.extend_from_slice(&data)
+                            keep(&mut out.stderr, &data, &mut out.truncated)
                         }
                         ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                         ChannelMsg::ExitSignal { signal_name, .. } => {

@@ -19,8 +19,8 @@ pub const MODE_BITS: u32 = 0o777;
 pub struct Manifest {
     pub format: u32,
     pub version: semver::Version,
-    /// Grows with every release built into a store; a node refuses a counter that is not
-    /// above the one it has installed.
+    /// Grows with every release built into a store; a node refuses to stage a release whose
+    /// counter is below that of a release it has already activated.
     pub counter: u64,
     pub channel: String,
     pub created: Timestamp,
