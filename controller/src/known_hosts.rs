@@ -302,7 +302,7 @@ pub fn record(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    let drop_lines: Vec<usize> = if replace {
+    let stale: Vec<&Line> = if replace {
         current
             .lines
             .iter()
@@ -311,11 +311,25 @@ pub fn record(
                     && matches_host(&l.patterns, &name)
                     && !same_key(&l.key, key)
             })
-            .map(|l| l.number)
             .collect()
     } else {
         Vec::new()
     };
+    // A line naming several hosts (or a pattern) vouches for others too: removing it would
+    // drop their keys, so such a line is left for a person to edit.
+    if let Some(shared) = stale
+        .iter()
+        .find(|l| l.patterns.contains(',') || l.patterns.contains(['*', '?', '!']))
+    {
+        return Err(KnownHostsError::Malformed {
+            path: path.to_owned(),
+            line: shared.number,
+            reason: format!(
+                "records the key of `{name}` together with other hosts; edit that line by hand"
+            ),
+        });
+    }
+    let drop_lines: Vec<usize> = stale.iter().map(|l| l.number).collect();
     let mut out: String = text
         .lines()
         .enumerate()
@@ -419,6 +433,13 @@ mod tests {
         assert_eq!(kh.check("10.0.0.5", 2222, &key(K1)), Verdict::Known);
         assert_eq!(kh.check("10.0.0.6", 22, &key(K2)), Verdict::Known);
         record(&path, "10.0.0.5", 2222, &key(K2), true).expect("replace");
+        // A shared line is never rewritten: the other host's key would go with it.
+        fs::write(&path, format!("10.0.0.8,10.0.0.9 {K1}\n")).expect("write");
+        assert!(matches!(
+            record(&path, "10.0.0.8", 22, &key(K2), true),
+            Err(KnownHostsError::Malformed { line: 1, .. })
+        ));
+        fs::write(&path, format!("10.0.0.6 {K2}\n[10.0.0.5]:2222 {K2}\n")).expect("write");
         let kh = KnownHosts::load(&path).expect("load");
         assert_eq!(kh.check("10.0.0.5", 2222, &key(K2)), Verdict::Known);
         assert_eq!(
