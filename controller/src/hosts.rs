@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::fanout::{self, NodeResult};
@@ -19,7 +19,8 @@ pub struct Enrolled {
 }
 
 /// Fetches every target's host key (no authentication) and records it: new keys are added,
-/// known ones left alone, and a changed key is refused unless `replace` is set.
+/// known ones left alone, and a changed key is refused unless `replace` is set. A node behind a
+/// jump host has the jump host enrolled first (directly), then its own key fetched through it.
 pub async fn trust(
     targets: Vec<Target>,
     replace: bool,
@@ -28,30 +29,50 @@ pub async fn trust(
     progress: bool,
 ) -> Vec<NodeResult<Enrolled>> {
     let items = targets.into_iter().map(|t| (t.node.clone(), t)).collect();
-    fanout::run(items, parallel, progress, move |target: Target| async move {
-        let key = ssh::fetch_host_key(&target, timeout).await?;
-        let fingerprint = known_hosts::fingerprint(&key);
-        let known = KnownHosts::load(&target.known_hosts)?;
-        let action = match known.check(&target.host, target.port, &key) {
-            Verdict::Known => "unchanged",
-            Verdict::Unknown => {
-                known_hosts::record(&target.known_hosts, &target.host, target.port, &key, false)?;
-                "added"
+    fanout::run(
+        items,
+        parallel,
+        progress,
+        move |target: Target| async move {
+            if let Some(jump) = &target.jump {
+                enrol(jump, replace, timeout)
+                    .await
+                    .context("enrolling its jump host")?;
             }
-            Verdict::Changed { lines } if replace => {
-                known_hosts::record(&target.known_hosts, &target.host, target.port, &key, true)?;
-                tracing::warn!(node = %target.node, ?lines, "replaced a recorded host key");
-                "replaced"
-            }
-            Verdict::Changed { lines } => bail!(
-                "offers {fingerprint}, but {} lines {lines:?} record another key for it; if the node was really reinstalled, run again with --replace",
-                target.known_hosts.display()
-            ),
-            Verdict::Revoked { line } => {
-                bail!("offers {fingerprint}, which is revoked at {} line {line}", target.known_hosts.display())
-            }
-        };
-        Ok(Enrolled { fingerprint, action })
-    })
+            enrol(&target, replace, timeout).await
+        },
+    )
     .await
+}
+
+async fn enrol(target: &Target, replace: bool, timeout: Duration) -> anyhow::Result<Enrolled> {
+    let key = ssh::fetch_host_key(target, timeout).await?;
+    let fingerprint = known_hosts::fingerprint(&key);
+    let known = KnownHosts::load(&target.known_hosts)?;
+    let action = match known.check(&target.host, target.port, &key) {
+        Verdict::Known => "unchanged",
+        Verdict::Unknown => {
+            known_hosts::record(&target.known_hosts, &target.host, target.port, &key, false)?;
+            "added"
+        }
+        Verdict::Changed { lines } if replace => {
+            known_hosts::record(&target.known_hosts, &target.host, target.port, &key, true)?;
+            tracing::warn!(node = %target.node, ?lines, "replaced a recorded host key");
+            "replaced"
+        }
+        Verdict::Changed { lines } => bail!(
+            "offers {fingerprint}, but {} lines {lines:?} record another key for it; if the node was really reinstalled, run again with --replace",
+            target.known_hosts.display()
+        ),
+        Verdict::Revoked { line } => {
+            bail!(
+                "offers {fingerprint}, which is revoked at {} line {line}",
+                target.known_hosts.display()
+            )
+        }
+    };
+    Ok(Enrolled {
+        fingerprint,
+        action,
+    })
 }

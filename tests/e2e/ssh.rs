@@ -320,6 +320,28 @@ fn connects_through_a_jump_host() {
             Ok::<_, SshError>(out.stdout_text())
         })
     };
+    // Enrolment reaches the node through its jump host, enrolling the jump host first.
+    fs::write(&known, "").expect("empty known_hosts");
+    let enrolled = rt.block_on(fleet_controller::hosts::trust(
+        vec![target.clone()],
+        false,
+        1,
+        Duration::from_secs(10),
+        false,
+    ));
+    assert!(
+        enrolled[0]
+            .outcome
+            .as_ref()
+            .is_ok_and(|e| e.action == "added"),
+        "{:?}",
+        enrolled[0].outcome
+    );
+    let recorded = fs::read_to_string(&known).expect("known_hosts");
+    assert!(
+        recorded.contains(&f.known_hosts_line(0)) && recorded.contains(&f.known_hosts_line(1)),
+        "{recorded}"
+    );
     assert_eq!(run_echo(&target).expect("connects through node-1"), "via\n");
     // With the jump host down, the node cannot be reached this way (it went through it).
     f.stop_node(0).expect("stop node-1");
