@@ -61,46 +61,44 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
             parallel,
             timeout,
         } => {
-            let inv = load_inventory(&inventory)?;
-            let targets = select(&inv, limit.as_deref())?
-                .into_iter()
-                .map(crate::ssh::Target::of)
-                .collect();
-            let results = runtime()?.block_on(crate::hosts::trust(
-                targets,
-                replace,
-                parallel as usize,
-                Duration::from_secs(timeout),
+            let args = NodeArgs {
+                inventory,
+                limit,
+                parallel,
+                connect_timeout: timeout,
+                command_timeout: timeout,
+            };
+            per_node(
+                &selection(&args)?,
                 progress,
-            ));
-            let rows: Vec<Vec<String>> = results
-                .iter()
-                .map(|r| match &r.outcome {
-                    Ok(e) => vec![r.node.clone(), e.action.to_owned(), e.fingerprint.clone()],
-                    Err(e) => vec![r.node.clone(), "FAILED".to_owned(), e.clone()],
-                })
-                .collect();
-            let json: Vec<_> = results
-                .iter()
-                .map(|r| match &r.outcome {
-                    Ok(e) => json!({ "node": r.node, "ok": true, "action": e.action, "fingerprint": e.fingerprint }),
-                    Err(e) => json!({ "node": r.node, "ok": false, "error": e }),
-                })
-                .collect();
-            Ok(node_report(
                 &["NODE", "ACTION", "HOST KEY"],
-                rows,
-                json,
-                &results,
-            ))
+                move |node, timeouts| async move {
+                    crate::hosts::trust(&crate::ssh::Target::of(&node), replace, timeouts.connect)
+                        .await
+                },
+                |e: &crate::hosts::Enrolled| {
+                    (
+                        vec![e.action.to_owned(), e.fingerprint.clone()],
+                        json!({ "action": e.action, "fingerprint": e.fingerprint }),
+                    )
+                },
+            )
         }
     }
 }
 
-/// The selected nodes (owned) and the timeouts from the common node arguments.
-fn nodes(args: &NodeArgs) -> Result<(Vec<fleet_inventory::Node>, crate::ssh::Timeouts), Failure> {
-    let inv = load_inventory(&args.inventory)?;
-    let nodes = select(&inv, args.limit.as_deref())?
+/// What a per-node command works on: the inventory, the selected nodes, how many at once and
+/// how long to wait.
+struct Selection {
+    inventory: Inventory,
+    nodes: Vec<fleet_inventory::Node>,
+    parallel: usize,
+    timeouts: crate::ssh::Timeouts,
+}
+
+fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
+    let inventory = load_inventory(&args.inventory)?;
+    let nodes = select(&inventory, args.limit.as_deref())?
         .into_iter()
         .cloned()
         .collect();
@@ -108,12 +106,17 @@ fn nodes(args: &NodeArgs) -> Result<(Vec<fleet_inventory::Node>, crate::ssh::Tim
         connect: Duration::from_secs(args.connect_timeout),
         command: Duration::from_secs(args.command_timeout),
     };
-    Ok((nodes, timeouts))
+    Ok(Selection {
+        inventory,
+        nodes,
+        parallel: args.parallel as usize,
+        timeouts,
+    })
 }
 
 /// Runs `work` on every selected node and reports a row per node from `row`.
 fn per_node<T, F, Fut>(
-    args: &NodeArgs,
+    sel: &Selection,
     progress: bool,
     headers: &[&str],
     work: F,
@@ -124,11 +127,15 @@ where
     F: Fn(fleet_inventory::Node, crate::ssh::Timeouts) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 {
-    let (nodes, timeouts) = nodes(args)?;
-    let items = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    let items = sel
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.clone()))
+        .collect();
+    let timeouts = sel.timeouts;
     let results = runtime()?.block_on(crate::fanout::run(
         items,
-        args.parallel as usize,
+        sel.parallel,
         progress,
         move |n| work(n, timeouts),
     ));
@@ -179,11 +186,12 @@ pub fn provision(
             agent.display()
         )
     })?);
-    let inv = load_inventory(&args.inventory)?;
+    let sel = selection(&args)?;
     // Per node: its deploy key's public half and its rendered files (or why they cannot be made).
     let mut prepared = std::collections::BTreeMap::new();
-    for node in select(&inv, args.limit.as_deref())? {
-        let cluster = inv
+    for node in &sel.nodes {
+        let cluster = sel
+            .inventory
             .cluster_of(node)
             .expect("a loaded inventory places every node in a cluster");
         let key = crate::deploy::deploy_target(node)?
@@ -198,7 +206,7 @@ pub fn provision(
     }
     let prepared = Arc::new(prepared);
     let report = per_node(
-        &args,
+        &sel,
         progress,
         &["NODE", "RESULT", "CHANGES"],
         move |node, timeouts| {
@@ -264,7 +272,7 @@ pub fn push(
     fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
     let version = version.to_string();
     per_node(
-        &args,
+        &selection(&args)?,
         progress,
         &["NODE", "RESULT"],
         move |node, timeouts| {
@@ -277,7 +285,7 @@ pub fn push(
 
 pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report, Failure> {
     per_node(
-        &args,
+        &selection(&args)?,
         progress,
         &["NODE", "ACTIVE", "RESULT"],
         move |node, timeouts| {
@@ -296,7 +304,7 @@ pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report,
 
 pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
     per_node(
-        &args,
+        &selection(&args)?,
         progress,
         &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
         |node, timeouts| async move { crate::deploy::status(&node, timeouts).await },

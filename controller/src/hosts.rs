@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::fanout::{self, NodeResult};
 use crate::known_hosts::{self, KnownHosts, Verdict};
 use crate::ssh::{self, Target};
 
@@ -18,31 +17,16 @@ pub struct Enrolled {
     pub action: &'static str,
 }
 
-/// Fetches every target's host key (no authentication) and records it: new keys are added,
-/// known ones left alone, and a changed key is refused unless `replace` is set. A node behind a
+/// Fetches a target's host key (no authentication) and records it: a new key is added, a
+/// known one left alone, and a changed one refused unless `replace` is set. A node behind a
 /// jump host has the jump host enrolled first (directly), then its own key fetched through it.
-pub async fn trust(
-    targets: Vec<Target>,
-    replace: bool,
-    parallel: usize,
-    timeout: Duration,
-    progress: bool,
-) -> Vec<NodeResult<Enrolled>> {
-    let items = targets.into_iter().map(|t| (t.node.clone(), t)).collect();
-    fanout::run(
-        items,
-        parallel,
-        progress,
-        move |target: Target| async move {
-            if let Some(jump) = &target.jump {
-                enrol(jump, replace, timeout)
-                    .await
-                    .context("enrolling its jump host")?;
-            }
-            enrol(&target, replace, timeout).await
-        },
-    )
-    .await
+pub async fn trust(target: &Target, replace: bool, timeout: Duration) -> anyhow::Result<Enrolled> {
+    if let Some(jump) = &target.jump {
+        enrol(jump, replace, timeout)
+            .await
+            .context("enrolling its jump host")?;
+    }
+    enrol(target, replace, timeout).await
 }
 
 async fn enrol(target: &Target, replace: bool, timeout: Duration) -> anyhow::Result<Enrolled> {
