@@ -336,12 +336,17 @@ pub struct NodeStatus {
     pub agent: fleet_agent::Status,
 }
 
+/// The agent's `status` answer on an open session.
+async fn agent_status(session: &Session, timeout: Duration) -> anyhow::Result<fleet_agent::Status> {
+    let json = agent(session, "status", Input::None, timeout).await?;
+    serde_json::from_value(json).context("the agent's status answer")
+}
+
 pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatus> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let json = agent(&session, "status", Input::None, timeouts.command).await?;
+    let agent = agent_status(&session, timeouts.command).await?;
     let host_key = crate::known_hosts::fingerprint(session.host_key());
     session.close().await;
-    let agent = serde_json::from_value(json).context("the agent's status answer")?;
     Ok(NodeStatus { host_key, agent })
 }
 
@@ -353,11 +358,12 @@ pub async fn push(
     timeouts: Timeouts,
 ) -> anyhow::Result<&'static str> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let status = agent(&session, "status", Input::None, timeouts.command).await?;
-    let has = status["staged"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|v| v == version));
-    if has {
+    if agent_status(&session, timeouts.command)
+        .await?
+        .staged
+        .iter()
+        .any(|v| v == version)
+    {
         session.close().await;
         return Ok("unchanged");
     }
