@@ -657,26 +657,8 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}", path.display()))
 }
 
-/// Replaces a file atomically, keeping its mode: a reader sees the old or the new content,
-/// never a mix.
+/// Replaces a file atomically, keeping its mode.
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let permissions = fs::metadata(path)
-        .with_context(|| format!("{}", path.display()))?
-        .permissions();
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("{}", dir.display()))?;
-    // Keep the file's mode: the temporary file starts as 0600, and a trust root is public.
-    tmp.as_file()
-        .set_permissions(permissions)
-        .with_context(|| format!("{}", path.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("{}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("{}: {}", path.display(), e.error))?;
-    Ok(())
+    fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    crate::files::replace(path, bytes, 0o644).with_context(|| format!("{}", path.display()))
 }

@@ -3,7 +3,6 @@
 //! nothing here adds a key except `record`, which only `fleet hosts trust` calls.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use data_encoding::BASE64;
@@ -49,6 +48,8 @@ struct Line {
 pub struct KnownHosts {
     path: PathBuf,
     lines: Vec<Line>,
+    /// The file as read, for rewriting it line by line.
+    text: String,
 }
 
 /// What a known_hosts file says about a host's key.
@@ -74,18 +75,8 @@ impl KnownHosts {
             path: path.to_owned(),
             error,
         };
-        let text = match fs::File::open(path) {
-            Ok(file) => {
-                use std::io::Read;
-                let mut bytes = Vec::new();
-                file.take(MAX_BYTES + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(io)?;
-                if bytes.len() as u64 > MAX_BYTES {
-                    return Err(io(std::io::Error::other(format!(
-                        "larger than {MAX_BYTES} bytes"
-                    ))));
-                }
+        let text = match crate::files::read_capped(path, MAX_BYTES) {
+            Ok(bytes) => {
                 String::from_utf8(bytes).map_err(|_| io(std::io::Error::other("not UTF-8 text")))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -162,6 +153,7 @@ impl KnownHosts {
         Ok(Self {
             path: path.to_owned(),
             lines,
+            text: text.to_owned(),
         })
     }
 
@@ -297,11 +289,6 @@ pub fn record(
 
     let current = KnownHosts::load(path)?;
     let name = host_port(host, port);
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(e)),
-    };
     let stale: Vec<&Line> = if replace {
         current
             .lines
@@ -330,7 +317,8 @@ pub fn record(
         });
     }
     let drop_lines: Vec<usize> = stale.iter().map(|l| l.number).collect();
-    let mut out: String = text
+    let mut out: String = current
+        .text
         .lines()
         .enumerate()
         .filter(|(i, _)| !drop_lines.contains(&(i + 1)))
@@ -340,18 +328,8 @@ pub fn record(
         .to_openssh()
         .map_err(|e| io(std::io::Error::other(e.to_string())))?;
     out.push_str(&format!("{name} {openssh}\n"));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    // A known_hosts file is public; the temporary file starts as 0600.
-    tmp.as_file().set_permissions(perms_0644()).map_err(io)?;
-    tmp.write_all(out.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
-}
-
-fn perms_0644() -> fs::Permissions {
-    std::os::unix::fs::PermissionsExt::from_mode(0o644)
+    // A known_hosts file is public.
+    crate::files::replace(path, out.as_bytes(), 0o644).map_err(io)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod commands;
 pub mod config;
 pub mod deploy;
 pub mod fanout;
+pub mod files;
 pub mod hosts;
 pub mod known_hosts;
 pub mod report;
