@@ -44,15 +44,9 @@ impl Node {
         .expect("write");
         let store = self.dir.path().join(format!("store-{}", key.public()));
         let (path, _) = fleet_release::build(&BuildOptions {
-            version: version.parse().expect("semver"),
-            from: &tree,
-            key,
-            channel: "stable".into(),
             expires_in: Duration::from_secs(86_400),
-            platform: fleet_release::bundle::host_platform(),
-            min_agent_version: "0.1.0".parse().expect("semver"),
-            store: &store,
             now: created,
+            ..BuildOptions::new(version.parse().expect("semver"), &tree, key, &store)
         })
         .expect("build");
         path

@@ -540,20 +540,13 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
             out,
         } => {
             let key = load_secret(&key)?;
+            let defaults = fleet_release::BuildOptions::new(version.clone(), &from, &key, &out);
             let opts = fleet_release::BuildOptions {
-                version: version.clone(),
-                from: &from,
-                key: &key,
                 channel,
                 expires_in: Duration::from_secs(u64::from(expires_in) * 86_400),
-                platform: platform.unwrap_or_else(fleet_release::bundle::host_platform),
-                min_agent_version: min_agent_version.unwrap_or_else(|| {
-                    env!("CARGO_PKG_VERSION")
-                        .parse()
-                        .expect("the crate version is semver")
-                }),
-                store: &out,
-                now: SystemTime::now(),
+                platform: platform.unwrap_or(defaults.platform.clone()),
+                min_agent_version: min_agent_version.unwrap_or(defaults.min_agent_version.clone()),
+                ..defaults
             };
             tracing::info!(version = %version, from = %from.display(), "building release");
             let (path, manifest) = fleet_release::build(&opts)

@@ -444,6 +444,34 @@ pub struct BuildOptions<'a> {
     pub now: SystemTime,
 }
 
+/// How long a release stays installable when its builder does not say.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(90 * 86_400);
+
+impl<'a> BuildOptions<'a> {
+    /// Options with the usual defaults: channel `stable`, [`DEFAULT_EXPIRY`], this machine's
+    /// platform, this version as the minimum agent version, created now.
+    pub fn new(
+        version: semver::Version,
+        from: &'a Path,
+        key: &'a SecretKey,
+        store: &'a Path,
+    ) -> Self {
+        Self {
+            version,
+            from,
+            key,
+            channel: "stable".into(),
+            expires_in: DEFAULT_EXPIRY,
+            platform: host_platform(),
+            min_agent_version: env!("CARGO_PKG_VERSION")
+                .parse()
+                .expect("the crate version is semver"),
+            store,
+            now: SystemTime::now(),
+        }
+    }
+}
+
 /// The platform this controller runs on, as manifests name it.
 pub fn host_platform() -> String {
     format!("linux-{}", std::env::consts::ARCH)

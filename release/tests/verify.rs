@@ -60,16 +60,16 @@ impl Fixture {
 
     fn build(&self, version: &str, now: SystemTime) -> Result<(PathBuf, Manifest), ReleaseError> {
         let from = self.tree();
+        let store = self.path("store");
         fleet_release::build(&BuildOptions {
-            version: version.parse().expect("semver"),
-            from: &from,
-            key: &self.release_key,
-            channel: "stable".into(),
             expires_in: Duration::from_secs(86_400),
-            platform: "linux-x86_64".into(),
-            min_agent_version: "0.1.0".parse().expect("semver"),
-            store: &self.path("store"),
             now,
+            ..BuildOptions::new(
+                version.parse().expect("semver"),
+                &from,
+                &self.release_key,
+                &store,
+            )
         })
     }
 
@@ -145,17 +145,13 @@ fn refuses_a_damaged_store_rather_than_guessing_the_counter() {
 fn refuses_a_store_inside_the_tree() {
     let f = fixture();
     let from = f.tree();
-    let err = fleet_release::build(&BuildOptions {
-        version: "1.0.0".parse().expect("semver"),
-        from: &from,
-        key: &f.release_key,
-        channel: "stable".into(),
-        expires_in: Duration::from_secs(86_400),
-        platform: "linux-x86_64".into(),
-        min_agent_version: "0.1.0".parse().expect("semver"),
-        store: &from.join("store"),
-        now: SystemTime::now(),
-    })
+    let store = from.join("store");
+    let err = fleet_release::build(&BuildOptions::new(
+        "1.0.0".parse().expect("semver"),
+        &from,
+        &f.release_key,
+        &store,
+    ))
     .expect_err("refused");
     assert!(err.to_string().contains("is inside it"), "{err}");
 }

@@ -370,15 +370,14 @@ impl Site {
         let store = self.dir().join(name);
         let key = fleet_release::SecretKey::load(key).expect("key");
         fleet_release::build(&fleet_release::BuildOptions {
-            version: version.parse().expect("semver"),
-            from: &tree,
-            key: &key,
-            channel: "stable".into(),
             expires_in: std::time::Duration::from_secs(86_400),
-            platform: fleet_release::bundle::host_platform(),
-            min_agent_version: "0.1.0".parse().expect("semver"),
-            store: &store,
             now: created,
+            ..fleet_release::BuildOptions::new(
+                version.parse().expect("semver"),
+                &tree,
+                &key,
+                &store,
+            )
         })
         .expect("build");
         store.to_string_lossy().into_owned()

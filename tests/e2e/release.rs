@@ -369,16 +369,16 @@ fn expired_release_is_refused() {
     let k = Keys::new();
     let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
     let key = SecretKey::load(&k.p("keys/release.key")).expect("key");
+    let store = k.p("store");
     let (bundle, _) = fleet_release::build(&BuildOptions {
-        version: "1.0.0".parse().expect("semver"),
-        from: Path::new(&from),
-        key: &key,
-        channel: "stable".into(),
         expires_in: Duration::from_secs(86_400),
-        platform: fleet_release::bundle::host_platform(),
-        min_agent_version: "0.1.0".parse().expect("semver"),
-        store: &k.p("store"),
         now: SystemTime::now() - Duration::from_secs(3 * 86_400),
+        ..BuildOptions::new(
+            "1.0.0".parse().expect("semver"),
+            Path::new(&from),
+            &key,
+            &store,
+        )
     })
     .expect("build");
     let refused = k.verify(&bundle.to_string_lossy()).fails();
