@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs::{File, TryLockError};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -237,19 +237,36 @@ fn the_binary_leaves_a_fleet_running_and_stops_exactly_it() {
     let bin = env!("CARGO_BIN_EXE_fleet-testfleet");
     let parent = tempfile::tempdir().expect("temp dir");
     let dir = parent.path().join("fleet");
-    // `output()` waits for stdout to close: it would hang if the sshd had inherited it.
-    let started = Instant::now();
-    let out = Command::new(bin)
+    // The sshd must not inherit the command's stdout or stderr: a caller reading them to the end
+    // (as `output()` does) would wait as long as the nodes run. So wait for the exit, check that
+    // no sshd holds a pipe, and only then read.
+    let mut child = Command::new(bin)
         .args(["start", "--nodes", "2", "--dir"])
         .arg(&dir)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run fleet-testfleet start");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(started.elapsed() < Duration::from_secs(15));
+    let status = child.wait().expect("wait for fleet-testfleet start");
+    let started_pids: Vec<u32> = std::fs::read_to_string(dir.join(PIDS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    for pid in &started_pids {
+        for fd in 0..3 {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("sshd's fd");
+            assert!(
+                !target.to_string_lossy().starts_with("pipe:"),
+                "sshd {pid} holds a pipe as fd {fd}: {}",
+                target.display()
+            );
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .expect("read fleet-testfleet's output");
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
