@@ -3,12 +3,14 @@
 //! the controller. Not a transport: requests arrive on argv or, behind a restricted deploy key,
 //! in `SSH_ORIGINAL_COMMAND`; a bundle arrives on stdin.
 
+pub mod idle;
 pub mod layout;
 pub mod ops;
 pub mod request;
 
 use std::path::PathBuf;
 
+pub use idle::{IdleTimeout, STDIN_IDLE_TIMEOUT};
 pub use layout::Layout;
 pub use ops::{Status, activate, rollback, stage, status};
 pub use request::Request;
@@ -23,6 +25,8 @@ pub enum AgentError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("standard input: {0}")]
+    Stdin(std::io::Error),
     #[error("refused: {0}")]
     Release(#[from] fleet_release::ReleaseError),
     #[error("the bundle holds release {found}, not {wanted}")]

@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use fleet_agent::{Layout, Request};
+use std::os::fd::AsFd;
+
+use fleet_agent::{IdleTimeout, Layout, Request, STDIN_IDLE_TIMEOUT};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,12 +55,13 @@ fn run(args: &[String]) -> Result<serde_json::Value, fleet_agent::AgentError> {
     };
     match Request::parse(&words)? {
         Request::Stage { version } => {
-            let staged = fleet_agent::stage(
-                &layout,
-                &version,
-                &mut std::io::stdin().lock(),
-                SystemTime::now(),
-            )?;
+            // Unbuffered (std's Stdin keeps a buffer the idle check cannot see).
+            let stdin = std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(fleet_agent::AgentError::Stdin)?;
+            let mut input = IdleTimeout::new(std::fs::File::from(stdin), STDIN_IDLE_TIMEOUT);
+            let staged = fleet_agent::stage(&layout, &version, &mut input, SystemTime::now())?;
             value(serde_json::to_value(staged))
         }
         Request::Activate {

@@ -116,6 +116,28 @@ fn a_release_without_its_manifest_is_staged_again() {
 }
 
 #[test]
+fn a_stalled_upload_fails_cleanly_and_frees_the_node() {
+    use std::io::Write;
+    let n = node();
+    let bytes = fs::read(n.good("1.0.0")).expect("bundle");
+    // Half the bundle arrives, then the sender stalls with the pipe still open.
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let mut writer = fs::File::from(writer);
+    writer.write_all(&bytes[..bytes.len() / 2]).expect("write");
+    let mut input =
+        fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_millis(200));
+    let err = fleet_agent::stage(&n.layout, "1.0.0", &mut input, SystemTime::now())
+        .expect_err("a silent sender is given up on");
+    assert!(err.to_string().contains("no data for 200ms"), "{err}");
+    n.assert_clean(&[]);
+    drop(writer);
+    // The lock was released: the next push goes through at once.
+    n.stage_bytes("1.0.0", &bytes)
+        .expect("stages after the stall");
+    n.assert_clean(&["1.0.0"]);
+}
+
+#[test]
 fn refused_bundles_leave_nothing_behind() {
     let n = node();
     let bundle = fs::read(n.good("1.0.0")).expect("bundle");
