@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::{AgentError, io};
@@ -63,6 +64,10 @@ impl Layout {
             self.root.join("trust"),
         ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        // The agent's own state, staging included, is for the agent's account alone.
+        for dir in [self.state(), self.staging()] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
         }
         Ok(())
     }

@@ -97,6 +97,11 @@ fn stage_is_verified_complete_and_idempotent() {
         "#!/bin/sh\necho 1.0.0\n"
     );
     n.assert_clean(&["1.0.0"]);
+    for dir in [n.layout.state(), n.layout.staging()] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&dir).expect("state dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    }
     let again = n.stage_bytes("1.0.0", b"").expect("no-op");
     assert!(
         !again.changed,

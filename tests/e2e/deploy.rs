@@ -335,6 +335,34 @@ fn the_deploy_key_reaches_only_the_agent() {
     );
     assert_eq!(code, Some(255), "{stderr}");
     assert!(stderr.contains("forwarding failed"), "{stderr}");
+    // File transfer is refused: scp and sftp run the agent too, which writes nothing.
+    let staging = node.root.join("state/staging");
+    let local = site.dir().join("planted");
+    fs::write(&local, "not a release").expect("write");
+    let out = Command::new("scp")
+        .args(["-O", "-B", "-o", "StrictHostKeyChecking=yes"])
+        .args(["-o", "KexAlgorithms=curve25519-sha256"])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            site.fleet.dir().join("known_hosts").display()
+        ))
+        .arg("-i")
+        .arg(site.fleet.deploy_key())
+        .args(["-P", &node.port.to_string()])
+        .arg(&local)
+        .arg(format!(
+            "{}@{}:{}/planted",
+            site.fleet.user(),
+            node.addr,
+            staging.display()
+        ))
+        .output()
+        .expect("scp runs");
+    assert!(!out.status.success(), "scp through the deploy key");
+    let (code, _, _) = ssh(&["-s"], &["sftp"]);
+    assert_ne!(code, Some(0), "the sftp subsystem through the deploy key");
+    assert!(!staging.join("planted").exists());
     let _ = &site.keys;
 }
 
