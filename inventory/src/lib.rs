@@ -18,20 +18,18 @@ mod problem;
 mod schema;
 mod secret;
 mod select;
-mod yaml;
+pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
 pub use model::{
     Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, NodeView, Rollout, Ssh,
 };
-pub use problem::{LoadError, Problem};
+pub use problem::{LoadError, Pos, Problem, Problems};
 pub use schema::{DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT};
 pub use secret::{Secret, SecretError, SecretRef, Setting, mask_url_password};
 pub use select::{SelectError, glob_match};
 pub use yaml::{MAX_DEPTH, MAX_NODES};
-
-use problem::{Pos, Problems};
 
 /// A validated inventory with every node's settings resolved.
 #[derive(Debug, Clone)]

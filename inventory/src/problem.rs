@@ -7,13 +7,13 @@ use serde::Serialize;
 
 /// A 1-based position in the inventory file (line, column in characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Pos {
+pub struct Pos {
     pub line: usize,
     pub column: usize,
 }
 
 impl Pos {
-    pub(crate) fn new(line: usize, column: usize) -> Self {
+    pub fn new(line: usize, column: usize) -> Self {
         Self { line, column }
     }
 }
@@ -79,24 +79,24 @@ impl LoadError {
 
 /// Collects problems for one file while validation goes on.
 #[derive(Debug)]
-pub(crate) struct Problems {
+pub struct Problems {
     file: String,
     list: Vec<Problem>,
 }
 
 impl Problems {
-    pub(crate) fn new(file: String) -> Self {
+    pub fn new(file: String) -> Self {
         Self {
             file,
             list: Vec::new(),
         }
     }
 
-    pub(crate) fn add(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+    pub fn add(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
         self.add_hint(pos, path, message, None::<String>);
     }
 
-    pub(crate) fn add_hint(
+    pub fn add_hint(
         &mut self,
         pos: Pos,
         path: &str,
@@ -114,7 +114,7 @@ impl Problems {
     }
 
     /// A problem about the whole file, without a position (for example, it cannot be read).
-    pub(crate) fn add_file(&mut self, message: impl Into<String>) {
+    pub fn add_file(&mut self, message: impl Into<String>) {
         self.list.push(Problem {
             file: self.file.clone(),
             line: 0,
@@ -125,12 +125,12 @@ impl Problems {
         });
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
     /// Sorted in file order; exact duplicates (one anchor expanded twice) are reported once.
-    pub(crate) fn into_error(mut self) -> LoadError {
+    pub fn into_error(mut self) -> LoadError {
         self.list.sort_by_key(|p| (p.line, p.column));
         let mut seen = std::collections::HashSet::new();
         self.list.retain(|p| seen.insert(p.clone()));

@@ -21,7 +21,7 @@ fn scalar_weight(text: &str) -> usize {
 pub const MAX_DEPTH: usize = 64;
 
 #[derive(Clone, Debug)]
-pub(crate) struct Yaml {
+pub struct Yaml {
     pub pos: Pos,
     pub value: Value,
     /// The scalar's text as written (after unquoting); empty for maps and lists.
@@ -29,7 +29,7 @@ pub(crate) struct Yaml {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) enum Value {
+pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
@@ -40,7 +40,7 @@ pub(crate) enum Value {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub key: String,
     pub key_pos: Pos,
     pub value: Yaml,
@@ -48,7 +48,7 @@ pub(crate) struct Entry {
 
 impl Yaml {
     /// "a string", "a map", ...: for "expected X, found Y" messages.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self.value {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -60,7 +60,7 @@ impl Yaml {
         }
     }
 
-    pub(crate) fn is_null(&self) -> bool {
+    pub fn is_null(&self) -> bool {
         matches!(self.value, Value::Null)
     }
 }
@@ -541,7 +541,7 @@ impl Builder<'_> {
 /// Reads one YAML document into a tree. Problems that stop reading (syntax errors, more than one
 /// document, expansion past the bounds) give `None`; others (duplicate keys, unsupported tags)
 /// are reported and the tree is still returned so that validation can report more.
-pub(crate) fn parse(text: &str, problems: &mut Problems) -> Option<Yaml> {
+pub fn parse(text: &str, problems: &mut Problems) -> Option<Yaml> {
     let mut builder = Builder {
         problems,
         stack: Vec::new(),

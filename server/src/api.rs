@@ -1,0 +1,342 @@
+//! The HTTP API (JSON): flows, runs, `/health` and `/metrics`. Every bad request gets a 4xx
+//! with a JSON error naming the field; nothing a client sends can panic the server.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::flow::Flow;
+use crate::runs::{self, Cancel, Executor};
+
+pub struct App {
+    pub config: Config,
+    pub pool: sqlx::PgPool,
+    pub redis: redis::Client,
+    pub executor: Arc<Executor>,
+}
+
+type Shared = State<Arc<App>>;
+
+/// An error answer: status and JSON `{error, field?, problems?}`.
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+    fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into(), "field": field }),
+        }
+    }
+    fn internal(message: String) -> Self {
+        tracing::error!(error = %message, "request failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.config.limits.max_body_bytes;
+    Router::new()
+        .route("/api/flows", post(put_flow).get(list_flows))
+        .route("/api/flows/{name}", get(get_flow).delete(delete_flow))
+        .route("/api/flows/{name}/run", post(run_flow))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
+    let _ = headers;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::field(StatusCode::BAD_REQUEST, "body", "the body is not UTF-8"))?;
+    let flow = Flow::parse(text, "body").map_err(|e| {
+        let problems: Vec<_> = e.problems().iter().map(|p| {
+            json!({ "line": p.line, "column": p.column, "field": p.path, "message": p.message, "hint": p.hint })
+        }).collect();
+        let first = e.problems().first();
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({
+                "error": first.map(ToString::to_string).unwrap_or_else(|| "invalid flow".into()),
+                "field": first.map(|p| p.path.clone()).unwrap_or_default(),
+                "problems": problems,
+            }),
+        }
+    })?;
+    let created = runs::put_flow(&app.pool, &flow)
+        .await
+        .map_err(ApiError::internal)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "name": flow.name, "created": created, "definition": flow.to_json() })),
+    )
+        .into_response())
+}
+
+async fn list_flows(State(app): Shared) -> ApiResult {
+    let flows = runs::list_flows(&app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "flows": flows })).into_response())
+}
+
+async fn get_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
+    match runs::get_flow(&app.pool, &name)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(f) => Ok(Json(f).into_response()),
+        None => Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("no flow `{name}`"),
+        )),
+    }
+}
+
+async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
+    if runs::delete_flow(&app.pool, &name)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("no flow `{name}`"),
+        ))
+    }
+}
+
+async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
+    match runs::create_run(&app.pool, &name)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(id) => {
+            app.executor.poke();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "state": "queued" })),
+            )
+                .into_response())
+        }
+        None => Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("no flow `{name}`"),
+        )),
+    }
+}
+
+fn run_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "id",
+                format!("`{text}` is not a run id"),
+            )
+        })
+}
+
+async fn get_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = run_id(&id)?;
+    match runs::get_run(&app.pool, id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "id",
+            format!("no run {id}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    flow: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_runs(
+    State(app): Shared,
+    query: Result<Query<RunsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) =
+        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    if let Some(s) = &q.state
+        && !runs::STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "state",
+            format!("unknown state `{s}`: one of {}", runs::STATES.join(", ")),
+        ));
+    }
+    let limit = match &q.limit {
+        None => 50,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "limit",
+                    format!("`{l}` is not a number from 1 to 1000"),
+                )
+            })?,
+    };
+    let list = runs::list_runs(&app.pool, q.flow.as_deref(), q.state.as_deref(), limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "runs": list })).into_response())
+}
+
+async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = run_id(&id)?;
+    match runs::cancel_run(&app.pool, id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Cancel::Canceled => Ok(Json(json!({ "run_id": id, "state": "canceled" })).into_response()),
+        Cancel::Requested => {
+            app.executor.cancel_local(id);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "state": "running", "cancel_requested": true })),
+            )
+                .into_response())
+        }
+        Cancel::AlreadyEnded(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {id} already ended: {state}"),
+        )),
+        Cancel::NotFound => Err(ApiError::field(
+            StatusCode::NOT_FOUND,
+            "id",
+            format!("no run {id}"),
+        )),
+    }
+}
+
+async fn health(State(app): Shared) -> Response {
+    let timeout = std::time::Duration::from_secs(2);
+    let database =
+        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&app.pool)).await {
+            Ok(Ok(_)) => json!({ "ok": true }),
+            Ok(Err(e)) => json!({ "ok": false, "error": crate::db::describe(&e) }),
+            Err(_) => json!({ "ok": false, "error": "no answer within 2 s" }),
+        };
+    let redis = match tokio::time::timeout(timeout, ping(&app.redis)).await {
+        Ok(Ok(())) => json!({ "ok": true }),
+        Ok(Err(e)) => json!({ "ok": false, "error": e }),
+        Err(_) => json!({ "ok": false, "error": "no answer within 2 s" }),
+    };
+    let disk = match rustix::fs::statvfs(&app.config.shared_storage) {
+        Ok(s) => {
+            json!({ "ok": true, "free_bytes": s.f_bavail * s.f_frsize, "total_bytes": s.f_blocks * s.f_frsize })
+        }
+        Err(e) => json!({ "ok": false, "error": format!("shared storage: {e}") }),
+    };
+    let ok = [&database, &redis, &disk].iter().all(|v| v["ok"] == true);
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "node": app.config.node,
+        "version": crate::VERSION,
+        "schema_version": crate::db::schema_version(),
+        "database": database,
+        "redis": redis,
+        "shared_storage": disk,
+        "running_flows": app.executor.running(),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn ping(client: &redis::Client) -> Result<(), String> {
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| fleet_inventory::mask_url_password(&e.to_string()))?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| fleet_inventory::mask_url_password(&e.to_string()))
+}
+
+async fn metrics(State(app): Shared) -> Response {
+    let m = &app.executor.metrics;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let text = format!(
+        "# HELP etl_runs_finished_total Runs this node finished, by final state.\n\
+         # TYPE etl_runs_finished_total counter\n\
+         etl_runs_finished_total{{state=\"succeeded\"}} {}\n\
+         etl_runs_finished_total{{state=\"failed\"}} {}\n\
+         etl_runs_finished_total{{state=\"canceled\"}} {}\n\
+         # HELP etl_rows_total Rows this node's runs read, wrote and rejected.\n\
+         # TYPE etl_rows_total counter\n\
+         etl_rows_total{{kind=\"read\"}} {}\n\
+         etl_rows_total{{kind=\"written\"}} {}\n\
+         etl_rows_total{{kind=\"rejected\"}} {}\n\
+         # HELP etl_running_flows Runs executing on this node now.\n\
+         # TYPE etl_running_flows gauge\n\
+         etl_running_flows {}\n",
+        get(&m.succeeded),
+        get(&m.failed),
+        get(&m.canceled),
+        get(&m.rows_read),
+        get(&m.rows_written),
+        get(&m.rows_rejected),
+        app.executor.running(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

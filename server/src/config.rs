@@ -1,0 +1,136 @@
+//! The server's configuration file (TOML, rendered by `fleet provision` from
+//! `templates/server.toml.j2`). Connection URLs hold passwords: they come from files beside the
+//! config (`*_url_file`) or inline, and are never printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    node: String,
+    #[serde(default = "default_listen")]
+    listen: String,
+    shared_storage: PathBuf,
+    #[serde(default)]
+    load_balancing: Option<String>,
+    #[serde(default)]
+    weight: Option<u32>,
+    postgres_url: Option<String>,
+    postgres_url_file: Option<PathBuf>,
+    redis_url: Option<String>,
+    redis_url_file: Option<PathBuf>,
+    #[serde(default)]
+    redis_prefix: Option<String>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Runs this node executes at once.
+    pub max_running_flows: usize,
+    /// On SIGTERM, how long running flows may go on before they are stopped.
+    pub shutdown_grace_secs: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_running_flows: 4,
+            shutdown_grace_secs: 30,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A loaded configuration, secrets read.
+#[derive(Clone)]
+pub struct Config {
+    pub node: String,
+    pub listen: SocketAddr,
+    pub shared_storage: PathBuf,
+    pub postgres_url: String,
+    pub redis_url: String,
+    /// Prefix of every Redis key this server writes (tests give each its own).
+    pub redis_prefix: String,
+    pub limits: Limits,
+    pub load_balancing: Option<String>,
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("node", &self.node)
+            .field("listen", &self.listen)
+            .field("shared_storage", &self.shared_storage)
+            .field("postgres_url", &"(secret)")
+            .field("redis_url", &"(secret)")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// `path` names the file in errors and anchors relative `*_file` paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let file: File = toml::from_str(text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let at = |what: &str| format!("{}: {what}", path.display());
+        let base = path.parent().unwrap_or(Path::new("."));
+        let secret = |inline: Option<String>,
+                      file: Option<PathBuf>,
+                      key: &str|
+         -> Result<String, String> {
+            match (inline, file) {
+                (Some(_), Some(_)) => Err(at(&format!("give `{key}` or `{key}_file`, not both"))),
+                (Some(v), None) => Ok(v),
+                (None, Some(f)) => {
+                    let f = base.join(f);
+                    let v = std::fs::read_to_string(&f)
+                        .map_err(|e| at(&format!("{key}_file {}: {e}", f.display())))?;
+                    Ok(v.trim().to_owned())
+                }
+                (None, None) => Err(at(&format!("missing `{key}` (or `{key}_file`)"))),
+            }
+        };
+        let listen = file
+            .listen
+            .parse()
+            .map_err(|_| at(&format!("listen `{}` is not an address:port", file.listen)))?;
+        if file.limits.max_running_flows == 0 {
+            return Err(at("limits.max_running_flows must be at least 1"));
+        }
+        Ok(Config {
+            postgres_url: secret(file.postgres_url, file.postgres_url_file, "postgres_url")?,
+            redis_url: secret(file.redis_url, file.redis_url_file, "redis_url")?,
+            redis_prefix: file.redis_prefix.unwrap_or_else(|| "fleet:".into()),
+            node: file.node,
+            listen,
+            shared_storage: base.join(file.shared_storage),
+            limits: file.limits,
+            load_balancing: file.load_balancing,
+            weight: file.weight.unwrap_or(1),
+        })
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.limits.shutdown_grace_secs)
+    }
+}

@@ -1,0 +1,502 @@
+//! Running one flow: the source on its own thread (or task), batches through the transform
+//! plan, into the destination; bad rows counted, skipped or rejected by the flow's policy;
+//! progress reported and cancellation honoured between batches.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::expr::Expr;
+use crate::flow::{BadRows, Destination, Flow, Source, Step};
+use crate::sink::Sink;
+use crate::source::{self, Item};
+use crate::value::{Type, Value};
+
+/// Rows on their way through a run, each with its row number in the source (the line of a
+/// file, the ordinal of a query's row), and the rows the source could not read.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub rows: Vec<(u64, Vec<Value>)>,
+    pub bad: Vec<BadRow>,
+}
+
+/// A row that was not loaded, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct BadRow {
+    pub row: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    pub reason: String,
+    /// The row as read (for the reject file).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub data: String,
+}
+
+impl BadRow {
+    pub fn new(row: u64, column: Option<String>, reason: String, data: String) -> Self {
+        Self {
+            row,
+            column,
+            reason,
+            data,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.column {
+            Some(c) => format!("row {}, column `{c}`: {}", self.row, self.reason),
+            None => format!("row {}: {}", self.row, self.reason),
+        }
+    }
+}
+
+/// Counts of a run so far.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub read: u64,
+    pub written: u64,
+    pub rejected: u64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Ending {
+    Succeeded,
+    Failed(String),
+    Canceled,
+}
+
+/// Bad rows kept in the run's record (the reject file has them all).
+pub const KEPT_BAD_ROWS: usize = 100;
+
+/// What a run reports while it goes and when it ends.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub counts: Counts,
+    pub bad_rows: Vec<BadRow>,
+    pub reject_file: Option<String>,
+}
+
+/// Everything a run needs besides its flow.
+pub struct RunEnv {
+    pub run_id: i64,
+    pub storage: PathBuf,
+    pub pool: sqlx::PgPool,
+    /// Set to stop the run between batches.
+    pub cancel: Arc<AtomicBool>,
+    /// The counts so far, updated after every batch.
+    pub progress: tokio::sync::watch::Sender<Counts>,
+}
+
+/// Runs the flow to its end, publishing its counts after every batch.
+pub async fn run(flow: &Flow, env: &RunEnv) -> (Ending, Report) {
+    let mut report = Report::default();
+    let ending = match run_inner(flow, env, &mut report).await {
+        Ok(()) => Ending::Succeeded,
+        Err(Stop::Canceled) => Ending::Canceled,
+        Err(Stop::Failed(why)) => Ending::Failed(why),
+    };
+    (ending, report)
+}
+
+enum Stop {
+    Failed(String),
+    Canceled,
+}
+
+impl From<String> for Stop {
+    fn from(s: String) -> Self {
+        Stop::Failed(s)
+    }
+}
+
+async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(), Stop> {
+    let (tx, mut rx) = mpsc::channel::<Result<Item, String>>(2);
+    let reader = start_source(flow, env, tx)?;
+    let (columns, source_types) = match rx.recv().await {
+        Some(Ok(Item::Columns(c, t))) => (c, t),
+        Some(Err(e)) => return Err(Stop::Failed(e)),
+        Some(Ok(Item::Batch(_))) | None => {
+            return Err(Stop::Failed(
+                join_reader(reader)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| "the source ended before its columns".into()),
+            ));
+        }
+    };
+    let plan = Plan::new(flow, &columns, &source_types)?;
+    let mut rejects = Rejects::open(flow, env)?;
+    report.reject_file = rejects.as_ref().map(|r| r.relative.clone());
+    let mut sink = Sink::open(flow, env, &plan.columns, &plan.types).await?;
+    let mut sink_ready = false;
+    let outcome: Result<(), Stop> = async {
+        while let Some(item) = rx.recv().await {
+            let batch = match item {
+                Ok(Item::Batch(b)) => b,
+                Ok(Item::Columns(..)) => continue,
+                Err(e) => return Err(Stop::Failed(e)),
+            };
+            if env.cancel.load(Ordering::Relaxed) {
+                return Err(Stop::Canceled);
+            }
+            report.counts.read += (batch.rows.len() + batch.bad.len()) as u64;
+            let mut out = Vec::with_capacity(batch.rows.len());
+            let mut bad = batch.bad;
+            for (row_no, values) in batch.rows {
+                match plan.apply(values) {
+                    Ok(Some(v)) => out.push((row_no, v)),
+                    Ok(None) => {}
+                    Err((column, reason)) => {
+                        bad.push(BadRow::new(row_no, column, reason, String::new()))
+                    }
+                }
+            }
+            // In the source's order, whichever step found them.
+            bad.sort_by_key(|b| b.row);
+            for b in bad {
+                handle_bad(flow, b, report, rejects.as_mut())?;
+            }
+            if !sink_ready {
+                sink.prepare(&out).await?;
+                sink_ready = true;
+            }
+            report.counts.written += sink.write(&out).await?;
+            env.progress.send_replace(report.counts);
+            if env.cancel.load(Ordering::Relaxed) {
+                return Err(Stop::Canceled);
+            }
+        }
+        if !sink_ready {
+            sink.prepare(&[]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    drop(rx);
+    let read_result = join_reader(reader).await;
+    if let Some(r) = rejects.as_mut() {
+        r.finish()?;
+    }
+    match outcome.and(read_result.map_err(Stop::Failed)) {
+        Ok(()) => {
+            report.counts.written = sink.finish().await?;
+            Ok(())
+        }
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
+        }
+    }
+}
+
+fn handle_bad(
+    flow: &Flow,
+    bad: BadRow,
+    report: &mut Report,
+    rejects: Option<&mut Rejects>,
+) -> Result<(), Stop> {
+    report.counts.rejected += 1;
+    let policy = flow.on_error.bad_rows;
+    if policy == BadRows::Fail {
+        return Err(Stop::Failed(format!(
+            "bad row: {} (on_error.bad_rows is fail)",
+            bad.describe()
+        )));
+    }
+    if let Some(max) = flow.on_error.max_bad_rows
+        && report.counts.rejected > max
+    {
+        return Err(Stop::Failed(format!(
+            "more than {max} bad rows (on_error.max_bad_rows); the last: {}",
+            bad.describe()
+        )));
+    }
+    if let Some(r) = rejects {
+        r.write(&bad)?;
+    }
+    if report.bad_rows.len() < KEPT_BAD_ROWS {
+        report.bad_rows.push(bad);
+    }
+    Ok(())
+}
+
+type Reader = tokio::task::JoinHandle<Result<(), String>>;
+
+fn start_source(flow: &Flow, env: &RunEnv, tx: source::Sender) -> Result<Reader, String> {
+    Ok(match &flow.source {
+        Source::Csv {
+            path,
+            delimiter,
+            quote,
+            header,
+            ..
+        } => {
+            let file = open_input(env, path)?;
+            let (d, q, h) = (*delimiter, *quote, *header);
+            tokio::task::spawn_blocking(move || {
+                let r = source::csv(file, d, q, h, &tx);
+                report_error(&tx, r)
+            })
+        }
+        Source::Jsonl { path } => {
+            let file = open_input(env, path)?;
+            tokio::task::spawn_blocking(move || {
+                let r = source::jsonl(file, &tx);
+                report_error(&tx, r)
+            })
+        }
+        Source::Postgres { query } => {
+            let pool = env.pool.clone();
+            let query = query.clone();
+            tokio::spawn(async move {
+                let r = source::postgres(&pool, &query, &tx).await;
+                if let Err(e) = &r
+                    && e != "run ended"
+                {
+                    let _ = tx.send(Err(e.clone())).await;
+                }
+                r
+            })
+        }
+    })
+}
+
+fn report_error(tx: &source::Sender, r: Result<(), String>) -> Result<(), String> {
+    if let Err(e) = &r
+        && e != "run ended"
+    {
+        let _ = tx.blocking_send(Err(e.clone()));
+    }
+    r
+}
+
+async fn join_reader(reader: Reader) -> Result<(), String> {
+    match reader.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e == "run ended" => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(format!("the source stopped: {e}")),
+    }
+}
+
+fn open_input(env: &RunEnv, path: &str) -> Result<std::fs::File, String> {
+    let real = crate::storage::resolve(&env.storage, path)?;
+    std::fs::File::open(&real).map_err(|e| format!("source {path}: {e}"))
+}
+
+/// The transform steps bound to column positions, made once the source's columns are known.
+pub struct Plan {
+    steps: Vec<Op>,
+    pub columns: Vec<String>,
+    /// Each output column's type when the flow or the source fixes it.
+    pub types: Vec<Option<Type>>,
+}
+
+enum Op {
+    Select(Vec<usize>),
+    Filter(Expr, HashMap<String, usize>),
+    Compute(Expr, HashMap<String, usize>, Option<usize>, String),
+    Cast(Vec<(usize, Type, String)>),
+}
+
+fn index(cols: &[String]) -> HashMap<String, usize> {
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), i))
+        .collect()
+}
+
+impl Plan {
+    pub fn new(
+        flow: &Flow,
+        source: &[String],
+        source_types: &[Option<Type>],
+    ) -> Result<Plan, String> {
+        let mut cols: Vec<String> = source.to_vec();
+        let mut types: Vec<Option<Type>> = source_types.to_vec();
+        types.resize(cols.len(), None);
+        let mut steps = Vec::new();
+        let missing = |i: usize, name: &str, cols: &[String]| {
+            format!(
+                "transform[{i}]: no column `{name}`; the columns there are: {}",
+                cols.join(", ")
+            )
+        };
+        let find = |i: usize, name: &str, cols: &[String]| {
+            cols.iter()
+                .position(|c| c == name)
+                .ok_or_else(|| missing(i, name, cols))
+        };
+        for (i, step) in flow.transform.iter().enumerate() {
+            match step {
+                Step::Select(names) => {
+                    let idx = names
+                        .iter()
+                        .map(|n| find(i, n, &cols))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    types = idx.iter().map(|&k| types[k]).collect();
+                    cols = names.clone();
+                    steps.push(Op::Select(idx));
+                }
+                Step::Rename(pairs) => {
+                    for (from, to) in pairs {
+                        let k = find(i, from, &cols)?;
+                        cols[k].clone_from(to);
+                    }
+                }
+                Step::Filter(e) => {
+                    check_columns(i, e, &cols)?;
+                    steps.push(Op::Filter(e.clone(), index(&cols)));
+                }
+                Step::Compute(list) => {
+                    for (name, e) in list {
+                        check_columns(i, e, &cols)?;
+                        let target = cols.iter().position(|c| c == name);
+                        steps.push(Op::Compute(e.clone(), index(&cols), target, name.clone()));
+                        match target {
+                            Some(k) => types[k] = None,
+                            None => {
+                                cols.push(name.clone());
+                                types.push(None);
+                            }
+                        }
+                    }
+                }
+                Step::Cast(list) => {
+                    let mut ops = Vec::new();
+                    for (name, ty) in list {
+                        let k = find(i, name, &cols)?;
+                        types[k] = Some(*ty);
+                        ops.push((k, *ty, name.clone()));
+                    }
+                    steps.push(Op::Cast(ops));
+                }
+            }
+        }
+        if let Destination::Postgres { key, .. } = &flow.destination {
+            for k in key {
+                if !cols.contains(k) {
+                    return Err(format!(
+                        "destination.key: no column `{k}`; the output has: {}",
+                        cols.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(Plan {
+            steps,
+            columns: cols,
+            types,
+        })
+    }
+
+    /// One row through every step: `Ok(None)` when a filter drops it, `Err((column, why))`
+    /// when it is a bad row.
+    pub fn apply(
+        &self,
+        mut row: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, (Option<String>, String)> {
+        for op in &self.steps {
+            match op {
+                Op::Select(idx) => {
+                    row = idx
+                        .iter()
+                        .map(|&k| std::mem::replace(&mut row[k], Value::Null))
+                        .collect();
+                }
+                Op::Filter(e, names) => match e.eval(names, &row) {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(Value::Bool(false)) => return Ok(None),
+                    Ok(other) => {
+                        return Err((
+                            None,
+                            format!("filter {:?} gave {other:?}, not true or false", e.source()),
+                        ));
+                    }
+                    Err(why) => return Err((None, format!("filter {:?}: {why}", e.source()))),
+                },
+                Op::Compute(e, names, target, name) => {
+                    let v = e
+                        .eval(names, &row)
+                        .map_err(|why| (Some(name.clone()), format!("{:?}: {why}", e.source())))?;
+                    match target {
+                        Some(k) => row[*k] = v,
+                        None => row.push(v),
+                    }
+                }
+                Op::Cast(list) => {
+                    for (k, ty, name) in list {
+                        let v = std::mem::replace(&mut row[*k], Value::Null);
+                        row[*k] = v.cast(*ty).map_err(|why| (Some(name.clone()), why))?;
+                    }
+                }
+            }
+        }
+        Ok(Some(row))
+    }
+}
+
+fn check_columns(i: usize, e: &Expr, cols: &[String]) -> Result<(), String> {
+    for c in e.columns().unwrap_or_default() {
+        if !cols.contains(&c) {
+            return Err(format!(
+                "transform[{i}]: the expression {:?} reads `{c}`, which is not a column there ({})",
+                e.source(),
+                cols.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The reject file: one JSON line per bad row, beside the output (a file destination) or
+/// under `rejects/` (a table).
+struct Rejects {
+    relative: String,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Rejects {
+    fn open(flow: &Flow, env: &RunEnv) -> Result<Option<Rejects>, String> {
+        if flow.on_error.bad_rows != BadRows::RejectFile {
+            return Ok(None);
+        }
+        let relative = match &flow.destination {
+            Destination::Csv { path, .. } | Destination::Jsonl { path } => {
+                format!("{path}.rejects.jsonl")
+            }
+            Destination::Postgres { .. } => {
+                format!("rejects/{}-run{}.jsonl", flow.name, env.run_id)
+            }
+        };
+        if let Some(parent) = std::path::Path::new(&relative).parent() {
+            std::fs::create_dir_all(env.storage.join(parent))
+                .map_err(|e| format!("reject file {relative}: {e}"))?;
+        }
+        let real = crate::storage::resolve(&env.storage, &relative)?;
+        let file =
+            std::fs::File::create(&real).map_err(|e| format!("reject file {relative}: {e}"))?;
+        Ok(Some(Rejects {
+            relative,
+            out: std::io::BufWriter::new(file),
+        }))
+    }
+
+    fn write(&mut self, bad: &BadRow) -> Result<(), String> {
+        use std::io::Write;
+        let line = serde_json::to_string(bad).map_err(|e| e.to_string())?;
+        writeln!(self.out, "{line}").map_err(|e| format!("reject file {}: {e}", self.relative))
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        use std::io::Write;
+        self.out
+            .flush()
+            .map_err(|e| format!("reject file {}: {e}", self.relative))
+    }
+}

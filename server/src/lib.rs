@@ -1,0 +1,78 @@
+//! The ETL server every node runs: flows (a source, transformations, a destination) defined
+//! through a JSON API, run on this node with rows streamed in batches, their runs recorded in
+//! Postgres. `run` is the whole server; the `etl-server` binary only reads the config, binds
+//! the listener and turns SIGTERM into `shutdown`.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod engine;
+pub mod expr;
+pub mod flow;
+pub mod runs;
+pub mod sink;
+pub mod source;
+pub mod storage;
+pub mod value;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use flow::Flow;
+
+/// The server's version, reported by `/health`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Serves until `shutdown` completes: then stops taking requests and work, lets running flows
+/// finish for the configured grace period, stops the rest (recorded as failed, never left
+/// `running`), and returns.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.shared_storage)
+        .map_err(|e| format!("shared storage {}: {e}", config.shared_storage.display()))?;
+    let connections = (config.limits.max_running_flows as u32) * 2 + 4;
+    let pool = db::connect(&config.postgres_url, connections).await?;
+    let redis = redis::Client::open(config.redis_url.as_str())
+        .map_err(|_| "the Redis URL is not valid".to_owned())?;
+    let orphans = runs::fail_orphans(&pool, &config.node).await?;
+    if orphans > 0 {
+        tracing::warn!(
+            orphans,
+            "runs left running by an earlier start are marked failed"
+        );
+    }
+    let executor = runs::Executor::new(
+        pool.clone(),
+        config.node.clone(),
+        config.shared_storage.clone(),
+        config.limits.max_running_flows,
+    );
+    let claims = tokio::spawn(executor.clone().serve());
+    let grace = config.shutdown_grace();
+    let app = Arc::new(api::App {
+        config,
+        pool: pool.clone(),
+        redis,
+        executor: executor.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let served = axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await;
+    tracing::info!("shutting down: no new runs; waiting for running ones");
+    executor.shutdown(grace).await;
+    claims.abort();
+    pool.close().await;
+    served.map_err(|e| format!("serving HTTP: {e}"))
+}

@@ -1,0 +1,449 @@
+//! Flows and runs in Postgres, and the executor that claims queued runs and runs them. The
+//! run's row is the truth: a node claims a run with one atomic state change (`queued` →
+//! `running` only if still queued), so no run ever executes twice at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::db::describe;
+use crate::engine::{self, Ending, Report, RunEnv};
+use crate::flow::Flow;
+
+pub const STATES: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: i64,
+    pub flow: String,
+    pub state: String,
+    pub node: Option<String>,
+    pub rows_read: i64,
+    pub rows_written: i64,
+    pub rows_rejected: i64,
+    pub bad_rows: serde_json::Value,
+    pub reject_file: Option<String>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const RUN_COLUMNS: &str = "id, flow, state, node, rows_read, rows_written, rows_rejected, bad_rows, \
+    reject_file, error, cancel_requested, created_at, started_at, finished_at";
+
+type Db<T> = Result<T, String>;
+
+fn db(e: sqlx::Error) -> String {
+    format!("database: {}", describe(&e))
+}
+
+/// Stores a flow; `true` when it was new.
+pub async fn put_flow(pool: &PgPool, flow: &Flow) -> Db<bool> {
+    let (inserted,): (bool,) = sqlx::query_as(
+        "INSERT INTO flows (name, definition) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
+         RETURNING (xmax = 0)",
+    )
+    .bind(&flow.name)
+    .bind(flow.to_json())
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(inserted)
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct FlowRow {
+    pub name: String,
+    pub definition: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn list_flows(pool: &PgPool) -> Db<Vec<FlowRow>> {
+    sqlx::query_as("SELECT name, definition, created_at, updated_at FROM flows ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .map_err(db)
+}
+
+pub async fn get_flow(pool: &PgPool, name: &str) -> Db<Option<FlowRow>> {
+    sqlx::query_as("SELECT name, definition, created_at, updated_at FROM flows WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(db)
+}
+
+pub async fn delete_flow(pool: &PgPool, name: &str) -> Db<bool> {
+    let done = sqlx::query("DELETE FROM flows WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Queues a run of the flow as it is now; `None` when there is no such flow.
+pub async fn create_run(pool: &PgPool, flow: &str) -> Db<Option<i64>> {
+    let id: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO runs (flow, definition) SELECT name, definition FROM flows WHERE name = $1 RETURNING id",
+    )
+    .bind(flow)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    Ok(id.map(|(id,)| id))
+}
+
+pub async fn get_run(pool: &PgPool, id: i64) -> Db<Option<RunRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)
+}
+
+pub async fn list_runs(
+    pool: &PgPool,
+    flow: Option<&str>,
+    state: Option<&str>,
+    limit: i64,
+) -> Db<Vec<RunRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR flow = $1) AND ($2::text IS NULL OR state = $2)
+         ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(flow)
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(db)
+}
+
+/// What asking to cancel did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// It was queued and is now canceled.
+    Canceled,
+    /// It is running: it stops at its next batch.
+    Requested,
+    /// It had already ended, in this state.
+    AlreadyEnded(String),
+    NotFound,
+}
+
+pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "UPDATE runs SET
+            state = CASE WHEN state = 'queued' THEN 'canceled' ELSE state END,
+            finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+            cancel_requested = cancel_requested OR state IN ('queued', 'running')
+         WHERE id = $1
+         RETURNING (SELECT state FROM runs WHERE id = $1)",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    Ok(match row {
+        None => Cancel::NotFound,
+        Some((before,)) => match before.as_str() {
+            "queued" => Cancel::Canceled,
+            "running" => Cancel::Requested,
+            _ => Cancel::AlreadyEnded(before),
+        },
+    })
+}
+
+/// Claims the oldest queued run for `node`, if any: its id and flow definition.
+async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value)>> {
+    sqlx::query_as(
+        "UPDATE runs SET state = 'running', node = $1, started_at = now()
+         WHERE id = (SELECT id FROM runs WHERE state = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+           AND state = 'queued'
+         RETURNING id, definition",
+    )
+    .bind(node)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)
+}
+
+async fn progress(pool: &PgPool, id: i64, report: &Report) -> Db<bool> {
+    let cancel: Option<(bool,)> = sqlx::query_as(
+        "UPDATE runs SET rows_read = $2, rows_written = $3, rows_rejected = $4 WHERE id = $1 AND state = 'running' RETURNING cancel_requested",
+    )
+    .bind(id)
+    .bind(report.counts.read as i64)
+    .bind(report.counts.written as i64)
+    .bind(report.counts.rejected as i64)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    Ok(cancel.is_some_and(|(c,)| c))
+}
+
+async fn finish(
+    pool: &PgPool,
+    id: i64,
+    state: &str,
+    error: Option<&str>,
+    report: &Report,
+) -> Db<()> {
+    sqlx::query(
+        "UPDATE runs SET state = $2, error = $3, rows_read = $4, rows_written = $5, rows_rejected = $6,
+            bad_rows = $7, reject_file = $8, finished_at = now()
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(error)
+    .bind(report.counts.read as i64)
+    .bind(report.counts.written as i64)
+    .bind(report.counts.rejected as i64)
+    .bind(serde_json::to_value(&report.bad_rows).unwrap_or_default())
+    .bind(&report.reject_file)
+    .execute(pool)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Runs left `running` by an earlier life of this node (it crashed or was killed): they end as
+/// failed, never stay running.
+pub async fn fail_orphans(pool: &PgPool, node: &str) -> Db<u64> {
+    let done = sqlx::query(
+        "UPDATE runs SET state = 'failed', error = 'the node restarted while the run was running', finished_at = now()
+         WHERE state = 'running' AND node = $1",
+    )
+    .bind(node)
+    .execute(pool)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected())
+}
+
+/// Totals for `/metrics`, since the server started.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub canceled: AtomicU64,
+    pub rows_read: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub rows_rejected: AtomicU64,
+}
+
+/// Claims and runs queued runs, at most `limit` at a time.
+pub struct Executor {
+    pool: PgPool,
+    node: String,
+    storage: std::path::PathBuf,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    wake: Notify,
+    /// Running runs and their cancel flags.
+    running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+    stopping: AtomicBool,
+    pub metrics: Metrics,
+}
+
+impl Executor {
+    pub fn new(
+        pool: PgPool,
+        node: String,
+        storage: std::path::PathBuf,
+        limit: usize,
+    ) -> Arc<Executor> {
+        Arc::new(Executor {
+            pool,
+            node,
+            storage,
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// A run was queued: look for work now rather than at the next poll.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops the run at its next batch if it runs here; `true` if it did.
+    pub fn cancel_local(&self, id: i64) -> bool {
+        match self.running.lock().ok().and_then(|r| r.get(&id).cloned()) {
+            Some(flag) => {
+                flag.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The claim loop; returns when `stop` is called.
+    pub async fn serve(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::Relaxed) {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            match claim(&self.pool, &self.node).await {
+                Ok(Some((id, definition))) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.execute(id, definition).await;
+                        drop(permit);
+                        me.wake.notify_one();
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    // Runs queued through another node show up at the next poll.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "claiming a run");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, id: i64, definition: serde_json::Value) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(id, cancel.clone());
+        }
+        let text = definition.to_string();
+        let (state, error, report) = match Flow::parse(&text, &format!("run {id}")) {
+            Err(e) => (
+                "failed",
+                Some(format!("the stored flow is not valid: {e}")),
+                Report::default(),
+            ),
+            Ok(flow) => {
+                tracing::info!(run = id, flow = %flow.name, "run started");
+                let (progress_tx, mut progress_rx) =
+                    tokio::sync::watch::channel(Default::default());
+                let env = RunEnv {
+                    run_id: id,
+                    storage: self.storage.clone(),
+                    pool: self.pool.clone(),
+                    cancel: cancel.clone(),
+                    progress: progress_tx,
+                };
+                // Counts reach the run's row at most twice a second; a cancel asked through
+                // any node comes back the same way.
+                let pool = self.pool.clone();
+                let flag = cancel.clone();
+                let reporter = tokio::spawn(async move {
+                    while progress_rx.changed().await.is_ok() {
+                        let counts = *progress_rx.borrow_and_update();
+                        let report = Report {
+                            counts,
+                            ..Default::default()
+                        };
+                        if progress(&pool, id, &report).await.unwrap_or(false) {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                });
+                let (ending, report) = engine::run(&flow, &env).await;
+                drop(env);
+                reporter.abort();
+                match ending {
+                    Ending::Succeeded => ("succeeded", None, report),
+                    Ending::Failed(why) => ("failed", Some(why), report),
+                    Ending::Canceled
+                        if self.stopping.load(Ordering::Relaxed)
+                            && !self.user_canceled(id).await =>
+                    {
+                        (
+                            "failed",
+                            Some("the server shut down before the run finished".to_owned()),
+                            report,
+                        )
+                    }
+                    Ending::Canceled => ("canceled", None, report),
+                }
+            }
+        };
+        let m = &self.metrics;
+        m.rows_read.fetch_add(report.counts.read, Ordering::Relaxed);
+        m.rows_written
+            .fetch_add(report.counts.written, Ordering::Relaxed);
+        m.rows_rejected
+            .fetch_add(report.counts.rejected, Ordering::Relaxed);
+        match state {
+            "succeeded" => &m.succeeded,
+            "canceled" => &m.canceled,
+            _ => &m.failed,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            run = id,
+            state,
+            error = error.as_deref().unwrap_or(""),
+            "run ended"
+        );
+        // The final state must land: retry a few times if the database blinks.
+        for attempt in 0..5 {
+            match finish(&self.pool, id, state, error.as_deref(), &report).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(run = id, error = %e, attempt, "recording the end of a run");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&id);
+        }
+    }
+
+    async fn user_canceled(&self, id: i64) -> bool {
+        matches!(get_run(&self.pool, id).await, Ok(Some(r)) if r.cancel_requested)
+    }
+
+    /// Stops claiming, lets running runs go on for `grace`, then stops them between batches
+    /// (they end `failed`, saying why) and waits for their final state to be recorded.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        let deadline = Instant::now() + grace;
+        while self.running() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Ok(r) = self.running.lock() {
+            for flag in r.values() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        // Every slot back means every run recorded its end.
+        let _ = self.slots.acquire_many(self.limit as u32).await;
+    }
+}

@@ -1,0 +1,429 @@
+//! Destinations: a Postgres table through COPY inside one transaction (append, replace or
+//! upsert; the table is created from the flow's types when missing), or a CSV / JSON-lines
+//! file written under a temporary name and renamed only when complete.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use crate::engine::RunEnv;
+use crate::flow::{Destination, Flow, Mode, Table, quote_ident};
+use crate::value::{Type, Value};
+
+pub enum Sink {
+    Table(TableSink),
+    File(FileSink),
+}
+
+pub struct TableSink {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    table: Table,
+    mode: Mode,
+    key: Vec<String>,
+    columns: Vec<String>,
+    types: Vec<Option<Type>>,
+    /// Where COPY writes: the table, or the staging table of an upsert.
+    target: String,
+    column_list: String,
+    written: u64,
+    buf: String,
+}
+
+pub struct FileSink {
+    temp: PathBuf,
+    path: PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    kind: FileKind,
+    columns: Vec<String>,
+    written: u64,
+}
+
+enum FileKind {
+    Csv { delimiter: u8, header: bool },
+    Jsonl,
+}
+
+fn pg(what: &str) -> impl Fn(sqlx::Error) -> String + '_ {
+    move |e| format!("{what}: {}", crate::db::describe(&e))
+}
+
+impl Sink {
+    pub async fn open(
+        flow: &Flow,
+        env: &RunEnv,
+        columns: &[String],
+        types: &[Option<Type>],
+    ) -> Result<Sink, String> {
+        match &flow.destination {
+            Destination::Postgres { table, mode, key } => {
+                let mut conn = env.pool.acquire().await.map_err(pg("destination"))?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(pg("destination"))?;
+                Ok(Sink::Table(TableSink {
+                    conn,
+                    table: table.clone(),
+                    mode: *mode,
+                    key: key.clone(),
+                    columns: columns.to_vec(),
+                    types: types.to_vec(),
+                    target: table.quoted(),
+                    column_list: columns
+                        .iter()
+                        .map(|c| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    written: 0,
+                    buf: String::with_capacity(1 << 20),
+                }))
+            }
+            Destination::Csv {
+                path,
+                delimiter,
+                header,
+            } => FileSink::open(
+                env,
+                flow,
+                path,
+                FileKind::Csv {
+                    delimiter: *delimiter,
+                    header: *header,
+                },
+                columns,
+            )
+            .map(Sink::File),
+            Destination::Jsonl { path } => {
+                FileSink::open(env, flow, path, FileKind::Jsonl, columns).map(Sink::File)
+            }
+        }
+    }
+
+    /// Called once with the first batch (maybe empty): creates what is missing.
+    pub async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), String> {
+        match self {
+            Sink::Table(t) => t.prepare(first).await,
+            Sink::File(f) => f.prepare(),
+        }
+    }
+
+    /// Writes a batch; returns the rows written.
+    pub async fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
+        match self {
+            Sink::Table(t) => t.write(rows).await,
+            Sink::File(f) => f.write(rows),
+        }
+    }
+
+    /// Makes everything visible at once; returns the rows written in all.
+    pub async fn finish(self) -> Result<u64, String> {
+        match self {
+            Sink::Table(t) => t.finish().await,
+            Sink::File(f) => f.finish(),
+        }
+    }
+
+    /// Undoes everything (the transaction, the temporary file).
+    pub async fn abort(self) {
+        match self {
+            Sink::Table(mut t) => {
+                if sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut *t.conn)
+                    .await
+                    .is_err()
+                {
+                    // A connection in an unknown state never goes back to the pool.
+                    let _ = t.conn.detach().close().await;
+                }
+            }
+            Sink::File(f) => {
+                drop(f.out);
+                let _ = std::fs::remove_file(&f.temp);
+            }
+        }
+    }
+}
+
+impl TableSink {
+    async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), String> {
+        let existing: Vec<(String,)> = sqlx::query_as(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(&self.table.schema)
+        .bind(&self.table.name)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(pg("destination"))?;
+        let table = self.table.quoted();
+        if existing.is_empty() {
+            let defs: Vec<String> = self
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let ty = self.types[i]
+                        .or_else(|| first.iter().find_map(|(_, r)| r[i].natural_type()))
+                        .unwrap_or(Type::Text);
+                    format!("{} {}", quote_ident(c), ty.sql())
+                })
+                .collect();
+            let mut sql = format!("CREATE TABLE IF NOT EXISTS {table} ({}", defs.join(", "));
+            if !self.key.is_empty() {
+                let key: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
+                sql.push_str(&format!(", PRIMARY KEY ({})", key.join(", ")));
+            }
+            sql.push(')');
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(pg(&format!(
+                    "creating {}.{}",
+                    self.table.schema, self.table.name
+                )))?;
+        } else {
+            let have: Vec<&str> = existing.iter().map(|(c,)| c.as_str()).collect();
+            let missing: Vec<&str> = self
+                .columns
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !have.contains(c))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "table {}.{} has no column {} (it has: {})",
+                    self.table.schema,
+                    self.table.name,
+                    missing.join(", "),
+                    have.join(", ")
+                ));
+            }
+        }
+        match self.mode {
+            Mode::Append => {}
+            Mode::Replace => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("TRUNCATE {table}")))
+                    .execute(&mut *self.conn)
+                    .await
+                    .map_err(pg("emptying the table for replace"))?;
+            }
+            Mode::Upsert => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE TEMP TABLE fleet_upsert ON COMMIT DROP AS SELECT {} FROM {table} WITH NO DATA; \
+                     ALTER TABLE fleet_upsert ADD COLUMN fleet_seq bigserial",
+                    self.column_list
+                )))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(pg("staging table for upsert"))?;
+                self.target = "fleet_upsert".into();
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.buf.clear();
+        for (_, row) in rows {
+            for (i, v) in row.iter().enumerate() {
+                if i > 0 {
+                    self.buf.push('\t');
+                }
+                v.write_copy(&mut self.buf);
+            }
+            self.buf.push('\n');
+        }
+        let statement = format!("COPY {} ({}) FROM STDIN", self.target, self.column_list);
+        let conn: &mut PgConnection = &mut self.conn;
+        let result = async {
+            let mut copy = conn.copy_in_raw(&statement).await?;
+            copy.send(self.buf.as_bytes()).await?;
+            copy.finish().await
+        }
+        .await;
+        match result {
+            Ok(n) => {
+                self.written += n;
+                Ok(n)
+            }
+            Err(e) => Err(copy_error(&e, rows)),
+        }
+    }
+
+    async fn finish(mut self) -> Result<u64, String> {
+        if self.mode == Mode::Upsert {
+            let key: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
+            let update: Vec<String> = self
+                .columns
+                .iter()
+                .filter(|c| !self.key.contains(c))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                .collect();
+            let action = if update.is_empty() {
+                "NOTHING".to_owned()
+            } else {
+                format!("UPDATE SET {}", update.join(", "))
+            };
+            // The last row of the run for each key wins.
+            let sql = format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM (SELECT DISTINCT ON ({key}) * FROM fleet_upsert ORDER BY {key}, fleet_seq DESC) s \
+                 ON CONFLICT ({key}) DO {action}",
+                table = self.table.quoted(),
+                cols = self.column_list,
+                key = key.join(", "),
+            );
+            let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(pg("upsert"))?;
+            self.written = done.rows_affected();
+        }
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut *self.conn)
+            .await
+            .map_err(pg("commit"))?;
+        Ok(self.written)
+    }
+}
+
+/// A COPY error names the line of the batch: turn it into the source's row number.
+fn copy_error(e: &sqlx::Error, rows: &[(u64, Vec<Value>)]) -> String {
+    if let Some(db) = e.as_database_error()
+        && let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+    {
+        let place = pg.r#where().unwrap_or_default();
+        // "COPY t, line 2, column amount: \"abc\""
+        let line = place
+            .split(", line ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let column = place
+            .split(", column ")
+            .nth(1)
+            .and_then(|s| s.split(':').next());
+        if let Some(line) = line
+            && let Some((row, _)) = rows.get(line.saturating_sub(1))
+        {
+            return match column {
+                Some(c) => format!(
+                    "destination refused row {row}, column `{c}`: {}",
+                    pg.message()
+                ),
+                None => format!("destination refused row {row}: {}", pg.message()),
+            };
+        }
+        return format!("destination: {}", pg.message());
+    }
+    format!("destination: {e}")
+}
+
+impl FileSink {
+    fn open(
+        env: &RunEnv,
+        flow: &Flow,
+        path: &str,
+        kind: FileKind,
+        columns: &[String],
+    ) -> Result<FileSink, String> {
+        let _ = flow;
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(env.storage.join(parent))
+                .map_err(|e| format!("destination {path}: {e}"))?;
+        }
+        let real = crate::storage::resolve(&env.storage, path)?;
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = real.with_file_name(format!(".{name}.tmp-run{}", env.run_id));
+        let file = std::fs::File::create(&temp).map_err(|e| format!("destination {path}: {e}"))?;
+        Ok(FileSink {
+            temp,
+            path: real,
+            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            kind,
+            columns: columns.to_vec(),
+            written: 0,
+        })
+    }
+
+    fn out(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
+        self.out.as_mut().expect("open until finish")
+    }
+
+    fn prepare(&mut self) -> Result<(), String> {
+        if let FileKind::Csv {
+            delimiter,
+            header: true,
+        } = self.kind
+        {
+            let line = csv_line(self.columns.iter().map(|c| Some(c.clone())), delimiter);
+            self.out()
+                .write_all(line.as_bytes())
+                .map_err(|e| format!("destination: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
+        let mut text = String::new();
+        for (_, row) in rows {
+            match self.kind {
+                FileKind::Csv { delimiter, .. } => {
+                    text.push_str(&csv_line(row.iter().map(Value::to_text), delimiter))
+                }
+                FileKind::Jsonl => {
+                    let obj: serde_json::Map<String, serde_json::Value> = self
+                        .columns
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().map(Value::to_json))
+                        .collect();
+                    text.push_str(&serde_json::Value::Object(obj).to_string());
+                    text.push('\n');
+                }
+            }
+        }
+        self.out()
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("destination: {e}"))?;
+        self.written += rows.len() as u64;
+        Ok(rows.len() as u64)
+    }
+
+    fn finish(mut self) -> Result<u64, String> {
+        let out = self.out.take().expect("open until finish");
+        let file = out
+            .into_inner()
+            .map_err(|e| format!("destination: {}", e.error()))?;
+        file.sync_all().map_err(|e| format!("destination: {e}"))?;
+        std::fs::rename(&self.temp, &self.path).map_err(|e| format!("destination: {e}"))?;
+        Ok(self.written)
+    }
+}
+
+fn csv_line(fields: impl Iterator<Item = Option<String>>, delimiter: u8) -> String {
+    let d = delimiter as char;
+    let mut line = String::new();
+    for (i, f) in fields.enumerate() {
+        if i > 0 {
+            line.push(d);
+        }
+        if let Some(f) = f {
+            if f.contains([d, '"', '\n', '\r']) || f.starts_with(' ') || f.ends_with(' ') {
+                line.push('"');
+                line.push_str(&f.replace('"', "\"\""));
+                line.push('"');
+            } else {
+                line.push_str(&f);
+            }
+        }
+    }
+    line.push('\n');
+    line
+}

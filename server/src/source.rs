@@ -1,0 +1,356 @@
+//! Sources: read rows in batches from a CSV or JSON-lines file on shared storage, or from a
+//! Postgres query through a cursor, never the whole input at once. A row that cannot be read
+//! is passed on as a bad row (with its line), not dropped.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+
+use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
+use tokio::sync::mpsc;
+
+use crate::engine::{BadRow, Batch};
+use crate::value::{Type, Value};
+
+/// Rows per batch: large enough that per-batch costs vanish, small enough for flat memory.
+pub const BATCH_ROWS: usize = 8192;
+
+/// What a source sends: first its columns, then batches.
+pub enum Item {
+    Columns(Vec<String>, Vec<Option<Type>>),
+    Batch(Batch),
+}
+
+pub type Sender = mpsc::Sender<Result<Item, String>>;
+
+/// Reads a CSV file (blocking: run it on a blocking thread).
+pub fn csv(
+    file: std::fs::File,
+    delimiter: u8,
+    quote: u8,
+    header: bool,
+    tx: &Sender,
+) -> Result<(), String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quote(quote)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(file);
+    let mut record = csv::ByteRecord::new();
+    let mut columns: Vec<String> = Vec::new();
+    let mut batch = Batch::default();
+    let mut first = true;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // Only I/O errors end reading; a malformed record is one bad row.
+                if let csv::ErrorKind::Io(io) = e.kind() {
+                    return Err(format!("reading the CSV file: {io}"));
+                }
+                let line = e.position().map_or(0, |p| p.line());
+                batch
+                    .bad
+                    .push(BadRow::new(line, None, e.to_string(), String::new()));
+                continue;
+            }
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        if first {
+            first = false;
+            if header {
+                for (i, field) in record.iter().enumerate() {
+                    let name = std::str::from_utf8(field)
+                        .map_err(|_| {
+                            format!("line {line}: column {} of the header is not UTF-8", i + 1)
+                        })?
+                        .trim()
+                        .to_owned();
+                    if name.is_empty() {
+                        return Err(format!(
+                            "line {line}: column {} of the header is empty",
+                            i + 1
+                        ));
+                    }
+                    if columns.contains(&name) {
+                        return Err(format!(
+                            "line {line}: the header names column `{name}` twice"
+                        ));
+                    }
+                    columns.push(name);
+                }
+                send(
+                    tx,
+                    Item::Columns(columns.clone(), vec![None; columns.len()]),
+                )?;
+                continue;
+            }
+            columns = (1..=record.len()).map(|i| format!("c{i}")).collect();
+            send(
+                tx,
+                Item::Columns(columns.clone(), vec![None; columns.len()]),
+            )?;
+        }
+        if record.len() != columns.len() {
+            batch.bad.push(BadRow::new(
+                line,
+                None,
+                format!("{} fields, the header has {}", record.len(), columns.len()),
+                raw_line(&record),
+            ));
+        } else {
+            let mut values = Vec::with_capacity(columns.len());
+            let mut bad = None;
+            for (i, field) in record.iter().enumerate() {
+                match std::str::from_utf8(field) {
+                    Ok(s) => values.push(Value::Raw(s.to_owned())),
+                    Err(_) => {
+                        bad = Some(BadRow::new(
+                            line,
+                            Some(columns[i].clone()),
+                            "not valid UTF-8".into(),
+                            raw_line(&record),
+                        ));
+                        break;
+                    }
+                }
+            }
+            match bad {
+                Some(b) => batch.bad.push(b),
+                None => batch.rows.push((line, values)),
+            }
+        }
+        if batch.rows.len() >= BATCH_ROWS {
+            send(tx, Item::Batch(std::mem::take(&mut batch)))?;
+        }
+    }
+    if first {
+        send(tx, Item::Columns(columns, Vec::new()))?;
+    }
+    send(tx, Item::Batch(batch))
+}
+
+fn raw_line(record: &csv::ByteRecord) -> String {
+    record
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The longest JSON line read; a longer one is a bad row.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Reads a JSON-lines file: one object per line; the columns are the first object's keys.
+pub fn jsonl(file: std::fs::File, tx: &Sender) -> Result<(), String> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut columns: Option<HashMap<String, usize>> = None;
+    let mut batch = Batch::default();
+    let mut line_no = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("reading the JSON-lines file: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if buf.len() > MAX_LINE {
+            batch.bad.push(BadRow::new(
+                line_no,
+                None,
+                format!("line longer than {MAX_LINE} bytes"),
+                String::new(),
+            ));
+            // Skip the rest of the line.
+            let mut rest = Vec::new();
+            reader
+                .read_until(b'\n', &mut rest)
+                .map_err(|e| format!("reading the JSON-lines file: {e}"))?;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let object = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(o)) => o,
+            Ok(other) => {
+                batch.bad.push(BadRow::new(
+                    line_no,
+                    None,
+                    format!("expected a JSON object, found {}", json_kind(&other)),
+                    text.to_owned(),
+                ));
+                continue;
+            }
+            Err(e) => {
+                batch.bad.push(BadRow::new(
+                    line_no,
+                    None,
+                    format!("invalid JSON: {e}"),
+                    text.to_owned(),
+                ));
+                continue;
+            }
+        };
+        let index = match &columns {
+            Some(c) => c,
+            None => {
+                let names: Vec<String> = object.keys().cloned().collect();
+                send(tx, Item::Columns(names.clone(), vec![None; names.len()]))?;
+                columns.insert(names.into_iter().enumerate().map(|(i, n)| (n, i)).collect())
+            }
+        };
+        let mut values = vec![Value::Null; index.len()];
+        let mut bad = None;
+        for (k, v) in object {
+            match index.get(&k) {
+                Some(&i) => values[i] = Value::from_json(v),
+                None => {
+                    bad = Some(BadRow::new(
+                        line_no,
+                        Some(k.clone()),
+                        format!("key `{k}` is not in the first line's keys"),
+                        text.to_owned(),
+                    ));
+                    break;
+                }
+            }
+        }
+        match bad {
+            Some(b) => batch.bad.push(b),
+            None => batch.rows.push((line_no, values)),
+        }
+        if batch.rows.len() >= BATCH_ROWS {
+            send(tx, Item::Batch(std::mem::take(&mut batch)))?;
+        }
+    }
+    if columns.is_none() {
+        send(tx, Item::Columns(Vec::new(), Vec::new()))?;
+    }
+    send(tx, Item::Batch(batch))
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn send(tx: &Sender, item: Item) -> Result<(), String> {
+    // A closed channel means the run ended (failed or canceled): stop reading.
+    tx.blocking_send(Ok(item))
+        .map_err(|_| String::from("run ended"))
+}
+
+/// Streams the rows of one read-only query through a cursor, `BATCH_ROWS` at a time. The
+/// query is declared through the extended protocol, so it is exactly one statement.
+pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &Sender) -> Result<(), String> {
+    let pg = |e: sqlx::Error| format!("source query: {}", crate::db::describe(&e));
+    let mut conn = pool.acquire().await.map_err(pg)?;
+    let mut t = conn.begin().await.map_err(pg)?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *t)
+        .await
+        .map_err(pg)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DECLARE fleet_source NO SCROLL CURSOR FOR {query}"
+    )))
+    .execute(&mut *t)
+    .await
+    .map_err(pg)?;
+    let mut row_no = 0u64;
+    let mut sent_columns = false;
+    loop {
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "FETCH {BATCH_ROWS} FROM fleet_source"
+        )))
+        .fetch_all(&mut *t)
+        .await
+        .map_err(pg)?;
+        if !sent_columns {
+            let (names, types) = match rows.first() {
+                Some(r) => r
+                    .columns()
+                    .iter()
+                    .map(|c| (c.name().to_owned(), pg_type(c.type_info().name())))
+                    .unzip(),
+                None => (Vec::new(), Vec::new()),
+            };
+            tx.send(Ok(Item::Columns(names, types)))
+                .await
+                .map_err(|_| "run ended".to_owned())?;
+            sent_columns = true;
+        }
+        if rows.is_empty() {
+            break;
+        }
+        let mut batch = Batch::default();
+        for row in &rows {
+            row_no += 1;
+            let mut values = Vec::with_capacity(row.len());
+            let mut bad = None;
+            for i in 0..row.len() {
+                let raw = row.try_get_raw(i).map_err(pg)?;
+                if raw.is_null() {
+                    values.push(Value::Null);
+                    continue;
+                }
+                let ty = pg_type(raw.type_info().name());
+                let text = raw
+                    .as_str()
+                    .map_err(|e| format!("source query: column {}: {e}", i + 1))?
+                    .to_owned();
+                match ty {
+                    Some(ty) => match Value::Text(text.clone()).cast(ty) {
+                        Ok(v) => values.push(v),
+                        Err(why) => {
+                            bad = Some(BadRow::new(
+                                row_no,
+                                Some(row.columns()[i].name().to_owned()),
+                                why,
+                                text,
+                            ));
+                            break;
+                        }
+                    },
+                    None => values.push(Value::Text(text)),
+                }
+            }
+            match bad {
+                Some(b) => batch.bad.push(b),
+                None => batch.rows.push((row_no, values)),
+            }
+        }
+        tx.send(Ok(Item::Batch(batch)))
+            .await
+            .map_err(|_| "run ended".to_owned())?;
+    }
+    t.rollback().await.map_err(pg)?;
+    Ok(())
+}
+
+/// The flow type a Postgres column type reads as (`None`: text).
+fn pg_type(name: &str) -> Option<Type> {
+    Some(match name {
+        "INT2" | "INT4" | "INT8" => Type::Int,
+        "FLOAT4" | "FLOAT8" => Type::Float,
+        "NUMERIC" => Type::Decimal,
+        "BOOL" => Type::Bool,
+        "TIMESTAMPTZ" | "TIMESTAMP" => Type::Timestamp,
+        "DATE" => Type::Date,
+        _ => return None,
+    })
+}
