@@ -1,0 +1,223 @@
+//! The `etl-server` binary as a process: SIGTERM mid-run, and memory that stays flat while a
+//! large file streams through.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TestDb;
+
+struct Proc {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on a free port with the given limits; waits until it answers.
+async fn start(db: &TestDb, dir: &Path, limits: &str) -> Proc {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        common::config_text("node-p", db, &dir.join("shared"), &listen, limits),
+    )
+    .expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_etl-server"))
+        .arg("--config")
+        .arg(&config)
+        .env("ETL_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start etl-server");
+    let addr = listen.parse().expect("addr");
+    let mut proc = Proc { child, addr };
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return proc;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("etl-server exited at start: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("etl-server did not listen on {addr}");
+}
+
+fn term(p: &Proc) {
+    let pid = rustix::process::Pid::from_raw(p.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+}
+
+fn write_csv(path: &Path, rows: u64) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    writeln!(out, "id,name,amount").expect("write");
+    for i in 0..rows {
+        writeln!(out, "{i},customer-{i},{}.{}", i % 1000, i % 100).expect("write");
+    }
+    out.flush().expect("flush");
+}
+
+async fn submit_and_start(p: &Proc, flow: &str) -> i64 {
+    let (status, body) = common::call(p.addr, "POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let name = body["name"].as_str().expect("name").to_owned();
+    let (status, body) = common::call(p.addr, "POST", &format!("/api/flows/{name}/run"), "").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run_id"].as_i64().expect("id");
+    for _ in 0..2400 {
+        let (_, run) = common::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
+        if run["state"] == "running" && run["rows_read"].as_i64().unwrap_or(0) > 0 {
+            return id;
+        }
+        assert!(
+            matches!(run["state"].as_str(), Some("queued" | "running")),
+            "{run}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("run {id} did not start");
+}
+
+async fn run_row(db: &TestDb, id: i64) -> (String, Option<String>) {
+    let pool = db.pool().await;
+    sqlx::query_as("SELECT state, error FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("run row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_stops_it_cleanly_after_the_grace_period() {
+    let db = TestDb::new("sigterm").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_csv(&dir.path().join("shared/in/big.csv"), 2_000_000);
+    let mut p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 0\n").await;
+    let id = submit_and_start(&p, "name: big\nsource: { type: csv, path: in/big.csv }\ntransform:\n  - cast: { id: int, amount: decimal }\ndestination: { type: postgres, table: big }\n").await;
+    term(&p);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.child.wait().expect("wait");
+        (s, p)
+    })
+    .await
+    .expect("join");
+    assert!(
+        status.0.success(),
+        "etl-server exits 0 after SIGTERM: {}",
+        status.0
+    );
+    let (state, error) = run_row(&db, id).await;
+    assert_eq!(state, "failed");
+    assert!(error.unwrap_or_default().contains("shut down"));
+    let pool = db.pool().await;
+    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('public.big') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert!(!exists, "the stopped run's transaction was rolled back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_flow_finish_within_the_grace_period() {
+    let db = TestDb::new("sigterm_grace").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_csv(&dir.path().join("shared/in/mid.csv"), 3_000_000);
+    let mut p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 300\n").await;
+    let id = submit_and_start(&p, "name: mid\nsource: { type: csv, path: in/mid.csv }\ndestination: { type: jsonl, path: out/mid.jsonl }\n").await;
+    term(&p);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.child.wait().expect("wait");
+        (s, p)
+    })
+    .await
+    .expect("join");
+    assert!(status.0.success(), "{}", status.0);
+    let (state, error) = run_row(&db, id).await;
+    assert_eq!(state, "succeeded", "{error:?}");
+    let lines = std::fs::read_to_string(dir.path().join("shared/out/mid.jsonl"))
+        .expect("output")
+        .lines()
+        .count();
+    assert_eq!(lines, 3_000_000);
+}
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    kib * 1024
+}
+
+/// A 2 GiB CSV streams through a run while the server's peak RSS (VmHWM, read from /proc after
+/// the run) stays under 150 MiB: rows move in batches, never the whole file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_gib_csv_streams_in_flat_memory() {
+    let db = TestDb::new("flatmem").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared/in/wide.csv");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let filler = "x".repeat(1000);
+    let rows: u64 = (2u64 << 30) / 1024 + 1;
+    {
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&path).expect("create"),
+        );
+        writeln!(out, "id,payload").expect("write");
+        for i in 0..rows {
+            writeln!(out, "{i:016},{filler}{:06}", i % 1_000_000).expect("write");
+        }
+        out.flush().expect("flush");
+    }
+    let size = std::fs::metadata(&path).expect("size").len();
+    assert!(size >= 2 << 30, "{size}");
+    let p = start(&db, dir.path(), "").await;
+    let (status, body) = common::call(
+        p.addr,
+        "POST",
+        "/api/flows",
+        "name: wide\nsource: { type: csv, path: in/wide.csv }\ntransform:\n  - compute: { len: \"size(payload)\" }\n  - select: [id, len]\ndestination: { type: csv, path: out/wide.csv }\n",
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = common::call(p.addr, "POST", "/api/flows/wide/run", "").await;
+    let id = body["run_id"].as_i64().expect("id");
+    let mut run = serde_json::Value::Null;
+    for _ in 0..36_000 {
+        (_, run) = common::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
+        if !matches!(run["state"].as_str(), Some("queued" | "running")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["rows_written"].as_u64(), Some(rows), "{run}");
+    let peak = peak_rss(p.child.id());
+    eprintln!(
+        "etl-server peak RSS after streaming {size} bytes: {} MiB",
+        peak >> 20
+    );
+    assert!(peak < 150 << 20, "peak RSS {} MiB", peak >> 20);
+}
