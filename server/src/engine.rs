@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::expr::Expr;
 use crate::flow::{BadRows, Destination, Flow, Source, Step};
-use crate::sink::Sink;
+use crate::sink::{Sink, ToSink};
 use crate::source::{self, Item};
 use crate::value::{Type, Value};
 
@@ -132,8 +132,11 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
     let plan = Plan::new(flow, &columns, &source_types)?;
     let mut rejects = Rejects::open(flow, env)?;
     report.reject_file = rejects.as_ref().map(|r| r.relative.clone());
-    let mut sink = Sink::open(flow, env, &plan.columns, &plan.types).await?;
-    let mut sink_ready = false;
+    let sink = Sink::open(flow, env, &plan.columns, &plan.types).await?;
+    // The sink runs beside this loop: rows are transformed while earlier ones are written.
+    let written = Arc::new(AtomicU64::new(0));
+    let (to_sink, sink_rx) = mpsc::channel::<ToSink>(2);
+    let sink = tokio::spawn(sink.consume(sink_rx, written.clone()));
     let outcome: Result<(), Stop> = async {
         while let Some(item) = rx.recv().await {
             let batch = match item {
@@ -161,18 +164,12 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
             for b in bad {
                 handle_bad(flow, b, report, rejects.as_mut())?;
             }
-            if !sink_ready {
-                sink.prepare(&out).await?;
-                sink_ready = true;
+            if to_sink.send(ToSink::Rows(out)).await.is_err() {
+                // The sink failed: its error says why.
+                return Ok(());
             }
-            report.counts.written += sink.write(&out).await?;
+            report.counts.written = written.load(Ordering::Relaxed);
             env.progress.send_replace(report.counts);
-            if env.cancel.load(Ordering::Relaxed) {
-                return Err(Stop::Canceled);
-            }
-        }
-        if !sink_ready {
-            sink.prepare(&[]).await?;
         }
         Ok(())
     }
@@ -182,16 +179,18 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
     if let Some(r) = rejects.as_mut() {
         r.finish()?;
     }
-    match outcome.and(read_result.map_err(Stop::Failed)) {
-        Ok(()) => {
-            report.counts.written = sink.finish().await?;
-            Ok(())
-        }
-        Err(e) => {
-            sink.abort().await;
-            Err(e)
-        }
+    let outcome = outcome.and(read_result.map_err(Stop::Failed));
+    if outcome.is_ok() {
+        let _ = to_sink.send(ToSink::End).await;
     }
+    // Without `End` the sink undoes everything.
+    drop(to_sink);
+    let sunk = sink
+        .await
+        .map_err(|e| Stop::Failed(format!("destination: {e}")))?;
+    outcome?;
+    report.counts.written = sunk?;
+    Ok(())
 }
 
 fn handle_bad(

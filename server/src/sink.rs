@@ -4,9 +4,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
 
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
 
 use crate::engine::RunEnv;
 use crate::flow::{Destination, Flow, Mode, Table, quote_ident};
@@ -101,50 +104,33 @@ impl Sink {
         }
     }
 
-    /// Called once with the first batch (maybe empty): creates what is missing.
-    pub async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), String> {
+    /// Takes rows until `Rows::End` (then makes everything visible at once and returns the
+    /// rows written) or until the sender goes away without it (then undoes everything:
+    /// the transaction, the temporary file). `written` counts rows as they land.
+    pub async fn consume(
+        self,
+        rx: mpsc::Receiver<ToSink>,
+        written: Arc<AtomicU64>,
+    ) -> Result<u64, String> {
         match self {
-            Sink::Table(t) => t.prepare(first).await,
-            Sink::File(f) => f.prepare(),
-        }
-    }
-
-    /// Writes a batch; returns the rows written.
-    pub async fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
-        match self {
-            Sink::Table(t) => t.write(rows).await,
-            Sink::File(f) => f.write(rows),
-        }
-    }
-
-    /// Makes everything visible at once; returns the rows written in all.
-    pub async fn finish(self) -> Result<u64, String> {
-        match self {
-            Sink::Table(t) => t.finish().await,
-            Sink::File(f) => f.finish(),
-        }
-    }
-
-    /// Undoes everything (the transaction, the temporary file).
-    pub async fn abort(self) {
-        match self {
-            Sink::Table(mut t) => {
-                if sqlx::raw_sql("ROLLBACK")
-                    .execute(&mut *t.conn)
-                    .await
-                    .is_err()
-                {
-                    // A connection in an unknown state never goes back to the pool.
-                    let _ = t.conn.detach().close().await;
-                }
-            }
-            Sink::File(f) => {
-                drop(f.out);
-                let _ = std::fs::remove_file(&f.temp);
-            }
+            Sink::Table(t) => t.consume(rx, written).await,
+            Sink::File(f) => tokio::task::spawn_blocking(move || f.consume(rx, written))
+                .await
+                .map_err(|e| format!("destination: {e}"))?,
         }
     }
 }
+
+/// What the transform stage sends the sink.
+pub enum ToSink {
+    Rows(Vec<(u64, Vec<Value>)>),
+    /// Every row was sent and the run succeeded: commit.
+    End,
+}
+
+/// Rows per COPY statement: a COPY streams while the next rows are made; an error in it names
+/// a line of it, which these rows' numbers turn into the source's row number.
+const SEGMENT_ROWS: usize = 1 << 18;
 
 impl TableSink {
     async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), String> {
@@ -223,34 +209,98 @@ impl TableSink {
         Ok(())
     }
 
-    async fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        self.buf.clear();
-        for (_, row) in rows {
-            for (i, v) in row.iter().enumerate() {
-                if i > 0 {
-                    self.buf.push('\t');
-                }
-                v.write_copy(&mut self.buf);
-            }
-            self.buf.push('\n');
-        }
-        let statement = format!("COPY {} ({}) FROM STDIN", self.target, self.column_list);
-        let conn: &mut PgConnection = &mut self.conn;
-        let result = async {
-            let mut copy = conn.copy_in_raw(&statement).await?;
-            copy.send(self.buf.as_bytes()).await?;
-            copy.finish().await
-        }
-        .await;
+    async fn consume(
+        mut self,
+        mut rx: mpsc::Receiver<ToSink>,
+        written: Arc<AtomicU64>,
+    ) -> Result<u64, String> {
+        let result = self.copy_all(&mut rx, &written).await;
         match result {
-            Ok(n) => {
-                self.written += n;
-                Ok(n)
+            Ok(true) => self.finish().await,
+            Ok(false) => {
+                self.abort().await;
+                Err("stopped".into())
             }
-            Err(e) => Err(copy_error(&e, rows)),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// COPYs every row sent; `Ok(true)` at `End`, `Ok(false)` when the sender went away.
+    async fn copy_all(
+        &mut self,
+        rx: &mut mpsc::Receiver<ToSink>,
+        written: &AtomicU64,
+    ) -> Result<bool, String> {
+        let mut prepared = false;
+        loop {
+            let first = match rx.recv().await {
+                None => return Ok(false),
+                Some(ToSink::End) => {
+                    if !prepared {
+                        self.prepare(&[]).await?;
+                    }
+                    return Ok(true);
+                }
+                Some(ToSink::Rows(rows)) => rows,
+            };
+            if !prepared {
+                self.prepare(&first).await?;
+                prepared = true;
+            }
+            if first.is_empty() {
+                continue;
+            }
+            let statement = format!("COPY {} ({}) FROM STDIN", self.target, self.column_list);
+            let mut rows_of_segment: Vec<u64> = Vec::new();
+            let mut copy = self
+                .conn
+                .copy_in_raw(&statement)
+                .await
+                .map_err(pg("destination"))?;
+            let mut pending = Some(first);
+            let mut end = None;
+            while let Some(rows) = pending.take() {
+                encode(&rows, &mut self.buf);
+                rows_of_segment.extend(rows.iter().map(|(n, _)| *n));
+                if let Err(e) = copy.send(self.buf.as_bytes()).await {
+                    return Err(copy_error(&e, &rows_of_segment));
+                }
+                if rows_of_segment.len() >= SEGMENT_ROWS {
+                    break;
+                }
+                match rx.recv().await {
+                    Some(ToSink::Rows(r)) => pending = Some(r),
+                    Some(ToSink::End) => end = Some(true),
+                    None => end = Some(false),
+                }
+            }
+            if end == Some(false) {
+                let _ = copy.abort("the run stopped").await;
+                return Ok(false);
+            }
+            let n = copy
+                .finish()
+                .await
+                .map_err(|e| copy_error(&e, &rows_of_segment))?;
+            self.written += n;
+            written.fetch_add(n, Ordering::Relaxed);
+            if end == Some(true) {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn abort(mut self) {
+        if sqlx::raw_sql("ROLLBACK")
+            .execute(&mut *self.conn)
+            .await
+            .is_err()
+        {
+            // A connection in an unknown state never goes back to the pool.
+            let _ = self.conn.detach().close().await;
         }
     }
 
@@ -290,8 +340,22 @@ impl TableSink {
     }
 }
 
-/// A COPY error names the line of the batch: turn it into the source's row number.
-fn copy_error(e: &sqlx::Error, rows: &[(u64, Vec<Value>)]) -> String {
+/// Rows in COPY text format, tab-separated, one per line.
+fn encode(rows: &[(u64, Vec<Value>)], buf: &mut String) {
+    buf.clear();
+    for (_, row) in rows {
+        for (i, v) in row.iter().enumerate() {
+            if i > 0 {
+                buf.push('\t');
+            }
+            v.write_copy(buf);
+        }
+        buf.push('\n');
+    }
+}
+
+/// A COPY error names a line of the segment: turn it into the source's row number.
+fn copy_error(e: &sqlx::Error, rows: &[u64]) -> String {
     if let Some(db) = e.as_database_error()
         && let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
     {
@@ -307,7 +371,7 @@ fn copy_error(e: &sqlx::Error, rows: &[(u64, Vec<Value>)]) -> String {
             .nth(1)
             .and_then(|s| s.split(':').next());
         if let Some(line) = line
-            && let Some((row, _)) = rows.get(line.saturating_sub(1))
+            && let Some(row) = rows.get(line.saturating_sub(1))
         {
             return match column {
                 Some(c) => format!(
@@ -368,6 +432,34 @@ impl FileSink {
                 .map_err(|e| format!("destination: {e}"))?;
         }
         Ok(())
+    }
+
+    fn consume(
+        mut self,
+        mut rx: mpsc::Receiver<ToSink>,
+        written: Arc<AtomicU64>,
+    ) -> Result<u64, String> {
+        let result = (|| {
+            self.prepare()?;
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    ToSink::Rows(rows) => {
+                        let n = self.write(&rows)?;
+                        written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    ToSink::End => return Ok(true),
+                }
+            }
+            Ok(false)
+        })();
+        match result {
+            Ok(true) => self.finish(),
+            other => {
+                drop(self.out.take());
+                let _ = std::fs::remove_file(&self.temp);
+                Err(other.err().unwrap_or_else(|| "stopped".into()))
+            }
+        }
     }
 
     fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {

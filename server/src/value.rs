@@ -138,6 +138,9 @@ impl Value {
     pub fn write_copy(&self, out: &mut String) {
         match self {
             Value::Null => out.push_str("\\N"),
+            Value::Raw(s) | Value::Text(s) if !s.contains(['\\', '\t', '\n', '\r']) => {
+                out.push_str(s)
+            }
             Value::Raw(s) | Value::Text(s) => {
                 for c in s.chars() {
                     match c {
@@ -253,6 +256,9 @@ fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` / `YYYY-MM-DDTHH:MM:SS[.f]` taken as UTC, or a date.
 pub fn parse_timestamp(t: &str) -> Option<DateTime<Utc>> {
+    if let Some(dt) = plain_timestamp(t) {
+        return Some(dt);
+    }
     if let Ok(dt) = DateTime::<FixedOffset>::parse_from_rfc3339(t) {
         return Some(dt.with_timezone(&Utc));
     }
@@ -267,6 +273,29 @@ pub fn parse_timestamp(t: &str) -> Option<DateTime<Utc>> {
     NaiveDate::from_str(t)
         .ok()
         .map(|d| d.and_time(Default::default()).and_utc())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` or `YYYY-MM-DDTHH:MM:SS` exactly (UTC), without chrono's format
+/// machinery: the common case, read about ten times faster.
+fn plain_timestamp(t: &str) -> Option<DateTime<Utc>> {
+    let b = t.as_bytes();
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b' ' | b'T')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time = chrono::NaiveTime::from_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    Some(date.and_time(time).and_utc())
 }
 
 #[cfg(test)]
