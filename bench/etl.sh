@@ -90,7 +90,7 @@ for round in 1 2; do
   rp=$(rate "$rows" "$t0" "$t1")
   rf=$(awk "BEGIN{printf \"%.0f\", $rows / $s_plain}")
   rs=$(awk "BEGIN{printf \"%.0f\", $rows / $s_shaped}")
-  echo "round $round: psql $rp rows/s, no transform $rf rows/s, transformed $rs rows/s"
+  echo "round $round: psql $rp rows/s, no transform $rf rows/s ($(awk "BEGIN{printf \"%.2f\", $rf / $rp}")), transformed $rs rows/s ($(awk "BEGIN{printf \"%.2f\", $rs / $rp}"))"
   r_psql=$(best "$r_psql" "$rp"); r_plain=$(best "$r_plain" "$rf"); r_shaped=$(best "$r_shaped" "$rs")
 done
 peak=$(awk '/VmHWM/{print int($2 / 1024)}' "/proc/$pid/status")

@@ -259,3 +259,56 @@ fn config_errors_name_the_file_and_the_key_and_never_the_password() {
     assert_eq!(ok.postgres_url, "postgres://u:hunter2@h/db");
     assert!(!format!("{ok:?}").contains("hunter2"));
 }
+
+/// Three servers starting at once on a new database: migrations run once, all three serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_servers_can_start_at_once_on_a_new_database() {
+    let db = TestDb::new("together").await;
+    let (a, b, c) = tokio::join!(
+        TestServer::start(&db),
+        TestServer::start(&db),
+        TestServer::start(&db)
+    );
+    for s in [&a, &b, &c] {
+        let (status, health) = s.call("GET", "/health", "").await;
+        assert_eq!(status, 200, "{health}");
+    }
+    let pool = db.pool().await;
+    let (applied,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("migrations");
+    assert_eq!(applied, 1);
+    for s in [a, b, c] {
+        s.stop().await.expect("stop");
+    }
+}
+
+/// Mangled definitions (every byte of a good one replaced in turn, and cut at every length)
+/// get an answer below 500, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mangled_definitions_never_break_the_server() {
+    let db = TestDb::new("mangled").await;
+    let server = TestServer::start(&db).await;
+    let good = "name: m\nsource: { type: csv, path: in/a.csv, delimiter: ';' }\ntransform:\n  - filter: \"a > 1\"\n  - cast: { a: int }\ndestination: { type: postgres, table: t, mode: upsert, key: [a] }\n";
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for i in 0..good.len() {
+        for b in [b'{', b'\'', b'\0', 0xff, b'*'] {
+            let mut body = good.as_bytes().to_vec();
+            body[i] = b;
+            bodies.push(body);
+        }
+        bodies.push(good.as_bytes()[..i].to_vec());
+    }
+    for body in &bodies {
+        let (status, text) = common::call_raw(server.addr, "POST", "/api/flows", body).await;
+        assert!(
+            status < 500,
+            "{status} for {:?}: {text}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let (status, _) = server.call("GET", "/health", "").await;
+    assert_eq!(status, 200);
+    server.stop().await.expect("stop");
+}

@@ -375,3 +375,89 @@ async fn a_running_flow_can_be_canceled_and_leaves_nothing() {
     assert_eq!(status, 409, "{answer}");
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refusing_a_row_names_the_source_row_and_column() {
+    let db = TestDb::new("pgrefuse").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE short (id bigint, v varchar(3)); INSERT INTO short VALUES (0, 'old')",
+    )
+    .execute(&pool)
+    .await
+    .expect("table");
+    let server = TestServer::start(&db).await;
+    let mut text = String::from("id,v\n");
+    for i in 1..=1000 {
+        text.push_str(&format!(
+            "{i},{}\n",
+            if i == 700 { "toolong" } else { "ok" }
+        ));
+    }
+    server.write("in/s.csv", &text);
+    let run = server
+        .run_flow("name: s\nsource: { type: csv, path: in/s.csv }\ndestination: { type: postgres, table: short }\n")
+        .await;
+    assert_eq!(run["state"], "failed", "{run}");
+    let error = run["error"].as_str().expect("error");
+    // Line 701 of the file is the 700th row.
+    assert!(
+        error.contains("row 701, column `v`") && error.contains("too long"),
+        "{error}"
+    );
+    assert_eq!(
+        rows(&pool, "SELECT count(*)::text FROM short").await,
+        vec![vec!["1"]],
+        "nothing of the run was kept"
+    );
+
+    // A table without a column the flow writes: said before anything is written.
+    let run = server
+        .run_flow("name: s2\nsource: { type: csv, path: in/s.csv }\ntransform:\n  - compute: { extra: \"1\" }\ndestination: { type: postgres, table: short }\n")
+        .await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .expect("error")
+            .contains("has no column extra"),
+        "{run}"
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_source_runs_one_read_only_query() {
+    let db = TestDb::new("pgsource").await;
+    let pool = db.pool().await;
+    sqlx::raw_sql("CREATE TABLE t (id int)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    let server = TestServer::start(&db).await;
+    let cases = [
+        (
+            "SELECT 1 AS a; DROP TABLE t",
+            "cannot insert multiple commands",
+        ),
+        ("DELETE FROM t RETURNING id", "syntax error"),
+        ("SELECT nope FROM t", "column \"nope\" does not exist"),
+    ];
+    for (i, (query, message)) in cases.iter().enumerate() {
+        let flow = format!(
+            "name: q{i}\nsource: {{ type: postgres, query: {query:?} }}\ndestination: {{ type: jsonl, path: out/q{i}.jsonl }}\n"
+        );
+        let run = server.run_flow(&flow).await;
+        assert_eq!(run["state"], "failed", "{query}: {run}");
+        assert!(
+            run["error"].as_str().expect("error").contains(message),
+            "{query}: {run}"
+        );
+    }
+    assert_eq!(
+        rows(&pool, "SELECT to_regclass('public.t')::text").await,
+        vec![vec!["t"]],
+        "the table is still there"
+    );
+    server.stop().await.expect("clean stop");
+}

@@ -164,6 +164,15 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         server.contains("node = \"node-1\"\n") && server.contains("max_running_flows = 4\n"),
         "{server}"
     );
+    // etl-server reads the rendered file as it is, secrets from their files.
+    let loaded =
+        fleet_server::Config::load(&config.join("server.toml")).expect("etl-server reads it");
+    assert_eq!(loaded.node, "node-1");
+    assert_eq!(
+        loaded.postgres_url,
+        "postgres://postgres@127.0.0.1:5432/postgres"
+    );
+    assert_eq!(loaded.limits.max_running_flows, 4);
     let secret = config.join("secrets/postgres_url");
     assert_eq!(
         fs::read_to_string(&secret).expect("secret"),
