@@ -12,7 +12,7 @@ use crate::engine::{BadRow, Batch};
 use crate::value::{Type, Value};
 
 /// Rows per batch: large enough that per-batch costs vanish, small enough for flat memory.
-pub const BATCH_ROWS: usize = 8192;
+pub const BATCH_ROWS: usize = 2048;
 
 /// What a source sends: first its columns, then batches.
 pub enum Item {

@@ -162,9 +162,7 @@ impl Value {
             Value::Decimal(d) => {
                 let _ = write!(out, "{d}");
             }
-            Value::Timestamp(t) => {
-                let _ = write!(out, "{}", t.to_rfc3339());
-            }
+            Value::Timestamp(t) => write_timestamp(t, out),
             Value::Date(d) => {
                 let _ = write!(out, "{d}");
             }
@@ -210,6 +208,23 @@ impl Value {
             other => Value::Text(other.to_string()),
         }
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]+00`, which Postgres reads, without chrono's formatter.
+fn write_timestamp(t: &DateTime<Utc>, out: &mut String) {
+    use chrono::{Datelike, Timelike};
+    let (y, mo, d) = (t.year(), t.month(), t.day());
+    let (h, mi, s) = (t.hour(), t.minute(), t.second());
+    if !(0..=9999).contains(&y) {
+        let _ = write!(out, "{}", t.to_rfc3339());
+        return;
+    }
+    let _ = write!(out, "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    let micros = t.nanosecond() / 1000;
+    if micros > 0 {
+        let _ = write!(out, ".{micros:06}");
+    }
+    out.push_str("+00");
 }
 
 fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {
@@ -325,6 +340,14 @@ mod tests {
         assert!(Value::Raw("2024-13-01".into()).cast(Type::Date).is_err());
         assert_eq!(Value::Float(2.0).cast(Type::Int), Ok(Value::Int(2)));
         assert!(Value::Float(2.5).cast(Type::Int).is_err());
+    }
+
+    #[test]
+    fn timestamps_for_copy() {
+        let mut out = String::new();
+        let t = parse_timestamp("2024-01-02T03:04:05.25Z").expect("parses");
+        Value::Timestamp(t).write_copy(&mut out);
+        assert_eq!(out, "2024-01-02 03:04:05.250000+00");
     }
 
     #[test]
