@@ -36,6 +36,8 @@ psql -q "$pg/$db" -c "CREATE TABLE by_psql (id bigint, customer text, amount num
                       CREATE TABLE by_flow (id bigint, customer text, amount numeric, created_at timestamptz)" >/dev/null
 
 now() { date +%s.%N; }
+# Every load starts after a checkpoint, so none pays for the WAL of the one before it.
+checkpoint() { psql -q "$pg/$db" -c CHECKPOINT >/dev/null; }
 rate() { awk "BEGIN{printf \"%.0f\", $1 / ($3 - $2)}"; }
 
 cat > "$work/server.toml" <<TOML
@@ -54,6 +56,7 @@ api() { curl -sS -X "$1" "http://127.0.0.1:18089$2" --data-binary "${3:-}"; }
 # has ended, polled every 0.1 s).
 run_flow() {
   local id state start
+  checkpoint
   start=$(now)
   id=$(api POST "/api/flows/$1/run" | jq -r .run_id)
   while :; do
@@ -82,6 +85,7 @@ best() { awk "BEGIN{print ($1 > $2) ? $1 : $2}"; }
 r_psql=0; r_plain=0; r_shaped=0
 for round in 1 2; do
   psql -q "$pg/$db" -c "TRUNCATE by_psql, by_flow; DROP TABLE IF EXISTS shaped" >/dev/null
+  checkpoint
   t0=$(now)
   psql -q "$pg/$db" -c "\\copy by_psql FROM '$csv' WITH (FORMAT csv, HEADER true)"
   t1=$(now)

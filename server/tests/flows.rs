@@ -329,6 +329,36 @@ async fn bad_rows_fail_skip_or_go_to_the_reject_file_with_exact_counts() {
             .contains("more than 2 bad rows"),
         "{capped}"
     );
+
+    // The run history, filtered.
+    let (status, list) = server
+        .call("GET", "/api/runs?state=failed&limit=10", "")
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let flows: Vec<&str> = list["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["flow"].as_str().expect("flow"))
+        .collect();
+    assert_eq!(flows, vec!["cap", "fail"], "newest first");
+    let (_, list) = server.call("GET", "/api/runs?flow=skip", "").await;
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(1), "{list}");
+    let (_, list) = server.call("GET", "/api/runs?limit=1", "").await;
+    assert_eq!(list["runs"][0]["flow"], "cap", "{list}");
+
+    // A source file that is not there fails the run, naming it.
+    let missing = server
+        .run_flow("name: gone\nsource: { type: csv, path: in/nothing.csv }\ndestination: { type: jsonl, path: out/gone.jsonl }\n")
+        .await;
+    assert_eq!(missing["state"], "failed", "{missing}");
+    assert!(
+        missing["error"]
+            .as_str()
+            .expect("error")
+            .contains("in/nothing.csv"),
+        "{missing}"
+    );
     server.stop().await.expect("clean stop");
 }
 
