@@ -470,14 +470,17 @@ impl FileSink {
                     text.push_str(&csv_line(row.iter().map(Value::to_text), delimiter))
                 }
                 FileKind::Jsonl => {
-                    let obj: serde_json::Map<String, serde_json::Value> = self
-                        .columns
-                        .iter()
-                        .cloned()
-                        .zip(row.iter().map(Value::to_json))
-                        .collect();
-                    text.push_str(&serde_json::Value::Object(obj).to_string());
-                    text.push('\n');
+                    // Keys in column order (a JSON map would sort them).
+                    text.push('{');
+                    for (i, (name, v)) in self.columns.iter().zip(row).enumerate() {
+                        if i > 0 {
+                            text.push(',');
+                        }
+                        text.push_str(&serde_json::Value::from(name.as_str()).to_string());
+                        text.push(':');
+                        text.push_str(&v.to_json().to_string());
+                    }
+                    text.push_str("}\n");
                 }
             }
         }

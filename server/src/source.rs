@@ -179,9 +179,9 @@ pub fn jsonl(file: std::fs::File, tx: &Sender) -> Result<(), String> {
         if text.is_empty() {
             continue;
         }
-        let object = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(o)) => o,
-            Ok(other) => {
+        let object = match serde_json::from_str::<Line>(text) {
+            Ok(Line::Object(o)) => o,
+            Ok(Line::Other(other)) => {
                 batch.bad.push(BadRow::new(
                     line_no,
                     None,
@@ -203,7 +203,7 @@ pub fn jsonl(file: std::fs::File, tx: &Sender) -> Result<(), String> {
         let index = match &columns {
             Some(c) => c,
             None => {
-                let names: Vec<String> = object.keys().cloned().collect();
+                let names: Vec<String> = object.iter().map(|(k, _)| k.clone()).collect();
                 send(tx, Item::Columns(names.clone(), vec![None; names.len()]))?;
                 columns.insert(names.into_iter().enumerate().map(|(i, n)| (n, i)).collect())
             }
@@ -236,6 +236,60 @@ pub fn jsonl(file: std::fs::File, tx: &Sender) -> Result<(), String> {
         send(tx, Item::Columns(Vec::new(), Vec::new()))?;
     }
     send(tx, Item::Batch(batch))
+}
+
+/// One line of a JSON-lines file: an object with its keys in the order written (serde_json's
+/// map would sort them), or anything else.
+enum Line {
+    Object(Vec<(String, serde_json::Value)>),
+    Other(serde_json::Value),
+}
+
+impl<'de> serde::Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Line;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+                let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(format!("key `{k}` appears twice")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Line::Object(out))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Line, A::Error> {
+                let v = serde::Deserialize::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(Line::Other(serde_json::Value::Array(v)))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Line, E> {
+                Ok(Line::Other(b.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Line, E> {
+                Ok(Line::Other(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Line, E> {
+                Ok(Line::Other(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Line, E> {
+                Ok(Line::Other(n.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Line, E> {
+                Ok(Line::Other(s.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Line, E> {
+                Ok(Line::Other(serde_json::Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

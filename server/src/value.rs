@@ -153,12 +153,15 @@ impl Value {
                 }
             }
             Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
-            Value::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Value::Float(f) => {
-                let _ = write!(out, "{f}");
-            }
+            Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Value::Float(f) if f.is_finite() => out.push_str(ryu::Buffer::new().format_finite(*f)),
+            Value::Float(f) => out.push_str(if f.is_nan() {
+                "NaN"
+            } else if *f > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            }),
             Value::Decimal(d) => {
                 let _ = write!(out, "{d}");
             }
@@ -219,12 +222,29 @@ fn write_timestamp(t: &DateTime<Utc>, out: &mut String) {
         let _ = write!(out, "{}", t.to_rfc3339());
         return;
     }
-    let _ = write!(out, "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    let mut digits = |n: u32, width: usize, sep: char| {
+        let mut buf = [b'0'; 6];
+        let mut n = n;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend(buf[..width].iter().map(|&b| b as char));
+        out.push(sep);
+    };
+    digits(y as u32, 4, '-');
+    digits(mo, 2, '-');
+    digits(d, 2, ' ');
+    digits(h, 2, ':');
+    digits(mi, 2, ':');
     let micros = t.nanosecond() / 1000;
     if micros > 0 {
-        let _ = write!(out, ".{micros:06}");
+        digits(s, 2, '.');
+        digits(micros, 6, '+');
+    } else {
+        digits(s, 2, '+');
     }
-    out.push_str("+00");
+    out.push_str("00");
 }
 
 fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {

@@ -491,3 +491,63 @@ async fn a_postgres_source_runs_one_read_only_query() {
     );
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_delimiter_quote_and_headerless_files() {
+    let db = TestDb::new("csvopts").await;
+    let server = TestServer::start(&db).await;
+    server.write("in/semi.csv", "id;note\n1;'a;b'\n2;'it''s'\n");
+    let run = server
+        .run_flow("name: semi\nsource: { type: csv, path: in/semi.csv, delimiter: ';', quote: \"'\" }\ndestination: { type: csv, path: out/semi.csv, delimiter: tab }\n")
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(server.read("out/semi.csv"), "id\tnote\n1\ta;b\n2\tit's\n");
+    // Without a header the columns are c1, c2, ...
+    server.write("in/bare.csv", "7,x\n8,y\n");
+    let run = server
+        .run_flow("name: bare\nsource: { type: csv, path: in/bare.csv, header: false }\ntransform:\n  - rename: { c1: id }\ndestination: { type: jsonl, path: out/bare.jsonl }\n")
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(
+        server.read("out/bare.jsonl"),
+        "{\"id\":\"7\",\"c2\":\"x\"}\n{\"id\":\"8\",\"c2\":\"y\"}\n"
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_keep_their_key_order_and_bad_lines_are_bad_rows() {
+    let db = TestDb::new("jsonorder").await;
+    let server = TestServer::start(&db).await;
+    server.write(
+        "in/z.jsonl",
+        "{\"zeta\": 1, \"alpha\": \"a\"}\n[1, 2]\n{\"zeta\": 2, \"alpha\": \"b\", \"extra\": true}\n{\"zeta\": 3\n{\"alpha\": \"c\", \"zeta\": 4}\n",
+    );
+    let run = server
+        .run_flow("name: z\nsource: { type: jsonl, path: in/z.jsonl }\ndestination: { type: csv, path: out/z.csv }\non_error: { bad_rows: skip }\n")
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(server.read("out/z.csv"), "zeta,alpha\n1,a\n4,c\n");
+    let bad: Vec<(i64, String)> = run["bad_rows"]
+        .as_array()
+        .expect("bad rows")
+        .iter()
+        .map(|b| {
+            (
+                b["row"].as_i64().expect("row"),
+                b["reason"].as_str().expect("reason").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert_eq!(bad[0].0, 2);
+    assert!(
+        bad[0].1.contains("expected a JSON object, found an array"),
+        "{bad:?}"
+    );
+    assert_eq!(bad[1].0, 3);
+    assert!(bad[1].1.contains("`extra`"), "{bad:?}");
+    assert_eq!(bad[2].0, 4);
+    assert!(bad[2].1.contains("invalid JSON"), "{bad:?}");
+    server.stop().await.expect("clean stop");
+}
