@@ -22,6 +22,25 @@ use crate::value::{Type, Value};
 pub struct Batch {
     pub rows: Vec<(u64, Vec<Value>)>,
     pub bad: Vec<BadRow>,
+    /// Rows the source read for this batch (after `transform`, some may have been filtered
+    /// out or turned into bad rows).
+    pub read: u64,
+}
+
+/// One batch through the plan: rows a filter drops are gone, rows a step refuses become bad
+/// rows.
+pub fn transform(plan: &Plan, batch: Batch) -> Batch {
+    let read = (batch.rows.len() + batch.bad.len()) as u64;
+    let mut rows = Vec::with_capacity(batch.rows.len());
+    let mut bad = batch.bad;
+    for (row_no, values) in batch.rows {
+        match plan.apply(values) {
+            Ok(Some(v)) => rows.push((row_no, v)),
+            Ok(None) => {}
+            Err((column, reason)) => bad.push(BadRow::new(row_no, column, reason, String::new())),
+        }
+    }
+    Batch { rows, bad, read }
 }
 
 /// A row that was not loaded, and why.
@@ -116,7 +135,8 @@ impl From<String> for Stop {
 
 async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(), Stop> {
     let (tx, mut rx) = mpsc::channel::<Result<Item, String>>(2);
-    let reader = start_source(flow, env, tx)?;
+    let (plan_tx, plan_rx) = tokio::sync::oneshot::channel();
+    let reader = start_source(flow, env, source::Sender::new(tx, plan_rx))?;
     let (columns, source_types) = match rx.recv().await {
         Some(Ok(Item::Columns(c, t))) => (c, t),
         Some(Err(e)) => return Err(Stop::Failed(e)),
@@ -129,7 +149,9 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
             ));
         }
     };
-    let plan = Plan::new(flow, &columns, &source_types)?;
+    let plan = Arc::new(Plan::new(flow, &columns, &source_types)?);
+    // The source transforms its batches with it (see `source::Sender`).
+    let _ = plan_tx.send(plan.clone());
     let mut rejects = Rejects::open(flow, env)?;
     report.reject_file = rejects.as_ref().map(|r| r.relative.clone());
     let sink = Sink::open(flow, env, &plan.columns, &plan.types).await?;
@@ -147,18 +169,9 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
             if env.cancel.load(Ordering::Relaxed) {
                 return Err(Stop::Canceled);
             }
-            report.counts.read += (batch.rows.len() + batch.bad.len()) as u64;
-            let mut out = Vec::with_capacity(batch.rows.len());
+            report.counts.read += batch.read;
+            let out = batch.rows;
             let mut bad = batch.bad;
-            for (row_no, values) in batch.rows {
-                match plan.apply(values) {
-                    Ok(Some(v)) => out.push((row_no, v)),
-                    Ok(None) => {}
-                    Err((column, reason)) => {
-                        bad.push(BadRow::new(row_no, column, reason, String::new()))
-                    }
-                }
-            }
             // In the source's order, whichever step found them.
             bad.sort_by_key(|b| b.row);
             for b in bad {
@@ -226,7 +239,7 @@ fn handle_bad(
 
 type Reader = tokio::task::JoinHandle<Result<(), String>>;
 
-fn start_source(flow: &Flow, env: &RunEnv, tx: source::Sender) -> Result<Reader, String> {
+fn start_source(flow: &Flow, env: &RunEnv, mut tx: source::Sender) -> Result<Reader, String> {
     Ok(match &flow.source {
         Source::Csv {
             path,
@@ -238,40 +251,35 @@ fn start_source(flow: &Flow, env: &RunEnv, tx: source::Sender) -> Result<Reader,
             let file = open_input(env, path)?;
             let (d, q, h) = (*delimiter, *quote, *header);
             tokio::task::spawn_blocking(move || {
-                let r = source::csv(file, d, q, h, &tx);
-                report_error(&tx, r)
+                let r = source::csv(file, d, q, h, &mut tx);
+                if let Err(e) = &r {
+                    tx.fail_blocking(e.clone());
+                }
+                r
             })
         }
         Source::Jsonl { path } => {
             let file = open_input(env, path)?;
             tokio::task::spawn_blocking(move || {
-                let r = source::jsonl(file, &tx);
-                report_error(&tx, r)
+                let r = source::jsonl(file, &mut tx);
+                if let Err(e) = &r {
+                    tx.fail_blocking(e.clone());
+                }
+                r
             })
         }
         Source::Postgres { query } => {
             let pool = env.pool.clone();
             let query = query.clone();
             tokio::spawn(async move {
-                let r = source::postgres(&pool, &query, &tx).await;
-                if let Err(e) = &r
-                    && e != "run ended"
-                {
-                    let _ = tx.send(Err(e.clone())).await;
+                let r = source::postgres(&pool, &query, &mut tx).await;
+                if let Err(e) = &r {
+                    tx.fail(e.clone()).await;
                 }
                 r
             })
         }
     })
-}
-
-fn report_error(tx: &source::Sender, r: Result<(), String>) -> Result<(), String> {
-    if let Err(e) = &r
-        && e != "run ended"
-    {
-        let _ = tx.blocking_send(Err(e.clone()));
-    }
-    r
 }
 
 async fn join_reader(reader: Reader) -> Result<(), String> {

@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
 use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
-use tokio::sync::mpsc;
+use std::sync::Arc;
 
-use crate::engine::{BadRow, Batch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{BadRow, Batch, Plan};
 use crate::value::{Type, Value};
 
 /// Rows per batch: large enough that per-batch costs vanish, small enough for flat memory.
@@ -20,7 +22,70 @@ pub enum Item {
     Batch(Batch),
 }
 
-pub type Sender = mpsc::Sender<Result<Item, String>>;
+/// Where a source sends: the run's channel, and the transform plan, which the run makes once
+/// it has the columns. Batches are transformed on the source's own thread before they are
+/// sent, so most values are freed where they were made.
+pub struct Sender {
+    tx: mpsc::Sender<Result<Item, String>>,
+    plan: Option<oneshot::Receiver<Arc<Plan>>>,
+    ready: Option<Arc<Plan>>,
+}
+
+impl Sender {
+    pub fn new(tx: mpsc::Sender<Result<Item, String>>, plan: oneshot::Receiver<Arc<Plan>>) -> Self {
+        Self {
+            tx,
+            plan: Some(plan),
+            ready: None,
+        }
+    }
+
+    fn transform(&self, item: Item) -> Item {
+        match (item, &self.ready) {
+            (Item::Batch(b), Some(plan)) => Item::Batch(crate::engine::transform(plan, b)),
+            (item, _) => item,
+        }
+    }
+
+    /// Sends an item from a blocking thread; after the columns, waits for the plan.
+    fn send_blocking(&mut self, item: Item) -> Result<(), String> {
+        let is_columns = matches!(item, Item::Columns(..));
+        let item = self.transform(item);
+        self.tx
+            .blocking_send(Ok(item))
+            .map_err(|_| String::from("run ended"))?;
+        if is_columns && let Some(rx) = self.plan.take() {
+            self.ready = Some(rx.blocking_recv().map_err(|_| String::from("run ended"))?);
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, item: Item) -> Result<(), String> {
+        let is_columns = matches!(item, Item::Columns(..));
+        let item = self.transform(item);
+        self.tx
+            .send(Ok(item))
+            .await
+            .map_err(|_| String::from("run ended"))?;
+        if is_columns && let Some(rx) = self.plan.take() {
+            self.ready = Some(rx.await.map_err(|_| String::from("run ended"))?);
+        }
+        Ok(())
+    }
+
+    /// Reports the source's own failure (not the run ending) to the run.
+    pub fn fail_blocking(&self, e: String) {
+        if e != "run ended" {
+            let _ = self.tx.blocking_send(Err(e));
+        }
+    }
+
+    pub async fn fail(&self, e: String) {
+        if e != "run ended" {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+}
 
 /// Reads a CSV file (blocking: run it on a blocking thread).
 pub fn csv(
@@ -28,7 +93,7 @@ pub fn csv(
     delimiter: u8,
     quote: u8,
     header: bool,
-    tx: &Sender,
+    tx: &mut Sender,
 ) -> Result<(), String> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -144,7 +209,7 @@ fn raw_line(record: &csv::ByteRecord) -> String {
 pub const MAX_LINE: usize = 16 << 20;
 
 /// Reads a JSON-lines file: one object per line; the columns are the first object's keys.
-pub fn jsonl(file: std::fs::File, tx: &Sender) -> Result<(), String> {
+pub fn jsonl(file: std::fs::File, tx: &mut Sender) -> Result<(), String> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut columns: Option<HashMap<String, usize>> = None;
     let mut batch = Batch::default();
@@ -303,15 +368,15 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn send(tx: &Sender, item: Item) -> Result<(), String> {
-    // A closed channel means the run ended (failed or canceled): stop reading.
-    tx.blocking_send(Ok(item))
-        .map_err(|_| String::from("run ended"))
+/// Sends from a blocking thread; a closed channel means the run ended (failed or canceled):
+/// stop reading.
+fn send(tx: &mut Sender, item: Item) -> Result<(), String> {
+    tx.send_blocking(item)
 }
 
 /// Streams the rows of one read-only query through a cursor, `BATCH_ROWS` at a time. The
 /// query is declared through the extended protocol, so it is exactly one statement.
-pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &Sender) -> Result<(), String> {
+pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &mut Sender) -> Result<(), String> {
     let pg = |e: sqlx::Error| format!("source query: {}", crate::db::describe(&e));
     let mut conn = pool.acquire().await.map_err(pg)?;
     let mut t = conn.begin().await.map_err(pg)?;
@@ -343,9 +408,7 @@ pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &Sender) -> Result<(
                     .unzip(),
                 None => (Vec::new(), Vec::new()),
             };
-            tx.send(Ok(Item::Columns(names, types)))
-                .await
-                .map_err(|_| "run ended".to_owned())?;
+            tx.send(Item::Columns(names, types)).await?;
             sent_columns = true;
         }
         if rows.is_empty() {
@@ -388,9 +451,7 @@ pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &Sender) -> Result<(
                 None => batch.rows.push((row_no, values)),
             }
         }
-        tx.send(Ok(Item::Batch(batch)))
-            .await
-            .map_err(|_| "run ended".to_owned())?;
+        tx.send(Item::Batch(batch)).await?;
     }
     t.rollback().await.map_err(pg)?;
     Ok(())
