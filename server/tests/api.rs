@@ -209,26 +209,16 @@ async fn health_says_what_is_down_and_metrics_count_runs() {
     server.stop().await.expect("stop");
 
     // Redis unreachable (nothing listens on port 1): 503, and it says which.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = common::config_text("node-b", &db, &dir.path().join("s"), "127.0.0.1:0", "")
-        .replace(common::REDIS_URL, "redis://127.0.0.1:1");
-    let config =
-        fleet_server::Config::parse(&text, &dir.path().join("server.toml")).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(fleet_server::run(config, listener, async move {
-        let _ = rx.await;
-    }));
-    let (status, health) = common::call(addr, "GET", "/health", "").await;
+    let down = TestServer::start_edited(&db, "", |t| {
+        t.replace(common::REDIS_URL, "redis://127.0.0.1:1")
+    })
+    .await;
+    let (status, health) = down.call("GET", "/health", "").await;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["redis"]["ok"], false);
     assert_eq!(health["database"]["ok"], true);
-    let _ = tx.send(());
-    task.await.expect("task").expect("stop");
+    down.stop().await.expect("stop");
 }
 
 #[test]

@@ -56,9 +56,13 @@ async fn start(db: &TestDb, dir: &Path, limits: &str) -> Proc {
     panic!("etl-server did not listen on {addr}");
 }
 
-fn term(p: &Proc) {
+/// Sends SIGTERM and waits for the process to exit.
+async fn terminate(mut p: Proc) -> std::process::ExitStatus {
     let pid = rustix::process::Pid::from_raw(p.child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    tokio::task::spawn_blocking(move || p.child.wait().expect("wait"))
+        .await
+        .expect("join")
 }
 
 fn write_csv(path: &Path, rows: u64) {
@@ -106,19 +110,12 @@ async fn sigterm_mid_run_stops_it_cleanly_after_the_grace_period() {
     let db = TestDb::new("sigterm").await;
     let dir = tempfile::tempdir().expect("tempdir");
     write_csv(&dir.path().join("shared/in/big.csv"), 2_000_000);
-    let mut p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 0\n").await;
+    let p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 0\n").await;
     let id = submit_and_start(&p, "name: big\nsource: { type: csv, path: in/big.csv }\ntransform:\n  - cast: { id: int, amount: decimal }\ndestination: { type: postgres, table: big }\n").await;
-    term(&p);
-    let status = tokio::task::spawn_blocking(move || {
-        let s = p.child.wait().expect("wait");
-        (s, p)
-    })
-    .await
-    .expect("join");
+    let status = terminate(p).await;
     assert!(
-        status.0.success(),
-        "etl-server exits 0 after SIGTERM: {}",
-        status.0
+        status.success(),
+        "etl-server exits 0 after SIGTERM: {status}"
     );
     let (state, error) = run_row(&db, id).await;
     assert_eq!(state, "failed");
@@ -136,16 +133,10 @@ async fn sigterm_lets_a_running_flow_finish_within_the_grace_period() {
     let db = TestDb::new("sigterm_grace").await;
     let dir = tempfile::tempdir().expect("tempdir");
     write_csv(&dir.path().join("shared/in/mid.csv"), 3_000_000);
-    let mut p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 300\n").await;
+    let p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 300\n").await;
     let id = submit_and_start(&p, "name: mid\nsource: { type: csv, path: in/mid.csv }\ndestination: { type: jsonl, path: out/mid.jsonl }\n").await;
-    term(&p);
-    let status = tokio::task::spawn_blocking(move || {
-        let s = p.child.wait().expect("wait");
-        (s, p)
-    })
-    .await
-    .expect("join");
-    assert!(status.0.success(), "{}", status.0);
+    let status = terminate(p).await;
+    assert!(status.success(), "{status}");
     let (state, error) = run_row(&db, id).await;
     assert_eq!(state, "succeeded", "{error:?}");
     let lines = std::fs::read_to_string(dir.path().join("shared/out/mid.jsonl"))

@@ -100,9 +100,18 @@ impl TestServer {
     }
 
     pub async fn start_with(db: &TestDb, extra: &str) -> TestServer {
+        Self::start_edited(db, extra, |text| text).await
+    }
+
+    /// Starts with the config text `edit` makes of the usual one.
+    pub async fn start_edited(
+        db: &TestDb,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = dir.path().join("shared");
-        let text = config_text("node-a", db, &storage, "127.0.0.1:0", extra);
+        let text = edit(config_text("node-a", db, &storage, "127.0.0.1:0", extra));
         let config =
             fleet_server::Config::parse(&text, &dir.path().join("server.toml")).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
