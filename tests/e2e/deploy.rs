@@ -283,16 +283,11 @@ fn the_deploy_key_reaches_only_the_agent() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("restrict,command="), "{lines:?}");
     let node = &site.fleet.nodes()[0];
-    let ssh = |args: &[&str], command: &[&str]| {
-        let out = Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "KexAlgorithms=curve25519-sha256",
-            ])
+    // ssh or scp (`port_flag` -p or -P) with the deploy key, checking the node's host key.
+    let client = |program: &str, port_flag: &str| {
+        let mut c = Command::new(program);
+        c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "KexAlgorithms=curve25519-sha256"])
             .arg("-o")
             .arg(format!(
                 "UserKnownHostsFile={}",
@@ -300,7 +295,11 @@ fn the_deploy_key_reaches_only_the_agent() {
             ))
             .arg("-i")
             .arg(site.fleet.deploy_key())
-            .args(["-p", &node.port.to_string()])
+            .args([port_flag, &node.port.to_string()]);
+        c
+    };
+    let ssh = |args: &[&str], command: &[&str]| {
+        let out = client("ssh", "-p")
             .args(args)
             .arg(format!("{}@{}", site.fleet.user(), node.addr))
             .args(command)
@@ -348,17 +347,8 @@ fn the_deploy_key_reaches_only_the_agent() {
     let staging = node.root.join("state/staging");
     let local = site.dir().join("planted");
     fs::write(&local, "not a release").expect("write");
-    let out = Command::new("scp")
-        .args(["-O", "-B", "-o", "StrictHostKeyChecking=yes"])
-        .args(["-o", "KexAlgorithms=curve25519-sha256"])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            site.fleet.dir().join("known_hosts").display()
-        ))
-        .arg("-i")
-        .arg(site.fleet.deploy_key())
-        .args(["-P", &node.port.to_string()])
+    let out = client("scp", "-P")
+        .arg("-O")
         .arg(&local)
         .arg(format!(
             "{}@{}:{}/planted",
