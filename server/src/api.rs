@@ -20,7 +20,7 @@ use crate::runs::{self, Cancel, Executor};
 pub struct App {
     pub config: Config,
     pub pool: sqlx::PgPool,
-    pub redis: redis::Client,
+    pub membership: Arc<crate::cluster::Membership>,
     pub executor: Arc<Executor>,
 }
 
@@ -68,6 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/cluster", get(cluster))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -145,15 +146,30 @@ async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult 
 }
 
 async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
-    match runs::create_run(&app.pool, &name)
+    // The executing node is picked among the active ones; without Redis, any node runs it.
+    let targets: Vec<(String, u32)> = match app.membership.members().await {
+        Ok(members) => members
+            .into_iter()
+            .filter(|m| !m.draining)
+            .map(|m| (m.node, m.weight))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "dispatching without membership");
+            Vec::new()
+        }
+    };
+    match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing)
         .await
         .map_err(ApiError::internal)?
     {
-        Some(id) => {
-            app.executor.poke();
+        Some((id, target)) => {
+            match &target {
+                Some(node) if *node != app.config.node => app.membership.wake(node).await,
+                _ => app.executor.poke(),
+            }
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "run_id": id, "state": "queued" })),
+                Json(json!({ "run_id": id, "state": "queued", "node": target })),
             )
                 .into_response())
         }
@@ -163,6 +179,32 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
             format!("no flow `{name}`"),
         )),
     }
+}
+
+async fn cluster(State(app): Shared) -> ApiResult {
+    let members = app.membership.members().await.map_err(ApiError::internal)?;
+    let depths = runs::queue_depths(&app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let queues: Vec<_> = depths
+        .into_iter()
+        .map(
+            |(node, queued, running)| json!({ "node": node, "queued": queued, "running": running }),
+        )
+        .collect();
+    let active: Vec<&str> = members
+        .iter()
+        .filter(|m| !m.draining)
+        .map(|m| m.node.as_str())
+        .collect();
+    Ok(Json(json!({
+        "node": app.config.node,
+        "load_balancing": app.config.load_balancing,
+        "members": members,
+        "active": active,
+        "queues": queues,
+    }))
+    .into_response())
 }
 
 fn run_id(text: &str) -> Result<i64, ApiError> {
@@ -271,10 +313,9 @@ async fn health(State(app): Shared) -> Response {
             Ok(Err(e)) => json!({ "ok": false, "error": crate::db::describe(&e) }),
             Err(_) => json!({ "ok": false, "error": "no answer within 2 s" }),
         };
-    let redis = match tokio::time::timeout(timeout, ping(&app.redis)).await {
-        Ok(Ok(())) => json!({ "ok": true }),
-        Ok(Err(e)) => json!({ "ok": false, "error": e }),
-        Err(_) => json!({ "ok": false, "error": "no answer within 2 s" }),
+    let redis = match app.membership.ping().await {
+        Ok(()) => json!({ "ok": true }),
+        Err(e) => json!({ "ok": false, "error": e }),
     };
     let disk = match rustix::fs::statvfs(&app.config.shared_storage) {
         Ok(s) => {
@@ -299,18 +340,6 @@ async fn health(State(app): Shared) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
-}
-
-async fn ping(client: &redis::Client) -> Result<(), String> {
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| fleet_inventory::mask_url_password(&e.to_string()))?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| fleet_inventory::mask_url_password(&e.to_string()))
 }
 
 async fn metrics(State(app): Shared) -> Response {

@@ -65,7 +65,7 @@ pub struct Config {
     /// Prefix of every Redis key this server writes (tests give each its own).
     pub redis_prefix: String,
     pub limits: Limits,
-    pub load_balancing: Option<String>,
+    pub load_balancing: crate::cluster::LoadBalancing,
     pub weight: u32,
 }
 
@@ -114,6 +114,18 @@ impl Config {
             .listen
             .parse()
             .map_err(|_| at(&format!("listen `{}` is not an address:port", file.listen)))?;
+        let load_balancing = match file.load_balancing.as_deref() {
+            None => crate::cluster::LoadBalancing::RoundRobin,
+            Some(name) => crate::cluster::LoadBalancing::parse(name).ok_or_else(|| {
+                at(&format!(
+                    "load_balancing `{name}` is not one of {}",
+                    crate::cluster::LoadBalancing::NAMES.join(", ")
+                ))
+            })?,
+        };
+        if file.weight == Some(0) {
+            return Err(at("weight must be at least 1"));
+        }
         if file.limits.max_running_flows == 0 {
             return Err(at("limits.max_running_flows must be at least 1"));
         }
@@ -125,7 +137,7 @@ impl Config {
             listen,
             shared_storage: base.join(file.shared_storage),
             limits: file.limits,
-            load_balancing: file.load_balancing,
+            load_balancing,
             weight: file.weight.unwrap_or(1),
         })
     }

@@ -4,6 +4,7 @@
 //! the listener and turns SIGTERM into `shutdown`.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod engine;
@@ -24,6 +25,45 @@ pub use flow::Flow;
 /// The server's version, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How long a heartbeat lives in Redis; nodes beat three times per TTL.
+pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Publishes this node's heartbeat until the task is stopped; a Redis outage is logged once
+/// and retried.
+async fn heartbeat(
+    membership: Arc<cluster::Membership>,
+    executor: Arc<runs::Executor>,
+    config: Config,
+) {
+    let started = chrono::Utc::now().to_rfc3339();
+    let mut failing = false;
+    loop {
+        let me = cluster::Member {
+            node: config.node.clone(),
+            version: VERSION.to_owned(),
+            schema_version: db::schema_version(),
+            started: started.clone(),
+            running: executor.running(),
+            draining: false,
+            weight: config.weight,
+            listen: config.listen.to_string(),
+        };
+        match membership.beat(&me).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeats reach Redis again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "heartbeat not published");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(HEARTBEAT_TTL / 3).await;
+    }
+}
+
 /// Serves until `shutdown` completes: then stops taking requests and work, lets running flows
 /// finish for the configured grace period, stops the rest (recorded as failed, never left
 /// `running`), and returns.
@@ -38,6 +78,11 @@ pub async fn run(
     let pool = db::connect(&config.postgres_url, connections).await?;
     let redis = redis::Client::open(config.redis_url.as_str())
         .map_err(|_| "the Redis URL is not valid".to_owned())?;
+    let membership = Arc::new(cluster::Membership::new(
+        redis,
+        config.redis_prefix.clone(),
+        HEARTBEAT_TTL,
+    ));
     let orphans = runs::fail_orphans(&pool, &config.node).await?;
     if orphans > 0 {
         tracing::warn!(
@@ -52,11 +97,21 @@ pub async fn run(
         config.limits.max_running_flows,
     );
     let claims = tokio::spawn(executor.clone().serve());
+    let wakes = {
+        let (membership, executor, node) =
+            (membership.clone(), executor.clone(), config.node.clone());
+        tokio::spawn(async move { membership.listen_wakes(&node, || executor.poke()).await })
+    };
+    let beats = tokio::spawn(heartbeat(
+        membership.clone(),
+        executor.clone(),
+        config.clone(),
+    ));
     let grace = config.shutdown_grace();
     let app = Arc::new(api::App {
         config,
         pool: pool.clone(),
-        redis,
+        membership,
         executor: executor.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -73,6 +128,8 @@ pub async fn run(
     tracing::info!("shutting down: no new runs; waiting for running ones");
     executor.shutdown(grace).await;
     claims.abort();
+    beats.abort();
+    wakes.abort();
     pool.close().await;
     served.map_err(|e| format!("serving HTTP: {e}"))
 }

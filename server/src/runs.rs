@@ -11,11 +11,19 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::cluster::LoadBalancing;
 use crate::db::describe;
 use crate::engine::{self, Ending, Report, RunEnv};
 use crate::flow::Flow;
 
-pub const STATES: &[&str] = &["queued", "running", "succeeded", "failed", "canceled"];
+pub const STATES: &[&str] = &[
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
+    "interrupted",
+];
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
@@ -23,6 +31,9 @@ pub struct RunRow {
     pub flow: String,
     pub state: String,
     pub node: Option<String>,
+    /// The node the run was dispatched to (none: any node).
+    pub target_node: Option<String>,
+    pub retry_of: Option<i64>,
     pub rows_read: i64,
     pub rows_written: i64,
     pub rows_rejected: i64,
@@ -35,7 +46,7 @@ pub struct RunRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const RUN_COLUMNS: &str = "id, flow, state, node, rows_read, rows_written, rows_rejected, bad_rows, \
+const RUN_COLUMNS: &str = "id, flow, state, node, target_node, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
     reject_file, error, cancel_requested, created_at, started_at, finished_at";
 
 type Db<T> = Result<T, String>;
@@ -91,16 +102,97 @@ pub async fn delete_flow(pool: &PgPool, name: &str) -> Db<bool> {
     Ok(done.rows_affected() > 0)
 }
 
-/// Queues a run of the flow as it is now; `None` when there is no such flow.
-pub async fn create_run(pool: &PgPool, flow: &str) -> Db<Option<i64>> {
+/// Queues a run of the flow as it is now, for the node `load_balancing` picks among
+/// `targets` (name, weight; sorted by name); `None` when there is no such flow. With no
+/// targets (Redis unreachable, no live heartbeat) the run is for any node. The choice and the
+/// insert happen in one transaction under an advisory lock, so the cursor and the counts every
+/// entry node reads are exact.
+pub async fn create_run(
+    pool: &PgPool,
+    flow: &str,
+    targets: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<Option<(i64, Option<String>)>> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    let target = if targets.is_empty() {
+        None
+    } else {
+        sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Some(pick(&mut tx, targets, load_balancing).await?)
+    };
     let id: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO runs (flow, definition) SELECT name, definition FROM flows WHERE name = $1 RETURNING id",
+        "INSERT INTO runs (flow, definition, target_node) SELECT name, definition, $2 FROM flows WHERE name = $1 RETURNING id",
     )
     .bind(flow)
-    .fetch_optional(pool)
+    .bind(&target)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db)?;
-    Ok(id.map(|(id,)| id))
+    tx.commit().await.map_err(db)?;
+    Ok(id.map(|(id,)| (id, target)))
+}
+
+/// The shared round-robin cursor's value before this call (it grows by one).
+async fn cursor(tx: &mut sqlx::PgConnection) -> Db<u64> {
+    let (c,): (i64,) = sqlx::query_as(
+        "UPDATE cluster_state SET rr_cursor = rr_cursor + 1 WHERE id = 1 RETURNING rr_cursor - 1",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    Ok(c as u64)
+}
+
+async fn pick(
+    tx: &mut sqlx::PgConnection,
+    targets: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<String> {
+    let index = match load_balancing {
+        LoadBalancing::RoundRobin => (cursor(tx).await? % targets.len() as u64) as usize,
+        LoadBalancing::Weighted => {
+            let total: u64 = targets.iter().map(|(_, w)| u64::from((*w).max(1))).sum();
+            let mut at = cursor(tx).await? % total;
+            targets
+                .iter()
+                .position(|(_, w)| {
+                    let w = u64::from((*w).max(1));
+                    if at < w {
+                        true
+                    } else {
+                        at -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0)
+        }
+        LoadBalancing::Random => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| format!("random: {e}"))?;
+            (u64::from_le_bytes(bytes) % targets.len() as u64) as usize
+        }
+        LoadBalancing::LeastLoaded => {
+            let names: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+            let loads: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT target_node, count(*) FROM runs WHERE state IN ('queued', 'running') AND target_node = ANY($1) GROUP BY target_node",
+            )
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            let load = |n: &str| loads.iter().find(|(t, _)| t == n).map_or(0, |(_, c)| *c);
+            let least = targets.iter().map(|(n, _)| load(n)).min().unwrap_or(0);
+            let tied: Vec<usize> = (0..targets.len())
+                .filter(|&i| load(&targets[i].0) == least)
+                .collect();
+            // Ties go round: with equal loads this is round robin.
+            tied[(cursor(tx).await? % tied.len() as u64) as usize]
+        }
+    };
+    Ok(targets[index].0.clone())
 }
 
 pub async fn get_run(pool: &PgPool, id: i64) -> Db<Option<RunRow>> {
@@ -166,13 +258,15 @@ pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
     })
 }
 
-/// Claims the oldest queued run for `node`, if any: its id and flow definition.
-async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value)>> {
+/// Claims the oldest queued run for `node` (dispatched to it, or to any node), if any: its
+/// id, flow definition and claim epoch.
+async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value, i64)>> {
     sqlx::query_as(
-        "UPDATE runs SET state = 'running', node = $1, started_at = now()
-         WHERE id = (SELECT id FROM runs WHERE state = 'queued' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+        "UPDATE runs SET state = 'running', node = $1, started_at = now(), claim_epoch = claim_epoch + 1
+         WHERE id = (SELECT id FROM runs WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL)
+                     ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
            AND state = 'queued'
-         RETURNING id, definition",
+         RETURNING id, definition, claim_epoch",
     )
     .bind(node)
     .fetch_optional(pool)
@@ -180,14 +274,26 @@ async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value)>
     .map_err(db)
 }
 
-async fn progress(pool: &PgPool, id: i64, report: &Report) -> Db<bool> {
+/// Queued runs and running runs per node, for `/api/cluster`.
+pub async fn queue_depths(pool: &PgPool) -> Db<Vec<(Option<String>, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT coalesce(target_node, node), count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running')
+         FROM runs WHERE state IN ('queued', 'running') GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)
+}
+
+async fn progress(pool: &PgPool, id: i64, epoch: i64, report: &Report) -> Db<bool> {
     let cancel: Option<(bool,)> = sqlx::query_as(
-        "UPDATE runs SET rows_read = $2, rows_written = $3, rows_rejected = $4 WHERE id = $1 AND state = 'running' RETURNING cancel_requested",
+        "UPDATE runs SET rows_read = $2, rows_written = $3, rows_rejected = $4 WHERE id = $1 AND state = 'running' AND claim_epoch = $5 RETURNING cancel_requested",
     )
     .bind(id)
     .bind(report.counts.read as i64)
     .bind(report.counts.written as i64)
     .bind(report.counts.rejected as i64)
+    .bind(epoch)
     .fetch_optional(pool)
     .await
     .map_err(db)?;
@@ -197,6 +303,7 @@ async fn progress(pool: &PgPool, id: i64, report: &Report) -> Db<bool> {
 async fn finish(
     pool: &PgPool,
     id: i64,
+    epoch: i64,
     state: &str,
     error: Option<&str>,
     report: &Report,
@@ -204,7 +311,7 @@ async fn finish(
     sqlx::query(
         "UPDATE runs SET state = $2, error = $3, rows_read = $4, rows_written = $5, rows_rejected = $6,
             bad_rows = $7, reject_file = $8, finished_at = now()
-         WHERE id = $1 AND state = 'running'",
+         WHERE id = $1 AND state = 'running' AND claim_epoch = $9",
     )
     .bind(id)
     .bind(state)
@@ -214,6 +321,7 @@ async fn finish(
     .bind(report.counts.rejected as i64)
     .bind(serde_json::to_value(&report.bad_rows).unwrap_or_default())
     .bind(&report.reject_file)
+    .bind(epoch)
     .execute(pool)
     .await
     .map_err(db)?;
@@ -309,10 +417,10 @@ impl Executor {
                 return;
             }
             match claim(&self.pool, &self.node).await {
-                Ok(Some((id, definition))) => {
+                Ok(Some((id, definition, epoch))) => {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        me.execute(id, definition).await;
+                        me.execute(id, epoch, definition).await;
                         drop(permit);
                         me.wake.notify_one();
                     });
@@ -332,7 +440,7 @@ impl Executor {
         }
     }
 
-    async fn execute(&self, id: i64, definition: serde_json::Value) {
+    async fn execute(&self, id: i64, epoch: i64, definition: serde_json::Value) {
         let cancel = Arc::new(AtomicBool::new(false));
         if let Ok(mut r) = self.running.lock() {
             r.insert(id, cancel.clone());
@@ -366,7 +474,7 @@ impl Executor {
                             counts,
                             ..Default::default()
                         };
-                        if progress(&pool, id, &report).await.unwrap_or(false) {
+                        if progress(&pool, id, epoch, &report).await.unwrap_or(false) {
                             flag.store(true, Ordering::Relaxed);
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -412,7 +520,7 @@ impl Executor {
         );
         // The final state must land: retry a few times if the database blinks.
         for attempt in 0..5 {
-            match finish(&self.pool, id, state, error.as_deref(), &report).await {
+            match finish(&self.pool, id, epoch, state, error.as_deref(), &report).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(run = id, error = %e, attempt, "recording the end of a run");

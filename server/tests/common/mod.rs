@@ -76,12 +76,14 @@ impl Drop for TestDb {
     }
 }
 
-/// The text of a server config for `db`, shared storage `storage`, listening on `listen`.
+/// The text of a server config for `db`, shared storage `storage`, listening on `listen`; the
+/// Redis key prefix is the database's name, so every test has its own cluster.
 pub fn config_text(node: &str, db: &TestDb, storage: &Path, listen: &str, extra: &str) -> String {
     format!(
-        "node = \"{node}\"\nlisten = \"{listen}\"\nshared_storage = \"{}\"\npostgres_url = \"{}\"\nredis_url = \"{REDIS_URL}\"\n{extra}",
+        "node = \"{node}\"\nlisten = \"{listen}\"\nshared_storage = \"{}\"\npostgres_url = \"{}\"\nredis_url = \"{REDIS_URL}\"\nredis_prefix = \"{}:\"\n{extra}",
         storage.display(),
-        db.url
+        db.url,
+        db.name
     )
 }
 
