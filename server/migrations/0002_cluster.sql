@@ -15,3 +15,6 @@ CREATE TABLE cluster_state (
     rr_cursor  bigint NOT NULL DEFAULT 0
 );
 INSERT INTO cluster_state (id) VALUES (1);
+
+-- 1 for a run asked for, 2 for its first retry after its node died, ...
+ALTER TABLE runs ADD COLUMN attempt int NOT NULL DEFAULT 1;

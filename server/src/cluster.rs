@@ -157,6 +157,28 @@ impl Membership {
         result
     }
 
+    /// Takes the lock `name` for `ttl` unless another holder has it; `false` on any doubt.
+    pub async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> bool {
+        let Ok(mut c) = self.conn().await else {
+            return false;
+        };
+        let got: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(format!("{}lock:{name}", self.prefix))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut c)
+            .await;
+        match got {
+            Ok(v) => v.is_some(),
+            Err(_) => {
+                self.forget_conn().await;
+                false
+            }
+        }
+    }
+
     fn wake_channel(&self, node: &str) -> String {
         format!("{}wake:{node}", self.prefix)
     }

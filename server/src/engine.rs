@@ -103,6 +103,10 @@ pub struct Report {
 /// Everything a run needs besides its flow.
 pub struct RunEnv {
     pub run_id: i64,
+    /// The claim this node holds on the run: a table destination commits only while the run
+    /// is still running under it (a node thought dead cannot commit after its run was taken
+    /// over).
+    pub claim_epoch: i64,
     pub storage: PathBuf,
     pub pool: sqlx::PgPool,
     /// Set to stop the run between batches.

@@ -19,7 +19,17 @@ pub struct Flow {
     pub on_error: OnError,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// How many times a run interrupted by its node's death is run again on another node.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The most retries a flow may ask for.
+pub const MAX_RETRIES: u32 = 3;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -377,6 +387,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             "destination",
             "on_error",
             "schedule",
+            "retries",
         ],
         problems,
     )?;
@@ -450,6 +461,20 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             "the destination is the source file",
         );
     }
+    let retries = match get(&entries, "retries") {
+        None => 0,
+        Some(n) => match n.value {
+            Y::Int(i) if (0..=i64::from(MAX_RETRIES)).contains(&i) => i as u32,
+            _ => {
+                problems.add(
+                    n.pos,
+                    "retries",
+                    format!("expected a whole number from 0 to {MAX_RETRIES}"),
+                );
+                0
+            }
+        },
+    };
     Some(Flow {
         name: name?,
         source: source?,
@@ -457,6 +482,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         destination: destination?,
         on_error: on_error?,
         schedule,
+        retries,
     })
 }
 

@@ -311,7 +311,8 @@ async fn finish(
     sqlx::query(
         "UPDATE runs SET state = $2, error = $3, rows_read = $4, rows_written = $5, rows_rejected = $6,
             bad_rows = $7, reject_file = $8, finished_at = now()
-         WHERE id = $1 AND state = 'running' AND claim_epoch = $9",
+         WHERE id = $1 AND claim_epoch = $9
+           AND (state = 'running' OR (state = 'succeeded' AND $2 = 'succeeded'))",
     )
     .bind(id)
     .bind(state)
@@ -326,6 +327,102 @@ async fn finish(
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Nodes that have queued or running runs.
+pub async fn nodes_with_work(pool: &PgPool) -> Db<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT n FROM (
+            SELECT node AS n FROM runs WHERE state = 'running'
+            UNION SELECT target_node FROM runs WHERE state = 'queued'
+         ) w WHERE n IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    Ok(rows.into_iter().map(|(n,)| n).collect())
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Serialize)]
+pub struct Swept {
+    pub interrupted: Vec<i64>,
+    /// New runs retrying interrupted ones, and the node each went to.
+    pub retries: Vec<(i64, String)>,
+    /// Queued runs sent to another node.
+    pub redispatched: Vec<(i64, String)>,
+}
+
+/// The runs of nodes that stopped sending heartbeats: running ones become `interrupted` (and
+/// are retried on a live node when their flow allows it), queued ones go to a live node. One
+/// transaction; each run changes state once whoever sweeps, so concurrent sweeps cannot
+/// double anything.
+pub async fn sweep(
+    pool: &PgPool,
+    dead: &[String],
+    live: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<Swept> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut swept = Swept::default();
+    let interrupted: Vec<(i64, String, serde_json::Value, i32, String)> = sqlx::query_as(
+        "UPDATE runs SET state = 'interrupted', finished_at = now(),
+                error = 'node ' || node || ' stopped sending heartbeats while the run was running'
+         WHERE state = 'running' AND node = ANY($1)
+         RETURNING id, flow, definition, attempt, node",
+    )
+    .bind(dead)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    for (id, flow, definition, attempt, _node) in interrupted {
+        swept.interrupted.push(id);
+        let retries = definition
+            .get("retries")
+            .and_then(|r| r.as_i64())
+            .unwrap_or(0);
+        if i64::from(attempt) > retries || live.is_empty() {
+            continue;
+        }
+        let target = pick(&mut tx, live, load_balancing).await?;
+        let (retry,): (i64,) = sqlx::query_as(
+            "INSERT INTO runs (flow, definition, target_node, retry_of, attempt) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(&flow)
+        .bind(&definition)
+        .bind(&target)
+        .bind(id)
+        .bind(attempt + 1)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        swept.retries.push((retry, target));
+    }
+    if !live.is_empty() {
+        let queued: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE state = 'queued' AND target_node = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(dead)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for (id,) in queued {
+            let target = pick(&mut tx, live, load_balancing).await?;
+            sqlx::query("UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued'")
+                .bind(id)
+                .bind(&target)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            swept.redispatched.push((id, target));
+        }
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(swept)
 }
 
 /// Runs left `running` by an earlier life of this node (it crashed or was killed): they end as
@@ -458,6 +555,7 @@ impl Executor {
                     tokio::sync::watch::channel(Default::default());
                 let env = RunEnv {
                     run_id: id,
+                    claim_epoch: epoch,
                     storage: self.storage.clone(),
                     pool: self.pool.clone(),
                     cancel: cancel.clone(),

@@ -22,6 +22,8 @@ pub enum Sink {
 
 pub struct TableSink {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    run_id: i64,
+    claim_epoch: i64,
     table: Table,
     mode: Mode,
     key: Vec<String>,
@@ -68,6 +70,8 @@ impl Sink {
                     .map_err(pg("destination"))?;
                 Ok(Sink::Table(TableSink {
                     conn,
+                    run_id: env.run_id,
+                    claim_epoch: env.claim_epoch,
                     table: table.clone(),
                     mode: *mode,
                     key: key.clone(),
@@ -216,7 +220,13 @@ impl TableSink {
     ) -> Result<u64, String> {
         let result = self.copy_all(&mut rx, &written).await;
         match result {
-            Ok(true) => self.finish().await,
+            Ok(true) => match self.finish().await {
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    self.abort().await;
+                    Err(e)
+                }
+            },
             Ok(false) => {
                 self.abort().await;
                 Err("stopped".into())
@@ -304,7 +314,7 @@ impl TableSink {
         }
     }
 
-    async fn finish(mut self) -> Result<u64, String> {
+    async fn finish(&mut self) -> Result<u64, String> {
         if self.mode == Mode::Upsert {
             let key: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
             let update: Vec<String> = self
@@ -331,6 +341,21 @@ impl TableSink {
                 .await
                 .map_err(pg("upsert"))?;
             self.written = done.rows_affected();
+        }
+        // The data and the run's end land together, and only while this node still holds
+        // the run.
+        let held = sqlx::query(
+            "UPDATE runs SET state = 'succeeded', rows_written = $3, finished_at = now()
+             WHERE id = $1 AND claim_epoch = $2 AND state = 'running'",
+        )
+        .bind(self.run_id)
+        .bind(self.claim_epoch)
+        .bind(self.written as i64)
+        .execute(&mut *self.conn)
+        .await
+        .map_err(pg("recording the run"))?;
+        if held.rows_affected() == 0 {
+            return Err("the run was taken over by the cluster (this node was thought gone or it was canceled): nothing committed".into());
         }
         sqlx::raw_sql("COMMIT")
             .execute(&mut *self.conn)

@@ -24,15 +24,20 @@ impl Drop for Proc {
 
 /// Starts the binary on a free port with the given limits; waits until it answers.
 async fn start(db: &TestDb, dir: &Path, limits: &str) -> Proc {
+    start_node(db, dir, "node-p", limits).await
+}
+
+/// Starts node `node` (config `DIR/NODE.toml`, shared storage `DIR/shared`).
+async fn start_node(db: &TestDb, dir: &Path, node: &str, limits: &str) -> Proc {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
     let listen = format!("127.0.0.1:{port}");
-    let config = dir.join("server.toml");
+    let config = dir.join(format!("{node}.toml"));
     std::fs::write(
         &config,
-        common::config_text("node-p", db, &dir.join("shared"), &listen, limits),
+        common::config_text(node, db, &dir.join("shared"), &listen, limits),
     )
     .expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_etl-server"))
@@ -211,4 +216,94 @@ async fn a_two_gib_csv_streams_in_flat_memory() {
         peak >> 20
     );
     assert!(peak < 150 << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+/// kill -9 of the node running a run: within 30 s the run is `interrupted`, and (the flow
+/// allows one retry) a single retry runs to the end on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
+    let db = TestDb::new("kill9").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_csv(&dir.path().join("shared/in/big.csv"), 3_000_000);
+    let mut nodes = Vec::new();
+    for name in ["k1", "k2", "k3"] {
+        nodes.push((name, start_node(&db, dir.path(), name, "").await));
+    }
+    let entry = nodes[0].1.addr;
+    // Every node sees the three before the run is asked for.
+    for _ in 0..200 {
+        let (_, c) = common::call(entry, "GET", "/api/cluster", "").await;
+        if c["active"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flow = "name: long\nsource: { type: csv, path: in/big.csv }\ndestination: { type: jsonl, path: out/long.jsonl }\nretries: 1\n";
+    let (status, body) = common::call(entry, "POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = common::call(entry, "POST", "/api/flows/long/run", "").await;
+    let id = body["run_id"].as_i64().expect("id");
+    let target = body["node"]
+        .as_str()
+        .expect("dispatched to a node")
+        .to_owned();
+    for _ in 0..600 {
+        let (_, run) = common::call(entry, "GET", &format!("/api/runs/{id}"), "").await;
+        if run["state"] == "running" && run["rows_read"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = nodes
+        .iter()
+        .position(|(n, _)| *n == target)
+        .expect("target is a node");
+    let (_, mut killed) = nodes.remove(victim);
+    killed.child.kill().expect("kill -9");
+    killed.child.wait().expect("reaped");
+    let ask = nodes[0].1.addr;
+    // Interrupted within 30 s (a bound on the wait, not a measurement).
+    let mut interrupted = serde_json::Value::Null;
+    for _ in 0..300 {
+        (_, interrupted) = common::call(ask, "GET", &format!("/api/runs/{id}"), "").await;
+        if interrupted["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(interrupted["state"], "interrupted", "{interrupted}");
+    assert!(
+        interrupted["error"]
+            .as_str()
+            .expect("error")
+            .contains(&target),
+        "{interrupted}"
+    );
+    // Exactly one retry, linked to it, on another node, and it finishes.
+    let (_, list) = common::call(ask, "GET", "/api/runs?flow=long", "").await;
+    let retries: Vec<&serde_json::Value> = list["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["retry_of"] == id)
+        .collect();
+    assert_eq!(retries.len(), 1, "{list}");
+    let retry = retries[0]["id"].as_i64().expect("retry id");
+    let mut done = serde_json::Value::Null;
+    for _ in 0..1200 {
+        (_, done) = common::call(ask, "GET", &format!("/api/runs/{retry}"), "").await;
+        if !matches!(done["state"].as_str(), Some("queued" | "running")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_ne!(done["node"], target.as_str(), "{done}");
+    assert_eq!(done["rows_written"], 3_000_000);
+    let (_, list) = common::call(ask, "GET", "/api/runs?flow=long", "").await;
+    assert_eq!(
+        list["runs"].as_array().map(Vec::len),
+        Some(2),
+        "no second retry: {list}"
+    );
 }
