@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +24,35 @@ pub struct App {
     pub pool: sqlx::PgPool,
     pub membership: Arc<crate::cluster::Membership>,
     pub executor: Arc<Executor>,
+    pub started: String,
+    /// The address the server listens on, as bound (what other nodes call).
+    pub listen: String,
+}
+
+impl App {
+    /// This node's heartbeat as it is now.
+    pub fn me(&self) -> crate::cluster::Member {
+        crate::member(&self.config, &self.executor, &self.started, &self.listen)
+    }
+
+    /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
+    /// database's schema. `Err` when membership cannot be read (Redis is down).
+    async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
+        let members = self.membership.members().await?;
+        let schema = runs::database_schema_version(&self.pool).await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| !m.draining && m.schema_version >= schema)
+            .map(|m| (m.node, m.weight))
+            .collect())
+    }
+
+    /// The targets other than this node.
+    async fn others(&self) -> Vec<(String, u32)> {
+        let mut t = self.targets().await.unwrap_or_default();
+        t.retain(|(n, _)| *n != self.config.node);
+        t
+    }
 }
 
 type Shared = State<Arc<App>>;
@@ -69,6 +100,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/cluster", get(cluster))
+        .route("/admin/drain", post(drain))
+        .route("/admin/resume", post(resume))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -147,17 +180,10 @@ async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult 
 
 async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
     // The executing node is picked among the active ones; without Redis, any node runs it.
-    let targets: Vec<(String, u32)> = match app.membership.members().await {
-        Ok(members) => members
-            .into_iter()
-            .filter(|m| !m.draining)
-            .map(|m| (m.node, m.weight))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "dispatching without membership");
-            Vec::new()
-        }
-    };
+    let targets = app.targets().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "dispatching without membership");
+        Vec::new()
+    });
     match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing)
         .await
         .map_err(ApiError::internal)?
@@ -303,6 +329,123 @@ async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
             format!("no run {id}"),
         )),
     }
+}
+
+/// `/admin/*` answer only on loopback, and only with the configured bearer token.
+fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    if !peer.ip().is_loopback() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API answers only on this machine",
+        ));
+    }
+    let Some(token) = &app.config.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: set admin_token",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Every byte compared, whatever matches first.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(ApiError::field(
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "a valid bearer token is needed",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainQuery {
+    deadline_secs: Option<String>,
+}
+
+/// Stops claiming, hands back what has not started, lets running runs finish up to the
+/// deadline (the rest are stopped and recorded failed), hands back what arrived meanwhile, and
+/// answers `drained`.
+async fn drain(
+    State(app): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<DrainQuery>, QueryRejection>,
+) -> ApiResult {
+    admin(&app, peer, &headers)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let deadline = match q.deadline_secs {
+        None => app.config.shutdown_grace(),
+        Some(d) => std::time::Duration::from_secs(
+            d.parse::<u64>()
+                .ok()
+                .filter(|d| *d <= 86_400)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        StatusCode::BAD_REQUEST,
+                        "deadline_secs",
+                        format!("`{d}` is not a number of seconds up to 86400"),
+                    )
+                })?,
+        ),
+    };
+    app.executor.set_draining(true);
+    // The others stop sending runs here at once, not at the next heartbeat.
+    if let Err(e) = app.membership.beat(&app.me()).await {
+        tracing::warn!(error = %e, "publishing the drain");
+    }
+    let me = [app.config.node.clone()];
+    let mut handed = runs::redispatch(
+        &app.pool,
+        &me,
+        &app.others().await,
+        app.config.load_balancing,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    app.executor.wait_idle(deadline).await;
+    handed.extend(
+        runs::redispatch(
+            &app.pool,
+            &me,
+            &app.others().await,
+            app.config.load_balancing,
+        )
+        .await
+        .map_err(ApiError::internal)?,
+    );
+    for (_, node) in &handed {
+        app.membership.wake(node).await;
+    }
+    let ids: Vec<i64> = handed.iter().map(|(id, _)| *id).collect();
+    Ok(
+        Json(json!({ "node": app.config.node, "state": "drained", "handed_back": ids }))
+            .into_response(),
+    )
+}
+
+async fn resume(
+    State(app): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult {
+    admin(&app, peer, &headers)?;
+    app.executor.set_draining(false);
+    if let Err(e) = app.membership.beat(&app.me()).await {
+        tracing::warn!(error = %e, "publishing the resume");
+    }
+    Ok(Json(json!({ "node": app.config.node, "state": "active" })).into_response())
 }
 
 async fn health(State(app): Shared) -> Response {

@@ -25,6 +25,8 @@ pub struct File {
     redis_url_file: Option<PathBuf>,
     #[serde(default)]
     redis_prefix: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
 }
@@ -67,6 +69,8 @@ pub struct Config {
     pub limits: Limits,
     pub load_balancing: crate::cluster::LoadBalancing,
     pub weight: u32,
+    /// The bearer token of `/admin/*` (which also answer only on loopback); none: disabled.
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -77,6 +81,10 @@ impl std::fmt::Debug for Config {
             .field("shared_storage", &self.shared_storage)
             .field("postgres_url", &"(secret)")
             .field("redis_url", &"(secret)")
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "(secret)"),
+            )
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -129,7 +137,19 @@ impl Config {
         if file.limits.max_running_flows == 0 {
             return Err(at("limits.max_running_flows must be at least 1"));
         }
+        let admin_token = match (&file.admin_token, &file.admin_token_file) {
+            (None, None) => None,
+            _ => Some(secret(
+                file.admin_token.clone(),
+                file.admin_token_file.clone(),
+                "admin_token",
+            )?),
+        };
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(at("admin_token must have at least 16 characters"));
+        }
         Ok(Config {
+            admin_token,
             postgres_url: secret(file.postgres_url, file.postgres_url_file, "postgres_url")?,
             redis_url: secret(file.redis_url, file.redis_url_file, "redis_url")?,
             redis_prefix: file.redis_prefix.unwrap_or_else(|| "fleet:".into()),

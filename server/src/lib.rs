@@ -28,27 +28,31 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a heartbeat lives in Redis; nodes beat three times per TTL.
 pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// This node's heartbeat as it is now.
+pub(crate) fn member(
+    config: &Config,
+    executor: &runs::Executor,
+    started: &str,
+    listen: &str,
+) -> cluster::Member {
+    cluster::Member {
+        node: config.node.clone(),
+        version: VERSION.to_owned(),
+        schema_version: db::schema_version(),
+        started: started.to_owned(),
+        running: executor.running(),
+        draining: executor.draining(),
+        weight: config.weight,
+        listen: listen.to_owned(),
+    }
+}
+
 /// Publishes this node's heartbeat until the task is stopped; a Redis outage is logged once
 /// and retried.
-async fn heartbeat(
-    membership: Arc<cluster::Membership>,
-    executor: Arc<runs::Executor>,
-    config: Config,
-) {
-    let started = chrono::Utc::now().to_rfc3339();
+async fn heartbeat(app: Arc<api::App>) {
     let mut failing = false;
     loop {
-        let me = cluster::Member {
-            node: config.node.clone(),
-            version: VERSION.to_owned(),
-            schema_version: db::schema_version(),
-            started: started.clone(),
-            running: executor.running(),
-            draining: false,
-            weight: config.weight,
-            listen: config.listen.to_string(),
-        };
-        match membership.beat(&me).await {
+        match app.membership.beat(&app.me()).await {
             Ok(()) if failing => {
                 tracing::info!("heartbeats reach Redis again");
                 failing = false;
@@ -103,29 +107,33 @@ pub async fn run(
         tokio::spawn(async move { membership.listen_wakes(&node, || executor.poke()).await })
     };
     let sweeps = tokio::spawn(sweeper(membership.clone(), pool.clone(), config.clone()));
-    let beats = tokio::spawn(heartbeat(
-        membership.clone(),
-        executor.clone(),
-        config.clone(),
-    ));
     let grace = config.shutdown_grace();
     let app = Arc::new(api::App {
         config,
         pool: pool.clone(),
         membership,
         executor: executor.clone(),
+        started: chrono::Utc::now().to_rfc3339(),
+        listen: listener
+            .local_addr()
+            .map_err(|e| format!("listener: {e}"))?
+            .to_string(),
     });
+    let beats = tokio::spawn(heartbeat(app.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let mut http_stop = stop_rx.clone();
-    let served = axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        })
-        .await;
+    let served = axum::serve(
+        listener,
+        api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    })
+    .await;
     tracing::info!("shutting down: no new runs; waiting for running ones");
     executor.shutdown(grace).await;
     claims.abort();

@@ -402,27 +402,67 @@ pub async fn sweep(
         .map_err(db)?;
         swept.retries.push((retry, target));
     }
-    if !live.is_empty() {
-        let queued: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM runs WHERE state = 'queued' AND target_node = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(dead)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        for (id,) in queued {
-            let target = pick(&mut tx, live, load_balancing).await?;
-            sqlx::query("UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued'")
-                .bind(id)
-                .bind(&target)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            swept.redispatched.push((id, target));
-        }
-    }
+    swept.redispatched = redispatch_in(&mut tx, dead, live, load_balancing).await?;
     tx.commit().await.map_err(db)?;
     Ok(swept)
+}
+
+/// Sends the queued runs of nodes `from` to the `live` ones (nothing when none is live).
+pub async fn redispatch(
+    pool: &PgPool,
+    from: &[String],
+    live: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<Vec<(i64, String)>> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let moved = redispatch_in(&mut tx, from, live, load_balancing).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(moved)
+}
+
+async fn redispatch_in(
+    tx: &mut sqlx::PgConnection,
+    from: &[String],
+    live: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<Vec<(i64, String)>> {
+    let mut moved = Vec::new();
+    if live.is_empty() {
+        return Ok(moved);
+    }
+    let queued: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM runs WHERE state = 'queued' AND target_node = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(from)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    for (id,) in queued {
+        let target = pick(tx, live, load_balancing).await?;
+        sqlx::query("UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued'")
+            .bind(id)
+            .bind(&target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        moved.push((id, target));
+    }
+    Ok(moved)
+}
+
+/// The newest migration the database has; a node that knows an older one neither claims nor
+/// leads (a rolling upgrade runs old and new nodes side by side).
+pub async fn database_schema_version(pool: &PgPool) -> Db<i64> {
+    let (v,): (Option<i64>,) =
+        sqlx::query_as("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(db)?;
+    Ok(v.unwrap_or(0))
 }
 
 /// Runs left `running` by an earlier life of this node (it crashed or was killed): they end as
@@ -461,6 +501,7 @@ pub struct Executor {
     /// Running runs and their cancel flags.
     running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
     stopping: AtomicBool,
+    draining: AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -480,8 +521,55 @@ impl Executor {
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             metrics: Metrics::default(),
         })
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops or resumes claiming runs.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether this node may claim: not draining, and its schema is the database's.
+    async fn may_claim(&self) -> bool {
+        if self.draining() {
+            return false;
+        }
+        match database_schema_version(&self.pool).await {
+            Ok(v) if v > crate::db::schema_version() => {
+                tracing::warn!(
+                    database = v,
+                    mine = crate::db::schema_version(),
+                    "schema is older than the database's: not claiming"
+                );
+                false
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until no run executes here or `deadline` passes; then stops the rest between
+    /// batches (recorded as failed, saying the node was drained) and waits for their end.
+    pub async fn wait_idle(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while self.running() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Ok(r) = self.running.lock() {
+            for flag in r.values() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        while self.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn running(&self) -> usize {
@@ -512,6 +600,11 @@ impl Executor {
             };
             if self.stopping.load(Ordering::Relaxed) {
                 return;
+            }
+            if !self.may_claim().await {
+                drop(permit);
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
             }
             match claim(&self.pool, &self.node).await {
                 Ok(Some((id, definition, epoch))) => {
@@ -585,14 +678,15 @@ impl Executor {
                     Ending::Succeeded => ("succeeded", None, report),
                     Ending::Failed(why) => ("failed", Some(why), report),
                     Ending::Canceled
-                        if self.stopping.load(Ordering::Relaxed)
+                        if (self.stopping.load(Ordering::Relaxed) || self.draining())
                             && !self.user_canceled(id).await =>
                     {
-                        (
-                            "failed",
-                            Some("the server shut down before the run finished".to_owned()),
-                            report,
-                        )
+                        let why = if self.stopping.load(Ordering::Relaxed) {
+                            "the server shut down before the run finished"
+                        } else {
+                            "the node was drained before the run finished"
+                        };
+                        ("failed", Some(why.to_owned()), report)
                     }
                     Ending::Canceled => ("canceled", None, report),
                 }

@@ -140,3 +140,156 @@ fn an_unknown_load_balancing_or_a_zero_weight_is_refused() {
             .expect_err("zero weight");
     assert!(err.contains("weight"), "{err}");
 }
+
+const TOKEN: &str = "a-test-token-of-some-length";
+
+async fn admin(server: &TestServer, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // A small body may come chunked: take the JSON inside.
+    let json = body
+        .find('{')
+        .and_then(|a| body.rfind('}').map(|b| &body[a..=b]))
+        .unwrap_or("null");
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_back_its_work_and_takes_none_until_resumed() {
+    let db = TestDb::new("drain").await;
+    let mut servers = Vec::new();
+    for name in ["d1", "d2"] {
+        let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
+        let name = name.to_string();
+        servers.push(
+            TestServer::start_edited(&db, &extra, move |t| {
+                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
+            })
+            .await,
+        );
+    }
+    for _ in 0..200 {
+        let (_, c) = servers[0].call("GET", "/api/cluster", "").await;
+        if c["active"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The admin API wants the token.
+    assert_eq!(admin(&servers[0], "/admin/drain", None).await.0, 401);
+    assert_eq!(
+        admin(
+            &servers[0],
+            "/admin/drain",
+            Some("wrong-token-of-some-length")
+        )
+        .await
+        .0,
+        401
+    );
+
+    // Slow runs, one at a time per node: d1 has some queued when it is drained.
+    let (status, _) = servers[0].call("POST", "/api/flows", SLOW).await;
+    assert_eq!(status, 201);
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let (_, body) = servers[0].call("POST", "/api/flows/tiny/run", "").await;
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    let (status, drained) = admin(&servers[0], "/admin/drain?deadline_secs=30", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{drained}");
+    assert_eq!(drained["state"], "drained");
+    assert!(
+        !drained["handed_back"]
+            .as_array()
+            .expect("handed back")
+            .is_empty(),
+        "{drained}"
+    );
+    // Nothing runs on d1 any more, nothing is lost, and new runs go to d2 only.
+    let (_, c) = servers[1].call("GET", "/api/cluster", "").await;
+    assert_eq!(c["active"], serde_json::json!(["d2"]), "{c}");
+    for _ in 0..4 {
+        let (_, body) = servers[0].call("POST", "/api/flows/tiny/run", "").await;
+        assert_eq!(body["node"], "d2", "{body}");
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    for id in &ids {
+        let run = servers[1].wait(*id).await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+    }
+    let (status, resumed) = admin(&servers[0], "/admin/resume", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{resumed}");
+    let (_, body) = servers[1].call("POST", "/api/flows/tiny/run", "").await;
+    let (_, body2) = servers[1].call("POST", "/api/flows/tiny/run", "").await;
+    let nodes = [body["node"].clone(), body2["node"].clone()];
+    assert!(
+        nodes.contains(&serde_json::json!("d1")),
+        "d1 takes runs again: {nodes:?}"
+    );
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_off_without_a_token() {
+    let db = TestDb::new("noadmin").await;
+    let server = TestServer::start(&db).await;
+    let (status, body) = admin(&server, "/admin/drain", Some(TOKEN)).await;
+    assert_eq!(status, 403, "{body}");
+    server.stop().await.expect("stop");
+}
+
+/// A node whose schema is older than the database's (here: the database has a migration the
+/// node does not know) claims nothing; once the schemas agree, the run goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_older_schema_does_not_claim() {
+    let db = TestDb::new("schema").await;
+    let server = TestServer::start(&db).await;
+    let pool = db.pool().await;
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99999999999999, 'from a newer server', true, '\\x00', 0)")
+        .execute(&pool)
+        .await
+        .expect("a newer migration");
+    let (status, _) = server.call("POST", "/api/flows", FLOW).await;
+    assert_eq!(status, 201);
+    let (_, body) = server.call("POST", "/api/flows/tiny/run", "").await;
+    let id = body["run_id"].as_i64().expect("id");
+    assert_eq!(
+        body["node"],
+        serde_json::Value::Null,
+        "no node is eligible: {body}"
+    );
+    // Several claim cycles pass (the node looks every second and when poked).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, run) = server.call("GET", &format!("/api/runs/{id}"), "").await;
+    assert_eq!(run["state"], "queued", "{run}");
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999999999999")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let run = server.wait(id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    server.stop().await.expect("stop");
+}

@@ -124,13 +124,30 @@ impl TestServer {
         let task = tokio::spawn(fleet_server::run(config, listener, async move {
             let _ = rx.await;
         }));
-        TestServer {
+        let server = TestServer {
             addr,
             storage,
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
+        };
+        // Serving means migrated: `run` binds nothing new, but answers only after connecting.
+        for _ in 0..400 {
+            if server.task.as_ref().is_some_and(|t| t.is_finished()) {
+                panic!("the server stopped at start");
+            }
+            if tokio::time::timeout(
+                Duration::from_millis(200),
+                call_raw(addr, "GET", "/health", b""),
+            )
+            .await
+            .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        panic!("the server did not answer on {addr}");
     }
 
     /// Asks the server to shut down and waits until `run` returns.
