@@ -448,7 +448,8 @@ async fn resume(
     Ok(Json(json!({ "node": app.config.node, "state": "active" })).into_response())
 }
 
-async fn health(State(app): Shared) -> Response {
+/// This node's health report and whether it is healthy.
+async fn own_health(app: &App) -> (bool, serde_json::Value) {
     let timeout = std::time::Duration::from_secs(2);
     let database =
         match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&app.pool)).await {
@@ -477,12 +478,90 @@ async fn health(State(app): Shared) -> Response {
         "shared_storage": disk,
         "running_flows": app.executor.running(),
     });
+    (ok, body)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthQuery {
+    all_nodes: Option<bool>,
+}
+
+/// `/health`, or with `?all_nodes=true` every live node's report merged (asked over HTTP at the
+/// address each one publishes in its heartbeat); 503 when any is unhealthy or unreachable.
+async fn health(
+    State(app): Shared,
+    query: Result<Query<HealthQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) =
+        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let (mut ok, mine) = own_health(&app).await;
+    let body = if q.all_nodes == Some(true) {
+        let mut nodes = serde_json::Map::new();
+        nodes.insert(app.config.node.clone(), mine);
+        match app.membership.members().await {
+            Ok(members) => {
+                for m in members.into_iter().filter(|m| m.node != app.config.node) {
+                    let report = match fetch_health(&m.listen).await {
+                        Ok((true, r)) => r,
+                        Ok((false, r)) => {
+                            ok = false;
+                            r
+                        }
+                        Err(e) => {
+                            ok = false;
+                            json!({ "status": "unreachable", "error": e })
+                        }
+                    };
+                    nodes.insert(m.node, report);
+                }
+            }
+            Err(e) => {
+                ok = false;
+                nodes.insert(
+                    "(members)".into(),
+                    json!({ "status": "unknown", "error": e }),
+                );
+            }
+        }
+        json!({ "status": if ok { "ok" } else { "degraded" }, "nodes": nodes })
+    } else {
+        mine
+    };
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    Ok((status, Json(body)).into_response())
+}
+
+/// GET http://ADDR/health with a 2 s limit: (healthy, report).
+async fn fetch_health(addr: &str) -> Result<(bool, serde_json::Value), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        (&mut stream)
+            .take(1 << 20)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+        let healthy = head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200");
+        let report = serde_json::from_str(body).map_err(|e| format!("not a health report: {e}"))?;
+        Ok((healthy, report))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), work)
+        .await
+        .map_err(|_| "no answer within 2 s".to_owned())?
 }
 
 async fn metrics(State(app): Shared) -> Response {

@@ -293,3 +293,28 @@ async fn a_node_with_an_older_schema_does_not_claim() {
     assert_eq!(run["state"], "succeeded", "{run}");
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_of_all_nodes_merges_every_report() {
+    let db = TestDb::new("allhealth").await;
+    let mut servers = cluster(&db, &["h1", "h2", "h3"], &[1, 1, 1], "round_robin").await;
+    let (status, all) = servers[0].call("GET", "/health?all_nodes=true", "").await;
+    assert_eq!(status, 200, "{all}");
+    let nodes = all["nodes"].as_object().expect("nodes");
+    assert_eq!(
+        nodes.keys().cloned().collect::<Vec<_>>(),
+        vec!["h1", "h2", "h3"]
+    );
+    assert!(nodes.values().all(|n| n["status"] == "ok"), "{all}");
+    // A node that stopped while its heartbeat still lives: unreachable, and the whole is 503.
+    let gone = servers.pop().expect("h3");
+    gone.stop().await.expect("stop");
+    let (status, all) = servers[0].call("GET", "/health?all_nodes=true", "").await;
+    assert_eq!(status, 503, "{all}");
+    assert_eq!(all["nodes"]["h3"]["status"], "unreachable", "{all}");
+    let (status, _) = servers[0].call("GET", "/health?all_nodes=maybe", "").await;
+    assert_eq!(status, 400);
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
