@@ -318,3 +318,100 @@ async fn health_of_all_nodes_merges_every_report() {
         s.stop().await.expect("stop");
     }
 }
+
+/// A private redis-server (the shared one must not be restarted under other tests).
+struct PrivateRedis {
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        // Owned by the guard at once, so that it is killed and reaped on every path.
+        let redis = PrivateRedis {
+            child: std::process::Command::new("redis-server")
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is needed (apt-get install -y redis-server)"),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis goes away mid-load and comes back empty: no run is lost (runs and their queues are
+/// rows in Postgres; without Redis a node runs what it is asked to run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_load_loses_no_run() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let redis = PrivateRedis::start(port);
+    let db = TestDb::new("redisrestart").await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut servers = Vec::new();
+    for name in ["r1", "r2"] {
+        let (name, url) = (name.to_string(), url.clone());
+        servers.push(
+            TestServer::start_edited(&db, "", move |t| {
+                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
+                    .replace(common::REDIS_URL, &url)
+            })
+            .await,
+        );
+    }
+    let (status, _) = servers[0].call("POST", "/api/flows", SLOW).await;
+    assert_eq!(status, 201);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (_, body) = servers[0].call("POST", "/api/flows/tiny/run", "").await;
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    drop(redis);
+    for _ in 0..10 {
+        let (status, body) = servers[1].call("POST", "/api/flows/tiny/run", "").await;
+        assert_eq!(status, 202, "runs are taken with Redis down: {body}");
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    let _redis = PrivateRedis::start(port);
+    for _ in 0..10 {
+        let (_, body) = servers[0].call("POST", "/api/flows/tiny/run", "").await;
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    for id in &ids {
+        let run = servers[0].wait(*id).await;
+        assert_eq!(run["state"], "succeeded", "{run}");
+    }
+    let pool = db.pool().await;
+    let (total, done): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE state = 'succeeded') FROM runs")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!((total, done), (30, 30));
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
