@@ -25,6 +25,7 @@ pub struct App {
     pub membership: Arc<crate::cluster::Membership>,
     pub executor: Arc<Executor>,
     pub started: String,
+    pub leadership: crate::scheduler::Leadership,
     /// The address the server listens on, as bound (what other nodes call).
     pub listen: String,
 }
@@ -218,6 +219,14 @@ async fn cluster(State(app): Shared) -> ApiResult {
             |(node, queued, running)| json!({ "node": node, "queued": queued, "running": running }),
         )
         .collect();
+    let holder = app.membership.lease_holder().await.ok().flatten();
+    let (epoch, _) = crate::scheduler::latest_grant(&app.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let leader = holder
+        .as_deref()
+        .and_then(|t| t.split(':').next())
+        .map(str::to_owned);
     let active: Vec<&str> = members
         .iter()
         .filter(|m| !m.draining)
@@ -226,6 +235,8 @@ async fn cluster(State(app): Shared) -> ApiResult {
     Ok(Json(json!({
         "node": app.config.node,
         "load_balancing": app.config.load_balancing,
+        "leader": leader,
+        "epoch": epoch,
         "members": members,
         "active": active,
         "queues": queues,
@@ -401,6 +412,8 @@ async fn drain(
         ),
     };
     app.executor.set_draining(true);
+    // Leadership goes at once, so another node schedules without waiting for the TTL.
+    app.leadership.step_down(&app).await;
     // The others stop sending runs here at once, not at the next heartbeat.
     if let Err(e) = app.membership.beat(&app.me()).await {
         tracing::warn!(error = %e, "publishing the drain");

@@ -179,6 +179,79 @@ impl Membership {
         }
     }
 
+    fn lease_key(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// Takes the leader lease for `ttl` if nobody holds it.
+    pub async fn acquire_lease(&self, token: &str, ttl: Duration) -> Result<bool, String> {
+        let result = async {
+            let mut c = self.conn().await?;
+            let got: Option<String> = redis::cmd("SET")
+                .arg(self.lease_key())
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut c)
+                .await
+                .map_err(redis_error)?;
+            Ok(got.is_some())
+        }
+        .await;
+        if result.is_err() {
+            self.forget_conn().await;
+        }
+        result
+    }
+
+    /// Extends the lease only if `token` still holds it (compare and set, in one script).
+    pub async fn renew_lease(&self, token: &str, ttl: Duration) -> Result<bool, String> {
+        self.lease_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+            token,
+            ttl.as_millis() as u64,
+        )
+        .await
+    }
+
+    /// Gives the lease up only if `token` holds it.
+    pub async fn release_lease(&self, token: &str) -> Result<bool, String> {
+        self.lease_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+            token,
+            0,
+        )
+        .await
+    }
+
+    async fn lease_script(&self, script: &str, token: &str, ttl_ms: u64) -> Result<bool, String> {
+        let result = async {
+            let mut c = self.conn().await?;
+            let n: i64 = redis::cmd("EVAL")
+                .arg(script)
+                .arg(1)
+                .arg(self.lease_key())
+                .arg(token)
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await
+                .map_err(redis_error)?;
+            Ok(n == 1)
+        }
+        .await;
+        if result.is_err() {
+            self.forget_conn().await;
+        }
+        result
+    }
+
+    /// Who holds the lease now (its token starts with the node's name).
+    pub async fn lease_holder(&self) -> Result<Option<String>, String> {
+        let mut c = self.conn().await?;
+        c.get(self.lease_key()).await.map_err(redis_error)
+    }
+
     fn wake_channel(&self, node: &str) -> String {
         format!("{}wake:{node}", self.prefix)
     }

@@ -29,6 +29,35 @@ pub struct File {
     admin_token_file: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    cluster: ClusterSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// How long the scheduler's lease lives without a renewal.
+    pub leader_ttl_ms: u64,
+    /// How often the leader renews it (the TTL must be at least three of these).
+    pub leader_renew_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            leader_ttl_ms: 6000,
+            leader_renew_ms: 2000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    pub fn leader_ttl(&self) -> Duration {
+        Duration::from_millis(self.leader_ttl_ms)
+    }
+    pub fn leader_renew(&self) -> Duration {
+        Duration::from_millis(self.leader_renew_ms)
+    }
 }
 
 fn default_listen() -> String {
@@ -67,6 +96,7 @@ pub struct Config {
     /// Prefix of every Redis key this server writes (tests give each its own).
     pub redis_prefix: String,
     pub limits: Limits,
+    pub cluster: ClusterSettings,
     pub load_balancing: crate::cluster::LoadBalancing,
     pub weight: u32,
     /// The bearer token of `/admin/*` (which also answer only on loopback); none: disabled.
@@ -134,6 +164,13 @@ impl Config {
         if file.weight == Some(0) {
             return Err(at("weight must be at least 1"));
         }
+        let c = &file.cluster;
+        if c.leader_renew_ms == 0 || c.leader_ttl_ms < 3 * c.leader_renew_ms {
+            return Err(at(&format!(
+                "cluster.leader_ttl_ms ({}) must be at least three times cluster.leader_renew_ms ({}), which must not be 0",
+                c.leader_ttl_ms, c.leader_renew_ms
+            )));
+        }
         if file.limits.max_running_flows == 0 {
             return Err(at("limits.max_running_flows must be at least 1"));
         }
@@ -157,6 +194,7 @@ impl Config {
             listen,
             shared_storage: base.join(file.shared_storage),
             limits: file.limits,
+            cluster: file.cluster,
             load_balancing,
             weight: file.weight.unwrap_or(1),
         })

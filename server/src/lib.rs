@@ -11,6 +11,7 @@ pub mod engine;
 pub mod expr;
 pub mod flow;
 pub mod runs;
+pub mod scheduler;
 pub mod sink;
 pub mod source;
 pub mod storage;
@@ -114,12 +115,15 @@ pub async fn run(
         membership,
         executor: executor.clone(),
         started: chrono::Utc::now().to_rfc3339(),
+        leadership: Default::default(),
         listen: listener
             .local_addr()
             .map_err(|e| format!("listener: {e}"))?
             .to_string(),
     });
     let beats = tokio::spawn(heartbeat(app.clone()));
+    let leads = tokio::spawn(scheduler::lead(app.clone()));
+    let app_for_stop = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -135,6 +139,8 @@ pub async fn run(
     })
     .await;
     tracing::info!("shutting down: no new runs; waiting for running ones");
+    leads.abort();
+    app_for_stop.leadership.step_down(&app_for_stop).await;
     executor.shutdown(grace).await;
     claims.abort();
     beats.abort();

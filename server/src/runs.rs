@@ -538,9 +538,12 @@ impl Executor {
 
     /// Whether this node may claim: not draining, and its schema is the database's.
     async fn may_claim(&self) -> bool {
-        if self.draining() {
-            return false;
-        }
+        !self.draining() && self.schema_is_current().await
+    }
+
+    /// Whether this node knows the database's newest migration (else it neither claims nor
+    /// leads).
+    pub async fn schema_is_current(&self) -> bool {
         match database_schema_version(&self.pool).await {
             Ok(v) if v > crate::db::schema_version() => {
                 tracing::warn!(

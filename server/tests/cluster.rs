@@ -415,3 +415,85 @@ async fn a_redis_restart_mid_load_loses_no_run() {
         s.stop().await.expect("stop");
     }
 }
+
+/// The leader now, as every server reports it (they must agree), and the epoch.
+async fn leader(servers: &[TestServer]) -> Option<(String, i64)> {
+    let mut seen = None;
+    for s in servers {
+        let (_, c) = s.call("GET", "/api/cluster", "").await;
+        let now = c["leader"]
+            .as_str()
+            .map(|l| (l.to_owned(), c["epoch"].as_i64().expect("epoch")));
+        if seen.is_some() && seen != now {
+            return None;
+        }
+        seen = now;
+    }
+    seen
+}
+
+async fn wait_for_leader(servers: &[TestServer], not: Option<&str>) -> (String, i64) {
+    for _ in 0..400 {
+        if let Some((l, e)) = leader(servers).await
+            && Some(l.as_str()) != not
+        {
+            return (l, e);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader (other than {not:?}) appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_and_it_moves_with_a_higher_epoch_on_drain_and_stop() {
+    let db = TestDb::new("leader").await;
+    let mut servers = Vec::new();
+    for name in ["l1", "l2", "l3"] {
+        let extra = format!(
+            "admin_token = \"{TOKEN}\"\n[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n"
+        );
+        let name = name.to_string();
+        servers.push(
+            TestServer::start_edited(&db, &extra, move |t| {
+                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
+            })
+            .await,
+        );
+    }
+    let (first, e1) = wait_for_leader(&servers, None).await;
+    assert!(e1 >= 1);
+    // Draining the leader hands leadership over at once (not after the TTL).
+    let at = ["l1", "l2", "l3"]
+        .iter()
+        .position(|n| *n == first)
+        .expect("a node");
+    let (status, body) = admin(&servers[at], "/admin/drain?deadline_secs=5", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let (second, e2) = wait_for_leader(&servers, Some(&first)).await;
+    assert!(e2 > e1, "every grant has a higher epoch: {e1} then {e2}");
+    // A drained node does not take it back; stopping the leader moves it again.
+    let at2 = ["l1", "l2", "l3"]
+        .iter()
+        .position(|n| *n == second)
+        .expect("a node");
+    let stopped = servers.remove(at2);
+    stopped.stop().await.expect("stop");
+    let (third, e3) = wait_for_leader(&servers, Some(&second)).await;
+    assert_ne!(third, first, "the drained node does not lead");
+    assert!(e3 > e2);
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+#[test]
+fn a_lease_shorter_than_three_renewals_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = "node = \"n\"\nshared_storage = \"s\"\npostgres_url = \"x\"\nredis_url = \"redis://127.0.0.1:6379\"\n";
+    let err = fleet_server::Config::parse(
+        &format!("{base}[cluster]\nleader_ttl_ms = 2000\nleader_renew_ms = 1000\n"),
+        &dir.path().join("c.toml"),
+    )
+    .expect_err("ttl < 3 renewals");
+    assert!(err.contains("at least three times"), "{err}");
+}
