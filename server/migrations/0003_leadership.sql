@@ -8,3 +8,16 @@ CREATE TABLE leadership (
     granted_at  timestamptz
 );
 INSERT INTO leadership (id) VALUES (1);
+
+-- Every schedule fire, once: the key is (flow, fire time), and the row carries the epoch of the
+-- leader that wrote it. A fire the misfire policy passed over has no run.
+CREATE TABLE schedule_fires (
+    flow       text NOT NULL,
+    fire_time  timestamptz NOT NULL,
+    epoch      bigint NOT NULL,
+    node       text NOT NULL,
+    run_id     bigint REFERENCES runs (id),
+    skipped    boolean NOT NULL DEFAULT false,
+    fired_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (flow, fire_time)
+);

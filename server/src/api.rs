@@ -38,7 +38,7 @@ impl App {
 
     /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
     /// database's schema. `Err` when membership cannot be read (Redis is down).
-    async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
+    pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
         let members = self.membership.members().await?;
         let schema = runs::database_schema_version(&self.pool).await?;
         Ok(members

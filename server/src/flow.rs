@@ -22,6 +22,23 @@ pub struct Flow {
     /// How many times a run interrupted by its node's death is run again on another node.
     #[serde(skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// What the scheduler does with fire times it missed (an outage, no leader).
+    pub misfire: Misfire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// One catch-up run for the latest missed time, if it is at most `grace_secs` old.
+    Coalesce { grace_secs: u64 },
+    /// Missed times are passed over; only a time that is due now fires.
+    Skip,
+}
+
+impl Default for Misfire {
+    fn default() -> Self {
+        Misfire::Coalesce { grace_secs: 3600 }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -143,6 +160,15 @@ fn named_exprs<S: serde::Serializer>(v: &[(String, Expr)], s: S) -> Result<S::Ok
         m.serialize_entry(k, e.source())?;
     }
     m.end()
+}
+
+/// A cron schedule: five fields (minute hour day-of-month month day-of-week), or six with
+/// seconds first.
+pub fn parse_schedule(text: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text)
 }
 
 /// The longest flow definition accepted.
@@ -388,6 +414,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             "on_error",
             "schedule",
             "retries",
+            "misfire",
         ],
         problems,
     )?;
@@ -437,7 +464,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
     };
     let schedule = get(&entries, "schedule").and_then(|s| {
         let text = string(s, "schedule", problems)?;
-        match text.parse::<croner::Cron>() {
+        match parse_schedule(&text) {
             Ok(_) => Some(text),
             Err(e) => {
                 problems.add_hint(
@@ -475,6 +502,10 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             }
         },
     };
+    let misfire = match get(&entries, "misfire") {
+        None => Misfire::default(),
+        Some(n) => read_misfire(n, problems)?,
+    };
     Some(Flow {
         name: name?,
         source: source?,
@@ -483,7 +514,46 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         on_error: on_error?,
         schedule,
         retries,
+        misfire,
     })
+}
+
+/// `misfire: skip`, `misfire: coalesce`, or `misfire: { coalesce: { grace_secs: N } }`.
+fn read_misfire(node: &Yaml, problems: &mut Problems) -> Option<Misfire> {
+    match &node.value {
+        Y::Str(s) if s == "skip" => Some(Misfire::Skip),
+        Y::Str(s) if s == "coalesce" => Some(Misfire::default()),
+        Y::Map(_) => {
+            let entries = fields(node, "misfire", &["coalesce", "skip"], problems)?;
+            if let Some(c) = get(&entries, "coalesce") {
+                let inner = fields(c, "misfire.coalesce", &["grace_secs"], problems)?;
+                return match get(&inner, "grace_secs").map(|g| &g.value) {
+                    None => Some(Misfire::default()),
+                    Some(Y::Int(g)) if *g > 0 => Some(Misfire::Coalesce {
+                        grace_secs: *g as u64,
+                    }),
+                    Some(_) => {
+                        problems.add(
+                            c.pos,
+                            "misfire.coalesce.grace_secs",
+                            "expected a whole number of seconds above 0",
+                        );
+                        None
+                    }
+                };
+            }
+            Some(Misfire::Skip)
+        }
+        _ => {
+            problems.add_hint(
+                node.pos,
+                "misfire",
+                format!("expected coalesce or skip, found {}", node.kind()),
+                Some("coalesce (the default: one catch-up run) or skip"),
+            );
+            None
+        }
+    }
 }
 
 fn read_path(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String> {

@@ -114,6 +114,18 @@ pub async fn create_run(
     load_balancing: LoadBalancing,
 ) -> Db<Option<(i64, Option<String>)>> {
     let mut tx = pool.begin().await.map_err(db)?;
+    let created = create_run_in(&mut tx, flow, targets, load_balancing).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(created)
+}
+
+/// `create_run` inside a transaction of the caller's.
+pub async fn create_run_in(
+    tx: &mut sqlx::PgConnection,
+    flow: &str,
+    targets: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Db<Option<(i64, Option<String>)>> {
     let target = if targets.is_empty() {
         None
     } else {
@@ -121,7 +133,7 @@ pub async fn create_run(
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        Some(pick(&mut tx, targets, load_balancing).await?)
+        Some(pick(tx, targets, load_balancing).await?)
     };
     let id: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO runs (flow, definition, target_node) SELECT name, definition, $2 FROM flows WHERE name = $1 RETURNING id",
@@ -131,7 +143,6 @@ pub async fn create_run(
     .fetch_optional(&mut *tx)
     .await
     .map_err(db)?;
-    tx.commit().await.map_err(db)?;
     Ok(id.map(|(id,)| (id, target)))
 }
 

@@ -88,6 +88,7 @@ pub async fn lead(app: Arc<App>) {
                     );
                     *slot = None;
                 }
+                Some(lease) if lease.renewed.elapsed() < renew => {}
                 Some(lease) => match app.membership.renew_lease(&lease.token, ttl).await {
                     Ok(true) => lease.renewed = Instant::now(),
                     Ok(false) | Err(_) => {
@@ -121,6 +122,129 @@ pub async fn lead(app: Arc<App>) {
                 None => {}
             }
         }
-        tokio::time::sleep(renew.min(Duration::from_millis(500))).await;
+        let lease = app.leadership.current().await;
+        if let Some(lease) = lease
+            && lease.renewed.elapsed() < ttl
+        {
+            match fire_due(&app, &lease).await {
+                Ok(()) => {}
+                Err(Fire::Fenced) => {
+                    tracing::warn!(
+                        epoch = lease.epoch,
+                        "a newer leader was granted: stepping down"
+                    );
+                    *app.leadership.lease.lock().await = None;
+                }
+                Err(Fire::Failed(e)) => tracing::warn!(error = %e, "evaluating schedules"),
+            }
+        }
+        tokio::time::sleep(renew.min(Duration::from_millis(200))).await;
     }
+}
+
+enum Fire {
+    /// The epoch in Postgres is not ours any more.
+    Fenced,
+    Failed(String),
+}
+
+impl From<sqlx::Error> for Fire {
+    fn from(e: sqlx::Error) -> Self {
+        Fire::Failed(crate::db::describe(&e))
+    }
+}
+
+type Time = chrono::DateTime<chrono::Utc>;
+/// A flow with a schedule: name, definition, last change, last fire.
+type ScheduledFlow = (String, serde_json::Value, Time, Option<Time>);
+
+/// A fire time more than this late is "missed" under `misfire: skip`.
+const ON_TIME: Duration = Duration::from_secs(2);
+
+/// Fires every flow whose schedule is due, each fire time at most once cluster-wide.
+async fn fire_due(app: &App, lease: &Lease) -> Result<(), Fire> {
+    let flows: Vec<ScheduledFlow> =
+        sqlx::query_as(
+            "SELECT f.name, f.definition, f.updated_at, (SELECT max(fire_time) FROM schedule_fires s WHERE s.flow = f.name)
+             FROM flows f WHERE f.definition ? 'schedule'",
+        )
+        .fetch_all(&app.pool)
+        .await?;
+    let now = chrono::Utc::now();
+    for (name, definition, updated, last) in flows {
+        let Ok(flow) = crate::flow::Flow::parse(&definition.to_string(), &name) else {
+            continue;
+        };
+        let Some(Ok(cron)) = flow.schedule.as_deref().map(crate::flow::parse_schedule) else {
+            continue;
+        };
+        // The latest fire time after the last fire (or the flow's last change) that is due.
+        let start = last.unwrap_or(updated).max(updated);
+        let Some(due) = cron
+            .iter_after(start)
+            .take(100_000)
+            .take_while(|t| *t <= now)
+            .last()
+        else {
+            continue;
+        };
+        let late = (now - due).to_std().unwrap_or_default();
+        let run = match flow.misfire {
+            crate::flow::Misfire::Skip => late <= ON_TIME,
+            crate::flow::Misfire::Coalesce { grace_secs } => {
+                late <= Duration::from_secs(grace_secs)
+            }
+        };
+        // Re-checked now, not when the timer was armed: the lease is still ours...
+        let holder = app.membership.lease_holder().await.map_err(Fire::Failed)?;
+        if holder.as_deref() != Some(lease.token.as_str()) {
+            return Err(Fire::Fenced);
+        }
+        // ...and, in the transaction that records the fire, so is the epoch.
+        let mut tx = app.pool.begin().await?;
+        let (epoch,): (i64,) =
+            sqlx::query_as("SELECT epoch FROM leadership WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        if epoch != lease.epoch {
+            return Err(Fire::Fenced);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO schedule_fires (flow, fire_time, epoch, node, skipped) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&name)
+        .bind(due)
+        .bind(lease.epoch)
+        .bind(&app.config.node)
+        .bind(!run)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 && run {
+            let targets = app.targets().await.unwrap_or_default();
+            if let Some((id, target)) =
+                crate::runs::create_run_in(&mut tx, &name, &targets, app.config.load_balancing)
+                    .await
+                    .map_err(Fire::Failed)?
+            {
+                sqlx::query(
+                    "UPDATE schedule_fires SET run_id = $3 WHERE flow = $1 AND fire_time = $2",
+                )
+                .bind(&name)
+                .bind(due)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                tracing::info!(flow = %name, fire_time = %due, run = id, "scheduled run");
+                match target {
+                    Some(node) if node != app.config.node => app.membership.wake(&node).await,
+                    _ => app.executor.poke(),
+                }
+                continue;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(())
 }

@@ -497,3 +497,83 @@ fn a_lease_shorter_than_three_renewals_is_refused() {
     .expect_err("ttl < 3 renewals");
     assert!(err.contains("at least three times"), "{err}");
 }
+
+/// A schedule firing every second across a leader change: each fire time once, one run per
+/// fire, and the new leader's fires carry its higher epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_fires_happen_once_across_a_leader_change() {
+    let db = TestDb::new("fires").await;
+    let mut servers = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let extra = "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n".to_owned();
+        let name = name.to_string();
+        servers.push(
+            TestServer::start_edited(&db, &extra, move |t| {
+                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
+            })
+            .await,
+        );
+    }
+    let (first, _) = wait_for_leader(&servers, None).await;
+    let flow = "name: every-second\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/s.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = servers[0].call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let pool = db.pool().await;
+    let fires = |pool: sqlx::PgPool| async move {
+        let rows: Vec<(chrono::DateTime<chrono::Utc>, i64, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT fire_time, epoch, run_id, skipped FROM schedule_fires ORDER BY fire_time",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("fires");
+        rows
+    };
+    for _ in 0..200 {
+        if fires(pool.clone()).await.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = ["s1", "s2", "s3"]
+        .iter()
+        .position(|n| *n == first)
+        .expect("a node");
+    let before = fires(pool.clone()).await.len();
+    servers.remove(at).stop().await.expect("stop the leader");
+    wait_for_leader(&servers, Some(&first)).await;
+    for _ in 0..200 {
+        if fires(pool.clone()).await.len() >= before + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+    let all = fires(pool.clone()).await;
+    assert!(all.len() >= before + 3, "{all:?}");
+    let epochs: Vec<i64> = all.iter().map(|f| f.1).collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] <= w[1]),
+        "epochs only grow: {epochs:?}"
+    );
+    assert!(
+        epochs.first() < epochs.last(),
+        "the new leader fired too: {epochs:?}"
+    );
+    assert!(
+        all.iter().all(|f| f.0.timestamp_subsec_nanos() == 0),
+        "whole seconds: {all:?}"
+    );
+    // One run per fire that ran, and no run without its fire.
+    let fired: Vec<i64> = all
+        .iter()
+        .filter(|f| !f.3)
+        .map(|f| f.2.expect("a run"))
+        .collect();
+    let (runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE flow = 'every-second'")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(runs as usize, fired.len(), "{all:?}");
+}
