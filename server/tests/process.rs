@@ -307,3 +307,121 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
         "no second retry: {list}"
     );
 }
+
+/// The leader as a node reports it.
+async fn leader_of(addr: std::net::SocketAddr) -> Option<String> {
+    let (_, c) = common::call(addr, "GET", "/api/cluster", "").await;
+    c["leader"].as_str().map(str::to_owned)
+}
+
+fn signal(p: &Proc, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(p.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("signal");
+}
+
+/// Scheduled fires every second while the leader is stopped past its TTL (SIGSTOP), comes back
+/// (SIGCONT), and then the new leader is killed (kill -9): another node leads each time, and
+/// every fire time fires once, with one run, under epochs that only grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
+    let db = TestDb::new("failover").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n";
+    let mut nodes = Vec::new();
+    for name in ["f1", "f2", "f3"] {
+        nodes.push((
+            name.to_owned(),
+            start_node(&db, dir.path(), name, settings).await,
+        ));
+    }
+    let pool = db.pool().await;
+    let count_fires = || {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM schedule_fires")
+                .fetch_one(&pool)
+                .await
+                .expect("fires");
+            n
+        }
+    };
+    let wait_leader = |addr: std::net::SocketAddr, not: Option<String>| async move {
+        for _ in 0..200 {
+            if let Some(l) = leader_of(addr).await
+                && Some(&l) != not.as_ref()
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new leader (other than {not:?})");
+    };
+    let wait_fires = |at_least: i64| async move {
+        for _ in 0..200 {
+            if count_fires().await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {at_least} fires");
+    };
+    let flow = "name: tick\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tick.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = common::call(nodes[0].1.addr, "POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let first = wait_leader(nodes[0].1.addr, None).await;
+    wait_fires(2).await;
+
+    // SIGSTOP the leader past its TTL: another node leads.
+    let i = nodes
+        .iter()
+        .position(|(n, _)| *n == first)
+        .expect("leader is a node");
+    signal(&nodes[i].1, rustix::process::Signal::STOP);
+    let other = nodes
+        .iter()
+        .find(|(n, _)| *n != first)
+        .expect("another")
+        .1
+        .addr;
+    let second = wait_leader(other, Some(first.clone())).await;
+    let n = count_fires().await;
+    wait_fires(n + 2).await;
+    // Back from the stop: it must step down, not fire under its old epoch.
+    signal(&nodes[i].1, rustix::process::Signal::CONT);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(leader_of(other).await.as_deref(), Some(second.as_str()));
+
+    // kill -9 the new leader: a third grant.
+    let j = nodes
+        .iter()
+        .position(|(n, _)| *n == second)
+        .expect("leader is a node");
+    let (_, mut killed) = nodes.remove(j);
+    killed.child.kill().expect("kill -9");
+    killed.child.wait().expect("reaped");
+    let third = wait_leader(nodes[0].1.addr, Some(second.clone())).await;
+    assert_ne!(third, second);
+    let n = count_fires().await;
+    wait_fires(n + 2).await;
+
+    let fires: Vec<(chrono::DateTime<chrono::Utc>, i64, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT fire_time, epoch, run_id, skipped FROM schedule_fires ORDER BY fire_time",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("fires");
+    let epochs: Vec<i64> = fires.iter().map(|f| f.1).collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] <= w[1]),
+        "a stale leader fired: {epochs:?}"
+    );
+    let distinct: std::collections::BTreeSet<i64> = epochs.iter().copied().collect();
+    assert!(distinct.len() >= 3, "three leaders fired: {epochs:?}");
+    let ran = fires.iter().filter(|f| !f.3).count();
+    assert!(fires.iter().filter(|f| !f.3).all(|f| f.2.is_some()));
+    let (runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE flow = 'tick'")
+        .fetch_one(&pool)
+        .await
+        .expect("runs");
+    assert_eq!(runs as usize, ran, "one run per fire: {fires:?}");
+}
