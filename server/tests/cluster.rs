@@ -285,6 +285,12 @@ async fn a_node_with_an_older_schema_does_not_claim() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, run) = server.call("GET", &format!("/api/runs/{id}"), "").await;
     assert_eq!(run["state"], "queued", "{run}");
+    let (_, c) = server.call("GET", "/api/cluster", "").await;
+    assert_eq!(
+        c["leader"],
+        serde_json::Value::Null,
+        "it does not lead either: {c}"
+    );
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999999999999")
         .execute(&pool)
         .await
