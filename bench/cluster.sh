@@ -4,7 +4,8 @@
 #   1. runs dispatched and completed per second for a trivial flow, against one node alone;
 #   2. leader failover time after kill -9 of the leader: min / median / max of TRIALS trials
 #      (the killed node is started again after each);
-#   3. scheduled-fire duplicates and losses over those failovers, for a flow firing every 10 s.
+#   3. scheduled-fire duplicates and losses over those failovers, for a flow firing every 10 s;
+#   4. leadership handover when the leader is drained (POST /admin/drain): 5 trials.
 #   bench/cluster.sh [RUNS] [TRIALS]   (default 300 10)
 # Needs Postgres at 127.0.0.1:5432 (user postgres, trust) and Redis at 127.0.0.1:6379.
 set -euo pipefail
@@ -38,6 +39,7 @@ shared_storage = "$work/shared"
 postgres_url = "$pg/$db"
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "$3"
+admin_token = "bench-admin-token-$$"
 [limits]
 max_running_flows = 8
 TOML
@@ -121,3 +123,27 @@ psql -tA "$pg/$db" -c "
       || ', lost ' || (SELECT count(*) FROM span WHERE t NOT IN (SELECT fire_time FROM f WHERE run_id IS NOT NULL))
       || ', duplicate runs ' || ((SELECT count(*) FROM runs WHERE flow = 'every10') - (SELECT count(*) FROM f WHERE run_id IS NOT NULL))" \
   | sed 's/^/== scheduled fires over the failovers: /'
+
+# Drain: time until another node reports a new leader, while the drain request runs.
+drains=()
+for t in 1 2 3 4 5; do
+  l=""
+  for _ in $(seq 200); do l=$(leader 18111 || true); [ -n "$l" ] && break; sleep 0.05; done
+  ask=n1; [ "$l" = n1 ] && ask=n2
+  t0=$(now)
+  curl -sS -o "$work/drain.json" -X POST -H "Authorization: Bearer bench-admin-token-$$" "http://127.0.0.1:${port[$l]}/admin/drain?deadline_secs=5" &
+  dpid=$!
+  while :; do
+    n=$(leader "${port[$ask]}" || true)
+    [ -n "$n" ] && [ "$n" != "$l" ] && break
+    sleep 0.01
+  done
+  t1=$(now)
+  wait "$dpid"
+  drains+=("$(awk "BEGIN{printf \"%.3f\", $t1 - $t0}")")
+  curl -sS -o /dev/null -X POST -H "Authorization: Bearer bench-admin-token-$$" "http://127.0.0.1:${port[$l]}/admin/resume"
+  sleep 1
+done
+echo "== leadership handover on drain (5 trials): ${drains[*]} s (target < 1 s)"
+lost=$(psql -tA "$pg/$db" -c "SELECT count(*) FROM runs WHERE state NOT IN ('succeeded')")
+echo "== runs not succeeded at the end: $lost"

@@ -102,6 +102,18 @@ async fn malformed_flow_definitions_are_refused_with_their_place() {
             "unknown key `extra`",
         ),
         (
+            "name: a\nsource: { type: csv, path: a.csv }\ndestination: { type: jsonl, path: o.jsonl }\nmisfire: later\n",
+            "misfire",
+            (4, 10),
+            "expected coalesce or skip",
+        ),
+        (
+            "name: a\nsource: { type: csv, path: a.csv }\ndestination: { type: jsonl, path: o.jsonl }\nretries: 9\n",
+            "retries",
+            (4, 10),
+            "from 0 to 3",
+        ),
+        (
             "name: a\nsource: [unclosed\n",
             "source[1]",
             (3, 1),

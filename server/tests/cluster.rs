@@ -583,3 +583,75 @@ async fn scheduled_fires_happen_once_across_a_leader_change() {
         .expect("count");
     assert_eq!(runs as usize, fired.len(), "{all:?}");
 }
+
+/// After an outage (the flows were defined two days ago and nothing fired since), coalesce runs
+/// one catch-up for the latest missed time within its grace window; skip, or a grace window
+/// that is too short, passes it over (recorded, without a run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misfires_coalesce_into_one_catch_up_or_are_skipped() {
+    let db = TestDb::new("misfire").await;
+    let server = TestServer::start_edited(
+        &db,
+        "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
+        |t| t,
+    )
+    .await;
+    let pool = db.pool().await;
+    let flow = |name: &str, misfire: &str| {
+        format!(
+            "name: {name}\nsource: {{ type: postgres, query: \"SELECT 1 AS x\" }}\ndestination: {{ type: jsonl, path: out/{name}.jsonl }}\nschedule: \"0 0 0 * * *\"\nmisfire: {misfire}\n"
+        )
+    };
+    for (name, misfire) in [
+        ("catchup", "{ coalesce: { grace_secs: 172800 } }"),
+        ("skipped", "skip"),
+        ("toolate", "{ coalesce: { grace_secs: 60 } }"),
+    ] {
+        // Stored as if defined two days ago, before the leader looks at it.
+        let (status, body) = server
+            .call("POST", "/api/flows", &flow(name, misfire))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        sqlx::query("UPDATE flows SET updated_at = now() - interval '2 days' WHERE name = $1")
+            .bind(name)
+            .execute(&pool)
+            .await
+            .expect("backdate");
+    }
+    let mut fires: Vec<(String, chrono::DateTime<chrono::Utc>, Option<i64>, bool)> = Vec::new();
+    for _ in 0..200 {
+        fires = sqlx::query_as(
+            "SELECT flow, fire_time, run_id, skipped FROM schedule_fires ORDER BY flow",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("fires");
+        if fires.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc();
+    assert_eq!(
+        fires.len(),
+        3,
+        "one record per flow, for the latest missed time only: {fires:?}"
+    );
+    for (flow, time, run, skipped) in &fires {
+        assert_eq!(*time, today, "{fires:?}");
+        match flow.as_str() {
+            "catchup" => assert!(run.is_some() && !skipped, "{fires:?}"),
+            _ => assert!(run.is_none() && *skipped, "{fires:?}"),
+        }
+    }
+    let (runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs")
+        .fetch_one(&pool)
+        .await
+        .expect("runs");
+    assert_eq!(runs, 1);
+    server.stop().await.expect("stop");
+}
