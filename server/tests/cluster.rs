@@ -17,13 +17,7 @@ async fn cluster(db: &TestDb, names: &[&str], weights: &[u32], lb: &str) -> Vec<
     let mut servers = Vec::new();
     for (name, weight) in names.iter().zip(weights) {
         let extra = format!("load_balancing = \"{lb}\"\nweight = {weight}\n");
-        let name = name.to_string();
-        servers.push(
-            TestServer::start_edited(db, &extra, move |t| {
-                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
-            })
-            .await,
-        );
+        servers.push(TestServer::start_node(db, name, &extra).await);
     }
     for _ in 0..200 {
         let mut all = true;
@@ -180,13 +174,7 @@ async fn a_drained_node_hands_back_its_work_and_takes_none_until_resumed() {
     let mut servers = Vec::new();
     for name in ["d1", "d2"] {
         let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
-        let name = name.to_string();
-        servers.push(
-            TestServer::start_edited(&db, &extra, move |t| {
-                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
-            })
-            .await,
-        );
+        servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     for _ in 0..200 {
         let (_, c) = servers[0].call("GET", "/api/cluster", "").await;
@@ -458,13 +446,7 @@ async fn one_leader_and_it_moves_with_a_higher_epoch_on_drain_and_stop() {
         let extra = format!(
             "admin_token = \"{TOKEN}\"\n[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n"
         );
-        let name = name.to_string();
-        servers.push(
-            TestServer::start_edited(&db, &extra, move |t| {
-                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
-            })
-            .await,
-        );
+        servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     let (first, e1) = wait_for_leader(&servers, None).await;
     assert!(e1 >= 1);
@@ -512,13 +494,7 @@ async fn scheduled_fires_happen_once_across_a_leader_change() {
     let mut servers = Vec::new();
     for name in ["s1", "s2", "s3"] {
         let extra = "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n".to_owned();
-        let name = name.to_string();
-        servers.push(
-            TestServer::start_edited(&db, &extra, move |t| {
-                t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
-            })
-            .await,
-        );
+        servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     let (first, _) = wait_for_leader(&servers, None).await;
     let flow = "name: every-second\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/s.jsonl }\nschedule: \"* * * * * *\"\n";

@@ -105,6 +105,12 @@ impl TestServer {
         Self::start_edited(db, extra, |text| text).await
     }
 
+    /// Starts node `name` (the usual config otherwise).
+    pub async fn start_node(db: &TestDb, name: &str, extra: &str) -> TestServer {
+        let node = format!("node = \"{name}\"");
+        Self::start_edited(db, extra, move |t| t.replace("node = \"node-a\"", &node)).await
+    }
+
     /// Starts with the config text `edit` makes of the usual one.
     pub async fn start_edited(
         db: &TestDb,
