@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub use model::{
     Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, NodeView, Rollout, Ssh,
 };
-pub use problem::{LoadError, Pos, Problem, Problems};
+pub use problem::{LoadError, Pos, Problem, Problems, suggest, typo_hint};
 pub use schema::{DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT};
 pub use secret::{Secret, SecretError, SecretRef, Setting, mask_url_password};
 pub use select::{SelectError, glob_match};

@@ -137,3 +137,22 @@ impl Problems {
         LoadError::new(self.list)
     }
 }
+
+/// The closest of `options` to `word`, if it is close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_lowercase();
+    options
+        .iter()
+        .map(|o| (strsim::damerau_levenshtein(&lower, o), *o))
+        .filter(|(d, o)| *d <= (o.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, o)| o)
+}
+
+/// The hint for a word that is not one of `options`: the likely typo, or `LISTING: a, b, ...`.
+pub fn typo_hint(word: &str, options: &[&str], listing: &str) -> String {
+    match suggest(word, options) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None => format!("{listing}: {}", options.join(", ")),
+    }
+}

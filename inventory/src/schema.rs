@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use crate::model::{Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh};
-use crate::problem::{Pos, Problems};
+use crate::problem::{Pos, Problems, typo_hint};
 use crate::secret::{self, Setting};
 use crate::yaml::{Entry, Value, Yaml};
 
@@ -93,17 +93,6 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
-}
-
-/// The closest of `options` to `word`, if it is close enough to be a likely typo.
-fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_lowercase();
-    options
-        .iter()
-        .map(|o| (strsim::damerau_levenshtein(&lower, o), *o))
-        .filter(|(d, o)| *d <= (o.len() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, o)| o)
 }
 
 fn is_name(s: &str) -> bool {
@@ -235,24 +224,7 @@ impl Checker<'_> {
             self.wrong_type(y, path, "a map");
             return None;
         };
-        for e in entries {
-            if allowed.contains(&e.key.as_str()) {
-                continue;
-            }
-            let hint = if e.key == "<<" {
-                "merge keys (`<<`) are not supported; alias the whole value instead (e.g. `ssh: *common`) or repeat the keys".to_owned()
-            } else if let Some(near) = suggest(&e.key, allowed) {
-                format!("did you mean `{near}`?")
-            } else {
-                format!("allowed keys: {}", allowed.join(", "))
-            };
-            self.problems.add_hint(
-                e.key_pos,
-                &join(path, &e.key),
-                format!("unknown key `{}`", e.key),
-                Some(hint),
-            );
-        }
+        crate::yaml::report_unknown_keys(entries, allowed, |k| join(path, k), self.problems);
         Some(Fields {
             entries,
             pos: y.pos,
@@ -340,10 +312,7 @@ impl Checker<'_> {
             return Some(*value);
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-        let hint = match suggest(&text, &names) {
-            Some(near) => format!("did you mean `{near}`?"),
-            None => format!("one of: {}", names.join(", ")),
-        };
+        let hint = typo_hint(&text, &names, "one of");
         self.problems
             .add_hint(y.pos, path, format!("unknown {what} `{text}`"), Some(hint));
         None
@@ -849,10 +818,7 @@ impl Checker<'_> {
             && !node_names.contains(&name)
         {
             let names: Vec<&str> = node_names.iter().map(String::as_str).collect();
-            let hint = match suggest(&name, &names) {
-                Some(near) => format!("did you mean `{near}`?"),
-                None => format!("nodes of this cluster: {}", names.join(", ")),
-            };
+            let hint = typo_hint(&name, &names, "nodes of this cluster");
             self.problems.add_hint(
                 pos,
                 &path,
@@ -1004,6 +970,7 @@ mod tests {
 
     #[test]
     fn suggestions() {
+        use crate::problem::suggest;
         assert_eq!(suggest("hots", &NODE_KEYS), Some("host"));
         assert_eq!(
             suggest("least_loded", &["round_robin", "least_loaded"]),

@@ -46,6 +46,32 @@ pub struct Entry {
     pub value: Yaml,
 }
 
+/// Reports every key of `entries` that is not in `allowed`, at the key, with the likely typo or
+/// the allowed keys as a hint; `child` makes a key's path.
+pub fn report_unknown_keys(
+    entries: &[Entry],
+    allowed: &[&str],
+    child: impl Fn(&str) -> String,
+    problems: &mut Problems,
+) {
+    for e in entries
+        .iter()
+        .filter(|e| !allowed.contains(&e.key.as_str()))
+    {
+        let hint = if e.key == "<<" {
+            "merge keys (`<<`) are not supported; alias the whole value instead (e.g. `ssh: *common`) or repeat the keys".to_owned()
+        } else {
+            crate::problem::typo_hint(&e.key, allowed, "allowed keys")
+        };
+        problems.add_hint(
+            e.key_pos,
+            &child(&e.key),
+            format!("unknown key `{}`", e.key),
+            Some(hint),
+        );
+    }
+}
+
 impl Yaml {
     /// "a string", "a map", ...: for "expected X, found Y" messages.
     pub fn kind(&self) -> &'static str {

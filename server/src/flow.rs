@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use fleet_inventory::yaml::{self, Entry, Value as Y, Yaml};
-use fleet_inventory::{LoadError, Pos, Problems};
+use fleet_inventory::{LoadError, Pos, Problems, typo_hint};
 
 use crate::expr::Expr;
 use crate::value::Type;
@@ -251,19 +251,7 @@ fn fields<'a>(
         );
         return None;
     };
-    for e in entries {
-        if !allowed.contains(&e.key.as_str()) {
-            let hint = suggest(&e.key, allowed)
-                .map(|s| format!("did you mean `{s}`?"))
-                .or_else(|| Some(format!("known keys: {}", allowed.join(", "))));
-            problems.add_hint(
-                e.key_pos,
-                &join(path, &e.key),
-                format!("unknown key `{}`", e.key),
-                hint,
-            );
-        }
-    }
+    yaml::report_unknown_keys(entries, allowed, |k| join(path, k), problems);
     Some(entries.iter().collect())
 }
 
@@ -277,15 +265,6 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
-}
-
-fn suggest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
-    options
-        .iter()
-        .map(|o| (strsim::damerau_levenshtein(word, o), *o))
-        .filter(|(d, o)| *d <= 2.max(o.len() / 3))
-        .min()
-        .map(|(_, o)| o)
 }
 
 fn required<'a>(
@@ -395,9 +374,7 @@ fn check_known(known: &Known, name: &str, pos: Pos, path: &str, problems: &mut P
         && !cols.iter().any(|c| c == name)
     {
         let options: Vec<&str> = cols.iter().map(String::as_str).collect();
-        let hint = suggest(name, &options)
-            .map(|s| format!("did you mean `{s}`?"))
-            .or_else(|| Some(format!("columns here: {}", options.join(", "))));
+        let hint = Some(typo_hint(name, &options, "columns here"));
         problems.add_hint(pos, path, format!("no column `{name}` at this step"), hint);
     }
 }
@@ -578,9 +555,7 @@ fn kind<'a>(
     let s = string(t, &join(path, "type"), problems)?;
     let found = kinds.iter().find(|k| **k == s).copied();
     if found.is_none() {
-        let hint = suggest(&s, kinds)
-            .map(|k| format!("did you mean `{k}`?"))
-            .or_else(|| Some(format!("one of: {}", kinds.join(", "))));
+        let hint = Some(typo_hint(&s, kinds, "one of"));
         problems.add_hint(
             t.pos,
             &join(path, "type"),
@@ -778,9 +753,7 @@ fn read_step(node: &Yaml, path: &str, known: &mut Known, problems: &mut Problems
                 match crate::value::Type::parse(&ty_name) {
                     Some(ty) => out.push((name, ty)),
                     None => {
-                        let hint = suggest(&ty_name, Type::NAMES)
-                            .map(|s| format!("did you mean `{s}`?"))
-                            .or_else(|| Some(format!("types: {}", Type::NAMES.join(", "))));
+                        let hint = Some(typo_hint(&ty_name, Type::NAMES, "types"));
                         problems.add_hint(
                             ty_node.pos,
                             &cp,
