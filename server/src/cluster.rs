@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -91,8 +90,26 @@ impl Membership {
         Ok(c)
     }
 
-    async fn forget_conn(&self) {
-        *self.conn.lock().await = None;
+    /// Runs one command; a failed one drops the connection, so the next call makes a new one
+    /// (Redis restarted, say).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut c = self.conn().await?;
+        let result = cmd.query_async(&mut c).await.map_err(redis_error);
+        if result.is_err() {
+            *self.conn.lock().await = None;
+        }
+        result
+    }
+
+    /// `SET key value NX PX ttl`: whether it was set.
+    async fn set_if_absent(&self, key: String, value: &str, ttl: Duration) -> Result<bool, String> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        Ok(self.query::<Option<String>>(&cmd).await?.is_some())
     }
 
     fn member_key(&self, node: &str) -> String {
@@ -101,82 +118,41 @@ impl Membership {
 
     /// Publishes `me` for one TTL.
     pub async fn beat(&self, me: &Member) -> Result<(), String> {
-        let result = async {
-            let mut c = self.conn().await?;
-            let json = serde_json::to_string(me).map_err(|e| e.to_string())?;
-            let ttl = self.ttl.as_millis() as u64;
-            let _: () = redis::pipe()
-                .set_options(
-                    self.member_key(&me.node),
-                    json,
-                    redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl)),
-                )
-                .ignore()
-                .sadd(format!("{}members", self.prefix), &me.node)
-                .ignore()
-                .query_async(&mut c)
-                .await
-                .map_err(redis_error)?;
-            Ok::<(), String>(())
-        }
-        .await;
-        if result.is_err() {
-            self.forget_conn().await;
-        }
-        result
+        let json = serde_json::to_string(me).map_err(|e| e.to_string())?;
+        let mut set = redis::cmd("SET");
+        set.arg(self.member_key(&me.node))
+            .arg(json)
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64);
+        self.query::<()>(&set).await?;
+        let mut add = redis::cmd("SADD");
+        add.arg(format!("{}members", self.prefix)).arg(&me.node);
+        self.query::<()>(&add).await
     }
 
     /// Every node with a live heartbeat, by name.
     pub async fn members(&self) -> Result<Vec<Member>, String> {
-        let result = async {
-            let mut c = self.conn().await?;
-            let mut names: Vec<String> = c
-                .smembers(format!("{}members", self.prefix))
-                .await
-                .map_err(redis_error)?;
-            names.sort();
-            if names.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = names.iter().map(|n| self.member_key(n)).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .map_err(redis_error)?;
-            Ok(values
-                .into_iter()
-                .flatten()
-                .filter_map(|v| serde_json::from_str::<Member>(&v).ok())
-                .collect())
+        let mut names: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(format!("{}members", self.prefix)))
+            .await?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
         }
-        .await;
-        if result.is_err() {
-            self.forget_conn().await;
-        }
-        result
+        let keys: Vec<String> = names.iter().map(|n| self.member_key(n)).collect();
+        let values: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str::<Member>(&v).ok())
+            .collect())
     }
 
     /// Takes the lock `name` for `ttl` unless another holder has it; `false` on any doubt.
     pub async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> bool {
-        let Ok(mut c) = self.conn().await else {
-            return false;
-        };
-        let got: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(format!("{}lock:{name}", self.prefix))
-            .arg(holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut c)
-            .await;
-        match got {
-            Ok(v) => v.is_some(),
-            Err(_) => {
-                self.forget_conn().await;
-                false
-            }
-        }
+        self.set_if_absent(format!("{}lock:{name}", self.prefix), holder, ttl)
+            .await
+            .unwrap_or(false)
     }
 
     fn lease_key(&self) -> String {
@@ -185,24 +161,7 @@ impl Membership {
 
     /// Takes the leader lease for `ttl` if nobody holds it.
     pub async fn acquire_lease(&self, token: &str, ttl: Duration) -> Result<bool, String> {
-        let result = async {
-            let mut c = self.conn().await?;
-            let got: Option<String> = redis::cmd("SET")
-                .arg(self.lease_key())
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut c)
-                .await
-                .map_err(redis_error)?;
-            Ok(got.is_some())
-        }
-        .await;
-        if result.is_err() {
-            self.forget_conn().await;
-        }
-        result
+        self.set_if_absent(self.lease_key(), token, ttl).await
     }
 
     /// Extends the lease only if `token` still holds it (compare and set, in one script).
@@ -226,30 +185,18 @@ impl Membership {
     }
 
     async fn lease_script(&self, script: &str, token: &str, ttl_ms: u64) -> Result<bool, String> {
-        let result = async {
-            let mut c = self.conn().await?;
-            let n: i64 = redis::cmd("EVAL")
-                .arg(script)
-                .arg(1)
-                .arg(self.lease_key())
-                .arg(token)
-                .arg(ttl_ms)
-                .query_async(&mut c)
-                .await
-                .map_err(redis_error)?;
-            Ok(n == 1)
-        }
-        .await;
-        if result.is_err() {
-            self.forget_conn().await;
-        }
-        result
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(1)
+            .arg(self.lease_key())
+            .arg(token)
+            .arg(ttl_ms);
+        Ok(self.query::<i64>(&cmd).await? == 1)
     }
 
     /// Who holds the lease now (its token starts with the node's name).
     pub async fn lease_holder(&self) -> Result<Option<String>, String> {
-        let mut c = self.conn().await?;
-        c.get(self.lease_key()).await.map_err(redis_error)
+        self.query(redis::cmd("GET").arg(self.lease_key())).await
     }
 
     fn wake_channel(&self, node: &str) -> String {
@@ -258,12 +205,13 @@ impl Membership {
 
     /// Tells `node` a run was dispatched to it (it would also find it at its next poll).
     pub async fn wake(&self, node: &str) {
-        if let Ok(mut c) = self.conn().await {
-            let published: Result<i64, _> = c.publish(self.wake_channel(node), "run").await;
-            if published.is_err() {
-                self.forget_conn().await;
-            }
-        }
+        let _ = self
+            .query::<i64>(
+                redis::cmd("PUBLISH")
+                    .arg(self.wake_channel(node))
+                    .arg("run"),
+            )
+            .await;
     }
 
     /// Calls `poke` whenever a run is dispatched to `node`, until the task is stopped;
@@ -284,18 +232,6 @@ impl Membership {
     }
 
     pub async fn ping(&self) -> Result<(), String> {
-        let result = async {
-            let mut c = self.conn().await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .map_err(redis_error)
-                .map(|_| ())
-        }
-        .await;
-        if result.is_err() {
-            self.forget_conn().await;
-        }
-        result
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 }

@@ -129,10 +129,7 @@ pub async fn create_run_in(
     let target = if targets.is_empty() {
         None
     } else {
-        sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        lock_dispatch(tx).await?;
         Some(pick(tx, targets, load_balancing).await?)
     };
     let id: Option<(i64,)> = sqlx::query_as(
@@ -144,6 +141,16 @@ pub async fn create_run_in(
     .await
     .map_err(db)?;
     Ok(id.map(|(id,)| (id, target)))
+}
+
+/// Serialises dispatch decisions cluster-wide until the transaction ends, so the cursor and
+/// the counts each one reads are exact.
+async fn lock_dispatch(tx: &mut sqlx::PgConnection) -> Db<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    Ok(())
 }
 
 /// The shared round-robin cursor's value before this call (it grows by one).
@@ -375,10 +382,7 @@ pub async fn sweep(
     load_balancing: LoadBalancing,
 ) -> Db<Swept> {
     let mut tx = pool.begin().await.map_err(db)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    lock_dispatch(&mut tx).await?;
     let mut swept = Swept::default();
     let interrupted: Vec<(i64, String, serde_json::Value, i32, String)> = sqlx::query_as(
         "UPDATE runs SET state = 'interrupted', finished_at = now(),
@@ -426,10 +430,7 @@ pub async fn redispatch(
     load_balancing: LoadBalancing,
 ) -> Db<Vec<(i64, String)>> {
     let mut tx = pool.begin().await.map_err(db)?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    lock_dispatch(&mut tx).await?;
     let moved = redispatch_in(&mut tx, from, live, load_balancing).await?;
     tx.commit().await.map_err(db)?;
     Ok(moved)
