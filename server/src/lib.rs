@@ -107,7 +107,6 @@ pub async fn run(
             (membership.clone(), executor.clone(), config.node.clone());
         tokio::spawn(async move { membership.listen_wakes(&node, || executor.poke()).await })
     };
-    let sweeps = tokio::spawn(sweeper(membership.clone(), pool.clone(), config.clone()));
     let grace = config.shutdown_grace();
     let app = Arc::new(api::App {
         config,
@@ -122,6 +121,7 @@ pub async fn run(
             .to_string(),
     });
     let beats = tokio::spawn(heartbeat(app.clone()));
+    let sweeps = tokio::spawn(sweeper(app.clone()));
     let leads = tokio::spawn(scheduler::lead(app.clone()));
     let app_for_stop = app.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -157,7 +157,8 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// heartbeat has been gone for a whole TTL to live nodes (`runs::sweep`). It does nothing while
 /// it cannot see its own heartbeat: after a Redis restart every node looks gone until the
 /// heartbeats come back.
-async fn sweeper(membership: Arc<cluster::Membership>, pool: sqlx::PgPool, config: Config) {
+async fn sweeper(app: Arc<api::App>) {
+    let (membership, pool, config) = (&app.membership, &app.pool, &app.config);
     let mut missing_since: std::collections::HashMap<String, std::time::Instant> =
         Default::default();
     loop {
@@ -172,7 +173,7 @@ async fn sweeper(membership: Arc<cluster::Membership>, pool: sqlx::PgPool, confi
         {
             continue;
         }
-        let Ok(with_work) = runs::nodes_with_work(&pool).await else {
+        let Ok(with_work) = runs::nodes_with_work(pool).await else {
             continue;
         };
         let now = std::time::Instant::now();
@@ -188,12 +189,11 @@ async fn sweeper(membership: Arc<cluster::Membership>, pool: sqlx::PgPool, confi
         if dead.is_empty() {
             continue;
         }
-        let live: Vec<(String, u32)> = members
-            .iter()
-            .filter(|m| !m.draining)
-            .map(|m| (m.node.clone(), m.weight))
-            .collect();
-        match runs::sweep(&pool, &dead, &live, config.load_balancing).await {
+        // The same choice of nodes as a run request makes.
+        let Ok(live) = app.targets().await else {
+            continue;
+        };
+        match runs::sweep(pool, &dead, &live, config.load_balancing).await {
             Ok(swept) => {
                 tracing::warn!(
                     ?dead,
