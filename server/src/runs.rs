@@ -749,15 +749,7 @@ impl Executor {
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, Ordering::Relaxed);
         self.wake.notify_waiters();
-        let deadline = Instant::now() + grace;
-        while self.running() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Ok(r) = self.running.lock() {
-            for flag in r.values() {
-                flag.store(true, Ordering::Relaxed);
-            }
-        }
+        self.wait_idle(grace).await;
         // Every slot back means every run recorded its end.
         let _ = self.slots.acquire_many(self.limit as u32).await;
     }
