@@ -219,13 +219,16 @@ async fn cluster(State(app): Shared) -> ApiResult {
             |(node, queued, running)| json!({ "node": node, "queued": queued, "running": running }),
         )
         .collect();
+    // The leader is the lease's holder once its grant is recorded: until then (the moment
+    // between taking the lease and the grant) there is no leader to report with its epoch.
     let holder = app.membership.lease_holder().await.ok().flatten();
-    let (epoch, _) = crate::scheduler::latest_grant(&app.pool)
+    let (epoch, granted_to) = crate::scheduler::latest_grant(&app.pool)
         .await
         .map_err(ApiError::internal)?;
     let leader = holder
         .as_deref()
         .and_then(|t| t.split(':').next())
+        .filter(|n| granted_to.as_deref() == Some(*n))
         .map(str::to_owned);
     let active: Vec<&str> = members
         .iter()
