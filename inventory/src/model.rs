@@ -77,6 +77,15 @@ impl LoadBalancing {
     }
 }
 
+impl std::str::FromStr for LoadBalancing {
+    type Err = ();
+
+    /// The algorithm named as in an inventory or a server config (`round_robin`, ...).
+    fn from_str(name: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name).ok_or(())
+    }
+}
+
 impl fmt::Display for LoadBalancing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

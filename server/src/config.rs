@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use fleet_inventory::LoadBalancing;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -97,7 +99,7 @@ pub struct Config {
     pub redis_prefix: String,
     pub limits: Limits,
     pub cluster: ClusterSettings,
-    pub load_balancing: crate::cluster::LoadBalancing,
+    pub load_balancing: LoadBalancing,
     pub weight: u32,
     /// The bearer token of `/admin/*` (which also answer only on loopback); none: disabled.
     pub admin_token: Option<String>,
@@ -153,11 +155,12 @@ impl Config {
             .parse()
             .map_err(|_| at(&format!("listen `{}` is not an address:port", file.listen)))?;
         let load_balancing = match file.load_balancing.as_deref() {
-            None => crate::cluster::LoadBalancing::RoundRobin,
-            Some(name) => crate::cluster::LoadBalancing::parse(name).ok_or_else(|| {
+            None => LoadBalancing::default(),
+            Some(name) => name.parse().map_err(|()| {
+                let names: Vec<&str> = LoadBalancing::ALL.iter().map(|a| a.as_str()).collect();
                 at(&format!(
                     "load_balancing `{name}` is not one of {}",
-                    crate::cluster::LoadBalancing::NAMES.join(", ")
+                    names.join(", ")
                 ))
             })?,
         };

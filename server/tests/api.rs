@@ -284,7 +284,7 @@ async fn several_servers_can_start_at_once_on_a_new_database() {
     .await
     .expect("migrations");
     assert_eq!(applied, distinct);
-    assert_eq!(newest, Some(fleet_server::db::schema_version()));
+    assert_eq!(newest, Some(fleet_server::schema_version()));
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
         .expect("migrations dir")
         .count();

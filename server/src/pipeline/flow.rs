@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use fleet_inventory::yaml::{self, Entry, Value as Y, Yaml};
 use fleet_inventory::{LoadError, Pos, Problems, typo_hint};
 
-use crate::expr::Expr;
-use crate::value::Type;
+use crate::pipeline::expr::Expr;
+use crate::pipeline::value::Type;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
@@ -535,7 +535,7 @@ fn read_misfire(node: &Yaml, problems: &mut Problems) -> Option<Misfire> {
 
 fn read_path(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String> {
     let p = string(node, path, problems)?;
-    match crate::storage::check_relative(&p) {
+    match crate::pipeline::storage::check_relative(&p) {
         Ok(()) => Some(p),
         Err(why) => {
             problems.add(node.pos, path, why);
@@ -750,7 +750,7 @@ fn read_step(node: &Yaml, path: &str, known: &mut Known, problems: &mut Problems
                 let Some(ty_name) = string(ty_node, &cp, problems) else {
                     continue;
                 };
-                match crate::value::Type::parse(&ty_name) {
+                match crate::pipeline::value::Type::parse(&ty_name) {
                     Some(ty) => out.push((name, ty)),
                     None => {
                         let hint = Some(typo_hint(&ty_name, Type::NAMES, "types"));

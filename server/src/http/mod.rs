@@ -15,48 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::Config;
-use crate::flow::Flow;
-use crate::runs::{self, Cancel, Executor};
+use crate::node::Node;
+use crate::pipeline::flow::Flow;
+use crate::runs::{self, Cancel};
 
-pub struct App {
-    pub config: Config,
-    pub pool: sqlx::PgPool,
-    pub membership: Arc<crate::cluster::Membership>,
-    pub executor: Arc<Executor>,
-    pub started: String,
-    pub leadership: crate::scheduler::Leadership,
-    /// The address the server listens on, as bound (what other nodes call).
-    pub listen: String,
-}
-
-impl App {
-    /// This node's heartbeat as it is now.
-    pub fn me(&self) -> crate::cluster::Member {
-        crate::member(&self.config, &self.executor, &self.started, &self.listen)
-    }
-
-    /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
-    /// database's schema. `Err` when membership cannot be read (Redis is down).
-    pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
-        let members = self.membership.members().await?;
-        let schema = runs::database_schema_version(&self.pool).await?;
-        Ok(members
-            .into_iter()
-            .filter(|m| !m.draining && m.schema_version >= schema)
-            .map(|m| (m.node, m.weight))
-            .collect())
-    }
-
-    /// The targets other than this node.
-    async fn others(&self) -> Vec<(String, u32)> {
-        let mut t = self.targets().await.unwrap_or_default();
-        t.retain(|(n, _)| *n != self.config.node);
-        t
-    }
-}
-
-type Shared = State<Arc<App>>;
+type Shared = State<Arc<Node>>;
 
 /// An error answer: status and JSON `{error, field?, problems?}`.
 pub struct ApiError {
@@ -91,7 +54,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<Node>) -> Router {
     let limit = app.config.limits.max_body_bytes;
     Router::new()
         .route("/api/flows", post(put_flow).get(list_flows))
@@ -222,7 +185,7 @@ async fn cluster(State(app): Shared) -> ApiResult {
     // The leader is the lease's holder once its grant is recorded: until then (the moment
     // between taking the lease and the grant) there is no leader to report with its epoch.
     let holder = app.membership.lease_holder().await.ok().flatten();
-    let (epoch, granted_to) = crate::scheduler::latest_grant(&app.pool)
+    let (epoch, granted_to) = crate::cluster::scheduler::latest_grant(&app.pool)
         .await
         .map_err(ApiError::internal)?;
     let leader = holder
@@ -346,7 +309,7 @@ async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
 }
 
 /// `/admin/*` answer only on loopback, and only with the configured bearer token.
-fn admin(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+fn admin(app: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     if !peer.ip().is_loopback() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -465,7 +428,7 @@ async fn resume(
 }
 
 /// This node's health report and whether it is healthy.
-async fn own_health(app: &App) -> (bool, serde_json::Value) {
+async fn own_health(app: &Node) -> (bool, serde_json::Value) {
     let timeout = std::time::Duration::from_secs(2);
     let database =
         match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&app.pool)).await {

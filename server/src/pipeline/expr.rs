@@ -14,7 +14,7 @@ use cel::common::value::CowVal;
 use cel::{Context, Env, Program};
 use chrono::{DateTime, Utc};
 
-use crate::value::Value;
+use crate::pipeline::value::Value;
 
 /// Functions that bind a variable of their own (`list.exists(x, x > 1)`): their variables are
 /// not columns.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::api::App;
+use crate::node::Node;
 
 /// The lease this node holds.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl Leadership {
     }
 
     /// Gives the lease up at once (drain, shutdown).
-    pub async fn step_down(&self, app: &App) {
+    pub async fn step_down(&self, app: &Node) {
         if let Some(lease) = self.lease.lock().await.take() {
             let _ = app.membership.release_lease(&lease.token).await;
             tracing::info!(epoch = lease.epoch, "gave up the scheduler's leadership");
@@ -66,7 +66,7 @@ fn token(node: &str) -> String {
 }
 
 /// Takes, keeps and gives up the lease, every `renew` interval, until the task is stopped.
-pub async fn lead(app: Arc<App>) {
+pub async fn lead(app: Arc<Node>) {
     let (ttl, renew) = (
         app.config.cluster.leader_ttl(),
         app.config.cluster.leader_renew(),
@@ -162,7 +162,7 @@ type ScheduledFlow = (String, serde_json::Value, Time, Option<Time>);
 const ON_TIME: Duration = Duration::from_secs(2);
 
 /// Fires every flow whose schedule is due, each fire time at most once cluster-wide.
-async fn fire_due(app: &App, lease: &Lease) -> Result<(), Fire> {
+async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
     let flows: Vec<ScheduledFlow> =
         sqlx::query_as(
             "SELECT f.name, f.definition, f.updated_at, (SELECT max(fire_time) FROM schedule_fires s WHERE s.flow = f.name)
@@ -172,10 +172,14 @@ async fn fire_due(app: &App, lease: &Lease) -> Result<(), Fire> {
         .await?;
     let now = chrono::Utc::now();
     for (name, definition, updated, last) in flows {
-        let Ok(flow) = crate::flow::Flow::parse(&definition.to_string(), &name) else {
+        let Ok(flow) = crate::pipeline::flow::Flow::parse(&definition.to_string(), &name) else {
             continue;
         };
-        let Some(Ok(cron)) = flow.schedule.as_deref().map(crate::flow::parse_schedule) else {
+        let Some(Ok(cron)) = flow
+            .schedule
+            .as_deref()
+            .map(crate::pipeline::flow::parse_schedule)
+        else {
             continue;
         };
         // The latest fire time after the last fire (or the flow's last change) that is due.
@@ -190,8 +194,8 @@ async fn fire_due(app: &App, lease: &Lease) -> Result<(), Fire> {
         };
         let late = (now - due).to_std().unwrap_or_default();
         let run = match flow.misfire {
-            crate::flow::Misfire::Skip => late <= ON_TIME,
-            crate::flow::Misfire::Coalesce { grace_secs } => {
+            crate::pipeline::flow::Misfire::Skip => late <= ON_TIME,
+            crate::pipeline::flow::Misfire::Coalesce { grace_secs } => {
                 late <= Duration::from_secs(grace_secs)
             }
         };

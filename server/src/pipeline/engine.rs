@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::expr::Expr;
-use crate::flow::{BadRows, Destination, Flow, Source, Step};
-use crate::sink::{Sink, ToSink};
-use crate::source::{self, Item};
-use crate::value::{Type, Value};
+use crate::pipeline::expr::Expr;
+use crate::pipeline::flow::{BadRows, Destination, Flow, Source, Step};
+use crate::pipeline::sink::{Sink, ToSink};
+use crate::pipeline::source::{self, Item};
+use crate::pipeline::value::{Type, Value};
 
 /// Rows on their way through a run, each with its row number in the source (the line of a
 /// file, the ordinal of a query's row), and the rows the source could not read.
@@ -296,7 +296,7 @@ async fn join_reader(reader: Reader) -> Result<(), String> {
 }
 
 fn open_input(env: &RunEnv, path: &str) -> Result<std::fs::File, String> {
-    let real = crate::storage::resolve(&env.storage, path)?;
+    let real = crate::pipeline::storage::resolve(&env.storage, path)?;
     std::fs::File::open(&real).map_err(|e| format!("source {path}: {e}"))
 }
 
@@ -489,7 +489,7 @@ impl Rejects {
             std::fs::create_dir_all(env.storage.join(parent))
                 .map_err(|e| format!("reject file {relative}: {e}"))?;
         }
-        let real = crate::storage::resolve(&env.storage, &relative)?;
+        let real = crate::pipeline::storage::resolve(&env.storage, &relative)?;
         let file =
             std::fs::File::create(&real).map_err(|e| format!("reject file {relative}: {e}"))?;
         Ok(Some(Rejects {

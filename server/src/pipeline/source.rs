@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{BadRow, Batch, Plan};
-use crate::value::{Type, Value};
+use crate::pipeline::engine::{BadRow, Batch, Plan};
+use crate::pipeline::value::{Type, Value};
 
 /// Rows per batch: large enough that per-batch costs vanish, small enough for flat memory.
 pub const BATCH_ROWS: usize = 2048;
@@ -42,7 +42,9 @@ impl Sender {
 
     fn transform(&self, item: Item) -> Item {
         match (item, &self.ready) {
-            (Item::Batch(b), Some(plan)) => Item::Batch(crate::engine::transform(plan, b)),
+            (Item::Batch(b), Some(plan)) => {
+                Item::Batch(crate::pipeline::engine::transform(plan, b))
+            }
             (item, _) => item,
         }
     }

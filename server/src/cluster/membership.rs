@@ -20,31 +20,6 @@ pub struct Member {
     pub listen: String,
 }
 
-/// How a run request picks the node that executes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LoadBalancing {
-    RoundRobin,
-    LeastLoaded,
-    Random,
-    Weighted,
-}
-
-impl LoadBalancing {
-    pub const NAMES: &'static [&'static str] =
-        &["round_robin", "least_loaded", "random", "weighted"];
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "round_robin" => Self::RoundRobin,
-            "least_loaded" => Self::LeastLoaded,
-            "random" => Self::Random,
-            "weighted" => Self::Weighted,
-            _ => return None,
-        })
-    }
-}
-
 pub struct Membership {
     client: redis::Client,
     conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
@@ -67,10 +42,6 @@ impl Membership {
             prefix,
             ttl,
         }
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     /// A connection, made again after a failure (Redis restarted, say).

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use sqlx::Connection;
 
-use crate::engine::RunEnv;
-use crate::flow::{Destination, Flow, Mode, Table, quote_ident};
-use crate::value::{Type, Value};
+use crate::pipeline::engine::RunEnv;
+use crate::pipeline::flow::{Destination, Flow, Mode, Table, quote_ident};
+use crate::pipeline::value::{Type, Value};
 
 pub enum Sink {
     Table(TableSink),
@@ -424,7 +424,7 @@ impl FileSink {
             std::fs::create_dir_all(env.storage.join(parent))
                 .map_err(|e| format!("destination {path}: {e}"))?;
         }
-        let real = crate::storage::resolve(&env.storage, path)?;
+        let real = crate::pipeline::storage::resolve(&env.storage, path)?;
         let name = real
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -1,0 +1,54 @@
+//! The node's shared state: its config, its Postgres pool, its place in the cluster, its
+//! executor and its leadership, handed to every part (HTTP handlers, cluster loops). Not a
+//! subsystem of its own: it holds the parts, it does not act.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::runs::{self, Executor};
+
+pub struct Node {
+    pub config: Config,
+    pub pool: sqlx::PgPool,
+    pub membership: Arc<crate::cluster::Membership>,
+    pub executor: Arc<Executor>,
+    pub started: String,
+    pub leadership: crate::cluster::scheduler::Leadership,
+    /// The address the server listens on, as bound (what other nodes call).
+    pub listen: String,
+}
+
+impl Node {
+    /// This node's heartbeat as it is now.
+    pub fn me(&self) -> crate::cluster::Member {
+        crate::cluster::Member {
+            node: self.config.node.clone(),
+            version: crate::VERSION.to_owned(),
+            schema_version: crate::db::schema_version(),
+            started: self.started.clone(),
+            running: self.executor.running(),
+            draining: self.executor.draining(),
+            weight: self.config.weight,
+            listen: self.listen.clone(),
+        }
+    }
+
+    /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
+    /// database's schema. `Err` when membership cannot be read (Redis is down).
+    pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
+        let members = self.membership.members().await?;
+        let schema = runs::database_schema_version(&self.pool).await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| !m.draining && m.schema_version >= schema)
+            .map(|m| (m.node, m.weight))
+            .collect())
+    }
+
+    /// The targets other than this node.
+    pub(crate) async fn others(&self) -> Vec<(String, u32)> {
+        let mut t = self.targets().await.unwrap_or_default();
+        t.retain(|(n, _)| *n != self.config.node);
+        t
+    }
+}

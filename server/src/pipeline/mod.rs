@@ -1,0 +1,14 @@
+//! The pipeline of one run: a flow's definition (`flow`), its expressions (`expr`) over typed
+//! values (`value`), paths on shared storage (`storage`), a source (`source`), the transform
+//! plan and bad-row policies (`engine`) and a destination (`sink`). Rows move in bounded
+//! batches through bounded channels. Knows nothing of runs' bookkeeping, the cluster or HTTP.
+
+pub(crate) mod engine;
+pub(crate) mod expr;
+pub(crate) mod flow;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod storage;
+pub(crate) mod value;
+
+pub use flow::Flow;
