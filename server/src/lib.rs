@@ -14,6 +14,9 @@ mod runs;
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 pub use cluster::HEARTBEAT_TTL;
 pub use config::Config;
 pub use db::schema_version;
@@ -22,9 +25,10 @@ pub use pipeline::Flow;
 /// The server's version, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Serves until `shutdown` completes: then stops taking requests and work, lets running flows
-/// finish for the configured grace period, stops the rest (recorded as failed, never left
-/// `running`), and returns.
+/// Serves until `shutdown` completes (or HTTP fails): then cancels the server's one token,
+/// so every loop stops taking requests and work and the scheduler's lease is given up; lets
+/// running flows finish for the configured grace period, stops the rest (recorded as failed,
+/// never left `running`), waits for every tracked task, and returns.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -48,57 +52,80 @@ pub async fn run(
             "runs left running by an earlier start are marked failed"
         );
     }
+    let listen = listener
+        .local_addr()
+        .map_err(|e| format!("listener: {e}"))?
+        .to_string();
+    // The one shutdown: every loop selects on `stop`, every task is spawned on `tasks`.
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let executor = runs::Executor::new(
         pool.clone(),
         config.node.clone(),
         config.shared_storage.clone(),
         config.limits.max_running_flows,
+        stop.clone(),
+        tasks.clone(),
     );
-    let claims = tokio::spawn(executor.clone().serve());
-    let wakes = {
-        let (membership, executor, node) =
-            (membership.clone(), executor.clone(), config.node.clone());
-        tokio::spawn(async move { membership.listen_wakes(&node, || executor.poke()).await })
-    };
     let grace = config.shutdown_grace();
-    let app = Arc::new(node::Node {
+    let node = Arc::new(node::Node {
         config,
         pool: pool.clone(),
         membership,
         executor: executor.clone(),
         started: chrono::Utc::now().to_rfc3339(),
         leadership: Default::default(),
-        listen: listener
-            .local_addr()
-            .map_err(|e| format!("listener: {e}"))?
-            .to_string(),
+        listen,
+        stop: stop.clone(),
+        tasks: tasks.clone(),
+        drain: Default::default(),
     });
-    let beats = tokio::spawn(cluster::heartbeat(app.clone()));
-    let sweeps = tokio::spawn(cluster::sweeper(app.clone()));
-    let leads = tokio::spawn(cluster::scheduler::lead(app.clone()));
-    let app_for_stop = app.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    tasks.spawn(executor.clone().serve());
+    tasks.spawn(cluster::wakes(node.clone()));
+    tasks.spawn(cluster::heartbeat(node.clone()));
+    tasks.spawn(cluster::sweeper(node.clone()));
+    tasks.spawn(cluster::scheduler::lead(node.clone()));
+    let http = tasks.spawn({
+        let stop = stop.clone();
+        let serve = axum::serve(
+            listener,
+            http::router(node).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        async move {
+            let served = serve.await;
+            // HTTP failing stops the whole server.
+            stop.cancel();
+            served
+        }
     });
-    let mut http_stop = stop_rx.clone();
-    let served = axum::serve(
-        listener,
-        http::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    })
-    .await;
+    tokio::select! {
+        () = shutdown => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
     tracing::info!("shutting down: no new runs; waiting for running ones");
-    leads.abort();
-    app_for_stop.leadership.step_down(&app_for_stop).await;
     executor.shutdown(grace).await;
-    claims.abort();
-    beats.abort();
-    wakes.abort();
-    sweeps.abort();
+    tasks.close();
+    // Runs have ended; what is left (requests in flight, the last heartbeat) gets the grace.
+    if tokio::time::timeout(grace.max(SETTLE), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "tasks still running after the grace period"
+        );
+    }
     pool.close().await;
-    served.map_err(|e| format!("serving HTTP: {e}"))
+    match http.is_finished() {
+        true => http
+            .await
+            .map_err(|e| format!("serving HTTP: {e}"))?
+            .map_err(|e| format!("serving HTTP: {e}")),
+        false => Ok(()),
+    }
 }
+
+/// The least time the tasks get to end once runs have (requests in flight, a last heartbeat).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);

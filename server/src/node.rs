@@ -1,6 +1,7 @@
 //! The node's shared state: its config, its Postgres pool, its place in the cluster, its
-//! executor and its leadership, handed to every part (HTTP handlers, cluster loops). Not a
-//! subsystem of its own: it holds the parts, it does not act.
+//! executor, its leadership, and the server's one shutdown token and task tracker, handed to
+//! every part (HTTP handlers, cluster loops). Not a subsystem of its own: it holds the parts,
+//! it does not act.
 
 use std::sync::Arc;
 
@@ -16,6 +17,12 @@ pub struct Node {
     pub leadership: crate::cluster::scheduler::Leadership,
     /// The address the server listens on, as bound (what other nodes call).
     pub listen: String,
+    /// The server's one shutdown: every loop selects on it.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Every task the server spawns; shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
+    /// The drain in progress or done, if any (`cluster::drain`).
+    pub drain: crate::cluster::DrainState,
 }
 
 impl Node {

@@ -425,3 +425,56 @@ async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
         .expect("runs");
     assert_eq!(runs as usize, ran, "one run per fire: {fires:?}");
 }
+
+/// A drain request waits for the drain, but never holds the shutdown up: SIGTERM during a
+/// drain answers the request at once (`stopping`), and the server stops after its grace period
+/// rather than after the drain's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new("sigterm_drain").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_csv(&dir.path().join("shared/in/long.csv"), 3_000_000);
+    let token = "a-test-token-of-some-length";
+    let p = start(
+        &db,
+        dir.path(),
+        &format!("admin_token = \"{token}\"\n[limits]\nshutdown_grace_secs = 1\n"),
+    )
+    .await;
+    let id = submit_and_start(&p, "name: long\nsource: { type: csv, path: in/long.csv }\ntransform:\n  - cast: { id: int, amount: decimal }\ndestination: { type: postgres, table: long }\n").await;
+    let addr = p.addr;
+    let drain = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /admin/drain?deadline_secs=3600 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    });
+    // The drain has begun once the cluster shows this node draining.
+    for _ in 0..400 {
+        let (_, cluster) = common::call(addr, "GET", "/api/cluster", "").await;
+        if cluster["members"][0]["draining"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!drain.is_finished(), "the drain waits for the running run");
+    let status = terminate(p).await;
+    assert!(status.success(), "{status}");
+    let answer = tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("the drain request is answered once the server stops")
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(answer.contains("\"state\":\"stopping\""), "{answer}");
+    let (state, error) = run_row(&db, id).await;
+    assert_eq!(
+        state, "failed",
+        "the grace period, not the drain's deadline, bounds the run"
+    );
+    assert!(error.unwrap_or_default().contains("shut down"));
+}

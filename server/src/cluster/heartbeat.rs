@@ -8,8 +8,9 @@ use crate::node::Node;
 /// How long a heartbeat lives in Redis; nodes beat three times per TTL.
 pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Publishes this node's heartbeat until the task is stopped; a Redis outage is logged once
-/// and retried.
+/// Publishes this node's heartbeat; a Redis outage is logged once and retried. It beats on
+/// after the shutdown began, for as long as runs still execute here (the grace period), so no
+/// other node takes this one for gone and interrupts them.
 pub(crate) async fn heartbeat(app: Arc<Node>) {
     let mut failing = false;
     loop {
@@ -24,6 +25,9 @@ pub(crate) async fn heartbeat(app: Arc<Node>) {
                 failing = true;
             }
             Err(_) => {}
+        }
+        if app.stop.is_cancelled() && app.executor.running() == 0 {
+            return;
         }
         tokio::time::sleep(HEARTBEAT_TTL / 3).await;
     }

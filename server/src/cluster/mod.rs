@@ -2,12 +2,27 @@
 //! nodes that went away, and the leader-elected scheduler. Redis coordinates; Postgres holds
 //! the truth (run rows, fencing epochs). Knows nothing of HTTP.
 
+mod drain;
 mod heartbeat;
 mod membership;
 pub(crate) mod scheduler;
 mod sweeper;
 
+pub use drain::{Drain, DrainState, drain};
 pub use heartbeat::HEARTBEAT_TTL;
 pub(crate) use heartbeat::heartbeat;
 pub use membership::{Member, Membership};
 pub(crate) use sweeper::sweeper;
+
+use std::sync::Arc;
+
+use crate::node::Node;
+
+/// Pokes the executor whenever a run is sent to this node over Redis, until the shutdown.
+pub(crate) async fn wakes(node: Arc<Node>) {
+    let executor = node.executor.clone();
+    tokio::select! {
+        () = node.membership.listen_wakes(&node.config.node, || executor.poke()) => {}
+        () = node.stop.cancelled() => {}
+    }
+}

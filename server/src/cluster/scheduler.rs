@@ -65,7 +65,8 @@ fn token(node: &str) -> String {
     format!("{node}:{hex}")
 }
 
-/// Takes, keeps and gives up the lease, every `renew` interval, until the task is stopped.
+/// Takes, keeps and gives up the lease, every `renew` interval, until the shutdown, when it
+/// gives the lease up.
 pub async fn lead(app: Arc<Node>) {
     let (ttl, renew) = (
         app.config.cluster.leader_ttl(),
@@ -138,7 +139,14 @@ pub async fn lead(app: Arc<Node>) {
                 Err(Fire::Failed(e)) => tracing::warn!(error = %e, "evaluating schedules"),
             }
         }
-        tokio::time::sleep(renew.min(Duration::from_millis(200))).await;
+        tokio::select! {
+            () = tokio::time::sleep(renew.min(Duration::from_millis(200))) => {}
+            () = app.stop.cancelled() => {
+                // Leadership goes at once, so another node schedules without waiting for the TTL.
+                app.leadership.step_down(&app).await;
+                return;
+            }
+        }
     }
 }
 

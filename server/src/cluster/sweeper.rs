@@ -10,7 +10,7 @@ use crate::runs;
 /// How often the sweeper looks for nodes that went away.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Every `SWEEP_INTERVAL`, the node holding the sweeper lock hands the runs of nodes whose
+/// Until the shutdown, every `SWEEP_INTERVAL`, the node holding the sweeper lock hands the runs of nodes whose
 /// heartbeat has been gone for a whole TTL to live nodes (`runs::sweep`). It does nothing while
 /// it cannot see its own heartbeat: after a Redis restart every node looks gone until the
 /// heartbeats come back.
@@ -19,7 +19,10 @@ pub(crate) async fn sweeper(app: Arc<Node>) {
     let mut missing_since: std::collections::HashMap<String, std::time::Instant> =
         Default::default();
     loop {
-        tokio::time::sleep(SWEEP_INTERVAL).await;
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = app.stop.cancelled() => return,
+        }
         let Ok(members) = membership.members().await else {
             continue;
         };

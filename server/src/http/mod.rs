@@ -350,9 +350,9 @@ struct DrainQuery {
     deadline_secs: Option<String>,
 }
 
-/// Stops claiming, hands back what has not started, lets running runs finish up to the
-/// deadline (the rest are stopped and recorded failed), hands back what arrived meanwhile, and
-/// answers `drained`.
+/// Starts (or joins) the drain of this node (`cluster::drain`) and answers `drained` (200)
+/// when it ends within the wait a drain request gets; otherwise 202 with `draining` and the
+/// progress (ask again to keep waiting), or `stopping` when the server shuts down meanwhile.
 async fn drain(
     State(app): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -377,41 +377,23 @@ async fn drain(
                 })?,
         ),
     };
-    app.executor.set_draining(true);
-    // Leadership goes at once, so another node schedules without waiting for the TTL.
-    app.leadership.step_down(&app).await;
-    // The others stop sending runs here at once, not at the next heartbeat.
-    if let Err(e) = app.membership.beat(&app.me()).await {
-        tracing::warn!(error = %e, "publishing the drain");
-    }
-    let me = [app.config.node.clone()];
-    let mut handed = runs::redispatch(
-        &app.pool,
-        &me,
-        &app.others().await,
-        app.config.load_balancing,
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    app.executor.wait_idle(deadline).await;
-    handed.extend(
-        runs::redispatch(
-            &app.pool,
-            &me,
-            &app.others().await,
-            app.config.load_balancing,
-        )
+    use crate::cluster::Drain;
+    let (status, state, handed_back, running) = match crate::cluster::drain(&app, deadline)
         .await
-        .map_err(ApiError::internal)?,
-    );
-    for (_, node) in &handed {
-        app.membership.wake(node).await;
+        .map_err(ApiError::internal)?
+    {
+        Drain::Drained { handed_back } => (StatusCode::OK, "drained", handed_back, None),
+        Drain::Draining {
+            handed_back,
+            running,
+        } => (StatusCode::ACCEPTED, "draining", handed_back, Some(running)),
+        Drain::Stopping { handed_back } => (StatusCode::ACCEPTED, "stopping", handed_back, None),
+    };
+    let mut body = json!({ "node": app.config.node, "state": state, "handed_back": handed_back });
+    if let Some(running) = running {
+        body["running"] = running.into();
     }
-    let ids: Vec<i64> = handed.iter().map(|(id, _)| *id).collect();
-    Ok(
-        Json(json!({ "node": app.config.node, "state": "drained", "handed_back": ids }))
-            .into_response(),
-    )
+    Ok((status, Json(body)).into_response())
 }
 
 async fn resume(

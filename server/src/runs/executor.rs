@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::pipeline::engine::{self, Ending, Report, RunEnv};
 use crate::pipeline::flow::Flow;
@@ -35,7 +37,10 @@ pub struct Executor {
     wake: Notify,
     /// Running runs and their cancel flags.
     running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
-    stopping: AtomicBool,
+    /// The server's shutdown: once cancelled, nothing more is claimed.
+    stop: CancellationToken,
+    /// Where each run's task is tracked, so shutdown waits for it.
+    tasks: TaskTracker,
     draining: AtomicBool,
     pub metrics: Metrics,
 }
@@ -46,6 +51,8 @@ impl Executor {
         node: String,
         storage: std::path::PathBuf,
         limit: usize,
+        stop: CancellationToken,
+        tasks: TaskTracker,
     ) -> Arc<Executor> {
         Arc::new(Executor {
             pool,
@@ -55,7 +62,8 @@ impl Executor {
             limit,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
-            stopping: AtomicBool::new(false),
+            stop,
+            tasks,
             draining: AtomicBool::new(false),
             metrics: Metrics::default(),
         })
@@ -132,22 +140,23 @@ impl Executor {
 
     /// The claim loop; returns when `stop` is called.
     pub async fn serve(self: Arc<Self>) {
-        while !self.stopping.load(Ordering::Relaxed) {
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+        while !self.stopping() {
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit,
+                () = self.stop.cancelled() => return,
+            };
+            let Ok(permit) = permit else {
                 return;
             };
-            if self.stopping.load(Ordering::Relaxed) {
-                return;
-            }
             if !self.may_claim().await {
                 drop(permit);
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                self.idle(Duration::from_secs(1)).await;
                 continue;
             }
             match claim(&self.pool, &self.node).await {
                 Ok(Some((id, definition, epoch))) => {
                     let me = self.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         me.execute(id, epoch, definition).await;
                         drop(permit);
                         me.wake.notify_one();
@@ -156,16 +165,30 @@ impl Executor {
                 Ok(None) => {
                     drop(permit);
                     // Runs queued through another node show up at the next poll.
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                    self.idle(Duration::from_secs(1)).await;
                 }
                 Err(e) => {
                     drop(permit);
                     tracing::warn!(error = %e, "claiming a run");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = self.stop.cancelled() => {}
+                    }
                 }
             }
         }
+    }
+
+    /// Waits for a wake-up, at most `wait`, or the shutdown.
+    async fn idle(&self, wait: Duration) {
+        tokio::select! {
+            _ = tokio::time::timeout(wait, self.wake.notified()) => {}
+            () = self.stop.cancelled() => {}
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
     }
 
     async fn execute(&self, id: i64, epoch: i64, definition: serde_json::Value) {
@@ -196,7 +219,7 @@ impl Executor {
                 // any node comes back the same way.
                 let pool = self.pool.clone();
                 let flag = cancel.clone();
-                let reporter = tokio::spawn(async move {
+                let reporter = async move {
                     while progress_rx.changed().await.is_ok() {
                         let counts = *progress_rx.borrow_and_update();
                         let report = Report {
@@ -208,18 +231,25 @@ impl Executor {
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                });
-                let (ending, report) = engine::run(&flow, &env).await;
+                };
+                // The reporter lives as long as the run, in the run's own task.
+                let (ending, report) = {
+                    let run = engine::run(&flow, &env);
+                    tokio::pin!(run);
+                    tokio::select! {
+                        ended = &mut run => ended,
+                        () = reporter => run.await,
+                    }
+                };
                 drop(env);
-                reporter.abort();
                 match ending {
                     Ending::Succeeded => ("succeeded", None, report),
                     Ending::Failed(why) => ("failed", Some(why), report),
                     Ending::Canceled
-                        if (self.stopping.load(Ordering::Relaxed) || self.draining())
+                        if (self.stopping() || self.draining())
                             && !self.user_canceled(id).await =>
                     {
-                        let why = if self.stopping.load(Ordering::Relaxed) {
+                        let why = if self.stopping() {
                             "the server shut down before the run finished"
                         } else {
                             "the node was drained before the run finished"
@@ -267,11 +297,14 @@ impl Executor {
         matches!(get_run(&self.pool, id).await, Ok(Some(r)) if r.cancel_requested)
     }
 
-    /// Stops claiming, lets running runs go on for `grace`, then stops them between batches
-    /// (they end `failed`, saying why) and waits for their final state to be recorded.
+    /// Once the server's shutdown began: lets running runs go on for `grace`, then stops them
+    /// between batches (they end `failed`, saying why) and waits for their final state to be
+    /// recorded.
     pub async fn shutdown(&self, grace: Duration) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.wake.notify_waiters();
+        debug_assert!(
+            self.stopping(),
+            "the server's shutdown token is cancelled first"
+        );
         self.wait_idle(grace).await;
         // Every slot back means every run recorded its end.
         let _ = self.slots.acquire_many(self.limit as u32).await;
