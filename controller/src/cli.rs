@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use fleet_proto::Request;
 
 use crate::commands;
 use crate::report::Failure;
@@ -315,13 +316,13 @@ pub fn run(cli: Cli) -> ExitCode {
             nodes,
             allow_downgrade,
         } => {
-            let request = match allow_downgrade {
-                true => format!("activate {version} --allow-downgrade"),
-                false => format!("activate {version}"),
+            let request = Request::Activate {
+                version,
+                allow_downgrade,
             };
             commands::switch(nodes, request, !cli.json)
         }
-        Command::Rollback { nodes } => commands::switch(nodes, "rollback".into(), !cli.json),
+        Command::Rollback { nodes } => commands::switch(nodes, Request::Rollback, !cli.json),
         Command::Status { nodes } => commands::status(nodes, !cli.json),
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),

@@ -270,7 +270,7 @@ pub fn push(
 ) -> Result<Report, Failure> {
     let bundle = store.join(format!("{version}{}", fleet_release::bundle::BUNDLE_SUFFIX));
     fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
-    let version = version.to_string();
+    let version = version.clone();
     per_node(
         &selection(&args)?,
         progress,
@@ -283,7 +283,11 @@ pub fn push(
     )
 }
 
-pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report, Failure> {
+pub fn switch(
+    args: NodeArgs,
+    request: fleet_proto::Request,
+    progress: bool,
+) -> Result<Report, Failure> {
     per_node(
         &selection(&args)?,
         progress,
@@ -292,11 +296,11 @@ pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report,
             let request = request.clone();
             async move { crate::deploy::switch(&node, &request, timeouts).await }
         },
-        |(active, changed): &(String, bool)| {
-            let result = if *changed { "switched" } else { "unchanged" };
+        |s: &fleet_proto::Switched| {
+            let result = if s.changed { "switched" } else { "unchanged" };
             (
-                vec![active.clone(), result.to_owned()],
-                json!({ "active": active, "result": result }),
+                vec![s.active.clone(), result.to_owned()],
+                json!({ "active": s.active, "result": result }),
             )
         },
     )

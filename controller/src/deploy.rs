@@ -10,7 +10,9 @@ use fleet_inventory::Node;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::ssh::{Input, Session, Target, Timeouts};
+use fleet_proto::{Answer, Code, Refusal, Request, Staged, Status, Switched};
+
+use crate::ssh::{Input, Session, SshError, Target, Timeouts};
 
 /// Quotes a value for the POSIX shell.
 pub fn sh_quote(s: &str) -> String {
@@ -307,25 +309,78 @@ async fn run(
     Ok(out.stdout_text())
 }
 
-/// Sends one request to the agent (the deploy key's forced command) and returns its JSON.
-pub async fn agent(
+/// Why a request to a node's agent failed: the connection, an answer that cannot be read, or
+/// the agent's refusal with its code (retry on `busy`, halt on `downgrade` or `old_counter`).
+/// Callers that need the code find it with `anyhow::Error::downcast_ref`, or [`refusal`].
+#[derive(Debug, thiserror::Error)]
+pub enum AgentCallError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("the agent did not answer `{request}` (exit {status:?}): {stderr}")]
+    NoAnswer {
+        request: String,
+        status: Option<u32>,
+        stderr: String,
+    },
+    #[error("the agent's answer to `{request}` is not understood: {error}")]
+    Unreadable { request: String, error: String },
+    #[error("{refusal}")]
+    Refused { request: String, refusal: Refusal },
+}
+
+impl AgentCallError {
+    /// The agent's refusal, when it refused.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            AgentCallError::Refused { refusal, .. } => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+/// The agent's refusal behind an error from this module, if that is what stopped it.
+pub fn refusal(error: &anyhow::Error) -> Option<&Refusal> {
+    error
+        .downcast_ref::<AgentCallError>()
+        .and_then(AgentCallError::refusal)
+}
+
+/// Sends one request to the agent (the deploy key's forced command) and reads its answer.
+pub async fn agent<T: serde::de::DeserializeOwned>(
     session: &Session,
-    request: &str,
+    request: &Request,
     input: Input<'_>,
     timeout: Duration,
-) -> anyhow::Result<serde_json::Value> {
-    let out = session.exec(request, input, timeout).await?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-        anyhow!(
-            "the agent did not answer `{request}` (exit {:?}): {}",
-            out.status,
-            out.stderr_text().trim()
-        )
-    })?;
-    if json["ok"] != true || !out.success() {
-        bail!("{}", json["error"].as_str().unwrap_or("the agent refused"));
+) -> Result<T, AgentCallError> {
+    let words = request.to_string();
+    let out = session.exec(&words, input, timeout).await?;
+    let answer: Answer<T> = match serde_json::from_slice(&out.stdout) {
+        Ok(answer) => answer,
+        Err(e) if e.is_data() => {
+            return Err(AgentCallError::Unreadable {
+                request: words,
+                error: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(AgentCallError::NoAnswer {
+                request: words,
+                status: out.status,
+                stderr: out.stderr_text().trim().to_owned(),
+            });
+        }
+    };
+    match answer {
+        Answer::Done(value) if out.success() => Ok(value),
+        Answer::Done(_) => Err(AgentCallError::Refused {
+            request: words,
+            refusal: Refusal::new(Code::Other, "the agent refused"),
+        }),
+        Answer::Refused(refusal) => Err(AgentCallError::Refused {
+            request: words,
+            refusal,
+        }),
     }
-    Ok(json)
 }
 
 /// Node state as the agent reports it, plus what the connection saw.
@@ -333,18 +388,12 @@ pub async fn agent(
 pub struct NodeStatus {
     pub host_key: String,
     #[serde(flatten)]
-    pub agent: fleet_agent::Status,
-}
-
-/// The agent's `status` answer on an open session.
-async fn agent_status(session: &Session, timeout: Duration) -> anyhow::Result<fleet_agent::Status> {
-    let json = agent(session, "status", Input::None, timeout).await?;
-    serde_json::from_value(json).context("the agent's status answer")
+    pub agent: Status,
 }
 
 pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatus> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let agent = agent_status(&session, timeouts.command).await?;
+    let agent = agent::<Status>(&session, &Request::Status, Input::None, timeouts.command).await?;
     let host_key = crate::known_hosts::fingerprint(session.host_key());
     session.close().await;
     Ok(NodeStatus { host_key, agent })
@@ -353,45 +402,63 @@ pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatu
 /// Stages `version` from `bundle` unless the node has it; one connection for both steps.
 pub async fn push(
     node: &Node,
-    version: &str,
+    version: &semver::Version,
     bundle: &Path,
     timeouts: Timeouts,
 ) -> anyhow::Result<&'static str> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    if agent_status(&session, timeouts.command)
-        .await?
-        .staged
-        .iter()
-        .any(|v| v == version)
-    {
+    let status = agent::<Status>(&session, &Request::Status, Input::None, timeouts.command).await?;
+    if status.staged.contains(&version.to_string()) {
         session.close().await;
         return Ok("unchanged");
     }
     let mut file = tokio::fs::File::open(bundle)
         .await
         .with_context(|| format!("{}", bundle.display()))?;
-    agent(
-        &session,
-        &format!("stage {version}"),
-        Input::Reader(&mut file),
-        timeouts.command,
-    )
-    .await?;
+    let stage = Request::Stage {
+        version: version.clone(),
+    };
+    agent::<Staged>(&session, &stage, Input::Reader(&mut file), timeouts.command).await?;
     session.close().await;
     Ok("staged")
 }
 
-/// Sends `activate` or `rollback` and reports the active release afterwards.
+/// Sends `activate` or `rollback` and reports what the agent switched.
 pub async fn switch(
     node: &Node,
-    request: &str,
+    request: &Request,
     timeouts: Timeouts,
-) -> anyhow::Result<(String, bool)> {
+) -> anyhow::Result<Switched> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let json = agent(&session, request, Input::None, timeouts.command).await?;
+    let switched = agent::<Switched>(&session, request, Input::None, timeouts.command).await?;
     session.close().await;
-    Ok((
-        json["active"].as_str().unwrap_or_default().to_owned(),
-        json["changed"] == true,
-    ))
+    Ok(switched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_keeps_its_code_through_context() {
+        let err = anyhow::Error::from(AgentCallError::Refused {
+            request: "activate 1.0.0".into(),
+            refusal: Refusal::new(
+                Code::Busy,
+                "another fleet-agent operation has held this node",
+            ),
+        })
+        .context("node-1");
+        assert_eq!(refusal(&err).map(|r| r.code), Some(Code::Busy));
+        assert_eq!(
+            format!("{err:#}"),
+            "node-1: another fleet-agent operation has held this node"
+        );
+        let transport = anyhow::Error::from(AgentCallError::NoAnswer {
+            request: "status".into(),
+            status: Some(127),
+            stderr: "fleet-agent: not found".into(),
+        });
+        assert_eq!(refusal(&transport), None);
+    }
 }
