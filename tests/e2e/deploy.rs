@@ -480,13 +480,13 @@ fn refused_pushes_leave_the_active_release_and_no_debris() {
 
 #[test]
 fn a_cut_upload_leaves_nothing_and_a_retry_completes_it() {
-    use fleet_controller::ssh::{Input, Session, Timeouts};
+    use fleet_controller::{Input, Session, Timeouts};
     let site = running_site(1);
     let node = fleet_inventory::Inventory::load(Path::new(&site.inv))
         .expect("inventory")
         .nodes()[0]
         .clone();
-    let target = fleet_controller::deploy::deploy_target(&node).expect("deploy target");
+    let target = fleet_controller::deploy_target(&node).expect("deploy target");
     let bundle = fs::read(Path::new(&site.store).join("2.0.0.bundle")).expect("bundle");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,6 @@
-//! Provisioning, push, activation, rollback and status: the per-node work of the controller's
-//! deploy commands. Commands for a node are built as data (shell text with quoted values, or
-//! agent requests); `ssh.rs` runs them on one connection per node.
+//! Provisioning through the bootstrap account: the node layout, `bin/fleet-agent`, the pinned
+//! trust root, the rendered config files and their secrets, and the deploy key restricted to
+//! the agent. Not the agent's requests (`agent`) and not the transport (`ssh`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,35 +10,9 @@ use fleet_inventory::Node;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use fleet_proto::{Answer, Code, Refusal, Request, Staged, Status, Switched};
-
-use crate::ssh::{Input, Session, SshError, Target, Timeouts};
-
-/// Quotes a value for the POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// A node path that may start with `~/` (the remote user's home), as shell text.
-fn remote_path(path: &str) -> String {
-    match path.strip_prefix("~/") {
-        Some(rest) => format!("\"$HOME\"/{}", sh_quote(rest)),
-        None => sh_quote(path),
-    }
-}
-
-/// The target for the deploy key (restricted to the agent once provisioned).
-pub fn deploy_target(node: &Node) -> anyhow::Result<Target> {
-    let mut target = Target::of(node);
-    let key = node.ssh.deploy_identity_file.as_deref().ok_or_else(|| {
-        anyhow!(
-            "{}: no ssh.deploy_identity_file in the inventory",
-            node.name
-        )
-    })?;
-    target.identity = Some(Target::expand(key));
-    Ok(target)
-}
+use super::config::{NodeFile, diff};
+use super::shell::{remote_path, sh_quote};
+use crate::ssh::{Input, Session, Target, Timeouts};
 
 /// The deploy key's public half as `type base64`, read from its `.pub` file (first line; the
 /// comment is dropped) and checked to be a key.
@@ -117,7 +91,7 @@ pub async fn provision(
     timeouts: Timeouts,
     agent: &[u8],
     root_json: &[u8],
-    files: &[crate::config::NodeFile],
+    files: &[NodeFile],
     deploy_pub: &str,
     check: bool,
 ) -> anyhow::Result<Provisioned> {
@@ -226,11 +200,7 @@ pub async fn provision(
                 timeouts.command,
             )
             .await?;
-            diffs.push(crate::config::diff(
-                &m.path,
-                &old,
-                &String::from_utf8_lossy(m.bytes),
-            ));
+            diffs.push(diff(&m.path, &old, &String::from_utf8_lossy(m.bytes)));
         }
     }
     if key_missing {
@@ -307,158 +277,4 @@ async fn run(
         bail!("exit {:?}: {}", out.status, out.stderr_text().trim());
     }
     Ok(out.stdout_text())
-}
-
-/// Why a request to a node's agent failed: the connection, an answer that cannot be read, or
-/// the agent's refusal with its code (retry on `busy`, halt on `downgrade` or `old_counter`).
-/// Callers that need the code find it with `anyhow::Error::downcast_ref`, or [`refusal`].
-#[derive(Debug, thiserror::Error)]
-pub enum AgentCallError {
-    #[error(transparent)]
-    Ssh(#[from] SshError),
-    #[error("the agent did not answer `{request}` (exit {status:?}): {stderr}")]
-    NoAnswer {
-        request: String,
-        status: Option<u32>,
-        stderr: String,
-    },
-    #[error("the agent's answer to `{request}` is not understood: {error}")]
-    Unreadable { request: String, error: String },
-    #[error("{refusal}")]
-    Refused { request: String, refusal: Refusal },
-}
-
-impl AgentCallError {
-    /// The agent's refusal, when it refused.
-    pub fn refusal(&self) -> Option<&Refusal> {
-        match self {
-            AgentCallError::Refused { refusal, .. } => Some(refusal),
-            _ => None,
-        }
-    }
-}
-
-/// The agent's refusal behind an error from this module, if that is what stopped it.
-pub fn refusal(error: &anyhow::Error) -> Option<&Refusal> {
-    error
-        .downcast_ref::<AgentCallError>()
-        .and_then(AgentCallError::refusal)
-}
-
-/// Sends one request to the agent (the deploy key's forced command) and reads its answer.
-pub async fn agent<T: serde::de::DeserializeOwned>(
-    session: &Session,
-    request: &Request,
-    input: Input<'_>,
-    timeout: Duration,
-) -> Result<T, AgentCallError> {
-    let words = request.to_string();
-    let out = session.exec(&words, input, timeout).await?;
-    let answer: Answer<T> = match serde_json::from_slice(&out.stdout) {
-        Ok(answer) => answer,
-        Err(e) if e.is_data() => {
-            return Err(AgentCallError::Unreadable {
-                request: words,
-                error: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(AgentCallError::NoAnswer {
-                request: words,
-                status: out.status,
-                stderr: out.stderr_text().trim().to_owned(),
-            });
-        }
-    };
-    match answer {
-        Answer::Done(value) if out.success() => Ok(value),
-        Answer::Done(_) => Err(AgentCallError::Refused {
-            request: words,
-            refusal: Refusal::new(Code::Other, "the agent refused"),
-        }),
-        Answer::Refused(refusal) => Err(AgentCallError::Refused {
-            request: words,
-            refusal,
-        }),
-    }
-}
-
-/// Node state as the agent reports it, plus what the connection saw.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeStatus {
-    pub host_key: String,
-    #[serde(flatten)]
-    pub agent: Status,
-}
-
-pub async fn status(node: &Node, timeouts: Timeouts) -> anyhow::Result<NodeStatus> {
-    let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let agent = agent::<Status>(&session, &Request::Status, Input::None, timeouts.command).await?;
-    let host_key = crate::known_hosts::fingerprint(session.host_key());
-    session.close().await;
-    Ok(NodeStatus { host_key, agent })
-}
-
-/// Stages `version` from `bundle` unless the node has it; one connection for both steps.
-pub async fn push(
-    node: &Node,
-    version: &semver::Version,
-    bundle: &Path,
-    timeouts: Timeouts,
-) -> anyhow::Result<&'static str> {
-    let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let status = agent::<Status>(&session, &Request::Status, Input::None, timeouts.command).await?;
-    if status.staged.contains(&version.to_string()) {
-        session.close().await;
-        return Ok("unchanged");
-    }
-    let mut file = tokio::fs::File::open(bundle)
-        .await
-        .with_context(|| format!("{}", bundle.display()))?;
-    let stage = Request::Stage {
-        version: version.clone(),
-    };
-    agent::<Staged>(&session, &stage, Input::Reader(&mut file), timeouts.command).await?;
-    session.close().await;
-    Ok("staged")
-}
-
-/// Sends `activate` or `rollback` and reports what the agent switched.
-pub async fn switch(
-    node: &Node,
-    request: &Request,
-    timeouts: Timeouts,
-) -> anyhow::Result<Switched> {
-    let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let switched = agent::<Switched>(&session, request, Input::None, timeouts.command).await?;
-    session.close().await;
-    Ok(switched)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refusal_keeps_its_code_through_context() {
-        let err = anyhow::Error::from(AgentCallError::Refused {
-            request: "activate 1.0.0".into(),
-            refusal: Refusal::new(
-                Code::Busy,
-                "another fleet-agent operation has held this node",
-            ),
-        })
-        .context("node-1");
-        assert_eq!(refusal(&err).map(|r| r.code), Some(Code::Busy));
-        assert_eq!(
-            format!("{err:#}"),
-            "node-1: another fleet-agent operation has held this node"
-        );
-        let transport = anyhow::Error::from(AgentCallError::NoAnswer {
-            request: "status".into(),
-            status: Some(127),
-            stderr: "fleet-agent: not found".into(),
-        });
-        assert_eq!(refusal(&transport), None);
-    }
 }
