@@ -1,10 +1,11 @@
-//! The work on one node: provisioning through the bootstrap account (`provision`), requests
-//! to its agent over the deploy key (`agent`), the config files rendered for it (`config`),
-//! and the shell text they are built from (`shell`). Not the transport (`ssh`), and not the
-//! fan-out over many nodes (`cli`).
+//! The work on one node: provisioning through the bootstrap account (`plan` builds it as
+//! data, `provision` applies it over one session), requests to its agent over the deploy key
+//! (`agent`), the config files rendered for it (`config`), and the shell text they are built
+//! from (`shell`). Not the transport (`ssh`), and not the fan-out over many nodes (`cli`).
 
 mod agent;
 mod config;
+mod plan;
 mod provision;
 mod shell;
 
