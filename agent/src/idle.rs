@@ -2,6 +2,7 @@
 //! stalls mid-upload (a hung process, a half-open connection) does not hold the node's lock
 //! until the TCP connection dies: staging fails, cleans up and frees the lock.
 
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -11,6 +12,13 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 /// How long `serve` waits for the next bytes of a bundle: shorter than the controller's
 /// default command timeout (600 s), longer than any pause of a live upload.
 pub const STDIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent's standard input, for a bundle: unbuffered (std's `Stdin` keeps a buffer the idle
+/// check cannot see), given up on after [`STDIN_IDLE_TIMEOUT`] of silence.
+pub fn stdin() -> io::Result<IdleTimeout<File>> {
+    let fd = io::stdin().as_fd().try_clone_to_owned()?;
+    Ok(IdleTimeout::new(File::from(fd), STDIN_IDLE_TIMEOUT))
+}
 
 /// Reads from `inner`, failing with `TimedOut` when no byte arrives for `limit`.
 pub struct IdleTimeout<R> {

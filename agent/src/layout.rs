@@ -1,22 +1,45 @@
-//! Paths of the node layout (DESIGN.md "Node layout") and the atomic file operations on it.
-//! Not policy: which release may become current is decided in `ops`.
+//! Paths of the node layout (DESIGN.md "Node layout"), the node's agent lock, and the atomic
+//! file operations on the layout. Not policy: which release may become current is decided in
+//! `ops`.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::{AgentError, io};
+
+/// How long an operation waits for another one on the same node before giving up. Shorter
+/// than any controller's command timeout, so a request its controller gave up on never runs
+/// late.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// The node layout under a node root.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    lock_wait: Duration,
 }
+
+/// Holds `state/agent.lock` for as long as it lives.
+pub(crate) struct Lock(#[allow(dead_code)] fs::File);
 
 impl Layout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            lock_wait: LOCK_WAIT,
+        }
+    }
+
+    /// The same layout, waiting `wait` instead of [`LOCK_WAIT`] for the node's lock (tests
+    /// of a busy node do not wait a minute).
+    pub fn with_lock_wait(self, wait: Duration) -> Self {
+        Self {
+            lock_wait: wait,
+            ..self
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -50,6 +73,10 @@ impl Layout {
     pub fn counter(&self) -> PathBuf {
         self.state().join("counter")
     }
+    /// Held by every operation that changes the node, `state/agent.lock`.
+    pub fn lock_file(&self) -> PathBuf {
+        self.state().join("agent.lock")
+    }
     /// Where bundles are received and unpacked before they become `releases/<version>`.
     pub fn staging(&self) -> PathBuf {
         self.state().join("staging")
@@ -70,6 +97,26 @@ impl Layout {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
         }
         Ok(())
+    }
+
+    /// Takes the node's agent lock, waiting for another operation at most the lock wait.
+    pub(crate) fn lock(&self) -> Result<Lock, AgentError> {
+        self.ensure()?;
+        let path = self.lock_file();
+        let file = fs::File::create(&path).map_err(io(&path))?;
+        let deadline = Instant::now() + self.lock_wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock(file)),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(AgentError::Busy(self.lock_wait.as_secs()));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(AgentError::Io { path, error: e }),
+            }
+        }
     }
 
     /// The version a link (`current`, `previous`) points at, if it exists.

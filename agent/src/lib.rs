@@ -1,19 +1,22 @@
 //! The node agent: it stages, verifies, activates and rolls back releases inside the node
 //! layout (DESIGN.md), and reports status. It trusts only `trust/root.json` on the node, never
-//! the controller. Not a transport: requests arrive on argv or, behind a restricted deploy key,
-//! in `SSH_ORIGINAL_COMMAND`; a bundle arrives on stdin.
+//! the controller. One request in, one [`Answer`] out ([`answer`]); the request and answer
+//! types are `fleet-proto`'s, shared with the controller. Not a transport: requests arrive on
+//! argv or, behind a restricted deploy key, in `SSH_ORIGINAL_COMMAND`; a bundle arrives on
+//! stdin. Not async: a request runs on the calling thread, no runtime is started.
 
-pub mod idle;
-pub mod layout;
-pub mod ops;
-pub mod request;
+mod idle;
+mod layout;
+mod ops;
+mod serve;
 
 use std::path::PathBuf;
 
-pub use idle::{IdleTimeout, STDIN_IDLE_TIMEOUT};
-pub use layout::Layout;
-pub use ops::{Status, activate, rollback, stage, status};
-pub use request::Request;
+pub use fleet_proto::{Answer, Code, Refusal, Reply, Request, Staged, Status, Switched};
+pub use idle::{IdleTimeout, STDIN_IDLE_TIMEOUT, stdin};
+pub use layout::{LOCK_WAIT, Layout};
+pub use ops::{activate, rollback, stage, status};
+pub use serve::{answer, answer_line, invocation};
 
 /// The agent's version, compared with a release's minimum agent version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -63,7 +66,147 @@ pub enum AgentError {
     Layout(String),
 }
 
+impl AgentError {
+    /// The code the answer carries, so a caller can act without reading the message.
+    pub fn code(&self) -> Code {
+        match self {
+            AgentError::Io { .. } => Code::Io,
+            AgentError::Stdin(_) => Code::Input,
+            AgentError::Release(e) => release_code(e),
+            AgentError::WrongVersion { .. } => Code::WrongVersion,
+            AgentError::WrongPlatform { .. } => Code::WrongPlatform,
+            AgentError::AgentTooOld { .. } => Code::AgentTooOld,
+            AgentError::OldCounter { .. } => Code::OldCounter,
+            AgentError::NotStaged(_) => Code::NotStaged,
+            AgentError::Downgrade { .. } => Code::Downgrade,
+            AgentError::Busy(_) => Code::Busy,
+            AgentError::NoPrevious => Code::NoPrevious,
+            AgentError::BadRequest(_) => Code::BadRequest,
+            AgentError::Layout(_) => Code::Layout,
+        }
+    }
+}
+
+/// A release error is a failed verification unless it is the input breaking off or the
+/// node's own files failing: those are retried or fixed on the node, not by another release.
+fn release_code(e: &fleet_release::ReleaseError) -> Code {
+    use fleet_release::ReleaseError as E;
+    match e {
+        E::Read(_) => Code::Input,
+        E::Io { .. } | E::Write(_) => Code::Io,
+        E::InFile { error, .. } => release_code(error),
+        _ => Code::VerificationFailed,
+    }
+}
+
+impl From<fleet_proto::BadRequest> for AgentError {
+    fn from(e: fleet_proto::BadRequest) -> Self {
+        AgentError::BadRequest(e.0)
+    }
+}
+
+impl From<AgentError> for Refusal {
+    fn from(e: AgentError) -> Self {
+        Refusal::new(e.code(), e.to_string())
+    }
+}
+
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError {
     let path = path.into();
     move |error| AgentError::Io { path, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_release::ReleaseError;
+
+    #[test]
+    fn every_error_maps_to_its_code() {
+        let io_error = || std::io::Error::other("x");
+        let s = || String::from("1.0.0");
+        let cases = [
+            (
+                AgentError::Io {
+                    path: "/n".into(),
+                    error: io_error(),
+                },
+                Code::Io,
+            ),
+            (AgentError::Stdin(io_error()), Code::Input),
+            (
+                AgentError::Release(ReleaseError::Read(io_error())),
+                Code::Input,
+            ),
+            (
+                AgentError::Release(ReleaseError::Write(io_error())),
+                Code::Io,
+            ),
+            (
+                AgentError::Release(ReleaseError::Io {
+                    path: "/n/trust/root.json".into(),
+                    error: io_error(),
+                }),
+                Code::Io,
+            ),
+            (
+                AgentError::Release(ReleaseError::PayloadMismatch("sha256")),
+                Code::VerificationFailed,
+            ),
+            (
+                AgentError::Release(ReleaseError::InFile {
+                    path: "/n/b".into(),
+                    error: Box::new(ReleaseError::Truncated),
+                }),
+                Code::VerificationFailed,
+            ),
+            (
+                AgentError::WrongVersion {
+                    wanted: s(),
+                    found: s(),
+                },
+                Code::WrongVersion,
+            ),
+            (
+                AgentError::WrongPlatform {
+                    version: s(),
+                    platform: s(),
+                    node: s(),
+                },
+                Code::WrongPlatform,
+            ),
+            (
+                AgentError::AgentTooOld {
+                    version: s(),
+                    needed: s(),
+                },
+                Code::AgentTooOld,
+            ),
+            (
+                AgentError::OldCounter {
+                    version: s(),
+                    counter: 1,
+                    installed: 2,
+                },
+                Code::OldCounter,
+            ),
+            (AgentError::NotStaged(s()), Code::NotStaged),
+            (
+                AgentError::Downgrade {
+                    wanted: s(),
+                    active: s(),
+                },
+                Code::Downgrade,
+            ),
+            (AgentError::Busy(60), Code::Busy),
+            (AgentError::NoPrevious, Code::NoPrevious),
+            (AgentError::BadRequest(s()), Code::BadRequest),
+            (AgentError::Layout(s()), Code::Layout),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            assert_eq!(error.code(), code, "{error}");
+            assert_eq!(Refusal::from(error), Refusal::new(code, message));
+        }
+    }
 }

@@ -1,54 +1,18 @@
 //! What the agent does: stage a bundle (receive, verify against the node's trust root,
 //! unpack, then move into place), switch `current`, roll back, report status. Every operation
 //! that changes the node holds the node's agent lock, so two controllers never interleave on
-//! one node; `status` only reads.
+//! one node; `status` only reads. Not the wire: the outcomes are `fleet-proto`'s types, and
+//! turning a request into an answer is `serve`'s.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
+use fleet_proto::{Staged, Status, Switched};
 use fleet_release::{Manifest, Root};
-use serde::Serialize;
 
 use crate::layout::{Layout, sync_dir};
 use crate::{AgentError, VERSION, io};
-
-/// Holds `state/agent.lock` for as long as it lives.
-struct Lock(#[allow(dead_code)] fs::File);
-
-/// How long an operation waits for another one on the same node before giving up. Shorter
-/// than any controller's command timeout, so a request its controller gave up on never runs
-/// late.
-const LOCK_WAIT: Duration = Duration::from_secs(60);
-
-fn lock(layout: &Layout) -> Result<Lock, AgentError> {
-    layout.ensure()?;
-    let path = layout.state().join("agent.lock");
-    let file = fs::File::create(&path).map_err(io(&path))?;
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Lock(file)),
-            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(AgentError::Busy(LOCK_WAIT.as_secs()));
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(AgentError::Io { path, error: e }),
-        }
-    }
-}
-
-/// What staging did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Staged {
-    pub version: String,
-    /// False when the release was already staged (nothing was read or written).
-    pub changed: bool,
-    pub files: usize,
-    pub bytes: u64,
-}
 
 /// Receives the bundle for `version` from `input` into the staging area, verifies it against
 /// `trust/root.json` (signatures, expiry, every byte and hash, as written to disk), checks it
@@ -63,7 +27,7 @@ pub fn stage(
     let wanted: semver::Version = version
         .parse()
         .map_err(|e| AgentError::BadRequest(format!("`{version}` is not a version: {e}")))?;
-    let _lock = lock(layout)?;
+    let _lock = layout.lock()?;
     let release = layout.release(version);
     if release.is_dir() && layout.manifest(version).is_file() {
         return Ok(Staged {
@@ -202,15 +166,6 @@ fn make_writable(dir: &std::path::Path) {
     }
 }
 
-/// What activation or rollback did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Switched {
-    pub active: String,
-    pub previous: Option<String>,
-    /// False when `version` was already active.
-    pub changed: bool,
-}
-
 /// Makes a staged release current, keeping the one it replaces as `previous`. Refuses a
 /// release that is not staged, and one older than the active release unless
 /// `allow_downgrade`.
@@ -219,7 +174,7 @@ pub fn activate(
     version: &str,
     allow_downgrade: bool,
 ) -> Result<Switched, AgentError> {
-    let _lock = lock(layout)?;
+    let _lock = layout.lock()?;
     if !layout.release(version).is_dir() || !layout.manifest(version).is_file() {
         return Err(AgentError::NotStaged(version.into()));
     }
@@ -261,7 +216,7 @@ pub fn activate(
 
 /// Swaps `current` and `previous`.
 pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
-    let _lock = lock(layout)?;
+    let _lock = layout.lock()?;
     let previous = layout
         .link_version(&layout.previous())?
         .ok_or(AgentError::NoPrevious)?;
@@ -280,16 +235,7 @@ pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
     })
 }
 
-/// A node's release state; what `status` answers, and what the controller reads back.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Status {
-    pub agent_version: String,
-    pub active: Option<String>,
-    pub previous: Option<String>,
-    pub staged: Vec<String>,
-    pub free_bytes: u64,
-}
-
+/// The node's release state; only reads.
 pub fn status(layout: &Layout) -> Result<Status, AgentError> {
     layout.ensure()?;
     let mut staged: Vec<String> = fs::read_dir(layout.releases())

@@ -5,66 +5,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use fleet_agent::{AgentError, Layout};
-use fleet_release::{BuildOptions, ReleaseError, Root, RootBody, SecretKey};
+use fleet_agent::{AgentError, Answer, Code, Layout, Reply, Request};
+use fleet_release::{ReleaseError, SecretKey};
+use fleet_tests::{Signing, build_release, release_tree};
 
 struct Node {
     dir: tempfile::TempDir,
-    release_key: SecretKey,
+    signing: Signing,
     layout: Layout,
 }
 
 fn node() -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root_key = SecretKey::generate().expect("key");
-    let release_key = SecretKey::generate().expect("key");
-    let mut root = Root::unsigned(
-        RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1).expect("body"),
-    )
-    .expect("root");
-    root.sign(&root_key);
+    let signing = Signing::generate();
     let layout = Layout::new(dir.path().join("node"));
     layout.ensure().expect("layout");
-    fs::write(layout.trust_root(), root.to_json()).expect("trust");
+    fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
     Node {
         dir,
-        release_key,
+        signing,
         layout,
     }
 }
 
 impl Node {
     fn bundle(&self, version: &str, key: &SecretKey, created: SystemTime) -> PathBuf {
-        let tree = self.dir.path().join(format!("tree-{version}"));
-        fs::create_dir_all(tree.join("bin")).expect("mkdir");
-        fs::write(
-            tree.join("bin/etl-server"),
-            format!("#!/bin/sh\necho {version}\n"),
-        )
-        .expect("write");
+        let tree = release_tree(self.dir.path(), version);
         let store = self.dir.path().join(format!("store-{}", key.public()));
-        let (path, _) = fleet_release::build(&BuildOptions {
-            expires_in: Duration::from_secs(86_400),
-            now: created,
-            ..BuildOptions::new(version.parse().expect("semver"), &tree, key, &store)
-        })
-        .expect("build");
-        path
+        build_release(version, &tree, key, &store, created)
     }
 
     fn good(&self, version: &str) -> PathBuf {
-        self.bundle(version, &self.release_key, SystemTime::now())
+        self.bundle(version, &self.signing.release_key, SystemTime::now())
     }
 
-    fn stage_bytes(
-        &self,
-        version: &str,
-        bytes: &[u8],
-    ) -> Result<fleet_agent::ops::Staged, AgentError> {
+    fn stage_bytes(&self, version: &str, bytes: &[u8]) -> Result<fleet_agent::Staged, AgentError> {
         fleet_agent::stage(&self.layout, version, &mut &bytes[..], SystemTime::now())
     }
 
-    fn stage(&self, version: &str, bundle: &Path) -> Result<fleet_agent::ops::Staged, AgentError> {
+    fn stage(&self, version: &str, bundle: &Path) -> Result<fleet_agent::Staged, AgentError> {
         self.stage_bytes(version, &fs::read(bundle).expect("bundle"))
     }
 
@@ -171,7 +150,7 @@ fn refused_bundles_leave_nothing_behind() {
     ));
     let expired = n.bundle(
         "3.0.0",
-        &n.release_key,
+        &n.signing.release_key,
         SystemTime::now() - Duration::from_secs(3 * 86_400),
     );
     assert!(matches!(
@@ -303,4 +282,92 @@ fn the_binary_serves_only_agent_requests() {
     );
     let (_, json) = serve("status", Vec::new());
     assert_eq!(json["active"], "1.0.0");
+}
+
+impl Node {
+    /// Answers the request `words` as `fleet-agent` would, without a process; `input` is the
+    /// bundle on stdin.
+    fn ask(&self, words: &str, input: &[u8]) -> Answer<Reply> {
+        let words: Vec<&str> = words.split_whitespace().collect();
+        let request = Request::parse(&words).expect("a request");
+        fleet_agent::answer(&self.layout, request, || Ok(input), SystemTime::now())
+    }
+
+    /// The code of a refused answer.
+    fn refused(&self, words: &str, input: &[u8]) -> Code {
+        match self.ask(words, input) {
+            Answer::Refused(refusal) => refusal.code,
+            Answer::Done(reply) => panic!("`{words}` was answered: {reply:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_refusal_answers_with_its_code() {
+    let n = node();
+    let v1 = fs::read(n.good("1.0.0")).expect("bundle");
+    let v2 = fs::read(n.good("2.0.0")).expect("bundle");
+    assert_eq!(n.refused("activate 1.0.0", b""), Code::NotStaged);
+    assert_eq!(n.refused("rollback", b""), Code::NoPrevious);
+    let mut flipped = v1.clone();
+    let at = flipped.len() - 50;
+    flipped[at] ^= 1;
+    assert_eq!(n.refused("stage 1.0.0", &flipped), Code::VerificationFailed);
+    assert_eq!(n.refused("stage 3.0.0", &v1), Code::WrongVersion);
+    match n.ask("stage 1.0.0", &v1) {
+        Answer::Done(Reply::Staged(staged)) => assert!(staged.changed),
+        other => panic!("{other:?}"),
+    }
+    n.ask("stage 2.0.0", &v2);
+    n.ask("activate 2.0.0", b"");
+    assert_eq!(n.refused("activate 1.0.0", b""), Code::Downgrade);
+    fs::remove_dir_all(n.layout.release("1.0.0")).expect("unstage 1.0.0");
+    fs::remove_file(n.layout.manifest("1.0.0")).expect("unstage 1.0.0");
+    assert_eq!(n.refused("stage 1.0.0", &v1), Code::OldCounter);
+
+    // A bundle request whose input cannot be opened; the others never open it.
+    let request = Request::parse(&["stage", "4.0.0"]).expect("request");
+    let answer = fleet_agent::answer(
+        &n.layout,
+        request,
+        || Err::<&[u8], _>(std::io::Error::other("no stdin")),
+        SystemTime::now(),
+    );
+    assert!(
+        matches!(&answer, Answer::Refused(r) if r.code == Code::Input),
+        "{answer:?}"
+    );
+    let status = fleet_agent::answer(
+        &n.layout,
+        Request::Status,
+        || -> std::io::Result<&[u8]> { panic!("status read its input") },
+        SystemTime::now(),
+    );
+    match status {
+        Answer::Done(Reply::Status(status)) => assert_eq!(status.active.as_deref(), Some("2.0.0")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_busy_node_answers_busy_and_still_reports_status() {
+    let mut n = node();
+    n.layout = n.layout.clone().with_lock_wait(Duration::from_millis(200));
+    let held = fs::File::create(n.layout.lock_file()).expect("lock file");
+    held.lock().expect("another operation holds the node");
+    let answer = n.ask("activate 1.0.0", b"");
+    let Answer::Refused(refusal) = &answer else {
+        panic!("a held node answered {answer:?}");
+    };
+    assert_eq!(refusal.code, Code::Busy);
+    assert!(refusal.code.is_retryable());
+    assert!(refusal.error.contains("try again"), "{}", refusal.error);
+    assert!(
+        fleet_agent::answer_line(&answer).contains(r#""code":"busy""#),
+        "{}",
+        fleet_agent::answer_line(&answer)
+    );
+    assert!(n.ask("status", b"").is_ok(), "status only reads");
+    drop(held);
+    assert_eq!(n.refused("activate 1.0.0", b""), Code::NotStaged);
 }

@@ -1,13 +1,20 @@
 //! The fleet controller: the `fleet` command line and the work behind each command. Not the
-//! inventory or release formats: those are the `fleet-inventory` and `fleet-release` crates.
+//! inventory or release formats (the `fleet-inventory` and `fleet-release` crates), and not
+//! the node agent: requests and answers are `fleet-proto` values, and the agent is a separate
+//! program the controller copies to nodes, never a library it links.
+//!
+//! One folder per part: `cli/` (the command line, fan-out, reports), `ssh/` (transport,
+//! known_hosts, host key enrolment), `node/` (provisioning, agent requests, config files);
+//! `files.rs` is the controller's own small files.
 
-pub mod cli;
-mod commands;
-pub mod config;
-pub mod deploy;
-pub mod fanout;
-pub mod files;
-pub mod hosts;
-pub mod known_hosts;
-pub mod report;
-pub mod ssh;
+mod cli;
+mod files;
+mod node;
+mod ssh;
+
+pub use cli::{Cli, init_logging, run};
+pub use node::{AgentCallError, NodeStatus, Provisioned, agent, deploy_target, refusal};
+pub use ssh::{
+    Enrolled, Input, KnownHostsError, OUTPUT_CAP, Output, PASSPHRASE_ENV, Session, SshError,
+    Target, Timeouts, fetch_host_key, trust_host_key,
+};

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = fleet_controller::cli::Cli::parse();
-    fleet_controller::cli::init_logging(&cli);
-    fleet_controller::cli::run(cli)
+    let cli = fleet_controller::Cli::parse();
+    fleet_controller::init_logging(&cli);
+    fleet_controller::run(cli)
 }

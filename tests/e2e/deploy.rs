@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fleet_tests::{FleetOptions, TestFleet};
+use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
 use crate::support::{Run, run};
 
@@ -60,19 +60,7 @@ fn site(nodes: usize) -> Site {
     .ok();
     let store = dir.join("store");
     for v in ["1.0.0", "2.0.0"] {
-        let tree = dir.join(format!("tree-{v}"));
-        fs::create_dir_all(tree.join("bin")).expect("mkdir");
-        fs::write(
-            tree.join("bin/etl-server"),
-            format!("#!/bin/sh\necho {v}\n"),
-        )
-        .expect("write");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(
-            tree.join("bin/etl-server"),
-            fs::Permissions::from_mode(0o755),
-        )
-        .expect("chmod");
+        let tree = release_tree(&dir, v);
         run(&[
             "release",
             "build",
@@ -389,24 +377,10 @@ impl Site {
         key: &Path,
         created: std::time::SystemTime,
     ) -> String {
-        let tree = self.dir().join(format!("tree-{version}"));
-        if !tree.exists() {
-            fs::create_dir_all(tree.join("bin")).expect("mkdir");
-            fs::write(tree.join("bin/etl-server"), "#!/bin/sh\n").expect("write");
-        }
+        let tree = release_tree(self.dir(), version);
         let store = self.dir().join(name);
         let key = fleet_release::SecretKey::load(key).expect("key");
-        fleet_release::build(&fleet_release::BuildOptions {
-            expires_in: std::time::Duration::from_secs(86_400),
-            now: created,
-            ..fleet_release::BuildOptions::new(
-                version.parse().expect("semver"),
-                &tree,
-                &key,
-                &store,
-            )
-        })
-        .expect("build");
+        build_release(version, &tree, &key, &store, created);
         store.to_string_lossy().into_owned()
     }
 
@@ -506,13 +480,13 @@ fn refused_pushes_leave_the_active_release_and_no_debris() {
 
 #[test]
 fn a_cut_upload_leaves_nothing_and_a_retry_completes_it() {
-    use fleet_controller::ssh::{Input, Session, Timeouts};
+    use fleet_controller::{Input, Session, Timeouts};
     let site = running_site(1);
     let node = fleet_inventory::Inventory::load(Path::new(&site.inv))
         .expect("inventory")
         .nodes()[0]
         .clone();
-    let target = fleet_controller::deploy::deploy_target(&node).expect("deploy target");
+    let target = fleet_controller::deploy_target(&node).expect("deploy target");
     let bundle = fs::read(Path::new(&site.store).join("2.0.0.bundle")).expect("bundle");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

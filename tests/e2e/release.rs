@@ -364,23 +364,17 @@ fn trust_rotation_through_the_command_line() {
 
 #[test]
 fn expired_release_is_refused() {
-    use fleet_release::{BuildOptions, SecretKey};
     use std::time::{Duration, SystemTime};
     let k = Keys::new();
     let from = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
-    let key = SecretKey::load(&k.p("keys/release.key")).expect("key");
-    let store = k.p("store");
-    let (bundle, _) = fleet_release::build(&BuildOptions {
-        expires_in: Duration::from_secs(86_400),
-        now: SystemTime::now() - Duration::from_secs(3 * 86_400),
-        ..BuildOptions::new(
-            "1.0.0".parse().expect("semver"),
-            Path::new(&from),
-            &key,
-            &store,
-        )
-    })
-    .expect("build");
+    let key = fleet_release::SecretKey::load(&k.p("keys/release.key")).expect("key");
+    let bundle = fleet_tests::build_release(
+        "1.0.0",
+        Path::new(&from),
+        &key,
+        &k.p("store"),
+        SystemTime::now() - Duration::from_secs(3 * 86_400),
+    );
     let refused = k.verify(&bundle.to_string_lossy()).fails();
     assert!(refused.stderr.contains("expired at"), "{}", refused.stderr);
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_controller::ssh::{Input, Session, SshError, Target, Timeouts, fetch_host_key};
+use fleet_controller::{Input, Session, SshError, Target, Timeouts, fetch_host_key};
 use fleet_inventory::Inventory;
 use fleet_tests::{FleetOptions, TestFleet};
 
@@ -322,7 +322,7 @@ fn connects_through_a_jump_host() {
     };
     // Enrolment reaches the node through its jump host, enrolling the jump host first.
     fs::write(&known, "").expect("empty known_hosts");
-    let enrolled = rt.block_on(fleet_controller::hosts::trust(
+    let enrolled = rt.block_on(fleet_controller::trust_host_key(
         &target,
         false,
         Duration::from_secs(10),

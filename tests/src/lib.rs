@@ -15,6 +15,9 @@
 //! # }
 //! ```
 //!
+//! Signed releases for tests (keys, a trust root, bundles) come from [`Signing`],
+//! [`release_tree`] and [`build_release`].
+//!
 //! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
 //! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`.
 
@@ -23,9 +26,11 @@ mod error;
 mod fleet;
 mod kept;
 mod node;
+mod release_fixture;
 
 pub use block::{MAX_NODES, lock_dir};
 pub use error::HarnessError;
 pub use fleet::{FleetOptions, TestFleet, TestNode};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
+pub use release_fixture::{RELEASE_VALIDITY, Signing, build_release, release_tree};

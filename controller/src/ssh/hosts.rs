@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::known_hosts::{self, KnownHosts, Verdict};
-use crate::ssh::{self, Target};
+use super::known_hosts::{self, KnownHosts, Verdict};
+use super::transport::{self, Target};
 
 /// What enrolment did for one node.
 #[derive(Debug, Clone, Serialize)]
@@ -20,7 +20,11 @@ pub struct Enrolled {
 /// Fetches a target's host key (no authentication) and records it: a new key is added, a
 /// known one left alone, and a changed one refused unless `replace` is set. A node behind a
 /// jump host has the jump host enrolled first (directly), then its own key fetched through it.
-pub async fn trust(target: &Target, replace: bool, timeout: Duration) -> anyhow::Result<Enrolled> {
+pub async fn trust_host_key(
+    target: &Target,
+    replace: bool,
+    timeout: Duration,
+) -> anyhow::Result<Enrolled> {
     if let Some(jump) = &target.jump {
         enrol(jump, replace, timeout)
             .await
@@ -30,7 +34,7 @@ pub async fn trust(target: &Target, replace: bool, timeout: Duration) -> anyhow:
 }
 
 async fn enrol(target: &Target, replace: bool, timeout: Duration) -> anyhow::Result<Enrolled> {
-    let key = ssh::fetch_host_key(target, timeout).await?;
+    let key = transport::fetch_host_key(target, timeout).await?;
     let fingerprint = known_hosts::fingerprint(&key);
     let known = KnownHosts::load(&target.known_hosts)?;
     let action = match known.check(&target.host, target.port, &key) {

@@ -13,7 +13,7 @@ use russh::keys::ssh_key::PublicKey;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::known_hosts::{self, KnownHosts, KnownHostsError, Verdict};
+use super::known_hosts::{self, KnownHosts, KnownHostsError, Verdict};
 
 /// Environment variable holding the passphrase of an encrypted identity file.
 pub const PASSPHRASE_ENV: &str = "FLEET_SSH_PASSPHRASE";

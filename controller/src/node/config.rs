@@ -12,12 +12,12 @@ pub const TEMPLATES: [(&str, &str, &str); 2] = [
     (
         "agent.toml.j2",
         "config/agent.toml",
-        include_str!("../../templates/agent.toml.j2"),
+        include_str!("../../../templates/agent.toml.j2"),
     ),
     (
         "server.toml.j2",
         "config/server.toml",
-        include_str!("../../templates/server.toml.j2"),
+        include_str!("../../../templates/server.toml.j2"),
     ),
 ];
 

@@ -46,7 +46,6 @@ struct Line {
 /// A parsed known_hosts file.
 #[derive(Debug, Clone)]
 pub struct KnownHosts {
-    path: PathBuf,
     lines: Vec<Line>,
     /// The file as read, for rewriting it line by line.
     text: String,
@@ -151,14 +150,9 @@ impl KnownHosts {
             });
         }
         Ok(Self {
-            path: path.to_owned(),
             lines,
             text: text.to_owned(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Judges `key` for `host` on `port` as OpenSSH does: a revoked key is refused wherever

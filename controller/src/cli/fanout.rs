@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -15,7 +15,6 @@ use tokio::task::JoinSet;
 pub struct NodeResult<T> {
     pub node: String,
     pub outcome: Result<T, String>,
-    pub elapsed: Duration,
 }
 
 /// Runs `work` for every `(node name, input)` pair, with bounded concurrency. When
@@ -56,14 +55,7 @@ where
                     Err(e) => eprintln!("[{k}/{total}] {node}: FAILED: {e}"),
                 }
             }
-            (
-                index,
-                NodeResult {
-                    node,
-                    outcome,
-                    elapsed,
-                },
-            )
+            (index, NodeResult { node, outcome })
         });
         ids.insert(handle.id(), (index, name));
     }
@@ -75,11 +67,7 @@ where
             Err(e) => {
                 if let Some((index, node)) = ids.remove(&e.id()) {
                     let outcome = Err(format!("internal error: {e}"));
-                    results[index] = Some(NodeResult {
-                        node,
-                        outcome,
-                        elapsed: Duration::ZERO,
-                    });
+                    results[index] = Some(NodeResult { node, outcome });
                 }
             }
         }

@@ -1,13 +1,9 @@
-//! Command-line definitions (clap) and the dispatcher that prints reports and picks the exit
-//! code. Not the commands' logic: that is in `commands`.
+//! Command-line definitions (clap): the commands, their arguments and help. Not what the
+//! commands do (`commands`) and not the printing (`cli/mod.rs`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::commands;
-use crate::report::Failure;
 
 /// Fleet: build signed releases and push them over SSH to the nodes of your customers.
 #[derive(Debug, Parser)]
@@ -271,101 +267,6 @@ pub enum ReleaseCommand {
         #[arg(long, value_name = "STORE")]
         store: PathBuf,
     },
-}
-
-/// Sets up `tracing` on stderr from `--log-level`, then `FLEET_LOG`, else `warn`.
-pub fn init_logging(cli: &Cli) {
-    let from_env = std::env::var("FLEET_LOG").ok().and_then(|l| match l.parse() {
-        Ok(level) => Some(level),
-        Err(_) => {
-            eprintln!("warning: FLEET_LOG={l:?} is not a log level (error, warn, info, debug, trace); using warn");
-            None
-        }
-    });
-    let level = cli.log_level.or(from_env).unwrap_or(tracing::Level::WARN);
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level);
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Runs a parsed command line, prints its report or error, and returns the exit code:
-/// 0 on success, 1 on failure (clap exits with 2 on a usage error before this).
-pub fn run(cli: Cli) -> ExitCode {
-    let outcome = match cli.command {
-        Command::Inventory(c) => commands::inventory(c),
-        Command::Hosts(c) => commands::hosts(c, !cli.json),
-        Command::Provision {
-            nodes,
-            trust,
-            agent,
-            check,
-        } => commands::provision(nodes, &trust, agent, check, !cli.json),
-        Command::Push {
-            version,
-            nodes,
-            store,
-        } => commands::push(nodes, &version, &store, !cli.json),
-        Command::Activate {
-            version,
-            nodes,
-            allow_downgrade,
-        } => {
-            let request = match allow_downgrade {
-                true => format!("activate {version} --allow-downgrade"),
-                false => format!("activate {version}"),
-            };
-            commands::switch(nodes, request, !cli.json)
-        }
-        Command::Rollback { nodes } => commands::switch(nodes, "rollback".into(), !cli.json),
-        Command::Status { nodes } => commands::status(nodes, !cli.json),
-        Command::Keys(c) => commands::keys(c).map_err(Failure::from),
-        Command::Trust(c) => commands::trust(c).map_err(Failure::from),
-        Command::Release(c) => commands::release(c).map_err(Failure::from),
-    };
-    match outcome {
-        Ok(report) => {
-            if cli.json {
-                print_out(&report.json.to_string());
-            } else if !report.text.is_empty() {
-                print_out(report.text.trim_end());
-            }
-            for problem in &report.problems {
-                eprintln!("error: {problem}");
-            }
-            if report.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(failure) => {
-            for line in &failure.lines {
-                eprintln!("{line}");
-            }
-            eprintln!("error: {:#}", failure.error);
-            if cli.json {
-                let mut doc =
-                    serde_json::json!({ "ok": false, "error": format!("{:#}", failure.error) });
-                if let (Some(details), Some(obj)) = (failure.details, doc.as_object_mut()) {
-                    obj.insert("details".into(), details);
-                }
-                print_out(&doc.to_string());
-            }
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Prints to stdout; a reader that went away (`fleet ... | head`) is not an error worth a
-/// panic, so write errors are dropped.
-fn print_out(text: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The work behind each `fleet` command: load, check, build, verify, and describe the outcome
-//! as a [`Report`]. Not argument parsing (that is `cli`) and not printing.
+//! as a [`Report`]. Not argument parsing (that is `args`) and not printing (`cli/mod.rs`).
 
 use std::fs;
 use std::io::Write;
@@ -12,10 +12,12 @@ use fleet_inventory::Inventory;
 use fleet_release::{PublicKey, Root, RootBody, SecretKey};
 use serde_json::json;
 
-use crate::cli::{
+use super::args::{
     HostsCommand, InventoryCommand, KeysCommand, NodeArgs, ReleaseCommand, RootKeys, TrustCommand,
 };
-use crate::report::{Failure, Report};
+use super::fanout;
+use super::report::{Failure, Report};
+use crate::{node, ssh};
 
 pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
     match command {
@@ -73,10 +75,9 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
                 progress,
                 &["NODE", "ACTION", "HOST KEY"],
                 move |node, timeouts| async move {
-                    crate::hosts::trust(&crate::ssh::Target::of(&node), replace, timeouts.connect)
-                        .await
+                    ssh::trust_host_key(&ssh::Target::of(&node), replace, timeouts.connect).await
                 },
-                |e: &crate::hosts::Enrolled| {
+                |e: &ssh::Enrolled| {
                     (
                         vec![e.action.to_owned(), e.fingerprint.clone()],
                         json!({ "action": e.action, "fingerprint": e.fingerprint }),
@@ -93,7 +94,7 @@ struct Selection {
     inventory: Inventory,
     nodes: Vec<fleet_inventory::Node>,
     parallel: usize,
-    timeouts: crate::ssh::Timeouts,
+    timeouts: ssh::Timeouts,
 }
 
 fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
@@ -102,7 +103,7 @@ fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
         .into_iter()
         .cloned()
         .collect();
-    let timeouts = crate::ssh::Timeouts {
+    let timeouts = ssh::Timeouts {
         connect: Duration::from_secs(args.connect_timeout),
         command: Duration::from_secs(args.command_timeout),
     };
@@ -124,7 +125,7 @@ fn per_node<T, F, Fut>(
 ) -> Result<Report, Failure>
 where
     T: Send + 'static,
-    F: Fn(fleet_inventory::Node, crate::ssh::Timeouts) -> Fut + Send + Sync + 'static,
+    F: Fn(fleet_inventory::Node, ssh::Timeouts) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
 {
     let items = sel
@@ -133,12 +134,9 @@ where
         .map(|n| (n.name.clone(), n.clone()))
         .collect();
     let timeouts = sel.timeouts;
-    let results = runtime()?.block_on(crate::fanout::run(
-        items,
-        sel.parallel,
-        progress,
-        move |n| work(n, timeouts),
-    ));
+    let results = runtime()?.block_on(fanout::run(items, sel.parallel, progress, move |n| {
+        work(n, timeouts)
+    }));
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for r in &results {
@@ -194,14 +192,12 @@ pub fn provision(
             .inventory
             .cluster_of(node)
             .expect("a loaded inventory places every node in a cluster");
-        let key = crate::deploy::deploy_target(node)?
+        let key = node::deploy_target(node)?
             .identity
             .expect("deploy_target sets the identity");
-        let public = crate::deploy::read_deploy_pub(std::path::Path::new(&format!(
-            "{}.pub",
-            key.display()
-        )))?;
-        let files = crate::config::node_files(node, cluster).map_err(|e| e.to_string());
+        let public =
+            node::read_deploy_pub(std::path::Path::new(&format!("{}.pub", key.display())))?;
+        let files = node::node_files(node, cluster).map_err(|e| e.to_string());
         prepared.insert(node.name.clone(), (public, files));
     }
     let prepared = Arc::new(prepared);
@@ -217,7 +213,7 @@ pub fn provision(
                     .get(&node.name)
                     .ok_or_else(|| anyhow!("{} was not prepared", node.name))?;
                 let files = files.as_ref().map_err(|e| anyhow!("{e}"))?;
-                crate::deploy::provision(
+                node::provision(
                     &node,
                     timeouts,
                     &agent_bytes,
@@ -229,7 +225,7 @@ pub fn provision(
                 .await
             }
         },
-        |p: &crate::deploy::Provisioned| {
+        |p: &node::Provisioned| {
             let result = match (p.changes.is_empty(), p.applied) {
                 (true, _) => "unchanged",
                 (false, true) => "changed",
@@ -270,33 +266,37 @@ pub fn push(
 ) -> Result<Report, Failure> {
     let bundle = store.join(format!("{version}{}", fleet_release::bundle::BUNDLE_SUFFIX));
     fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
-    let version = version.to_string();
+    let version = version.clone();
     per_node(
         &selection(&args)?,
         progress,
         &["NODE", "RESULT"],
         move |node, timeouts| {
             let (version, bundle) = (version.clone(), bundle.clone());
-            async move { crate::deploy::push(&node, &version, &bundle, timeouts).await }
+            async move { node::push(&node, &version, &bundle, timeouts).await }
         },
         |result: &&'static str| (vec![(*result).to_owned()], json!({ "result": result })),
     )
 }
 
-pub fn switch(args: NodeArgs, request: String, progress: bool) -> Result<Report, Failure> {
+pub fn switch(
+    args: NodeArgs,
+    request: fleet_proto::Request,
+    progress: bool,
+) -> Result<Report, Failure> {
     per_node(
         &selection(&args)?,
         progress,
         &["NODE", "ACTIVE", "RESULT"],
         move |node, timeouts| {
             let request = request.clone();
-            async move { crate::deploy::switch(&node, &request, timeouts).await }
+            async move { node::switch(&node, &request, timeouts).await }
         },
-        |(active, changed): &(String, bool)| {
-            let result = if *changed { "switched" } else { "unchanged" };
+        |s: &fleet_proto::Switched| {
+            let result = if s.changed { "switched" } else { "unchanged" };
             (
-                vec![active.clone(), result.to_owned()],
-                json!({ "active": active, "result": result }),
+                vec![s.active.clone(), result.to_owned()],
+                json!({ "active": s.active, "result": result }),
             )
         },
     )
@@ -307,8 +307,8 @@ pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
         &selection(&args)?,
         progress,
         &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
-        |node, timeouts| async move { crate::deploy::status(&node, timeouts).await },
-        |s: &crate::deploy::NodeStatus| {
+        |node, timeouts| async move { node::status(&node, timeouts).await },
+        |s: &node::NodeStatus| {
             let none = || "-".to_owned();
             (
                 vec![
@@ -354,7 +354,7 @@ fn node_report<T>(
     headers: &[&str],
     rows: Vec<Vec<String>>,
     json: Vec<serde_json::Value>,
-    results: &[crate::fanout::NodeResult<T>],
+    results: &[fanout::NodeResult<T>],
 ) -> Report {
     let failed: Vec<String> = results
         .iter()
@@ -369,7 +369,7 @@ fn node_report<T>(
     let text = format!(
         "{}
 {summary}",
-        crate::fanout::table(headers, &rows)
+        fanout::table(headers, &rows)
     );
     Report::new(
         text,

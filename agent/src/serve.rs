@@ -1,0 +1,129 @@
+//! One request in, one answer out: what `fleet-agent` does between reading its command line
+//! and printing its one JSON line. Not the operations themselves (`ops`), and not the process:
+//! `main.rs` reads argv, `SSH_ORIGINAL_COMMAND` and the clock, and sets the exit code.
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use fleet_proto::{Answer, Reply, Request};
+
+use crate::{AgentError, Layout, ops};
+
+/// What the command line asks: `--root DIR serve` takes the request from the deploy key's
+/// original command (`ssh_original_command`), `--root DIR WORDS...` from the words.
+pub fn invocation(
+    args: &[String],
+    ssh_original_command: &str,
+) -> Result<(Layout, Request), AgentError> {
+    let usage = || {
+        AgentError::BadRequest(format!(
+            "usage: fleet-agent --root DIR ({} | serve)",
+            Request::USAGE
+        ))
+    };
+    let [flag, root, rest @ ..] = args else {
+        return Err(usage());
+    };
+    if flag != "--root" {
+        return Err(usage());
+    }
+    let words: Vec<&str> = match rest {
+        [serve] if serve == "serve" => ssh_original_command.split_whitespace().collect(),
+        _ => rest.iter().map(String::as_str).collect(),
+    };
+    Ok((Layout::new(root), Request::parse(&words)?))
+}
+
+/// Runs `request` on the node and answers it. `open_input` is called only by a request that
+/// reads a bundle, so the others never touch stdin.
+pub fn answer<R: Read>(
+    layout: &Layout,
+    request: Request,
+    open_input: impl FnOnce() -> std::io::Result<R>,
+    now: SystemTime,
+) -> Answer<Reply> {
+    reply(layout, request, open_input, now).into()
+}
+
+fn reply<R: Read>(
+    layout: &Layout,
+    request: Request,
+    open_input: impl FnOnce() -> std::io::Result<R>,
+    now: SystemTime,
+) -> Result<Reply, AgentError> {
+    Ok(match request {
+        Request::Stage { version } => {
+            let mut input = open_input().map_err(AgentError::Stdin)?;
+            ops::stage(layout, &version.to_string(), &mut input, now)?.into()
+        }
+        Request::Activate {
+            version,
+            allow_downgrade,
+        } => ops::activate(layout, &version.to_string(), allow_downgrade)?.into(),
+        Request::Rollback => ops::rollback(layout)?.into(),
+        Request::Status => ops::status(layout)?.into(),
+    })
+}
+
+/// The answer as the one line the agent prints. Keys come out sorted, as they always have
+/// (the line goes through `serde_json::Value`, whose maps are ordered by key).
+pub fn answer_line(answer: &Answer<Reply>) -> String {
+    serde_json::to_value(answer)
+        .expect("an answer serializes: plain structs with string keys")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::{Code, Refusal, Switched};
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_command_line_names_a_root_and_a_request() {
+        let (layout, request) =
+            invocation(&args(&["--root", "/n", "serve"]), "activate 2.0.0").expect("parses");
+        assert_eq!(layout.root(), std::path::Path::new("/n"));
+        assert_eq!(request.to_string(), "activate 2.0.0");
+        let (_, request) =
+            invocation(&args(&["--root", "/n", "status"]), "rollback").expect("parses");
+        assert_eq!(request, Request::Status, "argv wins over the environment");
+        for bad in [&["status"][..], &["--rot", "/n", "status"], &[]] {
+            let err = invocation(&args(bad), "").expect_err("usage");
+            assert!(
+                err.to_string().starts_with("usage: fleet-agent --root DIR"),
+                "{err}"
+            );
+        }
+        let err = invocation(&args(&["--root", "/n", "serve"]), "sh -c id").expect_err("refused");
+        assert_eq!(err.code(), Code::BadRequest);
+        assert!(
+            err.to_string().contains("only runs fleet-agent requests"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_line_keeps_sorted_keys_and_adds_the_code() {
+        let done = Answer::Done(Reply::Switched(Switched {
+            active: "2.0.0".into(),
+            previous: None,
+            changed: true,
+        }));
+        assert_eq!(
+            answer_line(&done),
+            r#"{"active":"2.0.0","changed":true,"ok":true,"previous":null}"#
+        );
+        let refused: Answer<Reply> = Answer::Refused(Refusal::new(
+            Code::NoPrevious,
+            "no previous release to roll back to",
+        ));
+        assert_eq!(
+            answer_line(&refused),
+            r#"{"code":"no_previous","error":"no previous release to roll back to","ok":false}"#
+        );
+    }
+}

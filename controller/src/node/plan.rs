@@ -1,0 +1,613 @@
+//! Provisioning as data: what a provisioned node holds (the layout's directories,
+//! `bin/fleet-agent`, `trust/root.json`, the config files and their secrets, the deploy key's
+//! line), the shell text of the probe that finds out what it holds, the plan of changes that
+//! follows from the probe, and the exact shell text of every step. Pure: nothing here opens a
+//! connection; `provision` runs the steps over one SSH session.
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use super::config::NodeFile;
+use super::shell::{remote_path, sh_quote};
+
+/// The node layout's directories, made sure of before any write.
+pub const DIRS: [&str; 8] = [
+    "releases",
+    "config",
+    "config/secrets",
+    "trust",
+    "state",
+    "chunks",
+    "logs",
+    "bin",
+];
+
+/// The pinned trust root, relative to the node root.
+const TRUST_ROOT: &str = "trust/root.json";
+
+/// A file provisioning keeps on the node, with how to show a change to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed<'a> {
+    /// Relative to the node root.
+    pub path: String,
+    pub mode: &'a str,
+    pub bytes: &'a [u8],
+    pub show: Show,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Binary or opaque: only its size.
+    Size,
+    /// Text: a diff under `--check`.
+    Diff,
+    /// Never displayed.
+    Secret,
+}
+
+/// One shell command for a node: its exact text, what it reads on stdin, and what to say
+/// when it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step<'a> {
+    pub script: String,
+    pub input: Option<&'a [u8]>,
+    pub context: Option<String>,
+}
+
+impl Step<'_> {
+    fn new(script: String) -> Self {
+        Self {
+            script,
+            input: None,
+            context: None,
+        }
+    }
+
+    fn context(self, context: impl Into<String>) -> Self {
+        Self {
+            context: Some(context.into()),
+            ..self
+        }
+    }
+}
+
+/// What a provisioned node holds.
+#[derive(Debug, Clone)]
+pub struct Desired<'a> {
+    root: String,
+    files: Vec<Managed<'a>>,
+    /// As the inventory gives it: it may start with `~/`.
+    authorized_keys: String,
+    /// The authorized_keys line of the deploy key, restricted to the agent.
+    key_line: String,
+    /// The deploy key's base64 blob: any other line with it must go.
+    key_blob: String,
+}
+
+/// What the probe found on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Per managed file, in order: its sha256, `-` when absent, or `unreadable`.
+    sums: Vec<String>,
+    /// Our exact deploy key line is the only line for that key.
+    key_present: bool,
+    /// Layout directories that do not exist.
+    missing: Vec<String>,
+}
+
+/// One difference between the node and [`Desired`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<'a> {
+    CreateDirs(Vec<String>),
+    Write(Managed<'a>),
+    AuthorizeKey,
+}
+
+/// The changes a probe implies, in the order they are reported and applied.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    desired: &'a Desired<'a>,
+    changes: Vec<Change<'a>>,
+}
+
+impl<'a> Desired<'a> {
+    /// The state for a node rooted at `root`: `agent` as `bin/fleet-agent`, `root_json` as the
+    /// pinned trust root, the rendered `files`, and the deploy key `deploy_pub` (`type
+    /// base64`) allowed to run the agent only, in `authorized_keys`.
+    pub fn new(
+        root: &str,
+        authorized_keys: &str,
+        deploy_pub: &str,
+        agent: &'a [u8],
+        root_json: &'a [u8],
+        files: &'a [NodeFile],
+    ) -> Self {
+        let mut managed = vec![
+            Managed {
+                path: "bin/fleet-agent".into(),
+                mode: "755",
+                bytes: agent,
+                show: Show::Size,
+            },
+            Managed {
+                path: TRUST_ROOT.into(),
+                mode: "644",
+                bytes: root_json,
+                show: Show::Diff,
+            },
+        ];
+        managed.extend(files.iter().map(|f| Managed {
+            path: f.path.clone(),
+            mode: f.mode,
+            bytes: f.content.as_bytes(),
+            show: if f.secret { Show::Secret } else { Show::Diff },
+        }));
+        Self {
+            root: root.to_owned(),
+            files: managed,
+            authorized_keys: authorized_keys.to_owned(),
+            key_line: key_line(root, deploy_pub),
+            key_blob: deploy_pub
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    fn full(&self, path: &str) -> String {
+        format!("{}/{path}", self.root)
+    }
+
+    /// Prints one line per managed file, whatever happens to it, then the key's state, then
+    /// what is missing. The key counts as present only if our exact line is the key's only
+    /// line: sshd uses the first line for a key, so any other (an unrestricted one) must go.
+    pub fn probe(&self) -> Step<'static> {
+        let paths: Vec<String> = self
+            .files
+            .iter()
+            .map(|m| sh_quote(&self.full(&m.path)))
+            .collect();
+        Step::new(format!(
+            "for f in {paths}; do if [ -f \"$f\" ]; then s=$(sha256sum < \"$f\" 2>/dev/null | cut -d' ' -f1); echo \"${{s:-unreadable}}\"; else echo -; fi; done; \
+             if [ -f {ak} ] && grep -qxF {line} {ak} && [ \"$(grep -cF {blob} {ak})\" = 1 ]; then echo present; else echo absent; fi; \
+             for d in {dirs}; do [ -d {r}/\"$d\" ] || echo \"missing $d\"; done",
+            paths = paths.join(" "),
+            ak = remote_path(&self.authorized_keys),
+            line = sh_quote(&self.key_line),
+            blob = sh_quote(&self.key_blob),
+            dirs = DIRS.join(" "),
+            r = sh_quote(&self.root),
+        ))
+        .context("probing the node")
+    }
+
+    /// Reads what the probe printed.
+    pub fn read_probe(&self, out: &str) -> anyhow::Result<Probe> {
+        let lines: Vec<&str> = out.lines().collect();
+        if lines.len() < self.files.len() + 1 {
+            bail!("unexpected probe output: {out:?}");
+        }
+        let (sums, rest) = lines.split_at(self.files.len());
+        Ok(Probe {
+            sums: sums.iter().map(|s| (*s).to_owned()).collect(),
+            key_present: rest[0] == "present",
+            missing: rest[1..]
+                .iter()
+                .filter_map(|l| l.strip_prefix("missing "))
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// When the node pins another trust root than the one offered, the step that reads it:
+    /// a node that pins a root accepts only that root again or its valid successor, so a
+    /// wrong `--trust` file must not re-root the fleet.
+    pub fn pinned_root_read(&self, probe: &Probe) -> Option<Step<'static>> {
+        let at = self.files.iter().position(|m| m.path == TRUST_ROOT)?;
+        let sum = probe.sums.get(at)?;
+        (sum != "-" && *sum != sha256(self.files[at].bytes)).then(|| {
+            Step::new(format!("cat {}", sh_quote(&self.full(TRUST_ROOT))))
+                .context("reading the node's pinned root")
+        })
+    }
+
+    /// Refuses an offered root that is neither the `pinned` one nor its valid successor.
+    pub fn check_successor(&self, pinned: &[u8]) -> anyhow::Result<()> {
+        let offered = self
+            .files
+            .iter()
+            .find(|m| m.path == TRUST_ROOT)
+            .map(|m| m.bytes)
+            .unwrap_or_default();
+        let pinned =
+            fleet_release::Root::parse(pinned).context("the node's pinned trust/root.json")?;
+        let offered = fleet_release::Root::parse(offered)?;
+        if pinned.body() != offered.body() {
+            pinned.verify_successor(&offered).with_context(|| {
+                format!("the node pins root version {}; the given root is not its successor (rotate with `fleet trust rotate`)", pinned.body().version)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What differs between the node, as probed, and this state.
+    pub fn plan(&'a self, probe: &Probe) -> Plan<'a> {
+        let mut changes = Vec::new();
+        if !probe.missing.is_empty() {
+            changes.push(Change::CreateDirs(probe.missing.clone()));
+        }
+        changes.extend(
+            self.files
+                .iter()
+                .zip(&probe.sums)
+                .filter(|(m, sum)| **sum != sha256(m.bytes))
+                .map(|(m, _)| Change::Write(m.clone())),
+        );
+        if !probe.key_present {
+            changes.push(Change::AuthorizeKey);
+        }
+        Plan {
+            desired: self,
+            changes,
+        }
+    }
+}
+
+impl<'a> Plan<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// One line per change, as the report shows them.
+    pub fn describe(&self) -> Vec<String> {
+        let d = self.desired;
+        self.changes
+            .iter()
+            .map(|change| match change {
+                Change::CreateDirs(dirs) => format!("create {} under {}", dirs.join(", "), d.root),
+                Change::Write(m) => match m.show {
+                    Show::Size => format!("install {} ({} bytes)", m.path, m.bytes.len()),
+                    Show::Diff => format!("write {}", m.path),
+                    Show::Secret => format!("write {} (secret, not shown)", m.path),
+                },
+                Change::AuthorizeKey => format!(
+                    "authorize the deploy key for the agent only in {}",
+                    d.authorized_keys
+                ),
+            })
+            .collect()
+    }
+
+    /// For `--check`: each changed file that may be shown, with the step that reads its text
+    /// on the node (empty when it does not exist).
+    pub fn diff_reads(&self) -> Vec<(&Managed<'a>, Step<'static>)> {
+        self.changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Write(m) if m.show == Show::Diff => Some((
+                    m,
+                    Step::new(format!(
+                        "cat {} 2>/dev/null || true",
+                        sh_quote(&self.desired.full(&m.path))
+                    )),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The steps that bring the node to the desired state, in order: the layout's directories
+    /// (idempotent, so made sure of whenever anything changes), each file written atomically
+    /// (temporary name, then rename), then the deploy key's line. None when nothing changes.
+    pub fn steps(&self) -> Vec<Step<'a>> {
+        if self.changes.is_empty() {
+            return Vec::new();
+        }
+        let d = self.desired;
+        let r = sh_quote(&d.root);
+        let dirs: Vec<String> = DIRS.iter().map(|dir| format!("{r}/{dir}")).collect();
+        let mut steps = vec![Step::new(format!(
+            "mkdir -p {} && chmod 700 {r}/state {r}/config/secrets",
+            dirs.join(" ")
+        ))];
+        for change in &self.changes {
+            match change {
+                Change::CreateDirs(_) => {}
+                Change::Write(m) => {
+                    let path = d.full(&m.path);
+                    let (p, tmp) = (sh_quote(&path), sh_quote(&format!("{path}.new")));
+                    steps.push(Step {
+                        script: format!(
+                            "cat > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}",
+                            mode = m.mode
+                        ),
+                        input: Some(m.bytes),
+                        context: Some(format!("installing {path}")),
+                    });
+                }
+                Change::AuthorizeKey => steps.push(Step::new(format!(
+                    "mkdir -p \"$(dirname {ak})\" && touch {ak} && {{ grep -vF {blob} {ak} || true; printf '%s\\n' {line}; }} > {ak}.new && chmod 600 {ak}.new && mv -f {ak}.new {ak}",
+                    ak = remote_path(&d.authorized_keys),
+                    line = sh_quote(&d.key_line),
+                    blob = sh_quote(&d.key_blob)
+                ))),
+            }
+        }
+        steps
+    }
+}
+
+/// The authorized_keys line that lets the deploy key (`type base64`) run the agent of the
+/// node rooted at `root` and nothing else.
+pub fn key_line(root: &str, deploy_pub: &str) -> String {
+    let agent = format!("{root}/bin/fleet-agent");
+    let command = format!("{} --root {} serve", sh_quote(&agent), sh_quote(root));
+    format!(
+        "restrict,command=\"{}\" {deploy_pub} fleet-deploy",
+        command.replace('"', "\\\"")
+    )
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEPLOY_PUB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey";
+    const AGENT: &[u8] = b"\x7fELF agent";
+    const ROOT_JSON: &[u8] = b"{\"signed\":{}}\n";
+
+    fn files() -> Vec<NodeFile> {
+        vec![
+            NodeFile {
+                path: "config/server.toml".into(),
+                mode: "644",
+                content: "node = \"n1\"\nmax_running_flows = 4\n".into(),
+                secret: false,
+            },
+            NodeFile {
+                path: "config/secrets/postgres_url".into(),
+                mode: "600",
+                content: "postgres://u:pw@db/etl\n".into(),
+                secret: true,
+            },
+        ]
+    }
+
+    fn desired(files: &[NodeFile]) -> Desired<'_> {
+        Desired::new(
+            "/opt/etl",
+            "~/.ssh/authorized_keys",
+            DEPLOY_PUB,
+            AGENT,
+            ROOT_JSON,
+            files,
+        )
+    }
+
+    /// What the probe prints for a node holding `sums` (one per managed file).
+    fn probe_output(sums: &[String], key: &str, missing: &[&str]) -> String {
+        let mut lines: Vec<String> = sums.to_vec();
+        lines.push(key.to_owned());
+        lines.extend(missing.iter().map(|d| format!("missing {d}")));
+        lines.join("\n") + "\n"
+    }
+
+    /// The sums of a node that holds exactly what `files` say.
+    fn current(files: &[NodeFile]) -> Vec<String> {
+        let mut sums = vec![sha256(AGENT), sha256(ROOT_JSON)];
+        sums.extend(files.iter().map(|f| sha256(f.content.as_bytes())));
+        sums
+    }
+
+    const KEY_LINE: &str = r#"restrict,command="'/opt/etl/bin/fleet-agent' --root '/opt/etl' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy"#;
+    const MKDIRS: &str = "mkdir -p '/opt/etl'/releases '/opt/etl'/config '/opt/etl'/config/secrets '/opt/etl'/trust '/opt/etl'/state '/opt/etl'/chunks '/opt/etl'/logs '/opt/etl'/bin && chmod 700 '/opt/etl'/state '/opt/etl'/config/secrets";
+
+    fn install(path: &str, mode: &str, bytes: &'static [u8]) -> Step<'static> {
+        let full = format!("/opt/etl/{path}");
+        Step {
+            script: format!(
+                "cat > '{full}.new' && chmod {mode} '{full}.new' && mv -f '{full}.new' '{full}'"
+            ),
+            input: Some(bytes),
+            context: Some(format!("installing {full}")),
+        }
+    }
+
+    #[test]
+    fn the_probe_and_the_deploy_key_line() {
+        let files = files();
+        let d = desired(&files);
+        assert_eq!(key_line("/opt/etl", DEPLOY_PUB), KEY_LINE);
+        assert_eq!(
+            d.probe(),
+            Step {
+                script: concat!(
+                    r#"for f in '/opt/etl/bin/fleet-agent' '/opt/etl/trust/root.json' '/opt/etl/config/server.toml' '/opt/etl/config/secrets/postgres_url'; "#,
+                    r#"do if [ -f "$f" ]; then s=$(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1); echo "${s:-unreadable}"; else echo -; fi; done; "#,
+                    r#"if [ -f "$HOME"/'.ssh/authorized_keys' ] && grep -qxF 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy' "$HOME"/'.ssh/authorized_keys' "#,
+                    r#"&& [ "$(grep -cF 'AAAAC3NzaC1lZDI1NTE5AAAAIKey' "$HOME"/'.ssh/authorized_keys')" = 1 ]; then echo present; else echo absent; fi; "#,
+                    r#"for d in releases config config/secrets trust state chunks logs bin; do [ -d '/opt/etl'/"$d" ] || echo "missing $d"; done"#,
+                )
+                .into(),
+                input: None,
+                context: Some("probing the node".into()),
+            }
+        );
+        let err = d.read_probe("-\n-\n").expect_err("too short");
+        assert!(err.to_string().contains("unexpected probe output"), "{err}");
+    }
+
+    #[test]
+    fn a_fresh_node_gets_everything() {
+        let files = files();
+        let d = desired(&files);
+        let none = vec!["-".to_owned(); 4];
+        let probe = d
+            .read_probe(&probe_output(&none, "absent", &DIRS))
+            .expect("probe");
+        assert_eq!(d.pinned_root_read(&probe), None, "nothing pinned yet");
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.describe(),
+            [
+                "create releases, config, config/secrets, trust, state, chunks, logs, bin under /opt/etl",
+                "install bin/fleet-agent (10 bytes)",
+                "write trust/root.json",
+                "write config/server.toml",
+                "write config/secrets/postgres_url (secret, not shown)",
+                "authorize the deploy key for the agent only in ~/.ssh/authorized_keys",
+            ]
+        );
+        let server: &'static [u8] = b"node = \"n1\"\nmax_running_flows = 4\n";
+        let secret: &'static [u8] = b"postgres://u:pw@db/etl\n";
+        assert_eq!(
+            plan.steps(),
+            [
+                Step {
+                    script: MKDIRS.into(),
+                    input: None,
+                    context: None,
+                },
+                install("bin/fleet-agent", "755", AGENT),
+                install("trust/root.json", "644", ROOT_JSON),
+                install("config/server.toml", "644", server),
+                install("config/secrets/postgres_url", "600", secret),
+                Step {
+                    script: concat!(
+                        r#"mkdir -p "$(dirname "$HOME"/'.ssh/authorized_keys')" && touch "$HOME"/'.ssh/authorized_keys' && "#,
+                        r#"{ grep -vF 'AAAAC3NzaC1lZDI1NTE5AAAAIKey' "$HOME"/'.ssh/authorized_keys' || true; "#,
+                        r#"printf '%s\n' 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy'; } "#,
+                        r#"> "$HOME"/'.ssh/authorized_keys'.new && chmod 600 "$HOME"/'.ssh/authorized_keys'.new && mv -f "$HOME"/'.ssh/authorized_keys'.new "$HOME"/'.ssh/authorized_keys'"#,
+                    )
+                    .into(),
+                    input: None,
+                    context: None,
+                },
+            ]
+        );
+        // Under --check, the files shown as diffs are read (the secret never is).
+        let reads: Vec<(String, String)> = plan
+            .diff_reads()
+            .into_iter()
+            .map(|(m, step)| (m.path.clone(), step.script))
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                (
+                    "trust/root.json".to_owned(),
+                    "cat '/opt/etl/trust/root.json' 2>/dev/null || true".to_owned()
+                ),
+                (
+                    "config/server.toml".to_owned(),
+                    "cat '/opt/etl/config/server.toml' 2>/dev/null || true".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_node_is_left_alone() {
+        let files = files();
+        let d = desired(&files);
+        let probe = d
+            .read_probe(&probe_output(&current(&files), "present", &[]))
+            .expect("probe");
+        assert_eq!(d.pinned_root_read(&probe), None);
+        let plan = d.plan(&probe);
+        assert!(plan.is_empty());
+        assert_eq!(plan.describe(), Vec::<String>::new());
+        assert_eq!(plan.steps(), []);
+        assert_eq!(plan.diff_reads(), []);
+    }
+
+    #[test]
+    fn a_changed_config_writes_only_that_file() {
+        let before = files();
+        let mut after = files();
+        after[0].content = "node = \"n1\"\nmax_running_flows = 8\n".into();
+        let d = desired(&after);
+        let probe = d
+            .read_probe(&probe_output(&current(&before), "present", &[]))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.changes,
+            [Change::Write(Managed {
+                path: "config/server.toml".into(),
+                mode: "644",
+                bytes: b"node = \"n1\"\nmax_running_flows = 8\n",
+                show: Show::Diff,
+            })]
+        );
+        assert_eq!(plan.describe(), ["write config/server.toml"]);
+        assert_eq!(
+            plan.steps(),
+            [
+                Step {
+                    script: MKDIRS.into(),
+                    input: None,
+                    context: None,
+                },
+                install(
+                    "config/server.toml",
+                    "644",
+                    b"node = \"n1\"\nmax_running_flows = 8\n"
+                ),
+            ]
+        );
+        assert_eq!(plan.diff_reads().len(), 1);
+    }
+
+    #[test]
+    fn a_changed_secret_is_written_but_never_shown() {
+        let before = files();
+        let mut after = files();
+        after[1].content = "postgres://u:new@db/etl\n".into();
+        let d = desired(&after);
+        let probe = d
+            .read_probe(&probe_output(&current(&before), "present", &[]))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.describe(),
+            ["write config/secrets/postgres_url (secret, not shown)"]
+        );
+        assert_eq!(plan.diff_reads(), []);
+        assert_eq!(plan.steps().len(), 2);
+    }
+
+    #[test]
+    fn another_pinned_root_is_read_before_anything_is_planned() {
+        let files = files();
+        let d = desired(&files);
+        let mut sums = current(&files);
+        sums[1] = sha256(b"another root");
+        let probe = d
+            .read_probe(&probe_output(&sums, "present", &["logs"]))
+            .expect("probe");
+        assert_eq!(
+            d.pinned_root_read(&probe),
+            Some(Step {
+                script: "cat '/opt/etl/trust/root.json'".into(),
+                input: None,
+                context: Some("reading the node's pinned root".into()),
+            })
+        );
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.describe(),
+            ["create logs under /opt/etl", "write trust/root.json"]
+        );
+        let err = d.check_successor(b"not json").expect_err("refused");
+        assert!(
+            format!("{err:#}").contains("the node's pinned trust/root.json"),
+            "{err:#}"
+        );
+    }
+}
