@@ -1,5 +1,6 @@
 //! The executor: claims this node's queued runs, at most `max_running_flows` at once, runs
-//! each through the pipeline, and records its progress and end. Not the SQL (`store.rs`).
+//! each through the pipeline, and records its progress and end (a failed run's `error` is its
+//! `PipelineError`'s text). Not the SQL (`store.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -214,7 +215,7 @@ impl Executor {
                 reporter.abort();
                 match ending {
                     Ending::Succeeded => ("succeeded", None, report),
-                    Ending::Failed(why) => ("failed", Some(why), report),
+                    Ending::Failed(why) => ("failed", Some(why.to_string()), report),
                     Ending::Canceled
                         if (self.stopping.load(Ordering::Relaxed) || self.draining())
                             && !self.user_canceled(id).await =>
