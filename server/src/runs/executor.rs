@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::pipeline::engine::{self, Ending, Report, RunEnv};
 use crate::pipeline::flow::Flow;
 
+use super::RunState;
 use super::store::*;
 
 /// Totals for `/metrics`, since the server started.
@@ -177,7 +178,7 @@ impl Executor {
         let text = definition.to_string();
         let (state, error, report) = match Flow::parse(&text, &format!("run {id}")) {
             Err(e) => (
-                "failed",
+                RunState::Failed,
                 Some(format!("the stored flow is not valid: {e}")),
                 Report::default(),
             ),
@@ -214,8 +215,8 @@ impl Executor {
                 drop(env);
                 reporter.abort();
                 match ending {
-                    Ending::Succeeded => ("succeeded", None, report),
-                    Ending::Failed(why) => ("failed", Some(why.to_string()), report),
+                    Ending::Succeeded => (RunState::Succeeded, None, report),
+                    Ending::Failed(why) => (RunState::Failed, Some(why.to_string()), report),
                     Ending::Canceled
                         if (self.stopping.load(Ordering::Relaxed) || self.draining())
                             && !self.user_canceled(id).await =>
@@ -225,9 +226,9 @@ impl Executor {
                         } else {
                             "the node was drained before the run finished"
                         };
-                        ("failed", Some(why.to_owned()), report)
+                        (RunState::Failed, Some(why.to_owned()), report)
                     }
-                    Ending::Canceled => ("canceled", None, report),
+                    Ending::Canceled => (RunState::Canceled, None, report),
                 }
             }
         };
@@ -238,14 +239,14 @@ impl Executor {
         m.rows_rejected
             .fetch_add(report.counts.rejected, Ordering::Relaxed);
         match state {
-            "succeeded" => &m.succeeded,
-            "canceled" => &m.canceled,
+            RunState::Succeeded => &m.succeeded,
+            RunState::Canceled => &m.canceled,
             _ => &m.failed,
         }
         .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             run = id,
-            state,
+            state = state.as_str(),
             error = error.as_deref().unwrap_or(""),
             "run ended"
         );
