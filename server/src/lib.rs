@@ -1,7 +1,9 @@
 //! The ETL server every node runs: flows (a source, transformations, a destination) defined
 //! through a JSON API, run on this node with rows streamed in batches, their runs recorded in
 //! Postgres. `run` is the whole server; the `etl-server` binary only reads the config, binds
-//! the listener and turns SIGTERM into `shutdown`.
+//! the listener and turns SIGTERM into `shutdown`. Each part has its error type
+//! (`ConfigError`, `RunsError`, the pipeline's, HTTP's `AppError`); `run` answers a
+//! `ServerError`.
 
 mod cluster;
 mod config;
@@ -15,9 +17,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use cluster::HEARTBEAT_TTL;
-pub use config::Config;
+pub use config::{Config, ConfigError, ConfigProblem};
 pub use db::schema_version;
-pub use pipeline::Flow;
+pub use pipeline::{Flow, StorageError};
+pub use runs::RunsError;
 
 /// The server's version, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,13 +32,16 @@ pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    std::fs::create_dir_all(&config.shared_storage)
-        .map_err(|e| format!("shared storage {}: {e}", config.shared_storage.display()))?;
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.shared_storage).map_err(|e| StorageError::Unavailable {
+        base: config.shared_storage.clone(),
+        error: Arc::new(e),
+    })?;
     let connections = (config.limits.max_running_flows as u32) * 2 + 4;
     let pool = db::connect(&config.postgres_url, connections).await?;
-    let redis = redis::Client::open(config.redis_url.as_str())
-        .map_err(|_| "the Redis URL is not valid".to_owned())?;
+    // Redis's own error may quote the URL, password included.
+    let redis =
+        redis::Client::open(config.redis_url.as_str()).map_err(|_| ServerError::RedisUrl)?;
     let membership = Arc::new(cluster::Membership::new(
         redis,
         config.redis_prefix.clone(),
@@ -70,7 +76,7 @@ pub async fn run(
         leadership: Default::default(),
         listen: listener
             .local_addr()
-            .map_err(|e| format!("listener: {e}"))?
+            .map_err(ServerError::Listener)?
             .to_string(),
     });
     let beats = tokio::spawn(cluster::heartbeat(app.clone()));
@@ -100,5 +106,31 @@ pub async fn run(
     wakes.abort();
     sweeps.abort();
     pool.close().await;
-    served.map_err(|e| format!("serving HTTP: {e}"))
+    served.map_err(ServerError::Serve)
+}
+
+/// Why the server could not start or stopped serving. Each text is the whole line (cause
+/// included, never a password); none has a `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Shared storage cannot be made.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Postgres cannot be reached, or refused the login.
+    #[error("connecting to Postgres: {}", db::describe(.0))]
+    Connect(sqlx::Error),
+    /// A migration failed (sqlx leaves that migration undone).
+    #[error("migrating the database: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("the Redis URL is not valid")]
+    RedisUrl,
+    /// The run store failed at start (marking the runs an earlier start left running).
+    #[error(transparent)]
+    Runs(#[from] RunsError),
+    /// The listener has no local address.
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    /// Serving HTTP stopped on an error.
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
 }

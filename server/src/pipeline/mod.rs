@@ -14,4 +14,5 @@ pub(crate) mod source;
 pub(crate) mod storage;
 pub(crate) mod value;
 
+pub use error::StorageError;
 pub use flow::Flow;
