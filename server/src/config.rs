@@ -1,6 +1,7 @@
 //! The server's configuration file (TOML, rendered by `fleet provision` from
 //! `templates/server.toml.j2`). Connection URLs hold passwords: they come from files beside the
-//! config (`*_url_file`) or inline, and are never printed.
+//! config (`*_url_file`) or inline, and are never printed. A file that cannot be used is a
+//! `ConfigError`: the file, and a `ConfigProblem` naming the key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,60 +123,118 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Why a configuration file cannot be used: the file, then the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", .path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong in a configuration file, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The file cannot be read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// Not TOML, an unknown key, a value of the wrong type (toml's text, with its place).
+    #[error("{}", .0.to_string().trim_end())]
+    Syntax(toml::de::Error),
+    #[error("give `{key}` or `{key}_file`, not both")]
+    SecretTwice { key: &'static str },
+    /// The file a `*_file` key names cannot be read.
+    #[error("{key}_file {}: {error}", .file.display())]
+    SecretFile {
+        key: &'static str,
+        file: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("missing `{key}` (or `{key}_file`)")]
+    Missing { key: &'static str },
+    #[error("listen `{given}` is not an address:port")]
+    Listen { given: String },
+    #[error("load_balancing `{given}` is not one of {}", load_balancing_names())]
+    LoadBalancing { given: String },
+    #[error("weight must be at least 1")]
+    ZeroWeight,
+    #[error(
+        "cluster.leader_ttl_ms ({ttl_ms}) must be at least three times cluster.leader_renew_ms ({renew_ms}), which must not be 0"
+    )]
+    LeaderTiming { ttl_ms: u64, renew_ms: u64 },
+    #[error("limits.max_running_flows must be at least 1")]
+    ZeroMaxRunningFlows,
+    #[error("admin_token must have at least 16 characters")]
+    ShortAdminToken,
+}
+
+fn load_balancing_names() -> String {
+    let names: Vec<&str> = LoadBalancing::ALL.iter().map(|a| a.as_str()).collect();
+    names.join(", ")
+}
+
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            problem: ConfigProblem::Read(e),
+        })?;
         Config::parse(&text, path)
     }
 
     /// `path` names the file in errors and anchors relative `*_file` paths.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let file: File = toml::from_str(text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        let at = |what: &str| format!("{}: {what}", path.display());
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |problem: ConfigProblem| ConfigError {
+            path: path.to_owned(),
+            problem,
+        };
+        let file: File = toml::from_str(text).map_err(|e| at(ConfigProblem::Syntax(e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let secret = |inline: Option<String>,
                       file: Option<PathBuf>,
-                      key: &str|
-         -> Result<String, String> {
+                      key: &'static str|
+         -> Result<String, ConfigError> {
             match (inline, file) {
-                (Some(_), Some(_)) => Err(at(&format!("give `{key}` or `{key}_file`, not both"))),
+                (Some(_), Some(_)) => Err(at(ConfigProblem::SecretTwice { key })),
                 (Some(v), None) => Ok(v),
                 (None, Some(f)) => {
                     let f = base.join(f);
-                    let v = std::fs::read_to_string(&f)
-                        .map_err(|e| at(&format!("{key}_file {}: {e}", f.display())))?;
+                    let v = std::fs::read_to_string(&f).map_err(|error| {
+                        at(ConfigProblem::SecretFile {
+                            key,
+                            file: f.clone(),
+                            error,
+                        })
+                    })?;
                     Ok(v.trim().to_owned())
                 }
-                (None, None) => Err(at(&format!("missing `{key}` (or `{key}_file`)"))),
+                (None, None) => Err(at(ConfigProblem::Missing { key })),
             }
         };
-        let listen = file
-            .listen
-            .parse()
-            .map_err(|_| at(&format!("listen `{}` is not an address:port", file.listen)))?;
+        let listen = file.listen.parse().map_err(|_| {
+            at(ConfigProblem::Listen {
+                given: file.listen.clone(),
+            })
+        })?;
         let load_balancing = match file.load_balancing.as_deref() {
             None => LoadBalancing::default(),
             Some(name) => name.parse().map_err(|()| {
-                let names: Vec<&str> = LoadBalancing::ALL.iter().map(|a| a.as_str()).collect();
-                at(&format!(
-                    "load_balancing `{name}` is not one of {}",
-                    names.join(", ")
-                ))
+                at(ConfigProblem::LoadBalancing {
+                    given: name.to_owned(),
+                })
             })?,
         };
         if file.weight == Some(0) {
-            return Err(at("weight must be at least 1"));
+            return Err(at(ConfigProblem::ZeroWeight));
         }
         let c = &file.cluster;
         if c.leader_renew_ms == 0 || c.leader_ttl_ms < 3 * c.leader_renew_ms {
-            return Err(at(&format!(
-                "cluster.leader_ttl_ms ({}) must be at least three times cluster.leader_renew_ms ({}), which must not be 0",
-                c.leader_ttl_ms, c.leader_renew_ms
-            )));
+            return Err(at(ConfigProblem::LeaderTiming {
+                ttl_ms: c.leader_ttl_ms,
+                renew_ms: c.leader_renew_ms,
+            }));
         }
         if file.limits.max_running_flows == 0 {
-            return Err(at("limits.max_running_flows must be at least 1"));
+            return Err(at(ConfigProblem::ZeroMaxRunningFlows));
         }
         let admin_token = match (&file.admin_token, &file.admin_token_file) {
             (None, None) => None,
@@ -186,7 +245,7 @@ impl Config {
             )?),
         };
         if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(at("admin_token must have at least 16 characters"));
+            return Err(at(ConfigProblem::ShortAdminToken));
         }
         Ok(Config {
             admin_token,

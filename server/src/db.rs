@@ -1,15 +1,18 @@
 //! The server's Postgres: connecting, migrating (one server at a time, under sqlx's advisory
-//! lock, so several servers may start at once), and error text that never shows a password.
+//! lock, so several servers may start at once), and error text that never shows a password
+//! (`describe`, which every error holding a `sqlx::Error` displays through).
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::ServerError;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects a pool and brings the schema up to date.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, String> {
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ServerError> {
     let options = || PgPoolOptions::new().acquire_timeout(Duration::from_secs(10));
     // Migrations on a connection of their own: sqlx does not release its lock when a
     // migration fails, and closing the connection does.
@@ -17,15 +20,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, String> 
         .max_connections(1)
         .connect(url)
         .await
-        .map_err(|e| format!("connecting to Postgres: {}", describe(&e)))?;
+        .map_err(ServerError::Connect)?;
     let migrated = MIGRATOR.run(&migrate_pool).await;
     migrate_pool.close().await;
-    migrated.map_err(|e| format!("migrating the database: {e}"))?;
+    migrated.map_err(ServerError::Migrate)?;
     options()
         .max_connections(max_connections)
         .connect(url)
         .await
-        .map_err(|e| format!("connecting to Postgres: {}", describe(&e)))
+        .map_err(ServerError::Connect)
 }
 
 /// The newest schema version this server knows.

@@ -1,7 +1,9 @@
 //! The ETL server every node runs: flows (a source, transformations, a destination) defined
 //! through a JSON API, run on this node with rows streamed in batches, their runs recorded in
 //! Postgres. `run` is the whole server; the `etl-server` binary only reads the config, binds
-//! the listener and turns SIGTERM into `shutdown`.
+//! the listener and turns SIGTERM into `shutdown`. Each part has its error type
+//! (`ConfigError`, `RunsError`, the pipeline's, HTTP's `AppError`); `run` answers a
+//! `ServerError`.
 
 mod cluster;
 mod config;
@@ -18,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cluster::HEARTBEAT_TTL;
-pub use config::Config;
+pub use config::{Config, ConfigError, ConfigProblem};
 pub use db::schema_version;
-pub use pipeline::Flow;
+pub use pipeline::{Flow, StorageError};
+pub use runs::RunsError;
 
 /// The server's version, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -33,13 +36,16 @@ pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    std::fs::create_dir_all(&config.shared_storage)
-        .map_err(|e| format!("shared storage {}: {e}", config.shared_storage.display()))?;
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.shared_storage).map_err(|e| StorageError::Unavailable {
+        base: config.shared_storage.clone(),
+        error: Arc::new(e),
+    })?;
     let connections = (config.limits.max_running_flows as u32) * 2 + 4;
     let pool = db::connect(&config.postgres_url, connections).await?;
-    let redis = redis::Client::open(config.redis_url.as_str())
-        .map_err(|_| "the Redis URL is not valid".to_owned())?;
+    // Redis's own error may quote the URL, password included.
+    let redis =
+        redis::Client::open(config.redis_url.as_str()).map_err(|_| ServerError::RedisUrl)?;
     let membership = Arc::new(cluster::Membership::new(
         redis,
         config.redis_prefix.clone(),
@@ -54,7 +60,7 @@ pub async fn run(
     }
     let listen = listener
         .local_addr()
-        .map_err(|e| format!("listener: {e}"))?
+        .map_err(ServerError::Listener)?
         .to_string();
     // The one shutdown: every loop selects on `stop`, every task is spawned on `tasks`.
     let stop = CancellationToken::new();
@@ -119,12 +125,38 @@ pub async fn run(
     }
     pool.close().await;
     match http.is_finished() {
-        true => http
-            .await
-            .map_err(|e| format!("serving HTTP: {e}"))?
-            .map_err(|e| format!("serving HTTP: {e}")),
+        true => match http.await {
+            Ok(served) => served.map_err(ServerError::Serve),
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        },
         false => Ok(()),
     }
+}
+
+/// Why the server could not start or stopped serving. Each text is the whole line (cause
+/// included, never a password); none has a `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Shared storage cannot be made.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Postgres cannot be reached, or refused the login.
+    #[error("connecting to Postgres: {}", db::describe(.0))]
+    Connect(sqlx::Error),
+    /// A migration failed (sqlx leaves that migration undone).
+    #[error("migrating the database: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("the Redis URL is not valid")]
+    RedisUrl,
+    /// The run store failed at start (marking the runs an earlier start left running).
+    #[error(transparent)]
+    Runs(#[from] RunsError),
+    /// The listener has no local address.
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    /// Serving HTTP stopped on an error.
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
 }
 
 /// The least time the tasks get to end once runs have (requests in flight, a last heartbeat).

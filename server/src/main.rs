@@ -1,7 +1,10 @@
 //! `etl-server --config FILE`: serves the ETL API on the configured address until SIGTERM or
-//! Ctrl-C, then shuts down gracefully (see `fleet_server::run`).
+//! Ctrl-C, then shuts down gracefully (see `fleet_server::run`). Errors: `anyhow`, printed as
+//! one line.
 
 use std::path::PathBuf;
+
+use anyhow::Context as _;
 
 // Rows are allocated on the source's thread and freed on others: glibc's allocator serialised
 // those frees on its arena locks (a third of a transforming run's CPU, measured with perf).
@@ -53,25 +56,26 @@ fn main() -> ExitCode {
     match runtime.block_on(serve(config_path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("etl-server: {e}");
+            eprintln!("etl-server: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(config_path: PathBuf) -> Result<(), String> {
+async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = fleet_server::Config::load(&config_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+        .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(node = %config.node, listen = %config.listen, "etl-server started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+        .context("SIGTERM handler")?;
     fleet_server::run(config, listener, async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     })
-    .await
+    .await?;
+    Ok(())
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::runs::{self, Executor};
+use crate::runs::{self, Executor, RunsError};
 
 pub struct Node {
     pub config: Config,
@@ -41,9 +41,15 @@ impl Node {
     }
 
     /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
-    /// database's schema. `Err` when membership cannot be read (Redis is down).
-    pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, String> {
-        let members = self.membership.members().await?;
+    /// database's schema. `Err` when membership cannot be read (Redis is down:
+    /// `RunsError::Cluster`) or the database's schema cannot.
+    pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, RunsError> {
+        // cluster/ reports errors as text.
+        let members = self
+            .membership
+            .members()
+            .await
+            .map_err(RunsError::Cluster)?;
         let schema = runs::database_schema_version(&self.pool).await?;
         Ok(members
             .into_iter()

@@ -238,7 +238,9 @@ fn config_errors_name_the_file_and_the_key_and_never_the_password() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("server.toml");
     let base = "node = \"n\"\nshared_storage = \"s\"\nredis_url = \"redis://127.0.0.1:6379\"\n";
-    let err = fleet_server::Config::parse(base, &path).expect_err("no postgres url");
+    let err = fleet_server::Config::parse(base, &path)
+        .expect_err("no postgres url")
+        .to_string();
     assert!(
         err.contains("server.toml") && err.contains("postgres_url"),
         "{err}"
@@ -247,13 +249,15 @@ fn config_errors_name_the_file_and_the_key_and_never_the_password() {
         &format!("{base}postgres_url = \"postgres://u:hunter2@h/db\"\nlisten = \"nowhere\"\n"),
         &path,
     )
-    .expect_err("bad listen");
+    .expect_err("bad listen")
+    .to_string();
     assert!(err.contains("listen") && !err.contains("hunter2"), "{err}");
     let err = fleet_server::Config::parse(
         &format!("{base}postgres_url = \"x\"\nlisteen = \"1\"\n"),
         &path,
     )
-    .expect_err("typo");
+    .expect_err("typo")
+    .to_string();
     assert!(err.contains("listeen"), "{err}");
     std::fs::write(dir.path().join("pg"), "postgres://u:hunter2@h/db\n").expect("write");
     let ok = fleet_server::Config::parse(&format!("{base}postgres_url_file = \"pg\"\n"), &path)

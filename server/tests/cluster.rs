@@ -124,14 +124,16 @@ fn an_unknown_load_balancing_or_a_zero_weight_is_refused() {
         &format!("{base}load_balancing = \"fastest\"\n"),
         &dir.path().join("c.toml"),
     )
-    .expect_err("unknown algorithm");
+    .expect_err("unknown algorithm")
+    .to_string();
     assert!(
         err.contains("round_robin, least_loaded, random, weighted"),
         "{err}"
     );
     let err =
         fleet_server::Config::parse(&format!("{base}weight = 0\n"), &dir.path().join("c.toml"))
-            .expect_err("zero weight");
+            .expect_err("zero weight")
+            .to_string();
     assert!(err.contains("weight"), "{err}");
 }
 
@@ -482,7 +484,8 @@ fn a_lease_shorter_than_three_renewals_is_refused() {
         &format!("{base}[cluster]\nleader_ttl_ms = 2000\nleader_renew_ms = 1000\n"),
         &dir.path().join("c.toml"),
     )
-    .expect_err("ttl < 3 renewals");
+    .expect_err("ttl < 3 renewals")
+    .to_string();
     assert!(err.contains("at least three times"), "{err}");
 }
 

@@ -126,7 +126,7 @@ async fn hand_back(node: &Node, progress: &Progress) -> bool {
         Err(e) => {
             tracing::warn!(error = %e, "handing back runs on drain");
             if let Ok(mut slot) = progress.error.lock() {
-                slot.get_or_insert(e);
+                slot.get_or_insert(e.to_string());
             }
             false
         }

@@ -1,5 +1,9 @@
 //! The HTTP API (JSON): flows, runs, `/health` and `/metrics`. Every bad request gets a 4xx
-//! with a JSON error naming the field; nothing a client sends can panic the server.
+//! with a JSON error naming the field; a failure on this side gets a generic 5xx with a code,
+//! its detail logged with the request (`error.rs`, `AppError`); nothing a client sends can
+//! panic the server.
+
+mod error;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,42 +21,13 @@ use serde_json::json;
 
 use crate::node::Node;
 use crate::pipeline::flow::Flow;
-use crate::runs::{self, Cancel};
+use crate::runs::{self, Cancel, RunState};
+
+pub use error::AppError;
 
 type Shared = State<Arc<Node>>;
 
-/// An error answer: status and JSON `{error, field?, problems?}`.
-pub struct ApiError {
-    status: StatusCode,
-    body: serde_json::Value,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: json!({ "error": message.into() }),
-        }
-    }
-    fn field(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: json!({ "error": message.into(), "field": field }),
-        }
-    }
-    fn internal(message: String) -> Self {
-        tracing::error!(error = %message, "request failed");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-type ApiResult = Result<Response, ApiError>;
+type ApiResult = Result<Response, AppError>;
 
 pub fn router(app: Arc<Node>) -> Router {
     let limit = app.config.limits.max_body_bytes;
@@ -68,32 +43,18 @@ pub fn router(app: Arc<Node>) -> Router {
         .route("/admin/resume", post(resume))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { AppError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(error::log_failures))
         .with_state(app)
 }
 
 async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
     let _ = headers;
     let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::field(StatusCode::BAD_REQUEST, "body", "the body is not UTF-8"))?;
-    let flow = Flow::parse(text, "body").map_err(|e| {
-        let problems: Vec<_> = e.problems().iter().map(|p| {
-            json!({ "line": p.line, "column": p.column, "field": p.path, "message": p.message, "hint": p.hint })
-        }).collect();
-        let first = e.problems().first();
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: json!({
-                "error": first.map(ToString::to_string).unwrap_or_else(|| "invalid flow".into()),
-                "field": first.map(|p| p.path.clone()).unwrap_or_default(),
-                "problems": problems,
-            }),
-        }
-    })?;
-    let created = runs::put_flow(&app.pool, &flow)
-        .await
-        .map_err(ApiError::internal)?;
+        .map_err(|_| AppError::field(StatusCode::BAD_REQUEST, "body", "the body is not UTF-8"))?;
+    let flow = Flow::parse(text, "body").map_err(|e| AppError::invalid_flow(&e))?;
+    let created = runs::put_flow(&app.pool, &flow).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -107,19 +68,14 @@ async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Byte
 }
 
 async fn list_flows(State(app): Shared) -> ApiResult {
-    let flows = runs::list_flows(&app.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    let flows = runs::list_flows(&app.pool).await?;
     Ok(Json(json!({ "flows": flows })).into_response())
 }
 
 async fn get_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
-    match runs::get_flow(&app.pool, &name)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    match runs::get_flow(&app.pool, &name).await? {
         Some(f) => Ok(Json(f).into_response()),
-        None => Err(ApiError::field(
+        None => Err(AppError::field(
             StatusCode::NOT_FOUND,
             "name",
             format!("no flow `{name}`"),
@@ -128,13 +84,10 @@ async fn get_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
 }
 
 async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
-    if runs::delete_flow(&app.pool, &name)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    if runs::delete_flow(&app.pool, &name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::field(
+        Err(AppError::field(
             StatusCode::NOT_FOUND,
             "name",
             format!("no flow `{name}`"),
@@ -148,10 +101,7 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
         tracing::warn!(error = %e, "dispatching without membership");
         Vec::new()
     });
-    match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing).await? {
         Some((id, target)) => {
             match &target {
                 Some(node) if *node != app.config.node => app.membership.wake(node).await,
@@ -159,11 +109,11 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
             }
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "run_id": id, "state": "queued", "node": target })),
+                Json(json!({ "run_id": id, "state": RunState::Queued, "node": target })),
             )
                 .into_response())
         }
-        None => Err(ApiError::field(
+        None => Err(AppError::field(
             StatusCode::NOT_FOUND,
             "name",
             format!("no flow `{name}`"),
@@ -172,10 +122,9 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
 }
 
 async fn cluster(State(app): Shared) -> ApiResult {
-    let members = app.membership.members().await.map_err(ApiError::internal)?;
-    let depths = runs::queue_depths(&app.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    // cluster/ reports errors as text.
+    let members = app.membership.members().await.map_err(AppError::Redis)?;
+    let depths = runs::queue_depths(&app.pool).await?;
     let queues: Vec<_> = depths
         .into_iter()
         .map(
@@ -187,7 +136,7 @@ async fn cluster(State(app): Shared) -> ApiResult {
     let holder = app.membership.lease_holder().await.ok().flatten();
     let (epoch, granted_to) = crate::cluster::scheduler::latest_grant(&app.pool)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(AppError::Database)?;
     let leader = holder
         .as_deref()
         .and_then(|t| t.split(':').next())
@@ -210,12 +159,12 @@ async fn cluster(State(app): Shared) -> ApiResult {
     .into_response())
 }
 
-fn run_id(text: &str) -> Result<i64, ApiError> {
+fn run_id(text: &str) -> Result<i64, AppError> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| {
-            ApiError::field(
+            AppError::field(
                 StatusCode::BAD_REQUEST,
                 "id",
                 format!("`{text}` is not a run id"),
@@ -225,12 +174,9 @@ fn run_id(text: &str) -> Result<i64, ApiError> {
 
 async fn get_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
     let id = run_id(&id)?;
-    match runs::get_run(&app.pool, id)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    match runs::get_run(&app.pool, id).await? {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError::field(
+        None => Err(AppError::field(
             StatusCode::NOT_FOUND,
             "id",
             format!("no run {id}"),
@@ -251,16 +197,14 @@ async fn list_runs(
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) =
-        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
-    if let Some(s) = &q.state
-        && !runs::STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::field(
-            StatusCode::BAD_REQUEST,
-            "state",
-            format!("unknown state `{s}`: one of {}", runs::STATES.join(", ")),
-        ));
-    }
+        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let state = match &q.state {
+        None => None,
+        Some(s) => Some(
+            s.parse::<RunState>()
+                .map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "state", e.to_string()))?,
+        ),
+    };
     let limit = match &q.limit {
         None => 50,
         Some(l) => l
@@ -268,39 +212,36 @@ async fn list_runs(
             .ok()
             .filter(|l| (1..=1000).contains(l))
             .ok_or_else(|| {
-                ApiError::field(
+                AppError::field(
                     StatusCode::BAD_REQUEST,
                     "limit",
                     format!("`{l}` is not a number from 1 to 1000"),
                 )
             })?,
     };
-    let list = runs::list_runs(&app.pool, q.flow.as_deref(), q.state.as_deref(), limit)
-        .await
-        .map_err(ApiError::internal)?;
+    let list = runs::list_runs(&app.pool, q.flow.as_deref(), state, limit).await?;
     Ok(Json(json!({ "runs": list })).into_response())
 }
 
 async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
     let id = run_id(&id)?;
-    match runs::cancel_run(&app.pool, id)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Cancel::Canceled => Ok(Json(json!({ "run_id": id, "state": "canceled" })).into_response()),
+    match runs::cancel_run(&app.pool, id).await? {
+        Cancel::Canceled => {
+            Ok(Json(json!({ "run_id": id, "state": RunState::Canceled })).into_response())
+        }
         Cancel::Requested => {
             app.executor.cancel_local(id);
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "run_id": id, "state": "running", "cancel_requested": true })),
+                Json(json!({ "run_id": id, "state": RunState::Running, "cancel_requested": true })),
             )
                 .into_response())
         }
-        Cancel::AlreadyEnded(state) => Err(ApiError::new(
+        Cancel::AlreadyEnded(state) => Err(AppError::new(
             StatusCode::CONFLICT,
             format!("run {id} already ended: {state}"),
         )),
-        Cancel::NotFound => Err(ApiError::field(
+        Cancel::NotFound => Err(AppError::field(
             StatusCode::NOT_FOUND,
             "id",
             format!("no run {id}"),
@@ -309,15 +250,15 @@ async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
 }
 
 /// `/admin/*` answer only on loopback, and only with the configured bearer token.
-fn admin(app: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+fn admin(app: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(), AppError> {
     if !peer.ip().is_loopback() {
-        return Err(ApiError::new(
+        return Err(AppError::new(
             StatusCode::FORBIDDEN,
             "the admin API answers only on this machine",
         ));
     }
     let Some(token) = &app.config.admin_token else {
-        return Err(ApiError::new(
+        return Err(AppError::new(
             StatusCode::FORBIDDEN,
             "the admin API is disabled: set admin_token",
         ));
@@ -335,7 +276,7 @@ fn admin(app: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiErr
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
     if !same {
-        return Err(ApiError::field(
+        return Err(AppError::field(
             StatusCode::UNAUTHORIZED,
             "authorization",
             "a valid bearer token is needed",
@@ -361,7 +302,7 @@ async fn drain(
 ) -> ApiResult {
     admin(&app, peer, &headers)?;
     let Query(q) =
-        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let deadline = match q.deadline_secs {
         None => app.config.shutdown_grace(),
         Some(d) => std::time::Duration::from_secs(
@@ -369,7 +310,7 @@ async fn drain(
                 .ok()
                 .filter(|d| *d <= 86_400)
                 .ok_or_else(|| {
-                    ApiError::field(
+                    AppError::field(
                         StatusCode::BAD_REQUEST,
                         "deadline_secs",
                         format!("`{d}` is not a number of seconds up to 86400"),
@@ -380,7 +321,7 @@ async fn drain(
     use crate::cluster::Drain;
     let (status, state, handed_back, running) = match crate::cluster::drain(&app, deadline)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(AppError::Database)?
     {
         Drain::Drained { handed_back } => (StatusCode::OK, "drained", handed_back, None),
         Drain::Draining {
@@ -455,7 +396,7 @@ async fn health(
     query: Result<Query<HealthQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) =
-        query.map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
     let (mut ok, mine) = own_health(&app).await;
     let body = if q.all_nodes == Some(true) {
         let mut nodes = serde_json::Map::new();
@@ -471,7 +412,7 @@ async fn health(
                         }
                         Err(e) => {
                             ok = false;
-                            json!({ "status": "unreachable", "error": e })
+                            json!({ "status": "unreachable", "error": e.to_string() })
                         }
                     };
                     nodes.insert(m.node, report);
@@ -497,32 +438,48 @@ async fn health(
     Ok((status, Json(body)).into_response())
 }
 
+/// Why another node's health report could not be read (it goes into the merged report).
+#[derive(Debug, thiserror::Error)]
+enum PeerHealthError {
+    /// Connecting, asking or reading failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("no HTTP answer")]
+    NoAnswer,
+    #[error("not a health report: {0}")]
+    NotAReport(serde_json::Error),
+    #[error("no answer within 2 s")]
+    Timeout,
+}
+
 /// GET http://ADDR/health with a 2 s limit: (healthy, report).
-async fn fetch_health(addr: &str) -> Result<(bool, serde_json::Value), String> {
+async fn fetch_health(addr: &str) -> Result<(bool, serde_json::Value), PeerHealthError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PeerHealthError::Io)?;
         stream
             .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PeerHealthError::Io)?;
         let mut answer = Vec::new();
         (&mut stream)
             .take(1 << 20)
             .read_to_end(&mut answer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PeerHealthError::Io)?;
         let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or(PeerHealthError::NoAnswer)?;
         let healthy = head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200");
-        let report = serde_json::from_str(body).map_err(|e| format!("not a health report: {e}"))?;
+        let report = serde_json::from_str(body).map_err(PeerHealthError::NotAReport)?;
         Ok((healthy, report))
     };
     tokio::time::timeout(std::time::Duration::from_secs(2), work)
         .await
-        .map_err(|_| "no answer within 2 s".to_owned())?
+        .map_err(|_| PeerHealthError::Timeout)?
 }
 
 async fn metrics(State(app): Shared) -> Response {

@@ -1,6 +1,7 @@
 //! Running one flow: the source on its own thread (or task), batches through the transform
 //! plan, into the destination; bad rows counted, skipped or rejected by the flow's policy;
-//! progress reported and cancellation honoured between batches.
+//! progress reported and cancellation honoured between batches. A run that fails says why
+//! in a `PipelineError`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::pipeline::error::PipelineError;
 use crate::pipeline::expr::Expr;
 use crate::pipeline::flow::{BadRows, Destination, Flow, Source, Step};
 use crate::pipeline::sink::{Sink, ToSink};
@@ -85,7 +87,7 @@ pub struct Counts {
 #[derive(Debug)]
 pub enum Ending {
     Succeeded,
-    Failed(String),
+    Failed(PipelineError),
     Canceled,
 }
 
@@ -127,18 +129,18 @@ pub async fn run(flow: &Flow, env: &RunEnv) -> (Ending, Report) {
 }
 
 enum Stop {
-    Failed(String),
+    Failed(PipelineError),
     Canceled,
 }
 
-impl From<String> for Stop {
-    fn from(s: String) -> Self {
-        Stop::Failed(s)
+impl From<PipelineError> for Stop {
+    fn from(e: PipelineError) -> Self {
+        Stop::Failed(e)
     }
 }
 
 async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(), Stop> {
-    let (tx, mut rx) = mpsc::channel::<Result<Item, String>>(2);
+    let (tx, mut rx) = mpsc::channel::<Result<Item, PipelineError>>(2);
     let (plan_tx, plan_rx) = tokio::sync::oneshot::channel();
     let reader = start_source(flow, env, source::Sender::new(tx, plan_rx))?;
     let (columns, source_types) = match rx.recv().await {
@@ -149,7 +151,7 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
                 join_reader(reader)
                     .await
                     .err()
-                    .unwrap_or_else(|| "the source ended before its columns".into()),
+                    .unwrap_or(PipelineError::NoColumns),
             ));
         }
     };
@@ -204,7 +206,7 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
     drop(to_sink);
     let sunk = sink
         .await
-        .map_err(|e| Stop::Failed(format!("destination: {e}")))?;
+        .map_err(|e| PipelineError::DestinationStopped(e.to_string()))?;
     outcome?;
     report.counts.written = sunk?;
     Ok(())
@@ -219,18 +221,15 @@ fn handle_bad(
     report.counts.rejected += 1;
     let policy = flow.on_error.bad_rows;
     if policy == BadRows::Fail {
-        return Err(Stop::Failed(format!(
-            "bad row: {} (on_error.bad_rows is fail)",
-            bad.describe()
-        )));
+        return Err(Stop::Failed(PipelineError::BadRow(bad)));
     }
     if let Some(max) = flow.on_error.max_bad_rows
         && report.counts.rejected > max
     {
-        return Err(Stop::Failed(format!(
-            "more than {max} bad rows (on_error.max_bad_rows); the last: {}",
-            bad.describe()
-        )));
+        return Err(Stop::Failed(PipelineError::TooManyBadRows {
+            max,
+            last: bad,
+        }));
     }
     if let Some(r) = rejects {
         r.write(&bad)?;
@@ -241,9 +240,13 @@ fn handle_bad(
     Ok(())
 }
 
-type Reader = tokio::task::JoinHandle<Result<(), String>>;
+type Reader = tokio::task::JoinHandle<Result<(), PipelineError>>;
 
-fn start_source(flow: &Flow, env: &RunEnv, mut tx: source::Sender) -> Result<Reader, String> {
+fn start_source(
+    flow: &Flow,
+    env: &RunEnv,
+    mut tx: source::Sender,
+) -> Result<Reader, PipelineError> {
     Ok(match &flow.source {
         Source::Csv {
             path,
@@ -286,18 +289,17 @@ fn start_source(flow: &Flow, env: &RunEnv, mut tx: source::Sender) -> Result<Rea
     })
 }
 
-async fn join_reader(reader: Reader) -> Result<(), String> {
+async fn join_reader(reader: Reader) -> Result<(), PipelineError> {
     match reader.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) if e == "run ended" => Ok(()),
+        Ok(Ok(())) | Ok(Err(PipelineError::RunEnded)) => Ok(()),
         Ok(Err(e)) => Err(e),
-        Err(e) => Err(format!("the source stopped: {e}")),
+        Err(e) => Err(PipelineError::SourceStopped(e.to_string())),
     }
 }
 
-fn open_input(env: &RunEnv, path: &str) -> Result<std::fs::File, String> {
+fn open_input(env: &RunEnv, path: &str) -> Result<std::fs::File, PipelineError> {
     let real = crate::pipeline::storage::resolve(&env.storage, path)?;
-    std::fs::File::open(&real).map_err(|e| format!("source {path}: {e}"))
+    std::fs::File::open(&real).map_err(|e| PipelineError::open_source(path, e))
 }
 
 /// The transform steps bound to column positions, made once the source's columns are known.
@@ -327,16 +329,15 @@ impl Plan {
         flow: &Flow,
         source: &[String],
         source_types: &[Option<Type>],
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, PipelineError> {
         let mut cols: Vec<String> = source.to_vec();
         let mut types: Vec<Option<Type>> = source_types.to_vec();
         types.resize(cols.len(), None);
         let mut steps = Vec::new();
-        let missing = |i: usize, name: &str, cols: &[String]| {
-            format!(
-                "transform[{i}]: no column `{name}`; the columns there are: {}",
-                cols.join(", ")
-            )
+        let missing = |step: usize, name: &str, cols: &[String]| PipelineError::NoColumn {
+            step,
+            name: name.to_owned(),
+            columns: cols.to_vec(),
         };
         let find = |i: usize, name: &str, cols: &[String]| {
             cols.iter()
@@ -392,10 +393,10 @@ impl Plan {
         if let Destination::Postgres { key, .. } = &flow.destination {
             for k in key {
                 if !cols.contains(k) {
-                    return Err(format!(
-                        "destination.key: no column `{k}`; the output has: {}",
-                        cols.join(", ")
-                    ));
+                    return Err(PipelineError::NoKeyColumn {
+                        key: k.clone(),
+                        columns: cols,
+                    });
                 }
             }
         }
@@ -443,7 +444,9 @@ impl Plan {
                 Op::Cast(list) => {
                     for (k, ty, name) in list {
                         let v = std::mem::replace(&mut row[*k], Value::Null);
-                        row[*k] = v.cast(*ty).map_err(|why| (Some(name.clone()), why))?;
+                        row[*k] = v
+                            .cast(*ty)
+                            .map_err(|why| (Some(name.clone()), why.to_string()))?;
                     }
                 }
             }
@@ -452,14 +455,15 @@ impl Plan {
     }
 }
 
-fn check_columns(i: usize, e: &Expr, cols: &[String]) -> Result<(), String> {
-    for c in e.columns().unwrap_or_default() {
-        if !cols.contains(&c) {
-            return Err(format!(
-                "transform[{i}]: the expression {:?} reads `{c}`, which is not a column there ({})",
-                e.source(),
-                cols.join(", ")
-            ));
+fn check_columns(step: usize, e: &Expr, cols: &[String]) -> Result<(), PipelineError> {
+    for column in e.columns().unwrap_or_default() {
+        if !cols.contains(&column) {
+            return Err(PipelineError::ExpressionColumn {
+                step,
+                expression: e.source().to_owned(),
+                column,
+                columns: cols.to_vec(),
+            });
         }
     }
     Ok(())
@@ -473,7 +477,7 @@ struct Rejects {
 }
 
 impl Rejects {
-    fn open(flow: &Flow, env: &RunEnv) -> Result<Option<Rejects>, String> {
+    fn open(flow: &Flow, env: &RunEnv) -> Result<Option<Rejects>, PipelineError> {
         if flow.on_error.bad_rows != BadRows::RejectFile {
             return Ok(None);
         }
@@ -487,27 +491,28 @@ impl Rejects {
         };
         if let Some(parent) = std::path::Path::new(&relative).parent() {
             std::fs::create_dir_all(env.storage.join(parent))
-                .map_err(|e| format!("reject file {relative}: {e}"))?;
+                .map_err(|e| PipelineError::reject_file(&relative, e))?;
         }
         let real = crate::pipeline::storage::resolve(&env.storage, &relative)?;
         let file =
-            std::fs::File::create(&real).map_err(|e| format!("reject file {relative}: {e}"))?;
+            std::fs::File::create(&real).map_err(|e| PipelineError::reject_file(&relative, e))?;
         Ok(Some(Rejects {
             relative,
             out: std::io::BufWriter::new(file),
         }))
     }
 
-    fn write(&mut self, bad: &BadRow) -> Result<(), String> {
+    fn write(&mut self, bad: &BadRow) -> Result<(), PipelineError> {
         use std::io::Write;
-        let line = serde_json::to_string(bad).map_err(|e| e.to_string())?;
-        writeln!(self.out, "{line}").map_err(|e| format!("reject file {}: {e}", self.relative))
+        let line =
+            serde_json::to_string(bad).map_err(|e| PipelineError::RejectEncode(Arc::new(e)))?;
+        writeln!(self.out, "{line}").map_err(|e| PipelineError::reject_file(&self.relative, e))
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), PipelineError> {
         use std::io::Write;
         self.out
             .flush()
-            .map_err(|e| format!("reject file {}: {e}", self.relative))
+            .map_err(|e| PipelineError::reject_file(&self.relative, e))
     }
 }

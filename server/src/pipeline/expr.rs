@@ -1,5 +1,7 @@
 //! Filter and compute expressions: CEL (the `cel` crate), compiled once per flow and evaluated
-//! per row against the row's columns. Not a parser of our own.
+//! per row against the row's columns. Not a parser of our own. A compile error is an
+//! `ExprError` (with its place, for the flow's problems); an evaluation error is an
+//! `EvalError` (a bad row's reason).
 //!
 //! Binding: a column that came from a CSV file untyped (not cast yet) is a number in an
 //! expression when its text reads as one, a string otherwise; decimals are doubles; dates are
@@ -14,6 +16,7 @@ use cel::common::value::CowVal;
 use cel::{Context, Env, Program};
 use chrono::{DateTime, Utc};
 
+use crate::pipeline::error::EvalError;
 use crate::pipeline::value::Value;
 
 /// Functions that bind a variable of their own (`list.exists(x, x > 1)`): their variables are
@@ -81,11 +84,15 @@ impl Expr {
     }
 
     /// Evaluates against one row: `names` maps column names to indexes in `values`.
-    pub fn eval(&self, names: &HashMap<String, usize>, values: &[Value]) -> Result<Value, String> {
+    pub fn eval(
+        &self,
+        names: &HashMap<String, usize>,
+        values: &[Value],
+    ) -> Result<Value, EvalError> {
         let row = RowVars { names, values };
         let mut ctx = Context::with_env(self.env.clone());
         ctx.set_variable_resolver(&row);
-        let out = self.program.execute(&ctx).map_err(|e| describe(&e))?;
+        let out = self.program.execute(&ctx).map_err(EvalError::Execution)?;
         from_cel(out)
     }
 }
@@ -132,32 +139,23 @@ fn number(s: &str) -> Option<f64> {
     t.parse::<f64>().ok().filter(|f| f.is_finite())
 }
 
-fn from_cel(v: cel::Value) -> Result<Value, String> {
+fn from_cel(v: cel::Value) -> Result<Value, EvalError> {
     Ok(match v {
         cel::Value::Null => Value::Null,
         cel::Value::Bool(b) => Value::Bool(b),
         cel::Value::Int(i) => Value::Int(i),
         cel::Value::UInt(u) => {
-            Value::Int(i64::try_from(u).map_err(|_| format!("{u} does not fit a 64-bit integer"))?)
+            Value::Int(i64::try_from(u).map_err(|_| EvalError::IntegerRange(u))?)
         }
         cel::Value::Float(f) => Value::Float(f),
         cel::Value::String(s) => Value::Text(s.as_ref().clone()),
         cel::Value::Timestamp(t) => Value::Timestamp(DateTime::<Utc>::from(t)),
-        other => return Err(format!("the result is {other:?}, not a column value")),
+        other => {
+            return Err(EvalError::NotAColumnValue {
+                found: format!("{other:?}"),
+            });
+        }
     })
-}
-
-fn describe(e: &cel::ExecutionError) -> String {
-    let text = format!("{e:?}");
-    if text.contains("UnsupportedBinaryOperator")
-        && text.contains("Int(")
-        && text.contains("Float(")
-    {
-        return format!(
-            "{text} (CEL does not mix int and double in arithmetic: use double(x) or int(x))"
-        );
-    }
-    text
 }
 
 #[cfg(test)]
@@ -196,7 +194,8 @@ mod tests {
         let int_times_double = Expr::compile("n * 0.5").expect("compiles");
         let err = int_times_double
             .eval(&names(&["n"]), &[Value::Int(3)])
-            .expect_err("int * double");
+            .expect_err("int * double")
+            .to_string();
         assert!(err.contains("double(x)"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Destinations: a Postgres table through COPY inside one transaction (append, replace or
 //! upsert; the table is created from the flow's types when missing), or a CSV / JSON-lines
-//! file written under a temporary name and renamed only when complete.
+//! file written under a temporary name and renamed only when complete. A destination that
+//! fails undoes everything and says why in a `PipelineError`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use sqlx::Connection;
 
 use crate::pipeline::engine::RunEnv;
+use crate::pipeline::error::PipelineError;
 use crate::pipeline::flow::{Destination, Flow, Mode, Table, quote_ident};
 use crate::pipeline::value::{Type, Value};
 
@@ -50,8 +52,8 @@ enum FileKind {
     Jsonl,
 }
 
-fn pg(what: &str) -> impl Fn(sqlx::Error) -> String + '_ {
-    move |e| format!("{what}: {}", crate::db::describe(&e))
+fn pg(what: &str) -> impl Fn(sqlx::Error) -> PipelineError + '_ {
+    PipelineError::destination_database(what)
 }
 
 impl Sink {
@@ -60,7 +62,7 @@ impl Sink {
         env: &RunEnv,
         columns: &[String],
         types: &[Option<Type>],
-    ) -> Result<Sink, String> {
+    ) -> Result<Sink, PipelineError> {
         match &flow.destination {
             Destination::Postgres { table, mode, key } => {
                 let mut conn = env.pool.acquire().await.map_err(pg("destination"))?;
@@ -115,12 +117,12 @@ impl Sink {
         self,
         rx: mpsc::Receiver<ToSink>,
         written: Arc<AtomicU64>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, PipelineError> {
         match self {
             Sink::Table(t) => t.consume(rx, written).await,
             Sink::File(f) => tokio::task::spawn_blocking(move || f.consume(rx, written))
                 .await
-                .map_err(|e| format!("destination: {e}"))?,
+                .map_err(|e| PipelineError::DestinationStopped(e.to_string()))?,
         }
     }
 }
@@ -137,7 +139,7 @@ pub enum ToSink {
 const SEGMENT_ROWS: usize = 1 << 18;
 
 impl TableSink {
-    async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), String> {
+    async fn prepare(&mut self, first: &[(u64, Vec<Value>)]) -> Result<(), PipelineError> {
         let existing: Vec<(String,)> = sqlx::query_as(
             "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
         )
@@ -181,13 +183,11 @@ impl TableSink {
                 .filter(|c| !have.contains(c))
                 .collect();
             if !missing.is_empty() {
-                return Err(format!(
-                    "table {}.{} has no column {} (it has: {})",
-                    self.table.schema,
-                    self.table.name,
-                    missing.join(", "),
-                    have.join(", ")
-                ));
+                return Err(PipelineError::MissingColumns {
+                    table: format!("{}.{}", self.table.schema, self.table.name),
+                    missing: missing.into_iter().map(str::to_owned).collect(),
+                    have: have.into_iter().map(str::to_owned).collect(),
+                });
             }
         }
         match self.mode {
@@ -217,7 +217,7 @@ impl TableSink {
         mut self,
         mut rx: mpsc::Receiver<ToSink>,
         written: Arc<AtomicU64>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, PipelineError> {
         let result = self.copy_all(&mut rx, &written).await;
         match result {
             Ok(true) => match self.finish().await {
@@ -229,7 +229,7 @@ impl TableSink {
             },
             Ok(false) => {
                 self.abort().await;
-                Err("stopped".into())
+                Err(PipelineError::Stopped)
             }
             Err(e) => {
                 self.abort().await;
@@ -243,7 +243,7 @@ impl TableSink {
         &mut self,
         rx: &mut mpsc::Receiver<ToSink>,
         written: &AtomicU64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, PipelineError> {
         let mut prepared = false;
         loop {
             let first = match rx.recv().await {
@@ -276,7 +276,7 @@ impl TableSink {
                 encode(&rows, &mut self.buf);
                 rows_of_segment.extend(rows.iter().map(|(n, _)| *n));
                 if let Err(e) = copy.send(self.buf.as_bytes()).await {
-                    return Err(copy_error(&e, &rows_of_segment));
+                    return Err(copy_error(e, &rows_of_segment));
                 }
                 if rows_of_segment.len() >= SEGMENT_ROWS {
                     break;
@@ -294,7 +294,7 @@ impl TableSink {
             let n = copy
                 .finish()
                 .await
-                .map_err(|e| copy_error(&e, &rows_of_segment))?;
+                .map_err(|e| copy_error(e, &rows_of_segment))?;
             self.written += n;
             written.fetch_add(n, Ordering::Relaxed);
             if end == Some(true) {
@@ -314,7 +314,7 @@ impl TableSink {
         }
     }
 
-    async fn finish(&mut self) -> Result<u64, String> {
+    async fn finish(&mut self) -> Result<u64, PipelineError> {
         if self.mode == Mode::Upsert {
             let key: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
             let update: Vec<String> = self
@@ -355,7 +355,7 @@ impl TableSink {
         .await
         .map_err(pg("recording the run"))?;
         if held.rows_affected() == 0 {
-            return Err("the run was taken over by the cluster (this node was thought gone or it was canceled): nothing committed".into());
+            return Err(PipelineError::TakenOver);
         }
         sqlx::raw_sql("COMMIT")
             .execute(&mut *self.conn)
@@ -380,7 +380,7 @@ fn encode(rows: &[(u64, Vec<Value>)], buf: &mut String) {
 }
 
 /// A COPY error names a line of the segment: turn it into the source's row number.
-fn copy_error(e: &sqlx::Error, rows: &[u64]) -> String {
+fn copy_error(e: sqlx::Error, rows: &[u64]) -> PipelineError {
     if let Some(db) = e.as_database_error()
         && let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
     {
@@ -398,17 +398,14 @@ fn copy_error(e: &sqlx::Error, rows: &[u64]) -> String {
         if let Some(line) = line
             && let Some(row) = rows.get(line.saturating_sub(1))
         {
-            return match column {
-                Some(c) => format!(
-                    "destination refused row {row}, column `{c}`: {}",
-                    pg.message()
-                ),
-                None => format!("destination refused row {row}: {}", pg.message()),
+            return PipelineError::RowRefused {
+                row: *row,
+                column: column.map(str::to_owned),
+                message: pg.message().to_owned(),
             };
         }
-        return format!("destination: {}", pg.message());
     }
-    format!("destination: {e}")
+    PipelineError::Copy(Arc::new(e))
 }
 
 impl FileSink {
@@ -418,11 +415,11 @@ impl FileSink {
         path: &str,
         kind: FileKind,
         columns: &[String],
-    ) -> Result<FileSink, String> {
+    ) -> Result<FileSink, PipelineError> {
         let _ = flow;
         if let Some(parent) = std::path::Path::new(path).parent() {
             std::fs::create_dir_all(env.storage.join(parent))
-                .map_err(|e| format!("destination {path}: {e}"))?;
+                .map_err(|e| PipelineError::open_destination(path, e))?;
         }
         let real = crate::pipeline::storage::resolve(&env.storage, path)?;
         let name = real
@@ -430,7 +427,8 @@ impl FileSink {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temp = real.with_file_name(format!(".{name}.tmp-run{}", env.run_id));
-        let file = std::fs::File::create(&temp).map_err(|e| format!("destination {path}: {e}"))?;
+        let file =
+            std::fs::File::create(&temp).map_err(|e| PipelineError::open_destination(path, e))?;
         Ok(FileSink {
             temp,
             path: real,
@@ -445,7 +443,7 @@ impl FileSink {
         self.out.as_mut().expect("open until finish")
     }
 
-    fn prepare(&mut self) -> Result<(), String> {
+    fn prepare(&mut self) -> Result<(), PipelineError> {
         if let FileKind::Csv {
             delimiter,
             header: true,
@@ -454,7 +452,7 @@ impl FileSink {
             let line = csv_line(self.columns.iter().map(|c| Some(c.clone())), delimiter);
             self.out()
                 .write_all(line.as_bytes())
-                .map_err(|e| format!("destination: {e}"))?;
+                .map_err(PipelineError::write_destination)?;
         }
         Ok(())
     }
@@ -463,7 +461,7 @@ impl FileSink {
         mut self,
         mut rx: mpsc::Receiver<ToSink>,
         written: Arc<AtomicU64>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, PipelineError> {
         let result = (|| {
             self.prepare()?;
             while let Some(msg) = rx.blocking_recv() {
@@ -482,12 +480,12 @@ impl FileSink {
             other => {
                 drop(self.out.take());
                 let _ = std::fs::remove_file(&self.temp);
-                Err(other.err().unwrap_or_else(|| "stopped".into()))
+                Err(other.err().unwrap_or(PipelineError::Stopped))
             }
         }
     }
 
-    fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, String> {
+    fn write(&mut self, rows: &[(u64, Vec<Value>)]) -> Result<u64, PipelineError> {
         let mut text = String::new();
         for (_, row) in rows {
             match self.kind {
@@ -511,18 +509,18 @@ impl FileSink {
         }
         self.out()
             .write_all(text.as_bytes())
-            .map_err(|e| format!("destination: {e}"))?;
+            .map_err(PipelineError::write_destination)?;
         self.written += rows.len() as u64;
         Ok(rows.len() as u64)
     }
 
-    fn finish(mut self) -> Result<u64, String> {
+    fn finish(mut self) -> Result<u64, PipelineError> {
         let out = self.out.take().expect("open until finish");
         let file = out
             .into_inner()
-            .map_err(|e| format!("destination: {}", e.error()))?;
-        file.sync_all().map_err(|e| format!("destination: {e}"))?;
-        std::fs::rename(&self.temp, &self.path).map_err(|e| format!("destination: {e}"))?;
+            .map_err(|e| PipelineError::write_destination(e.into_error()))?;
+        file.sync_all().map_err(PipelineError::write_destination)?;
+        std::fs::rename(&self.temp, &self.path).map_err(PipelineError::write_destination)?;
         Ok(self.written)
     }
 }

@@ -1,6 +1,7 @@
 //! Sources: read rows in batches from a CSV or JSON-lines file on shared storage, or from a
 //! Postgres query through a cursor, never the whole input at once. A row that cannot be read
-//! is passed on as a bad row (with its line), not dropped.
+//! is passed on as a bad row (with its line), not dropped; a source that cannot go on ends
+//! the run with a `PipelineError`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pipeline::engine::{BadRow, Batch, Plan};
+use crate::pipeline::error::PipelineError;
 use crate::pipeline::value::{Type, Value};
 
 /// Rows per batch: large enough that per-batch costs vanish, small enough for flat memory.
@@ -26,13 +28,16 @@ pub enum Item {
 /// it has the columns. Batches are transformed on the source's own thread before they are
 /// sent, so most values are freed where they were made.
 pub struct Sender {
-    tx: mpsc::Sender<Result<Item, String>>,
+    tx: mpsc::Sender<Result<Item, PipelineError>>,
     plan: Option<oneshot::Receiver<Arc<Plan>>>,
     ready: Option<Arc<Plan>>,
 }
 
 impl Sender {
-    pub fn new(tx: mpsc::Sender<Result<Item, String>>, plan: oneshot::Receiver<Arc<Plan>>) -> Self {
+    pub fn new(
+        tx: mpsc::Sender<Result<Item, PipelineError>>,
+        plan: oneshot::Receiver<Arc<Plan>>,
+    ) -> Self {
         Self {
             tx,
             plan: Some(plan),
@@ -50,40 +55,40 @@ impl Sender {
     }
 
     /// Sends an item from a blocking thread; after the columns, waits for the plan.
-    fn send_blocking(&mut self, item: Item) -> Result<(), String> {
+    fn send_blocking(&mut self, item: Item) -> Result<(), PipelineError> {
         let is_columns = matches!(item, Item::Columns(..));
         let item = self.transform(item);
         self.tx
             .blocking_send(Ok(item))
-            .map_err(|_| String::from("run ended"))?;
+            .map_err(|_| PipelineError::RunEnded)?;
         if is_columns && let Some(rx) = self.plan.take() {
-            self.ready = Some(rx.blocking_recv().map_err(|_| String::from("run ended"))?);
+            self.ready = Some(rx.blocking_recv().map_err(|_| PipelineError::RunEnded)?);
         }
         Ok(())
     }
 
-    async fn send(&mut self, item: Item) -> Result<(), String> {
+    async fn send(&mut self, item: Item) -> Result<(), PipelineError> {
         let is_columns = matches!(item, Item::Columns(..));
         let item = self.transform(item);
         self.tx
             .send(Ok(item))
             .await
-            .map_err(|_| String::from("run ended"))?;
+            .map_err(|_| PipelineError::RunEnded)?;
         if is_columns && let Some(rx) = self.plan.take() {
-            self.ready = Some(rx.await.map_err(|_| String::from("run ended"))?);
+            self.ready = Some(rx.await.map_err(|_| PipelineError::RunEnded)?);
         }
         Ok(())
     }
 
     /// Reports the source's own failure (not the run ending) to the run.
-    pub fn fail_blocking(&self, e: String) {
-        if e != "run ended" {
+    pub fn fail_blocking(&self, e: PipelineError) {
+        if !matches!(e, PipelineError::RunEnded) {
             let _ = self.tx.blocking_send(Err(e));
         }
     }
 
-    pub async fn fail(&self, e: String) {
-        if e != "run ended" {
+    pub async fn fail(&self, e: PipelineError) {
+        if !matches!(e, PipelineError::RunEnded) {
             let _ = self.tx.send(Err(e)).await;
         }
     }
@@ -96,7 +101,7 @@ pub fn csv(
     quote: u8,
     header: bool,
     tx: &mut Sender,
-) -> Result<(), String> {
+) -> Result<(), PipelineError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .quote(quote)
@@ -113,14 +118,18 @@ pub fn csv(
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                // Only I/O errors end reading; a malformed record is one bad row.
-                if let csv::ErrorKind::Io(io) = e.kind() {
-                    return Err(format!("reading the CSV file: {io}"));
-                }
                 let line = e.position().map_or(0, |p| p.line());
+                let reason = e.to_string();
+                // Only I/O errors end reading; a malformed record is one bad row.
+                if let csv::ErrorKind::Io(io) = e.into_kind() {
+                    return Err(PipelineError::ReadSource {
+                        format: "CSV",
+                        error: Arc::new(io),
+                    });
+                }
                 batch
                     .bad
-                    .push(BadRow::new(line, None, e.to_string(), String::new()));
+                    .push(BadRow::new(line, None, reason, String::new()));
                 continue;
             }
         }
@@ -130,21 +139,20 @@ pub fn csv(
             if header {
                 for (i, field) in record.iter().enumerate() {
                     let name = std::str::from_utf8(field)
-                        .map_err(|_| {
-                            format!("line {line}: column {} of the header is not UTF-8", i + 1)
+                        .map_err(|_| PipelineError::HeaderNotUtf8 {
+                            line,
+                            column: i + 1,
                         })?
                         .trim()
                         .to_owned();
                     if name.is_empty() {
-                        return Err(format!(
-                            "line {line}: column {} of the header is empty",
-                            i + 1
-                        ));
+                        return Err(PipelineError::HeaderEmpty {
+                            line,
+                            column: i + 1,
+                        });
                     }
                     if columns.contains(&name) {
-                        return Err(format!(
-                            "line {line}: the header names column `{name}` twice"
-                        ));
+                        return Err(PipelineError::HeaderTwice { line, name });
                     }
                     columns.push(name);
                 }
@@ -211,7 +219,11 @@ fn raw_line(record: &csv::ByteRecord) -> String {
 pub const MAX_LINE: usize = 16 << 20;
 
 /// Reads a JSON-lines file: one object per line; the columns are the first object's keys.
-pub fn jsonl(file: std::fs::File, tx: &mut Sender) -> Result<(), String> {
+pub fn jsonl(file: std::fs::File, tx: &mut Sender) -> Result<(), PipelineError> {
+    let read_error = |e: std::io::Error| PipelineError::ReadSource {
+        format: "JSON-lines",
+        error: Arc::new(e),
+    };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut columns: Option<HashMap<String, usize>> = None;
     let mut batch = Batch::default();
@@ -222,7 +234,7 @@ pub fn jsonl(file: std::fs::File, tx: &mut Sender) -> Result<(), String> {
         let n = (&mut reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("reading the JSON-lines file: {e}"))?;
+            .map_err(read_error)?;
         if n == 0 {
             break;
         }
@@ -236,9 +248,7 @@ pub fn jsonl(file: std::fs::File, tx: &mut Sender) -> Result<(), String> {
             ));
             // Skip the rest of the line.
             let mut rest = Vec::new();
-            reader
-                .read_until(b'\n', &mut rest)
-                .map_err(|e| format!("reading the JSON-lines file: {e}"))?;
+            reader.read_until(b'\n', &mut rest).map_err(read_error)?;
             continue;
         }
         let text = String::from_utf8_lossy(&buf);
@@ -372,14 +382,18 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 
 /// Sends from a blocking thread; a closed channel means the run ended (failed or canceled):
 /// stop reading.
-fn send(tx: &mut Sender, item: Item) -> Result<(), String> {
+fn send(tx: &mut Sender, item: Item) -> Result<(), PipelineError> {
     tx.send_blocking(item)
 }
 
 /// Streams the rows of one read-only query through a cursor, `BATCH_ROWS` at a time. The
 /// query is declared through the extended protocol, so it is exactly one statement.
-pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &mut Sender) -> Result<(), String> {
-    let pg = |e: sqlx::Error| format!("source query: {}", crate::db::describe(&e));
+pub async fn postgres(
+    pool: &sqlx::PgPool,
+    query: &str,
+    tx: &mut Sender,
+) -> Result<(), PipelineError> {
+    let pg = |e: sqlx::Error| PipelineError::SourceQuery(Arc::new(e));
     let mut conn = pool.acquire().await.map_err(pg)?;
     let mut t = conn.begin().await.map_err(pg)?;
     sqlx::query("SET TRANSACTION READ ONLY")
@@ -430,7 +444,10 @@ pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &mut Sender) -> Resu
                 let ty = pg_type(raw.type_info().name());
                 let text = raw
                     .as_str()
-                    .map_err(|e| format!("source query: column {}: {e}", i + 1))?
+                    .map_err(|e| PipelineError::SourceValue {
+                        column: i + 1,
+                        message: e.to_string(),
+                    })?
                     .to_owned();
                 match ty {
                     Some(ty) => match Value::Text(text.clone()).cast(ty) {
@@ -439,7 +456,7 @@ pub async fn postgres(pool: &sqlx::PgPool, query: &str, tx: &mut Sender) -> Resu
                             bad = Some(BadRow::new(
                                 row_no,
                                 Some(row.columns()[i].name().to_owned()),
-                                why,
+                                why.to_string(),
                                 text,
                             ));
                             break;

@@ -1,61 +1,71 @@
 //! Paths on shared storage: a flow names files relative to it, and nothing it names may lead
-//! outside, neither by `..`, nor by an absolute path, nor through a symbolic link.
+//! outside, neither by `..`, nor by an absolute path, nor through a symbolic link. Refusals
+//! are `StorageError`s.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::pipeline::error::StorageError;
 
 /// Checks the text of a relative path (no file system access).
-pub fn check_relative(path: &str) -> Result<(), String> {
+pub fn check_relative(path: &str) -> Result<(), StorageError> {
     let p = Path::new(path);
     if p.is_absolute() {
-        return Err(format!(
-            "`{path}` is absolute: paths are relative to shared storage"
-        ));
+        return Err(StorageError::Absolute {
+            path: path.to_owned(),
+        });
     }
     if path.contains('\0') {
-        return Err("the path contains a NUL byte".into());
+        return Err(StorageError::NulByte);
     }
     for c in p.components() {
         match c {
             Component::Normal(_) | Component::CurDir => {}
             _ => {
-                return Err(format!(
-                    "`{path}` leaves shared storage (`..` is not allowed)"
-                ));
+                return Err(StorageError::LeavesStorage {
+                    path: path.to_owned(),
+                });
             }
         }
     }
     if p.file_name().is_none() {
-        return Err(format!("`{path}` names no file"));
+        return Err(StorageError::NoFileName {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// The real location of `path` under `base`: the parent directory is resolved (symbolic links
 /// followed) and must still be inside `base`; the file itself must not be a symbolic link.
-pub fn resolve(base: &Path, path: &str) -> Result<PathBuf, String> {
+pub fn resolve(base: &Path, path: &str) -> Result<PathBuf, StorageError> {
     check_relative(path)?;
-    let base = base
-        .canonicalize()
-        .map_err(|e| format!("shared storage {}: {e}", base.display()))?;
+    let base = base.canonicalize().map_err(|e| StorageError::Unavailable {
+        base: base.to_owned(),
+        error: Arc::new(e),
+    })?;
     let joined = base.join(path);
     let parent = joined.parent().unwrap_or(&base);
-    let real_parent = parent
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", parent.display()))?;
+    let real_parent = parent.canonicalize().map_err(|e| StorageError::Directory {
+        directory: parent.to_owned(),
+        error: Arc::new(e),
+    })?;
     if !real_parent.starts_with(&base) {
-        return Err(format!(
-            "`{path}` leads outside shared storage through a symbolic link"
-        ));
+        return Err(StorageError::LinkLeavesStorage {
+            path: path.to_owned(),
+        });
     }
-    let name = joined
-        .file_name()
-        .ok_or_else(|| format!("`{path}` names no file"))?;
+    let name = joined.file_name().ok_or_else(|| StorageError::NoFileName {
+        path: path.to_owned(),
+    })?;
     let real = real_parent.join(name);
     if real
         .symlink_metadata()
         .is_ok_and(|m| m.file_type().is_symlink())
     {
-        return Err(format!("`{path}` is a symbolic link: not followed"));
+        return Err(StorageError::Symlink {
+            path: path.to_owned(),
+        });
     }
     Ok(real)
 }

@@ -1,5 +1,6 @@
 //! Values that flow through a run, the column types a flow can cast to, and the conversions
-//! between them (parsing text, binding to expressions, writing to COPY and JSON).
+//! between them (parsing text, binding to expressions, writing to COPY and JSON). A cast that
+//! fails says why in a `CastError` (a bad row's reason).
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -7,6 +8,8 @@ use std::str::FromStr;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+
+use crate::pipeline::error::CastError;
 
 /// One field of a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +94,7 @@ impl Value {
 
     /// Converts to `ty`; the error says why in a few words. An empty text casts to null for
     /// every type but text.
-    pub fn cast(self, ty: Type) -> Result<Value, String> {
+    pub fn cast(self, ty: Type) -> Result<Value, CastError> {
         let text = match self {
             Value::Null => return Ok(Value::Null),
             Value::Raw(s) | Value::Text(s) => s,
@@ -104,7 +107,10 @@ impl Value {
         if t.is_empty() {
             return Ok(Value::Null);
         }
-        let bad = |what: &str| format!("{t:?} is not {what}");
+        let bad = |what: &'static str| CastError::NotA {
+            text: t.to_owned(),
+            what,
+        };
         Ok(match ty {
             Type::Text => unreachable!("handled above"),
             Type::Int => Value::Int(t.parse().map_err(|_| bad("an integer"))?),
@@ -247,8 +253,7 @@ fn write_timestamp(t: &DateTime<Utc>, out: &mut String) {
     out.push_str("00");
 }
 
-fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {
-    let describe = |v: &Value| format!("{v:?}");
+fn cast_typed(v: Value, ty: Type) -> Result<Value, CastError> {
     Ok(match (v, ty) {
         (v, Type::Text) => Value::Text(v.to_text().unwrap_or_default()),
         (Value::Int(i), Type::Int) => Value::Int(i),
@@ -259,18 +264,18 @@ fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {
             Value::Int(f as i64)
         }
         (Value::Float(f), Type::Decimal) => {
-            Value::Decimal(Decimal::try_from(f).map_err(|_| format!("{f} does not fit a decimal"))?)
+            Value::Decimal(Decimal::try_from(f).map_err(|_| CastError::DecimalRange(f))?)
         }
         (Value::Decimal(d), Type::Decimal) => Value::Decimal(d),
         (Value::Decimal(d), Type::Float) => Value::Float(
             d.to_string()
                 .parse()
-                .map_err(|_| format!("{d} is not a number"))?,
+                .map_err(|_| CastError::NotANumber(d))?,
         ),
         (Value::Decimal(d), Type::Int) if d.fract().is_zero() => Value::Int(
             d.to_string()
                 .parse()
-                .map_err(|_| format!("{d} does not fit an integer"))?,
+                .map_err(|_| CastError::IntegerRange(d))?,
         ),
         (Value::Bool(b), Type::Bool) => Value::Bool(b),
         (Value::Timestamp(t), Type::Timestamp) => Value::Timestamp(t),
@@ -279,13 +284,7 @@ fn cast_typed(v: Value, ty: Type) -> Result<Value, String> {
         (Value::Date(d), Type::Timestamp) => {
             Value::Timestamp(d.and_time(Default::default()).and_utc())
         }
-        (v, ty) => {
-            return Err(format!(
-                "{} cannot be cast to {}",
-                describe(&v),
-                Type::NAMES[ty as usize]
-            ));
-        }
+        (value, to) => return Err(CastError::Impossible { value, to }),
     })
 }
 
@@ -346,7 +345,9 @@ mod tests {
             Ok(Value::Decimal(Decimal::new(1250, 2)))
         );
         assert_eq!(
-            Value::Raw("x1".into()).cast(Type::Int),
+            Value::Raw("x1".into())
+                .cast(Type::Int)
+                .map_err(|e| e.to_string()),
             Err("\"x1\" is not an integer".into())
         );
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The executor: claims this node's queued runs, at most `max_running_flows` at once, runs
-//! each through the pipeline, and records its progress and end. Not the SQL (`store.rs`).
+//! each through the pipeline, and records its progress and end (a failed run's `error` is its
+//! `PipelineError`'s text). Not the SQL (`store.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::pipeline::engine::{self, Ending, Report, RunEnv};
 use crate::pipeline::flow::Flow;
 
+use super::RunState;
 use super::store::*;
 
 /// Totals for `/metrics`, since the server started.
@@ -199,7 +201,7 @@ impl Executor {
         let text = definition.to_string();
         let (state, error, report) = match Flow::parse(&text, &format!("run {id}")) {
             Err(e) => (
-                "failed",
+                RunState::Failed,
                 Some(format!("the stored flow is not valid: {e}")),
                 Report::default(),
             ),
@@ -243,8 +245,8 @@ impl Executor {
                 };
                 drop(env);
                 match ending {
-                    Ending::Succeeded => ("succeeded", None, report),
-                    Ending::Failed(why) => ("failed", Some(why), report),
+                    Ending::Succeeded => (RunState::Succeeded, None, report),
+                    Ending::Failed(why) => (RunState::Failed, Some(why.to_string()), report),
                     Ending::Canceled
                         if (self.stopping() || self.draining())
                             && !self.user_canceled(id).await =>
@@ -254,9 +256,9 @@ impl Executor {
                         } else {
                             "the node was drained before the run finished"
                         };
-                        ("failed", Some(why.to_owned()), report)
+                        (RunState::Failed, Some(why.to_owned()), report)
                     }
-                    Ending::Canceled => ("canceled", None, report),
+                    Ending::Canceled => (RunState::Canceled, None, report),
                 }
             }
         };
@@ -267,14 +269,14 @@ impl Executor {
         m.rows_rejected
             .fetch_add(report.counts.rejected, Ordering::Relaxed);
         match state {
-            "succeeded" => &m.succeeded,
-            "canceled" => &m.canceled,
+            RunState::Succeeded => &m.succeeded,
+            RunState::Canceled => &m.canceled,
             _ => &m.failed,
         }
         .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             run = id,
-            state,
+            state = state.as_str(),
             error = error.as_deref().unwrap_or(""),
             "run ended"
         );

@@ -1,30 +1,23 @@
 //! Flows and runs in Postgres: definitions, run rows, dispatch (the choice of node under one
 //! advisory lock, in the insert's transaction), claims, progress, ends, sweeps. The run's row
 //! is the truth: a node claims a run with one atomic state change (`queued` → `running` only
-//! if still queued), so no run ever executes twice at once. Not the executor (`executor.rs`).
+//! if still queued), so no run ever executes twice at once. Every function answers a
+//! `RunsError` when Postgres fails. Not the executor (`executor.rs`).
 
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::db::describe;
+use super::{RunState, RunsError};
 use crate::pipeline::engine::Report;
 use crate::pipeline::flow::Flow;
 use fleet_inventory::LoadBalancing;
-
-pub const STATES: &[&str] = &[
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "canceled",
-    "interrupted",
-];
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
     pub id: i64,
     pub flow: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: RunState,
     pub node: Option<String>,
     /// The node the run was dispatched to (none: any node).
     pub target_node: Option<String>,
@@ -44,10 +37,10 @@ pub struct RunRow {
 const RUN_COLUMNS: &str = "id, flow, state, node, target_node, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
     reject_file, error, cancel_requested, created_at, started_at, finished_at";
 
-pub(super) type Db<T> = Result<T, String>;
+pub(super) type Db<T> = Result<T, RunsError>;
 
-fn db(e: sqlx::Error) -> String {
-    format!("database: {}", describe(&e))
+fn db(e: sqlx::Error) -> RunsError {
+    RunsError::Database(e)
 }
 
 /// Stores a flow; `true` when it was new.
@@ -109,13 +102,23 @@ pub async fn create_run(
     load_balancing: LoadBalancing,
 ) -> Db<Option<(i64, Option<String>)>> {
     let mut tx = pool.begin().await.map_err(db)?;
-    let created = create_run_in(&mut tx, flow, targets, load_balancing).await?;
+    let created = create_run_in::<RunsError>(&mut tx, flow, targets, load_balancing).await?;
     tx.commit().await.map_err(db)?;
     Ok(created)
 }
 
-/// `create_run` inside a transaction of the caller's.
-pub async fn create_run_in(
+/// `create_run` inside a transaction of the caller's. The error is any the caller can make of
+/// a `RunsError`: the scheduler (`cluster/`) still takes errors as text.
+pub async fn create_run_in<E: From<RunsError>>(
+    tx: &mut sqlx::PgConnection,
+    flow: &str,
+    targets: &[(String, u32)],
+    load_balancing: LoadBalancing,
+) -> Result<Option<(i64, Option<String>)>, E> {
+    Ok(insert_run(tx, flow, targets, load_balancing).await?)
+}
+
+async fn insert_run(
     tx: &mut sqlx::PgConnection,
     flow: &str,
     targets: &[(String, u32)],
@@ -184,7 +187,7 @@ async fn pick(
         }
         LoadBalancing::Random => {
             let mut bytes = [0u8; 8];
-            getrandom::fill(&mut bytes).map_err(|e| format!("random: {e}"))?;
+            getrandom::fill(&mut bytes).map_err(RunsError::Random)?;
             (u64::from_le_bytes(bytes) % targets.len() as u64) as usize
         }
         LoadBalancing::LeastLoaded => {
@@ -221,7 +224,7 @@ pub async fn get_run(pool: &PgPool, id: i64) -> Db<Option<RunRow>> {
 pub async fn list_runs(
     pool: &PgPool,
     flow: Option<&str>,
-    state: Option<&str>,
+    state: Option<RunState>,
     limit: i64,
 ) -> Db<Vec<RunRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -229,7 +232,7 @@ pub async fn list_runs(
          ORDER BY id DESC LIMIT $3"
     )))
     .bind(flow)
-    .bind(state)
+    .bind(state.map(RunState::as_str))
     .bind(limit)
     .fetch_all(pool)
     .await
@@ -244,7 +247,7 @@ pub enum Cancel {
     /// It is running: it stops at its next batch.
     Requested,
     /// It had already ended, in this state.
-    AlreadyEnded(String),
+    AlreadyEnded(RunState),
     NotFound,
 }
 
@@ -263,10 +266,13 @@ pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
     .map_err(db)?;
     Ok(match row {
         None => Cancel::NotFound,
-        Some((before,)) => match before.as_str() {
-            "queued" => Cancel::Canceled,
-            "running" => Cancel::Requested,
-            _ => Cancel::AlreadyEnded(before),
+        Some((before,)) => match before
+            .parse::<RunState>()
+            .map_err(|e| db(sqlx::Error::Decode(Box::new(e))))?
+        {
+            RunState::Queued => Cancel::Canceled,
+            RunState::Running => Cancel::Requested,
+            ended => Cancel::AlreadyEnded(ended),
         },
     })
 }
@@ -317,7 +323,7 @@ pub(super) async fn finish(
     pool: &PgPool,
     id: i64,
     epoch: i64,
-    state: &str,
+    state: RunState,
     error: Option<&str>,
     report: &Report,
 ) -> Db<()> {
@@ -328,7 +334,7 @@ pub(super) async fn finish(
            AND (state = 'running' OR (state = 'succeeded' AND $2 = 'succeeded'))",
     )
     .bind(id)
-    .bind(state)
+    .bind(state.as_str())
     .bind(error)
     .bind(report.counts.read as i64)
     .bind(report.counts.written as i64)

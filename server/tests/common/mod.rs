@@ -92,7 +92,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub storage: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), fleet_server::ServerError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -157,7 +157,7 @@ impl TestServer {
     }
 
     /// Asks the server to shut down and waits until `run` returns.
-    pub async fn stop(mut self) -> Result<(), String> {
+    pub async fn stop(mut self) -> Result<(), fleet_server::ServerError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
