@@ -885,3 +885,180 @@ fn read_on_error(node: &Yaml, problems: &mut Problems) -> Option<OnError> {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every problem of `text`, one `label:line:column: path: message (hint: …)` line each.
+    fn problems(text: &str) -> Vec<String> {
+        match Flow::parse(text, "flow.yaml") {
+            Ok(flow) => panic!("parsed: {flow:?}"),
+            Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const GOOD: &str = "\
+name: orders
+source: { type: csv, path: in/orders.csv, delimiter: ';', header: true }
+transform:
+  - select: [id, amount, customer]
+  - rename: { customer: client }
+  - filter: amount > 100
+  - compute: { doubled: amount * 2 }
+  - cast: { id: int }
+destination: { type: postgres, table: sales.orders, mode: upsert, key: [id] }
+on_error: { bad_rows: skip, max_bad_rows: 10 }
+schedule: \"*/5 * * * *\"
+retries: 2
+misfire: skip
+";
+
+    #[test]
+    fn a_good_flow_parses_and_reads_back_from_its_json() {
+        let flow = Flow::parse(GOOD, "flow.yaml").expect("a good flow");
+        assert_eq!(flow.name, "orders");
+        assert!(matches!(
+            &flow.source,
+            Source::Csv { path, delimiter: b';', quote: b'"', header: true, .. } if path == "in/orders.csv"
+        ));
+        assert_eq!(flow.transform.len(), 5);
+        assert!(
+            matches!(&flow.transform[1], Step::Rename(pairs) if pairs == &[("customer".to_owned(), "client".to_owned())])
+        );
+        match &flow.destination {
+            Destination::Postgres { table, mode, key } => {
+                assert_eq!(table.quoted(), "\"sales\".\"orders\"");
+                assert_eq!(*mode, Mode::Upsert);
+                assert_eq!(key, &["id"]);
+            }
+            other => panic!("destination {other:?}"),
+        }
+        assert_eq!(flow.on_error.bad_rows, BadRows::Skip);
+        assert_eq!(flow.on_error.max_bad_rows, Some(10));
+        assert_eq!(flow.schedule.as_deref(), Some("*/5 * * * *"));
+        assert_eq!((flow.retries, flow.misfire), (2, Misfire::Skip));
+        assert_eq!(flow.paths(), ["in/orders.csv"]);
+
+        let json = flow.to_json();
+        let again = Flow::parse(&json.to_string(), "json").expect("its own JSON");
+        assert_eq!(again.to_json(), json);
+    }
+
+    #[test]
+    fn defaults_fill_what_a_flow_leaves_out() {
+        let flow = Flow::parse(
+            "name: a\nsource: { type: jsonl, path: a.jsonl }\ndestination: { type: csv, path: b.csv }\n",
+            "flow.yaml",
+        )
+        .expect("a minimal flow");
+        assert!(flow.transform.is_empty());
+        assert!(matches!(
+            flow.destination,
+            Destination::Csv {
+                delimiter: b',',
+                header: true,
+                ..
+            }
+        ));
+        assert_eq!(flow.on_error.bad_rows, BadRows::Fail);
+        assert_eq!((flow.retries, flow.misfire), (0, Misfire::default()));
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_place_and_the_likely_key() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: in/a.csv, delimeter: ';' }\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:38: source.delimeter: unknown key `delimeter` (hint: did you mean `delimiter`?)"
+            ]
+        );
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csvv, path: a.csv }\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            ["flow.yaml:2:17: source.type: unknown type `csvv` (hint: did you mean `csv`?)"]
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_was_expected_and_found() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: a.csv, header: maybe }\ntransform: 5\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:43: source.header: expected true or false, found a string",
+                "flow.yaml:3:12: transform: expected a list of steps, found an integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named_at_its_map() {
+        assert_eq!(
+            problems("name: a\nsource: { type: csv }\n"),
+            [
+                "flow.yaml:1:1: destination: missing required key `destination`",
+                "flow.yaml:2:9: source.path: missing required key `path`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_expression_names_its_position_in_the_expression() {
+        let found = problems(
+            "name: a\nsource: { type: csv, path: a.csv }\ntransform:\n  - filter: \"amount >\"\ndestination: { type: jsonl, path: o.jsonl }\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "flow.yaml:4:13: transform[0].filter: invalid expression at 1:9 of \"amount >\": "
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_path_may_not_leave_shared_storage() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: ../etc/passwd }\ndestination: { type: jsonl, path: /tmp/o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:28: source.path: `../etc/passwd` leaves shared storage (`..` is not allowed)",
+                "flow.yaml:3:35: destination.path: `/tmp/o.jsonl` is absolute: paths are relative to shared storage",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        assert_eq!(
+            problems(
+                "name: 'bad name'\nsource: { type: csv }\ntransform:\n  - select: [id]\n  - filter: price > 1\ndestination: { type: jsonl, path: o.jsonl, mode: x }\nretries: 9\n"
+            ),
+            [
+                "flow.yaml:1:7: name: `bad name` is not a flow name (letters, digits, _, - or ., at most 63 bytes)",
+                "flow.yaml:2:9: source.path: missing required key `path`",
+                "flow.yaml:5:13: transform[1].filter: no column `price` at this step (hint: columns here: id)",
+                "flow.yaml:6:44: destination.mode: `mode` is not a setting of a jsonl destination",
+                "flow.yaml:7:10: retries: expected a whole number from 0 to 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_or_oversized_definition_is_refused_as_a_whole() {
+        assert_eq!(problems(""), ["flow.yaml: the definition is empty"]);
+        let big = "#".repeat(MAX_DEFINITION_BYTES + 1);
+        assert_eq!(
+            problems(&big),
+            [format!(
+                "flow.yaml: the definition has {} bytes, more than {MAX_DEFINITION_BYTES}",
+                big.len()
+            )]
+        );
+    }
+}
