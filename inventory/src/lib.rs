@@ -1,6 +1,7 @@
 //! The fleet's YAML inventory: loads and validates it (every problem, each with file:line:column
 //! and a hint), resolves inherited settings per node, and selects targets (`--limit`); it does
-//! not connect anywhere, and reads secrets only when asked to resolve one.
+//! not connect anywhere, and reads secrets only when asked to resolve one. Its positioned YAML
+//! tree (`yaml`) and field readers (`fields`) also read the server's flow definitions.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -13,6 +14,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod fields;
 mod model;
 mod problem;
 mod schema;
@@ -22,6 +24,7 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
+pub use fields::Fields;
 pub use model::{
     Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, NodeView, Rollout, Ssh,
 };

@@ -1,11 +1,12 @@
 //! Checks the YAML tree against the inventory schema, reporting every problem with its
-//! position, and resolves inherited settings into the model; not the YAML reading (see `yaml`)
-//! nor target selection (see `select`).
+//! position, and resolves inherited settings into the model; not the YAML reading (see `yaml`),
+//! the generic field readers (see `fields`) nor target selection (see `select`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
+use crate::fields::{self, Fields, join, wrong_type};
 use crate::model::{Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh};
 use crate::problem::{Pos, Problems, typo_hint};
 use crate::secret::{self, Setting};
@@ -87,14 +88,6 @@ pub(crate) fn check(root: Option<&Yaml>, base_dir: &Path, problems: &mut Problem
     checker.out
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path == "<root>" {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -172,28 +165,6 @@ impl Layer {
     }
 }
 
-/// A map's entries, with the map's position and key path.
-struct Fields<'y> {
-    entries: &'y [Entry],
-    pos: Pos,
-    path: String,
-}
-
-impl<'y> Fields<'y> {
-    fn entry(&self, key: &str) -> Option<&'y Entry> {
-        self.entries.iter().find(|e| e.key == key)
-    }
-
-    /// The value of `key`, or `None` when it is absent or null.
-    fn opt(&self, key: &str) -> Option<&'y Yaml> {
-        self.entry(key).map(|e| &e.value).filter(|v| !v.is_null())
-    }
-
-    fn child(&self, key: &str) -> String {
-        join(&self.path, key)
-    }
-}
-
 struct Cx<'a> {
     customer: &'a str,
     cluster: &'a str,
@@ -210,116 +181,8 @@ struct Checker<'p> {
 }
 
 impl Checker<'_> {
-    fn wrong_type(&mut self, y: &Yaml, path: &str, expected: &str) {
-        self.problems.add(
-            y.pos,
-            path,
-            format!("expected {expected}, found {}", y.kind()),
-        );
-    }
-
-    /// The map at `y`, after reporting every key not in `allowed`.
-    fn fields<'y>(&mut self, y: &'y Yaml, path: &str, allowed: &[&str]) -> Option<Fields<'y>> {
-        let Value::Map(entries) = &y.value else {
-            self.wrong_type(y, path, "a map");
-            return None;
-        };
-        crate::yaml::report_unknown_keys(entries, allowed, |k| join(path, k), self.problems);
-        Some(Fields {
-            entries,
-            pos: y.pos,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The value of a required key; reports it missing (absent, null or empty) otherwise.
-    fn require<'y>(&mut self, f: &Fields<'y>, key: &str) -> Option<&'y Yaml> {
-        match f.entry(key) {
-            None => {
-                self.problems.add(
-                    f.pos,
-                    &f.child(key),
-                    format!("missing required key `{key}`"),
-                );
-                None
-            }
-            Some(e) if e.value.is_null() => {
-                self.problems
-                    .add(e.key_pos, &f.child(key), "required value is empty");
-                None
-            }
-            Some(e) => Some(&e.value),
-        }
-    }
-
-    fn string(&mut self, y: &Yaml, path: &str) -> Option<String> {
-        match &y.value {
-            Value::Str(s) => Some(s.clone()),
-            Value::Int(_) | Value::Float(_) => Some(y.raw.clone()),
-            _ => {
-                self.wrong_type(y, path, "a string");
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, y: &Yaml, path: &str, min: i64, max: i64) -> Option<i64> {
-        match &y.value {
-            Value::Int(i) if (min..=max).contains(i) => Some(*i),
-            Value::Int(_) => {
-                let range = if max >= i64::from(u32::MAX) {
-                    format!("must be at least {min}")
-                } else {
-                    format!("must be within {min}..={max}")
-                };
-                self.problems
-                    .add(y.pos, path, format!("`{}` is out of range: {range}", y.raw));
-                None
-            }
-            Value::Str(s) if s.trim().parse::<i64>().is_ok() => {
-                self.problems.add_hint(
-                    y.pos,
-                    path,
-                    "expected an integer, found a string",
-                    Some("remove the quotes"),
-                );
-                None
-            }
-            Value::Float(_) => {
-                self.problems.add(
-                    y.pos,
-                    path,
-                    format!("expected an integer, found `{}`", y.raw),
-                );
-                None
-            }
-            _ => {
-                self.wrong_type(y, path, "an integer");
-                None
-            }
-        }
-    }
-
-    fn enum_value<T: Copy>(
-        &mut self,
-        y: &Yaml,
-        path: &str,
-        what: &str,
-        options: &[(&'static str, T)],
-    ) -> Option<T> {
-        let text = self.string(y, path)?;
-        if let Some((_, value)) = options.iter().find(|(name, _)| *name == text) {
-            return Some(*value);
-        }
-        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-        let hint = typo_hint(&text, &names, "one of");
-        self.problems
-            .add_hint(y.pos, path, format!("unknown {what} `{text}`"), Some(hint));
-        None
-    }
-
     fn absolute_path(&mut self, y: &Yaml, path: &str) -> Option<PathBuf> {
-        let text = self.string(y, path)?;
+        let text = fields::string(y, path, self.problems)?;
         if Path::new(&text).is_absolute() {
             Some(PathBuf::from(text))
         } else {
@@ -334,7 +197,7 @@ impl Checker<'_> {
     }
 
     fn file_path(&mut self, y: &Yaml, path: &str) -> Option<PathBuf> {
-        let text = self.string(y, path)?;
+        let text = fields::string(y, path, self.problems)?;
         if text.trim().is_empty() {
             self.problems.add(y.pos, path, "the path is empty");
             return None;
@@ -356,7 +219,7 @@ impl Checker<'_> {
     }
 
     fn user(&mut self, y: &Yaml, path: &str) -> Option<String> {
-        let user = self.string(y, path)?;
+        let user = fields::string(y, path, self.problems)?;
         if user.is_empty()
             || user
                 .chars()
@@ -370,7 +233,7 @@ impl Checker<'_> {
     }
 
     fn host(&mut self, y: &Yaml, path: &str) -> Option<String> {
-        let host = self.string(y, path)?;
+        let host = fields::string(y, path, self.problems)?;
         if is_host(&host) {
             Some(host)
         } else {
@@ -385,13 +248,12 @@ impl Checker<'_> {
     }
 
     fn port(&mut self, y: &Yaml, path: &str) -> Option<u16> {
-        self.int(y, path, 1, 65535)
-            .and_then(|p| u16::try_from(p).ok())
+        fields::int(y, path, 1, 65535, self.problems).and_then(|p| u16::try_from(p).ok())
     }
 
     /// A URL setting: a secret reference, or a literal URL with one of `schemes`.
     fn url(&mut self, y: &Yaml, path: &str, schemes: &[&str], example: &str) -> Option<Setting> {
-        let text = self.string(y, path)?;
+        let text = fields::string(y, path, self.problems)?;
         if let Some(reference) = secret::parse_ref(&text, &self.base_dir) {
             return match reference {
                 Ok(reference) => Some(Setting::Secret(reference)),
@@ -445,9 +307,9 @@ impl Checker<'_> {
 
     fn jump(&mut self, y: &Yaml, path: &str) -> Option<Jump> {
         if let Value::Map(_) = y.value {
-            let f = self.fields(y, path, &JUMP_KEYS)?;
-            let host = self
-                .require(&f, "host")
+            let f = Fields::read(y, path, &JUMP_KEYS, self.problems)?;
+            let host = f
+                .require("host", self.problems)
                 .and_then(|h| self.host(h, &f.child("host")));
             let port = match f.opt("port") {
                 Some(p) => self.port(p, &f.child("port")),
@@ -463,7 +325,7 @@ impl Checker<'_> {
                 port: port?,
             });
         }
-        let text = self.string(y, path)?;
+        let text = fields::string(y, path, self.problems)?;
         let (user, host_port) = match text.rsplit_once('@') {
             Some((user, rest)) => (Some(user), rest),
             None => (None, text.as_str()),
@@ -516,7 +378,7 @@ impl Checker<'_> {
     }
 
     fn ssh(&mut self, y: &Yaml, path: &str, layer: &mut Layer) {
-        let Some(f) = self.fields(y, path, &SSH_KEYS) else {
+        let Some(f) = Fields::read(y, path, &SSH_KEYS, self.problems) else {
             return;
         };
         if let Some(v) = f.opt("user") {
@@ -532,7 +394,7 @@ impl Checker<'_> {
             layer.deploy_identity_file = self.file_path(v, &f.child("deploy_identity_file"));
         }
         if let Some(v) = f.opt("authorized_keys") {
-            layer.authorized_keys = self.string(v, &f.child("authorized_keys"));
+            layer.authorized_keys = fields::string(v, &f.child("authorized_keys"), self.problems);
         }
         if let Some(v) = f.opt("known_hosts") {
             layer.known_hosts = self.file_path(v, &f.child("known_hosts"));
@@ -545,7 +407,7 @@ impl Checker<'_> {
     fn labels(&mut self, y: &Yaml, path: &str) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
         let Value::Map(entries) = &y.value else {
-            self.wrong_type(y, path, "a map of labels");
+            wrong_type(y, path, "a map of labels", self.problems);
             return labels;
         };
         for e in entries {
@@ -575,7 +437,7 @@ impl Checker<'_> {
                     );
                 }
                 Value::Seq(_) | Value::Map(_) => {
-                    self.wrong_type(&e.value, &key_path, "a string");
+                    wrong_type(&e.value, &key_path, "a string", self.problems);
                 }
             }
         }
@@ -584,7 +446,7 @@ impl Checker<'_> {
 
     fn vars(&mut self, y: &Yaml, path: &str) -> BTreeMap<String, serde_json::Value> {
         let Value::Map(entries) = &y.value else {
-            self.wrong_type(y, path, "a map of variables");
+            wrong_type(y, path, "a map of variables", self.problems);
             return BTreeMap::new();
         };
         entries
@@ -612,21 +474,21 @@ impl Checker<'_> {
     }
 
     fn root(&mut self, root: &Yaml) {
-        let Some(f) = self.fields(root, "<root>", &ROOT_KEYS) else {
+        let Some(f) = Fields::read(root, "<root>", &ROOT_KEYS, self.problems) else {
             return;
         };
         let defaults = match f.opt("defaults") {
-            Some(y) => match self.fields(y, "defaults", &INHERITABLE) {
+            Some(y) => match Fields::read(y, "defaults", &INHERITABLE, self.problems) {
                 Some(d) => self.layer(&d),
                 None => Layer::default(),
             },
             None => Layer::default(),
         };
-        let Some(customers) = self.require(&f, "customers") else {
+        let Some(customers) = f.require("customers", self.problems) else {
             return;
         };
         let Value::Map(entries) = &customers.value else {
-            self.wrong_type(customers, "customers", "a map of customers");
+            wrong_type(customers, "customers", "a map of customers", self.problems);
             return;
         };
         if entries.is_empty() {
@@ -642,17 +504,17 @@ impl Checker<'_> {
         let path = format!("customers.{}", e.key);
         self.name(&e.key, e.key_pos, &path, "customer");
         let allowed = [&CUSTOMER_KEYS[..], &INHERITABLE[..]].concat();
-        let Some(f) = self.fields(&e.value, &path, &allowed) else {
+        let Some(f) = Fields::read(&e.value, &path, &allowed, self.problems) else {
             return;
         };
         let modes: Vec<(&str, Mode)> = Mode::ALL.iter().map(|m| (m.as_str(), *m)).collect();
-        let mode = self
-            .require(&f, "mode")
-            .and_then(|y| self.enum_value(y, &f.child("mode"), "mode", &modes))
+        let mode = f
+            .require("mode", self.problems)
+            .and_then(|y| fields::enum_value(y, &f.child("mode"), "mode", &modes, self.problems))
             .unwrap_or(Mode::Shared);
         let layer = self.layer(&f).over(defaults);
         let mut cluster_names = Vec::new();
-        if let Some(clusters) = self.require(&f, "clusters") {
+        if let Some(clusters) = f.require("clusters", self.problems) {
             let clusters_path = f.child("clusters");
             match &clusters.value {
                 Value::Map(entries) => {
@@ -675,7 +537,7 @@ impl Checker<'_> {
                         self.cluster(&cx, ce, &layer);
                     }
                 }
-                _ => self.wrong_type(clusters, &clusters_path, "a map of clusters"),
+                _ => wrong_type(clusters, &clusters_path, "a map of clusters", self.problems),
             }
         }
         self.out.customers.push(Customer {
@@ -688,11 +550,17 @@ impl Checker<'_> {
     fn rollout(&mut self, y: &Yaml, path: &str) -> (Rollout, Option<(String, Pos, String)>) {
         let mut rollout = Rollout::default();
         let mut canary_node = None;
-        let Some(f) = self.fields(y, path, &ROLLOUT_KEYS) else {
+        let Some(f) = Fields::read(y, path, &ROLLOUT_KEYS, self.problems) else {
             return (rollout, None);
         };
         if let Some(v) = f.opt("max_unavailable")
-            && let Some(n) = self.int(v, &f.child("max_unavailable"), 1, i64::from(u32::MAX))
+            && let Some(n) = fields::int(
+                v,
+                &f.child("max_unavailable"),
+                1,
+                i64::from(u32::MAX),
+                self.problems,
+            )
         {
             rollout.max_unavailable = u32::try_from(n).unwrap_or(u32::MAX);
         }
@@ -707,19 +575,31 @@ impl Checker<'_> {
                         canary_node = Some((name.clone(), v.pos, canary_path));
                     }
                 }
-                _ => self.wrong_type(v, &canary_path, "`true`, `false` or a node name"),
+                _ => wrong_type(
+                    v,
+                    &canary_path,
+                    "`true`, `false` or a node name",
+                    self.problems,
+                ),
             }
         }
         let mut min_healthy_pos = None;
         if let Some(v) = f.opt("min_healthy_secs")
-            && let Some(n) = self.int(v, &f.child("min_healthy_secs"), 0, i64::MAX)
+            && let Some(n) =
+                fields::int(v, &f.child("min_healthy_secs"), 0, i64::MAX, self.problems)
         {
             rollout.min_healthy_secs = u64::try_from(n).unwrap_or(0);
             min_healthy_pos = Some(v.pos);
         }
         let mut timeout_pos = None;
         if let Some(v) = f.opt("health_timeout_secs")
-            && let Some(n) = self.int(v, &f.child("health_timeout_secs"), 1, i64::MAX)
+            && let Some(n) = fields::int(
+                v,
+                &f.child("health_timeout_secs"),
+                1,
+                i64::MAX,
+                self.problems,
+            )
         {
             rollout.health_timeout_secs = u64::try_from(n).unwrap_or(1);
             timeout_pos = Some(v.pos);
@@ -728,7 +608,7 @@ impl Checker<'_> {
             let (pos, key) = match (timeout_pos, min_healthy_pos) {
                 (Some(pos), _) => (pos, "health_timeout_secs"),
                 (None, Some(pos)) => (pos, "min_healthy_secs"),
-                (None, None) => (f.pos, "health_timeout_secs"),
+                (None, None) => (f.pos(), "health_timeout_secs"),
             };
             self.problems.add_hint(
                 pos,
@@ -746,10 +626,10 @@ impl Checker<'_> {
     fn cluster(&mut self, cx: &Cx<'_>, e: &Entry, parent: &Layer) {
         self.name(&e.key, e.key_pos, cx.path, "cluster");
         let allowed = [&CLUSTER_KEYS[..], &INHERITABLE[..]].concat();
-        let Some(f) = self.fields(&e.value, cx.path, &allowed) else {
+        let Some(f) = Fields::read(&e.value, cx.path, &allowed, self.problems) else {
             return;
         };
-        let redis_url = self.require(&f, "redis_url").and_then(|y| {
+        let redis_url = f.require("redis_url", self.problems).and_then(|y| {
             self.url(
                 y,
                 &f.child("redis_url"),
@@ -757,7 +637,7 @@ impl Checker<'_> {
                 "redis://10.0.0.5:6379/0",
             )
         });
-        let postgres_url = self.require(&f, "postgres_url").and_then(|y| {
+        let postgres_url = f.require("postgres_url", self.problems).and_then(|y| {
             self.url(
                 y,
                 &f.child("postgres_url"),
@@ -765,8 +645,8 @@ impl Checker<'_> {
                 "postgres://etl@10.0.0.6:5432/etl",
             )
         });
-        let shared_storage = self
-            .require(&f, "shared_storage")
+        let shared_storage = f
+            .require("shared_storage", self.problems)
             .and_then(|y| self.absolute_path(y, &f.child("shared_storage")));
         let algorithms: Vec<(&str, LoadBalancing)> = LoadBalancing::ALL
             .iter()
@@ -775,11 +655,12 @@ impl Checker<'_> {
         let load_balancing = f
             .opt("load_balancing")
             .and_then(|y| {
-                self.enum_value(
+                fields::enum_value(
                     y,
                     &f.child("load_balancing"),
                     "load-balancing algorithm",
                     &algorithms,
+                    self.problems,
                 )
             })
             .unwrap_or_default();
@@ -790,7 +671,7 @@ impl Checker<'_> {
         let layer = self.layer(&f).over(parent);
 
         let mut node_names = Vec::new();
-        if let Some(nodes) = self.require(&f, "nodes") {
+        if let Some(nodes) = f.require("nodes", self.problems) {
             let nodes_path = f.child("nodes");
             match &nodes.value {
                 Value::Seq(items) => {
@@ -811,7 +692,7 @@ impl Checker<'_> {
                         }
                     }
                 }
-                _ => self.wrong_type(nodes, &nodes_path, "a list of nodes"),
+                _ => wrong_type(nodes, &nodes_path, "a list of nodes", self.problems),
             }
         }
         if let Some((name, pos, path)) = canary_node
@@ -845,10 +726,10 @@ impl Checker<'_> {
     /// Checks one node; returns its name when it has a valid one (for the canary check).
     fn node(&mut self, cx: &Cx<'_>, y: &Yaml, path: &str, parent: &Layer) -> Option<String> {
         let allowed = [&NODE_KEYS[..], &INHERITABLE[..]].concat();
-        let f = self.fields(y, path, &allowed)?;
-        let name = self.require(&f, "name").and_then(|v| {
+        let f = Fields::read(y, path, &allowed, self.problems)?;
+        let name = f.require("name", self.problems).and_then(|v| {
             let name_path = f.child("name");
-            let name = self.string(v, &name_path)?;
+            let name = fields::string(v, &name_path, self.problems)?;
             if !self.name(&name, v.pos, &name_path, "node") {
                 return None;
             }
@@ -868,12 +749,11 @@ impl Checker<'_> {
             }
             Some(name)
         });
-        let host = self
-            .require(&f, "host")
+        let host = f
+            .require("host", self.problems)
             .and_then(|v| self.host(v, &f.child("host")));
         let weight = match f.opt("weight") {
-            Some(v) => self
-                .int(v, &f.child("weight"), 1, i64::from(u32::MAX))
+            Some(v) => fields::int(v, &f.child("weight"), 1, i64::from(u32::MAX), self.problems)
                 .and_then(|w| u32::try_from(w).ok()),
             None => Some(1),
         };
@@ -881,7 +761,7 @@ impl Checker<'_> {
         let user = layer.user.clone();
         if user.is_none() {
             self.problems.add_hint(
-                f.pos,
+                f.pos(),
                 &join(path, "ssh.user"),
                 "no SSH user for this node",
                 Some("set ssh.user on the node, its cluster, its customer or in defaults"),

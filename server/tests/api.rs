@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{TestDb, TestServer};
+use common::TestServer;
+use fleet_tests::TestDb;
 
 const GOOD: &str = "name: f1\nsource: { type: csv, path: in/a.csv }\ndestination: { type: jsonl, path: out/a.jsonl }\n";
 
@@ -168,7 +169,7 @@ async fn bad_requests_get_a_json_4xx_naming_the_field() {
         ("GET", "/api/nothing", b"", 404, ""),
     ];
     for (method, path, body, status, field) in cases {
-        let (got, text) = common::call_raw(server.addr, method, path, body).await;
+        let (got, text) = fleet_tests::call_raw(server.addr, method, path, body).await;
         assert_eq!(got, *status, "{method} {path}: {text}");
         let json: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
@@ -178,7 +179,7 @@ async fn bad_requests_get_a_json_4xx_naming_the_field() {
         }
     }
     let big = vec![b'#'; 10_000];
-    let (got, _) = common::call_raw(server.addr, "POST", "/api/flows", &big).await;
+    let (got, _) = fleet_tests::call_raw(server.addr, "POST", "/api/flows", &big).await;
     assert_eq!(got, 413, "a body over max_body_bytes");
     // The server is still there.
     let (status, _) = server.call("GET", "/api/flows", "").await;
@@ -207,7 +208,7 @@ async fn health_says_what_is_down_and_metrics_count_runs() {
     server.write("in/a.csv", "id\n1\n2\n");
     let run = server.run_flow(GOOD).await;
     assert_eq!(run["state"], "succeeded", "{run}");
-    let (status, text) = common::call_raw(server.addr, "GET", "/metrics", b"").await;
+    let (status, text) = fleet_tests::call_raw(server.addr, "GET", "/metrics", b"").await;
     assert_eq!(status, 200);
     assert!(
         text.contains("etl_runs_finished_total{state=\"succeeded\"} 1"),
@@ -222,7 +223,7 @@ async fn health_says_what_is_down_and_metrics_count_runs() {
 
     // Redis unreachable (nothing listens on port 1): 503, and it says which.
     let down = TestServer::start_edited(&db, "", |t| {
-        t.replace(common::REDIS_URL, "redis://127.0.0.1:1")
+        t.replace(fleet_tests::REDIS_URL, "redis://127.0.0.1:1")
     })
     .await;
     let (status, health) = down.call("GET", "/health", "").await;
@@ -315,7 +316,7 @@ async fn mangled_definitions_never_break_the_server() {
         bodies.push(good.as_bytes()[..i].to_vec());
     }
     for body in &bodies {
-        let (status, text) = common::call_raw(server.addr, "POST", "/api/flows", body).await;
+        let (status, text) = fleet_tests::call_raw(server.addr, "POST", "/api/flows", body).await;
         assert!(
             status < 500,
             "{status} for {:?}: {text}",

@@ -5,7 +5,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{TestDb, TestServer};
+use common::TestServer;
+use fleet_tests::TestDb;
 
 const FLOW: &str = "name: tiny\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tiny.jsonl }\n";
 /// A run that takes a while, so that load builds up in a burst.
@@ -373,7 +374,7 @@ async fn a_redis_restart_mid_load_loses_no_run() {
         servers.push(
             TestServer::start_edited(&db, "", move |t| {
                 t.replace("node = \"node-a\"", &format!("node = \"{name}\""))
-                    .replace(common::REDIS_URL, &url)
+                    .replace(fleet_tests::REDIS_URL, &url)
             })
             .await,
         );

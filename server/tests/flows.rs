@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{TestDb, TestServer};
+use common::TestServer;
+use fleet_tests::TestDb;
 use serde_json::Value;
 
 const ORDERS: &str = "id,customer,amount,created_at,note\n\

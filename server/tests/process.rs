@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::TestDb;
+use fleet_tests::TestDb;
 
 struct Proc {
     child: Child,
@@ -81,14 +81,15 @@ fn write_csv(path: &Path, rows: u64) {
 }
 
 async fn submit_and_start(p: &Proc, flow: &str) -> i64 {
-    let (status, body) = common::call(p.addr, "POST", "/api/flows", flow).await;
+    let (status, body) = fleet_tests::call(p.addr, "POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let name = body["name"].as_str().expect("name").to_owned();
-    let (status, body) = common::call(p.addr, "POST", &format!("/api/flows/{name}/run"), "").await;
+    let (status, body) =
+        fleet_tests::call(p.addr, "POST", &format!("/api/flows/{name}/run"), "").await;
     assert_eq!(status, 202, "{body}");
     let id = body["run_id"].as_i64().expect("id");
     for _ in 0..2400 {
-        let (_, run) = common::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
+        let (_, run) = fleet_tests::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
         if run["state"] == "running" && run["rows_read"].as_i64().unwrap_or(0) > 0 {
             return id;
         }
@@ -190,7 +191,7 @@ async fn a_two_gib_csv_streams_in_flat_memory() {
     let size = std::fs::metadata(&path).expect("size").len();
     assert!(size >= 2 << 30, "{size}");
     let p = start(&db, dir.path(), "").await;
-    let (status, body) = common::call(
+    let (status, body) = fleet_tests::call(
         p.addr,
         "POST",
         "/api/flows",
@@ -198,11 +199,11 @@ async fn a_two_gib_csv_streams_in_flat_memory() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let (_, body) = common::call(p.addr, "POST", "/api/flows/wide/run", "").await;
+    let (_, body) = fleet_tests::call(p.addr, "POST", "/api/flows/wide/run", "").await;
     let id = body["run_id"].as_i64().expect("id");
     let mut run = serde_json::Value::Null;
     for _ in 0..36_000 {
-        (_, run) = common::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
+        (_, run) = fleet_tests::call(p.addr, "GET", &format!("/api/runs/{id}"), "").await;
         if !matches!(run["state"].as_str(), Some("queued" | "running")) {
             break;
         }
@@ -232,23 +233,23 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
     let entry = nodes[0].1.addr;
     // Every node sees the three before the run is asked for.
     for _ in 0..200 {
-        let (_, c) = common::call(entry, "GET", "/api/cluster", "").await;
+        let (_, c) = fleet_tests::call(entry, "GET", "/api/cluster", "").await;
         if c["active"].as_array().map(Vec::len) == Some(3) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let flow = "name: long\nsource: { type: csv, path: in/big.csv }\ndestination: { type: jsonl, path: out/long.jsonl }\nretries: 1\n";
-    let (status, body) = common::call(entry, "POST", "/api/flows", flow).await;
+    let (status, body) = fleet_tests::call(entry, "POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
-    let (_, body) = common::call(entry, "POST", "/api/flows/long/run", "").await;
+    let (_, body) = fleet_tests::call(entry, "POST", "/api/flows/long/run", "").await;
     let id = body["run_id"].as_i64().expect("id");
     let target = body["node"]
         .as_str()
         .expect("dispatched to a node")
         .to_owned();
     for _ in 0..600 {
-        let (_, run) = common::call(entry, "GET", &format!("/api/runs/{id}"), "").await;
+        let (_, run) = fleet_tests::call(entry, "GET", &format!("/api/runs/{id}"), "").await;
         if run["state"] == "running" && run["rows_read"].as_i64().unwrap_or(0) > 0 {
             break;
         }
@@ -265,7 +266,7 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
     // Interrupted within 30 s (a bound on the wait, not a measurement).
     let mut interrupted = serde_json::Value::Null;
     for _ in 0..300 {
-        (_, interrupted) = common::call(ask, "GET", &format!("/api/runs/{id}"), "").await;
+        (_, interrupted) = fleet_tests::call(ask, "GET", &format!("/api/runs/{id}"), "").await;
         if interrupted["state"] != "running" {
             break;
         }
@@ -280,7 +281,7 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
         "{interrupted}"
     );
     // Exactly one retry, linked to it, on another node, and it finishes.
-    let (_, list) = common::call(ask, "GET", "/api/runs?flow=long", "").await;
+    let (_, list) = fleet_tests::call(ask, "GET", "/api/runs?flow=long", "").await;
     let retries: Vec<&serde_json::Value> = list["runs"]
         .as_array()
         .expect("runs")
@@ -291,7 +292,7 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
     let retry = retries[0]["id"].as_i64().expect("retry id");
     let mut done = serde_json::Value::Null;
     for _ in 0..1200 {
-        (_, done) = common::call(ask, "GET", &format!("/api/runs/{retry}"), "").await;
+        (_, done) = fleet_tests::call(ask, "GET", &format!("/api/runs/{retry}"), "").await;
         if !matches!(done["state"].as_str(), Some("queued" | "running")) {
             break;
         }
@@ -300,7 +301,7 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_ne!(done["node"], target.as_str(), "{done}");
     assert_eq!(done["rows_written"], 3_000_000);
-    let (_, list) = common::call(ask, "GET", "/api/runs?flow=long", "").await;
+    let (_, list) = fleet_tests::call(ask, "GET", "/api/runs?flow=long", "").await;
     assert_eq!(
         list["runs"].as_array().map(Vec::len),
         Some(2),
@@ -310,7 +311,7 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
 
 /// The leader as a node reports it.
 async fn leader_of(addr: std::net::SocketAddr) -> Option<String> {
-    let (_, c) = common::call(addr, "GET", "/api/cluster", "").await;
+    let (_, c) = fleet_tests::call(addr, "GET", "/api/cluster", "").await;
     c["leader"].as_str().map(str::to_owned)
 }
 
@@ -366,7 +367,7 @@ async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
         panic!("fewer than {at_least} fires");
     };
     let flow = "name: tick\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tick.jsonl }\nschedule: \"* * * * * *\"\n";
-    let (status, body) = common::call(nodes[0].1.addr, "POST", "/api/flows", flow).await;
+    let (status, body) = fleet_tests::call(nodes[0].1.addr, "POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let first = wait_leader(nodes[0].1.addr, None).await;
     wait_fires(2).await;

@@ -20,17 +20,27 @@
 //!
 //! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
 //! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`.
+//!
+//! It also holds what the tests of several packages share: a Postgres database per test
+//! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`).
 
 mod block;
 mod error;
 mod fleet;
+mod http;
 mod kept;
 mod node;
+mod postgres;
+mod redis;
 mod release_fixture;
+mod unique;
 
 pub use block::{MAX_NODES, lock_dir};
 pub use error::HarnessError;
 pub use fleet::{FleetOptions, TestFleet, TestNode};
+pub use http::{call, call_raw};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
+pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
+pub use redis::{REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{RELEASE_VALIDITY, Signing, build_release, release_tree};

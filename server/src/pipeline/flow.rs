@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use fleet_inventory::yaml::{self, Entry, Value as Y, Yaml};
+use fleet_inventory::fields::{Fields, boolean, join, non_empty_string, one_of, wrong_type};
+use fleet_inventory::yaml::{self, Value as Y, Yaml};
 use fleet_inventory::{LoadError, Pos, Problems, typo_hint};
 
 use crate::pipeline::expr::Expr;
@@ -235,101 +236,14 @@ impl Flow {
     }
 }
 
-/// Reads a map's entries against the keys it may have; unknown keys are problems (with the
-/// nearest known key as a hint). Returns `None` (after saying so) when `node` is not a map.
-fn fields<'a>(
-    node: &'a Yaml,
-    path: &str,
-    allowed: &[&str],
-    problems: &mut Problems,
-) -> Option<Vec<&'a Entry>> {
-    let Y::Map(entries) = &node.value else {
-        problems.add(
-            node.pos,
-            path,
-            format!("expected a map, found {}", node.kind()),
-        );
-        return None;
-    };
-    yaml::report_unknown_keys(entries, allowed, |k| join(path, k), problems);
-    Some(entries.iter().collect())
-}
-
-fn get<'a>(entries: &[&'a Entry], key: &str) -> Option<&'a Yaml> {
-    entries.iter().find(|e| e.key == key).map(|e| &e.value)
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-fn required<'a>(
-    entries: &[&'a Entry],
-    key: &str,
-    at: &Yaml,
-    path: &str,
-    problems: &mut Problems,
-) -> Option<&'a Yaml> {
-    let v = get(entries, key);
-    if v.is_none() {
-        problems.add(at.pos, path, format!("missing `{key}`"));
-    }
-    v
-}
-
-fn string(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String> {
-    match &node.value {
-        Y::Str(s) if !s.is_empty() => Some(s.clone()),
-        Y::Str(_) => {
-            problems.add(node.pos, path, "must not be empty");
-            None
-        }
-        _ => {
-            problems.add(
-                node.pos,
-                path,
-                format!("expected a string, found {}", node.kind()),
-            );
-            None
-        }
-    }
-}
-
-fn boolean(node: Option<&Yaml>, default: bool, path: &str, problems: &mut Problems) -> bool {
-    match node.map(|n| &n.value) {
-        None => default,
-        Some(Y::Bool(b)) => *b,
-        Some(_) => {
-            let n = node.expect("matched Some");
-            problems.add(
-                n.pos,
-                path,
-                format!("expected true or false, found {}", n.kind()),
-            );
-            default
-        }
-    }
-}
-
 /// One ASCII character (a delimiter or a quote); `\t` may be written as "\t" or "tab".
 fn one_char(node: Option<&Yaml>, default: u8, path: &str, problems: &mut Problems) -> u8 {
     let Some(node) = node else { return default };
-    let text = match &node.value {
-        Y::Str(s) => s.as_str(),
-        _ => {
-            problems.add(
-                node.pos,
-                path,
-                format!("expected one character, found {}", node.kind()),
-            );
-            return default;
-        }
+    let Y::Str(text) = &node.value else {
+        wrong_type(node, path, "one character", problems);
+        return default;
     };
-    match text {
+    match text.as_str() {
         "tab" | "\t" => b'\t',
         t if t.len() == 1 && t.is_ascii() && !matches!(t, "\n" | "\r") => t.as_bytes()[0],
         t => {
@@ -343,6 +257,12 @@ fn one_char(node: Option<&Yaml>, default: u8, path: &str, problems: &mut Problem
     }
 }
 
+/// `true` or `false`; `default` when absent (or after reporting another value).
+fn flag(node: Option<&Yaml>, default: bool, path: &str, problems: &mut Problems) -> bool {
+    node.and_then(|n| boolean(n, path, problems))
+        .unwrap_or(default)
+}
+
 /// A name of a column or a flow: letters, digits, `_`, `-`, `.`; at most 63 bytes.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -353,7 +273,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 fn column(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String> {
-    let s = string(node, path, problems)?;
+    let s = non_empty_string(node, path, problems)?;
     if !valid_name(&s) {
         problems.add(
             node.pos,
@@ -380,7 +300,7 @@ fn check_known(known: &Known, name: &str, pos: Pos, path: &str, problems: &mut P
 }
 
 fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
-    let entries = fields(
+    let f = Fields::read(
         doc,
         "",
         &[
@@ -395,8 +315,8 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         ],
         problems,
     )?;
-    let name = required(&entries, "name", doc, "", problems).and_then(|n| {
-        let s = string(n, "name", problems)?;
+    let name = f.require("name", problems).and_then(|n| {
+        let s = non_empty_string(n, "name", problems)?;
         if !valid_name(&s) {
             problems.add(
                 n.pos,
@@ -407,11 +327,12 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         }
         Some(s)
     });
-    let source =
-        required(&entries, "source", doc, "", problems).and_then(|s| read_source(s, problems));
+    let source = f
+        .require("source", problems)
+        .and_then(|s| read_source(s, problems));
     let mut known: Known = None;
     let mut transform = Vec::new();
-    if let Some(list) = get(&entries, "transform") {
+    if let Some(list) = f.get("transform") {
         match &list.value {
             Y::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -423,24 +344,21 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
                 }
             }
             Y::Null => {}
-            _ => problems.add(
-                list.pos,
-                "transform",
-                format!("expected a list of steps, found {}", list.kind()),
-            ),
+            _ => wrong_type(list, "transform", "a list of steps", problems),
         }
     }
-    let destination = required(&entries, "destination", doc, "", problems)
+    let destination = f
+        .require("destination", problems)
         .and_then(|d| read_destination(d, &known, problems));
-    let on_error = match get(&entries, "on_error") {
+    let on_error = match f.get("on_error") {
         Some(node) => read_on_error(node, problems),
         None => Some(OnError {
             bad_rows: BadRows::Fail,
             max_bad_rows: None,
         }),
     };
-    let schedule = get(&entries, "schedule").and_then(|s| {
-        let text = string(s, "schedule", problems)?;
+    let schedule = f.get("schedule").and_then(|s| {
+        let text = non_empty_string(s, "schedule", problems)?;
         match parse_schedule(&text) {
             Ok(_) => Some(text),
             Err(e) => {
@@ -465,7 +383,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             "the destination is the source file",
         );
     }
-    let retries = match get(&entries, "retries") {
+    let retries = match f.get("retries") {
         None => 0,
         Some(n) => match n.value {
             Y::Int(i) if (0..=i64::from(MAX_RETRIES)).contains(&i) => i as u32,
@@ -479,7 +397,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             }
         },
     };
-    let misfire = match get(&entries, "misfire") {
+    let misfire = match f.get("misfire") {
         None => Misfire::default(),
         Some(n) => read_misfire(n, problems)?,
     };
@@ -501,10 +419,10 @@ fn read_misfire(node: &Yaml, problems: &mut Problems) -> Option<Misfire> {
         Y::Str(s) if s == "skip" => Some(Misfire::Skip),
         Y::Str(s) if s == "coalesce" => Some(Misfire::default()),
         Y::Map(_) => {
-            let entries = fields(node, "misfire", &["coalesce", "skip"], problems)?;
-            if let Some(c) = get(&entries, "coalesce") {
-                let inner = fields(c, "misfire.coalesce", &["grace_secs"], problems)?;
-                return match get(&inner, "grace_secs").map(|g| &g.value) {
+            let f = Fields::read(node, "misfire", &["coalesce", "skip"], problems)?;
+            if let Some(c) = f.get("coalesce") {
+                let inner = Fields::read(c, "misfire.coalesce", &["grace_secs"], problems)?;
+                return match inner.get("grace_secs").map(|g| &g.value) {
                     None => Some(Misfire::default()),
                     Some(Y::Int(g)) if *g > 0 => Some(Misfire::Coalesce {
                         grace_secs: *g as u64,
@@ -534,7 +452,7 @@ fn read_misfire(node: &Yaml, problems: &mut Problems) -> Option<Misfire> {
 }
 
 fn read_path(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String> {
-    let p = string(node, path, problems)?;
+    let p = non_empty_string(node, path, problems)?;
     match crate::pipeline::storage::check_relative(&p) {
         Ok(()) => Some(p),
         Err(why) => {
@@ -544,31 +462,39 @@ fn read_path(node: &Yaml, path: &str, problems: &mut Problems) -> Option<String>
     }
 }
 
-fn kind<'a>(
-    entries: &[&Entry],
-    node: &Yaml,
-    path: &str,
-    kinds: &[&'a str],
+/// The `type` of a source or a destination: one of `kinds`.
+fn kind(f: &Fields<'_>, kinds: &[&'static str], problems: &mut Problems) -> Option<&'static str> {
+    let t = f.require("type", problems)?;
+    let path = f.child("type");
+    let s = non_empty_string(t, &path, problems)?;
+    let options: Vec<(&str, &'static str)> = kinds.iter().map(|k| (*k, *k)).collect();
+    one_of(&s, t.pos, &path, "type", &options, problems)
+}
+
+/// Reports each of `settings` (those of any type) that is set but not `allowed` for this type:
+/// `what` is the thing of this type, `csv source`.
+fn refuse_other_settings(
+    f: &Fields<'_>,
+    allowed: &[&str],
+    settings: &[&str],
+    what: &str,
     problems: &mut Problems,
-) -> Option<&'a str> {
-    let t = required(entries, "type", node, path, problems)?;
-    let s = string(t, &join(path, "type"), problems)?;
-    let found = kinds.iter().find(|k| **k == s).copied();
-    if found.is_none() {
-        let hint = Some(typo_hint(&s, kinds, "one of"));
-        problems.add_hint(
-            t.pos,
-            &join(path, "type"),
-            format!("unknown type `{s}`"),
-            hint,
-        );
+) {
+    for e in f.entries() {
+        let key = e.key.as_str();
+        if !allowed.contains(&key) && settings.contains(&key) {
+            problems.add(
+                e.key_pos,
+                &f.child(key),
+                format!("`{key}` is not a setting of a {what}"),
+            );
+        }
     }
-    found
 }
 
 fn read_source(node: &Yaml, problems: &mut Problems) -> Option<Source> {
     let p = "source";
-    let entries = fields(
+    let f = Fields::read(
         node,
         p,
         &[
@@ -582,32 +508,23 @@ fn read_source(node: &Yaml, problems: &mut Problems) -> Option<Source> {
         ],
         problems,
     )?;
-    let t = kind(&entries, node, p, &["csv", "jsonl", "postgres"], problems)?;
+    let t = kind(&f, &["csv", "jsonl", "postgres"], problems)?;
     let allowed: &[&str] = match t {
         "csv" => &["type", "path", "delimiter", "quote", "header", "encoding"],
         "jsonl" => &["type", "path"],
         _ => &["type", "query"],
     };
-    for e in &entries {
-        if !allowed.contains(&e.key.as_str())
-            && ["path", "delimiter", "quote", "header", "encoding", "query"]
-                .contains(&e.key.as_str())
-        {
-            problems.add(
-                e.key_pos,
-                &join(p, &e.key),
-                format!("`{}` is not a setting of a {t} source", e.key),
-            );
-        }
-    }
+    let settings = ["path", "delimiter", "quote", "header", "encoding", "query"];
+    refuse_other_settings(&f, allowed, &settings, &format!("{t} source"), problems);
     match t {
         "csv" => {
-            let path = required(&entries, "path", node, p, problems)
+            let path = f
+                .require("path", problems)
                 .and_then(|n| read_path(n, "source.path", problems));
-            let encoding = match get(&entries, "encoding") {
+            let encoding = match f.get("encoding") {
                 None => "utf-8".to_owned(),
                 Some(n) => {
-                    let e = string(n, "source.encoding", problems)?;
+                    let e = non_empty_string(n, "source.encoding", problems)?;
                     if !e.eq_ignore_ascii_case("utf-8") && !e.eq_ignore_ascii_case("utf8") {
                         problems.add(
                             n.pos,
@@ -621,57 +538,50 @@ fn read_source(node: &Yaml, problems: &mut Problems) -> Option<Source> {
             };
             Some(Source::Csv {
                 path: path?,
-                delimiter: one_char(
-                    get(&entries, "delimiter"),
-                    b',',
-                    "source.delimiter",
-                    problems,
-                ),
-                quote: one_char(get(&entries, "quote"), b'"', "source.quote", problems),
-                header: boolean(get(&entries, "header"), true, "source.header", problems),
+                delimiter: one_char(f.get("delimiter"), b',', "source.delimiter", problems),
+                quote: one_char(f.get("quote"), b'"', "source.quote", problems),
+                header: flag(f.get("header"), true, "source.header", problems),
                 encoding,
             })
         }
         "jsonl" => Some(Source::Jsonl {
-            path: required(&entries, "path", node, p, problems)
+            path: f
+                .require("path", problems)
                 .and_then(|n| read_path(n, "source.path", problems))?,
         }),
         _ => Some(Source::Postgres {
-            query: required(&entries, "query", node, p, problems)
-                .and_then(|n| string(n, "source.query", problems))?,
+            query: f
+                .require("query", problems)
+                .and_then(|n| non_empty_string(n, "source.query", problems))?,
         }),
     }
 }
 
 fn read_step(node: &Yaml, path: &str, known: &mut Known, problems: &mut Problems) -> Option<Step> {
-    let entries = fields(
+    let f = Fields::read(
         node,
         path,
         &["select", "rename", "filter", "compute", "cast"],
         problems,
     )?;
-    if entries.len() != 1 {
+    if f.entries().len() != 1 {
         problems.add(
             node.pos,
             path,
             format!(
                 "a step has exactly one of select, rename, filter, compute, cast; found {}",
-                entries.len()
+                f.entries().len()
             ),
         );
         return None;
     }
-    let entry = entries[0];
+    let entry = &f.entries()[0];
     let p = join(path, &entry.key);
     let v = &entry.value;
     match entry.key.as_str() {
         "select" => {
             let Y::Seq(items) = &v.value else {
-                problems.add(
-                    v.pos,
-                    &p,
-                    format!("expected a list of columns, found {}", v.kind()),
-                );
+                wrong_type(v, &p, "a list of columns", problems);
                 return None;
             };
             let mut cols = Vec::new();
@@ -747,7 +657,7 @@ fn read_step(node: &Yaml, path: &str, known: &mut Known, problems: &mut Problems
             for (name, ty_node, pos) in pairs {
                 let cp = join(&p, &name);
                 check_known(known, &name, pos, &cp, problems);
-                let Some(ty_name) = string(ty_node, &cp, problems) else {
+                let Some(ty_name) = non_empty_string(ty_node, &cp, problems) else {
                     continue;
                 };
                 match crate::pipeline::value::Type::parse(&ty_name) {
@@ -775,11 +685,7 @@ fn string_map<'a>(
     problems: &mut Problems,
 ) -> Option<Vec<(String, &'a Yaml, Pos)>> {
     let Y::Map(entries) = &node.value else {
-        problems.add(
-            node.pos,
-            path,
-            format!("expected a map, found {}", node.kind()),
-        );
+        wrong_type(node, path, "a map", problems);
         return None;
     };
     if entries.is_empty() {
@@ -799,11 +705,7 @@ fn expression(node: &Yaml, path: &str, known: &Known, problems: &mut Problems) -
         // `filter: true`, `compute: {x: 1}`: scalars are expressions too.
         Y::Bool(_) | Y::Int(_) | Y::Float(_) => node.raw.clone(),
         _ => {
-            problems.add(
-                node.pos,
-                path,
-                format!("expected an expression, found {}", node.kind()),
-            );
+            wrong_type(node, path, "an expression", problems);
             return None;
         }
     };
@@ -830,7 +732,7 @@ fn expression(node: &Yaml, path: &str, known: &Known, problems: &mut Problems) -
 
 fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Option<Destination> {
     let p = "destination";
-    let entries = fields(
+    let f = Fields::read(
         node,
         p,
         &[
@@ -844,27 +746,24 @@ fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Opti
         ],
         problems,
     )?;
-    let t = kind(&entries, node, p, &["postgres", "csv", "jsonl"], problems)?;
+    let t = kind(&f, &["postgres", "csv", "jsonl"], problems)?;
     let allowed: &[&str] = match t {
         "postgres" => &["type", "table", "mode", "key"],
         "csv" => &["type", "path", "delimiter", "header"],
         _ => &["type", "path"],
     };
-    for e in &entries {
-        if !allowed.contains(&e.key.as_str())
-            && ["table", "mode", "key", "path", "delimiter", "header"].contains(&e.key.as_str())
-        {
-            problems.add(
-                e.key_pos,
-                &join(p, &e.key),
-                format!("`{}` is not a setting of a {t} destination", e.key),
-            );
-        }
-    }
+    let settings = ["table", "mode", "key", "path", "delimiter", "header"];
+    refuse_other_settings(
+        &f,
+        allowed,
+        &settings,
+        &format!("{t} destination"),
+        problems,
+    );
     match t {
         "postgres" => {
-            let table = required(&entries, "table", node, p, problems).and_then(|n| {
-                let s = string(n, "destination.table", problems)?;
+            let table = f.require("table", problems).and_then(|n| {
+                let s = non_empty_string(n, "destination.table", problems)?;
                 let (schema, name) = s.split_once('.').unwrap_or(("public", s.as_str()));
                 if !valid_name(schema) || !valid_name(name) || name.contains('.') {
                     problems.add(
@@ -879,28 +778,20 @@ fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Opti
                     name: name.to_owned(),
                 })
             });
-            let mode = match get(&entries, "mode") {
+            let mode = match f.get("mode") {
                 None => Some(Mode::Append),
                 Some(n) => {
-                    let s = string(n, "destination.mode", problems)?;
-                    match s.as_str() {
-                        "append" => Some(Mode::Append),
-                        "replace" => Some(Mode::Replace),
-                        "upsert" => Some(Mode::Upsert),
-                        _ => {
-                            problems.add_hint(
-                                n.pos,
-                                "destination.mode",
-                                format!("unknown mode `{s}`"),
-                                Some("one of: append, replace, upsert"),
-                            );
-                            None
-                        }
-                    }
+                    let s = non_empty_string(n, "destination.mode", problems)?;
+                    let modes = [
+                        ("append", Mode::Append),
+                        ("replace", Mode::Replace),
+                        ("upsert", Mode::Upsert),
+                    ];
+                    one_of(&s, n.pos, "destination.mode", "mode", &modes, problems)
                 }
             };
             let mut key = Vec::new();
-            if let Some(k) = get(&entries, "key") {
+            if let Some(k) = f.get("key") {
                 match &k.value {
                     Y::Seq(items) => {
                         for (i, item) in items.iter().enumerate() {
@@ -911,11 +802,7 @@ fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Opti
                             }
                         }
                     }
-                    _ => problems.add(
-                        k.pos,
-                        "destination.key",
-                        format!("expected a list of columns, found {}", k.kind()),
-                    ),
+                    _ => wrong_type(k, "destination.key", "a list of columns", problems),
                 }
             }
             match mode {
@@ -942,23 +829,15 @@ fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Opti
             })
         }
         "csv" => Some(Destination::Csv {
-            path: required(&entries, "path", node, p, problems)
+            path: f
+                .require("path", problems)
                 .and_then(|n| read_path(n, "destination.path", problems))?,
-            delimiter: one_char(
-                get(&entries, "delimiter"),
-                b',',
-                "destination.delimiter",
-                problems,
-            ),
-            header: boolean(
-                get(&entries, "header"),
-                true,
-                "destination.header",
-                problems,
-            ),
+            delimiter: one_char(f.get("delimiter"), b',', "destination.delimiter", problems),
+            header: flag(f.get("header"), true, "destination.header", problems),
         }),
         _ => Some(Destination::Jsonl {
-            path: required(&entries, "path", node, p, problems)
+            path: f
+                .require("path", problems)
                 .and_then(|n| read_path(n, "destination.path", problems))?,
         }),
     }
@@ -966,28 +845,27 @@ fn read_destination(node: &Yaml, known: &Known, problems: &mut Problems) -> Opti
 
 fn read_on_error(node: &Yaml, problems: &mut Problems) -> Option<OnError> {
     let p = "on_error";
-    let entries = fields(node, p, &["bad_rows", "max_bad_rows"], problems)?;
-    let bad_rows = match get(&entries, "bad_rows") {
+    let f = Fields::read(node, p, &["bad_rows", "max_bad_rows"], problems)?;
+    let bad_rows = match f.get("bad_rows") {
         None => BadRows::Fail,
         Some(n) => {
-            let s = string(n, "on_error.bad_rows", problems)?;
-            match s.as_str() {
-                "fail" => BadRows::Fail,
-                "skip" => BadRows::Skip,
-                "reject_file" => BadRows::RejectFile,
-                _ => {
-                    problems.add_hint(
-                        n.pos,
-                        "on_error.bad_rows",
-                        format!("unknown policy `{s}`"),
-                        Some("one of: fail, skip, reject_file"),
-                    );
-                    return None;
-                }
-            }
+            let s = non_empty_string(n, "on_error.bad_rows", problems)?;
+            let policies = [
+                ("fail", BadRows::Fail),
+                ("skip", BadRows::Skip),
+                ("reject_file", BadRows::RejectFile),
+            ];
+            one_of(
+                &s,
+                n.pos,
+                "on_error.bad_rows",
+                "policy",
+                &policies,
+                problems,
+            )?
         }
     };
-    let max_bad_rows = match get(&entries, "max_bad_rows") {
+    let max_bad_rows = match f.get("max_bad_rows") {
         None => None,
         Some(n) => match n.value {
             Y::Int(i) if i >= 0 => Some(i as u64),
@@ -1005,4 +883,182 @@ fn read_on_error(node: &Yaml, problems: &mut Problems) -> Option<OnError> {
         bad_rows,
         max_bad_rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every problem of `text`, one `label:line:column: path: message (hint: …)` line each.
+    fn problems(text: &str) -> Vec<String> {
+        match Flow::parse(text, "flow.yaml") {
+            Ok(flow) => panic!("parsed: {flow:?}"),
+            Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const GOOD: &str = "\
+name: orders
+source: { type: csv, path: in/orders.csv, delimiter: ';', header: true }
+transform:
+  - select: [id, amount, customer]
+  - rename: { customer: client }
+  - filter: amount > 100
+  - compute: { doubled: amount * 2 }
+  - cast: { id: int }
+destination: { type: postgres, table: sales.orders, mode: upsert, key: [id] }
+on_error: { bad_rows: skip, max_bad_rows: 10 }
+schedule: \"*/5 * * * *\"
+retries: 2
+misfire: skip
+";
+
+    #[test]
+    fn a_good_flow_parses_and_reads_back_from_its_json() {
+        let flow = Flow::parse(GOOD, "flow.yaml").expect("a good flow");
+        assert_eq!(flow.name, "orders");
+        assert!(matches!(
+            &flow.source,
+            Source::Csv { path, delimiter: b';', quote: b'"', header: true, .. } if path == "in/orders.csv"
+        ));
+        assert_eq!(flow.transform.len(), 5);
+        assert!(
+            matches!(&flow.transform[1], Step::Rename(pairs) if pairs == &[("customer".to_owned(), "client".to_owned())])
+        );
+        match &flow.destination {
+            Destination::Postgres { table, mode, key } => {
+                assert_eq!(table.quoted(), "\"sales\".\"orders\"");
+                assert_eq!(*mode, Mode::Upsert);
+                assert_eq!(key, &["id"]);
+            }
+            other => panic!("destination {other:?}"),
+        }
+        assert_eq!(flow.on_error.bad_rows, BadRows::Skip);
+        assert_eq!(flow.on_error.max_bad_rows, Some(10));
+        assert_eq!(flow.schedule.as_deref(), Some("*/5 * * * *"));
+        assert_eq!((flow.retries, flow.misfire), (2, Misfire::Skip));
+        assert_eq!(flow.paths(), ["in/orders.csv"]);
+
+        let json = flow.to_json();
+        let again = Flow::parse(&json.to_string(), "json").expect("its own JSON");
+        assert_eq!(again.to_json(), json);
+    }
+
+    #[test]
+    fn defaults_fill_what_a_flow_leaves_out() {
+        let flow = Flow::parse(
+            "name: a\nsource: { type: jsonl, path: a.jsonl }\ndestination: { type: csv, path: b.csv }\n",
+            "flow.yaml",
+        )
+        .expect("a minimal flow");
+        assert!(flow.transform.is_empty());
+        assert!(matches!(
+            flow.destination,
+            Destination::Csv {
+                delimiter: b',',
+                header: true,
+                ..
+            }
+        ));
+        assert_eq!(flow.on_error.bad_rows, BadRows::Fail);
+        assert_eq!((flow.retries, flow.misfire), (0, Misfire::default()));
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_place_and_the_likely_key() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: in/a.csv, delimeter: ';' }\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:38: source.delimeter: unknown key `delimeter` (hint: did you mean `delimiter`?)"
+            ]
+        );
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csvv, path: a.csv }\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            ["flow.yaml:2:17: source.type: unknown type `csvv` (hint: did you mean `csv`?)"]
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_was_expected_and_found() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: a.csv, header: maybe }\ntransform: 5\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:43: source.header: expected true or false, found a string",
+                "flow.yaml:3:12: transform: expected a list of steps, found an integer",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named_at_its_map() {
+        assert_eq!(
+            problems("name: a\nsource: { type: csv }\n"),
+            [
+                "flow.yaml:1:1: destination: missing required key `destination`",
+                "flow.yaml:2:9: source.path: missing required key `path`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_expression_names_its_position_in_the_expression() {
+        let found = problems(
+            "name: a\nsource: { type: csv, path: a.csv }\ntransform:\n  - filter: \"amount >\"\ndestination: { type: jsonl, path: o.jsonl }\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "flow.yaml:4:13: transform[0].filter: invalid expression at 1:9 of \"amount >\": "
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_path_may_not_leave_shared_storage() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: csv, path: ../etc/passwd }\ndestination: { type: jsonl, path: /tmp/o.jsonl }\n"
+            ),
+            [
+                "flow.yaml:2:28: source.path: `../etc/passwd` leaves shared storage (`..` is not allowed)",
+                "flow.yaml:3:35: destination.path: `/tmp/o.jsonl` is absolute: paths are relative to shared storage",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        assert_eq!(
+            problems(
+                "name: 'bad name'\nsource: { type: csv }\ntransform:\n  - select: [id]\n  - filter: price > 1\ndestination: { type: jsonl, path: o.jsonl, mode: x }\nretries: 9\n"
+            ),
+            [
+                "flow.yaml:1:7: name: `bad name` is not a flow name (letters, digits, _, - or ., at most 63 bytes)",
+                "flow.yaml:2:9: source.path: missing required key `path`",
+                "flow.yaml:5:13: transform[1].filter: no column `price` at this step (hint: columns here: id)",
+                "flow.yaml:6:44: destination.mode: `mode` is not a setting of a jsonl destination",
+                "flow.yaml:7:10: retries: expected a whole number from 0 to 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_or_oversized_definition_is_refused_as_a_whole() {
+        assert_eq!(problems(""), ["flow.yaml: the definition is empty"]);
+        let big = "#".repeat(MAX_DEFINITION_BYTES + 1);
+        assert_eq!(
+            problems(&big),
+            [format!(
+                "flow.yaml: the definition has {} bytes, more than {MAX_DEFINITION_BYTES}",
+                big.len()
+            )]
+        );
+    }
 }

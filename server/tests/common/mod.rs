@@ -1,80 +1,14 @@
-//! Helpers for the server's tests: a database of its own per test (on the Postgres at
-//! 127.0.0.1:5432), a server on a free loopback port, and a small HTTP client.
+//! Helpers for the server's tests only: a server on a free loopback port with its config; the
+//! per-test database, the Redis address and the HTTP client are `fleet-tests`' (shared by every
+//! package's tests).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_tests::{REDIS_URL, TestDb, call, call_raw};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-/// A database that exists for one test and is dropped after it.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new(label: &str) -> TestDb {
-        let name = format!(
-            "etl_{label}_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .subsec_nanos()
-        );
-        let admin = sqlx::PgPool::connect(ADMIN_URL).await.unwrap_or_else(|e| {
-            panic!(
-                "Postgres at 127.0.0.1:5432 (user postgres, trust auth) is needed: {e}; start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-            )
-        });
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        TestDb {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-
-    pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.url)
-            .await
-            .expect("connect to the test database")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime: a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(admin) = sqlx::PgPool::connect(ADMIN_URL).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
-                    .execute(&admin)
-                    .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// The text of a server config for `db`, shared storage `storage`, listening on `listen`; the
 /// Redis key prefix is the database's name, so every test has its own cluster.
@@ -214,55 +148,4 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
-}
-
-/// One HTTP/1.1 request; the status and the body (JSON when it parses, else a string).
-pub async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, text) = call_raw(addr, method, path, body.as_bytes()).await;
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
-}
-
-pub async fn call_raw(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the server");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.expect("send");
-    stream.write_all(body).await.expect("send body");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read answer");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    // Bodies come chunked or with a length; the tests only need the payload.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n.min(rest.len())]);
-        s = rest.get(n + 2..).unwrap_or("");
-    }
-    out
 }
