@@ -44,7 +44,6 @@ impl Node {
     /// database's schema. `Err` when membership cannot be read (Redis is down:
     /// `RunsError::Cluster`) or the database's schema cannot.
     pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, RunsError> {
-        // cluster/ reports errors as text.
         let members = self
             .membership
             .members()

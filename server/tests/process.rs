@@ -457,7 +457,7 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
     });
     // The drain has begun once the cluster shows this node draining.
     for _ in 0..400 {
-        let (_, cluster) = common::call(addr, "GET", "/api/cluster", "").await;
+        let (_, cluster) = fleet_tests::call(addr, "GET", "/api/cluster", "").await;
         if cluster["members"][0]["draining"] == true {
             break;
         }

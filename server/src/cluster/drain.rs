@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::ClusterError;
 use crate::node::Node;
 use crate::runs;
 
@@ -23,8 +24,8 @@ pub struct DrainState(Mutex<Option<Arc<Progress>>>);
 #[derive(Default)]
 struct Progress {
     handed_back: Mutex<Vec<i64>>,
-    /// The first failure to hand runs back (the database's words, for the log).
-    error: Mutex<Option<String>>,
+    /// The first failure to hand runs back.
+    error: Mutex<Option<ClusterError>>,
     done: CancellationToken,
 }
 
@@ -44,7 +45,7 @@ pub enum Drain {
 
 /// Starts a drain with `deadline` for running runs, or joins the one in progress, and waits
 /// for it at most `ANSWER_WITHIN`. `Err` carries why runs could not be handed back.
-pub async fn drain(node: &Arc<Node>, deadline: Duration) -> Result<Drain, String> {
+pub async fn drain(node: &Arc<Node>, deadline: Duration) -> Result<Drain, ClusterError> {
     let progress = {
         let mut slot = node.drain.0.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
@@ -126,7 +127,7 @@ async fn hand_back(node: &Node, progress: &Progress) -> bool {
         Err(e) => {
             tracing::warn!(error = %e, "handing back runs on drain");
             if let Ok(mut slot) = progress.error.lock() {
-                slot.get_or_insert(e.to_string());
+                slot.get_or_insert(e.into());
             }
             false
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::error::{ClusterError, REDIS_CONNECT_TIMEOUT};
+
 /// What a node says of itself in its heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Member {
@@ -27,13 +29,6 @@ pub struct Membership {
     ttl: Duration,
 }
 
-fn redis_error(e: redis::RedisError) -> String {
-    format!(
-        "Redis: {}",
-        fleet_inventory::mask_url_password(&e.to_string())
-    )
-}
-
 impl Membership {
     pub fn new(client: redis::Client, prefix: String, ttl: Duration) -> Self {
         Self {
@@ -45,27 +40,26 @@ impl Membership {
     }
 
     /// A connection, made again after a failure (Redis restarted, say).
-    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         let c = tokio::time::timeout(
-            Duration::from_secs(2),
+            REDIS_CONNECT_TIMEOUT,
             self.client.get_multiplexed_async_connection(),
         )
         .await
-        .map_err(|_| "Redis: no answer within 2 s".to_owned())?
-        .map_err(redis_error)?;
+        .map_err(|_| ClusterError::RedisTimeout)??;
         *slot = Some(c.clone());
         Ok(c)
     }
 
     /// Runs one command; a failed one drops the connection, so the next call makes a new one
     /// (Redis restarted, say).
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
         let mut c = self.conn().await?;
-        let result = cmd.query_async(&mut c).await.map_err(redis_error);
+        let result = cmd.query_async(&mut c).await.map_err(ClusterError::from);
         if result.is_err() {
             *self.conn.lock().await = None;
         }
@@ -73,7 +67,12 @@ impl Membership {
     }
 
     /// `SET key value NX PX ttl`: whether it was set.
-    async fn set_if_absent(&self, key: String, value: &str, ttl: Duration) -> Result<bool, String> {
+    async fn set_if_absent(
+        &self,
+        key: String,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, ClusterError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key)
             .arg(value)
@@ -88,8 +87,8 @@ impl Membership {
     }
 
     /// Publishes `me` for one TTL.
-    pub async fn beat(&self, me: &Member) -> Result<(), String> {
-        let json = serde_json::to_string(me).map_err(|e| e.to_string())?;
+    pub async fn beat(&self, me: &Member) -> Result<(), ClusterError> {
+        let json = serde_json::to_string(me).expect("a Member always encodes as JSON");
         let mut set = redis::cmd("SET");
         set.arg(self.member_key(&me.node))
             .arg(json)
@@ -102,7 +101,7 @@ impl Membership {
     }
 
     /// Every node with a live heartbeat, by name.
-    pub async fn members(&self) -> Result<Vec<Member>, String> {
+    pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
         let mut names: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(format!("{}members", self.prefix)))
             .await?;
@@ -131,12 +130,12 @@ impl Membership {
     }
 
     /// Takes the leader lease for `ttl` if nobody holds it.
-    pub async fn acquire_lease(&self, token: &str, ttl: Duration) -> Result<bool, String> {
+    pub async fn acquire_lease(&self, token: &str, ttl: Duration) -> Result<bool, ClusterError> {
         self.set_if_absent(self.lease_key(), token, ttl).await
     }
 
     /// Extends the lease only if `token` still holds it (compare and set, in one script).
-    pub async fn renew_lease(&self, token: &str, ttl: Duration) -> Result<bool, String> {
+    pub async fn renew_lease(&self, token: &str, ttl: Duration) -> Result<bool, ClusterError> {
         self.lease_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
             token,
@@ -146,7 +145,7 @@ impl Membership {
     }
 
     /// Gives the lease up only if `token` holds it.
-    pub async fn release_lease(&self, token: &str) -> Result<bool, String> {
+    pub async fn release_lease(&self, token: &str) -> Result<bool, ClusterError> {
         self.lease_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
             token,
@@ -155,7 +154,12 @@ impl Membership {
         .await
     }
 
-    async fn lease_script(&self, script: &str, token: &str, ttl_ms: u64) -> Result<bool, String> {
+    async fn lease_script(
+        &self,
+        script: &str,
+        token: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, ClusterError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script)
             .arg(1)
@@ -166,7 +170,7 @@ impl Membership {
     }
 
     /// Who holds the lease now (its token starts with the node's name).
-    pub async fn lease_holder(&self) -> Result<Option<String>, String> {
+    pub async fn lease_holder(&self) -> Result<Option<String>, ClusterError> {
         self.query(redis::cmd("GET").arg(self.lease_key())).await
     }
 
@@ -202,7 +206,7 @@ impl Membership {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), String> {
+    pub async fn ping(&self) -> Result<(), ClusterError> {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 }

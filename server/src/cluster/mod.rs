@@ -3,12 +3,14 @@
 //! the truth (run rows, fencing epochs). Knows nothing of HTTP.
 
 mod drain;
+mod error;
 mod heartbeat;
 mod membership;
 pub(crate) mod scheduler;
 mod sweeper;
 
 pub use drain::{Drain, DrainState, drain};
+pub use error::ClusterError;
 pub use heartbeat::HEARTBEAT_TTL;
 pub(crate) use heartbeat::heartbeat;
 pub use membership::{Member, Membership};

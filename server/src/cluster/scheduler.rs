@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
+use super::error::ClusterError;
 use crate::node::Node;
 
 /// The lease this node holds.
@@ -39,23 +40,23 @@ impl Leadership {
 }
 
 /// A new grant's epoch: one more than any before, durably.
-async fn grant(pool: &sqlx::PgPool, node: &str) -> Result<i64, String> {
+async fn grant(pool: &sqlx::PgPool, node: &str) -> Result<i64, ClusterError> {
     let (epoch,): (i64,) = sqlx::query_as(
         "UPDATE leadership SET epoch = epoch + 1, node = $1, granted_at = now() WHERE id = 1 RETURNING epoch",
     )
     .bind(node)
     .fetch_one(pool)
-    .await
-    .map_err(|e| crate::db::describe(&e))?;
+    .await?;
     Ok(epoch)
 }
 
 /// The latest grant: its epoch and node.
-pub async fn latest_grant(pool: &sqlx::PgPool) -> Result<(i64, Option<String>), String> {
-    sqlx::query_as("SELECT epoch, node FROM leadership WHERE id = 1")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| crate::db::describe(&e))
+pub async fn latest_grant(pool: &sqlx::PgPool) -> Result<(i64, Option<String>), ClusterError> {
+    Ok(
+        sqlx::query_as("SELECT epoch, node FROM leadership WHERE id = 1")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 fn token(node: &str) -> String {
@@ -153,12 +154,24 @@ pub async fn lead(app: Arc<Node>) {
 enum Fire {
     /// The epoch in Postgres is not ours any more.
     Fenced,
-    Failed(String),
+    Failed(ClusterError),
+}
+
+impl From<ClusterError> for Fire {
+    fn from(e: ClusterError) -> Self {
+        Fire::Failed(e)
+    }
 }
 
 impl From<sqlx::Error> for Fire {
     fn from(e: sqlx::Error) -> Self {
-        Fire::Failed(crate::db::describe(&e))
+        Fire::Failed(e.into())
+    }
+}
+
+impl From<crate::runs::RunsError> for Fire {
+    fn from(e: crate::runs::RunsError) -> Self {
+        Fire::Failed(e.into())
     }
 }
 
@@ -208,7 +221,7 @@ async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
             }
         };
         // Re-checked now, not when the timer was armed: the lease is still ours...
-        let holder = app.membership.lease_holder().await.map_err(Fire::Failed)?;
+        let holder = app.membership.lease_holder().await?;
         if holder.as_deref() != Some(lease.token.as_str()) {
             return Err(Fire::Fenced);
         }
@@ -236,8 +249,7 @@ async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
             let targets = app.targets().await.unwrap_or_default();
             if let Some((id, target)) =
                 crate::runs::create_run_in(&mut tx, &name, &targets, app.config.load_balancing)
-                    .await
-                    .map_err(Fire::Failed)?
+                    .await?
             {
                 sqlx::query(
                     "UPDATE schedule_fires SET run_id = $3 WHERE flow = $1 AND fire_time = $2",

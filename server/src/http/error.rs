@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::cluster::ClusterError;
 use crate::runs::RunsError;
 
 /// Why a request got no answer of its own.
@@ -28,13 +29,9 @@ pub enum AppError {
     /// The run store failed (Postgres; Redis where a run's node is chosen).
     #[error(transparent)]
     Runs(#[from] RunsError),
-    /// Membership or the leader's lease could not be read from Redis (`cluster::Membership`'s
-    /// text: cluster/ still reports errors as text).
-    #[error("{0}")]
-    Redis(String),
-    /// Postgres failed in a part that still reports errors as text (the scheduler's grant).
-    #[error("{0}")]
-    Database(String),
+    /// Cluster mode failed: Redis (membership, the lease), the leadership's epoch, a drain.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// What a client is told of a failure on this side: status, code and message never change
@@ -115,12 +112,25 @@ impl AppError {
     pub fn failure(&self) -> Option<Failure> {
         match self {
             AppError::Refused { .. } => None,
-            AppError::Runs(RunsError::Database(_)) | AppError::Database(_) => {
-                Some(DATABASE_UNAVAILABLE)
-            }
-            AppError::Runs(RunsError::Cluster(_)) | AppError::Redis(_) => Some(REDIS_UNAVAILABLE),
-            AppError::Runs(RunsError::Random(_)) => Some(INTERNAL),
+            AppError::Runs(e) => Some(runs_failure(e)),
+            AppError::Cluster(e) => Some(cluster_failure(e)),
         }
+    }
+}
+
+fn runs_failure(e: &RunsError) -> Failure {
+    match e {
+        RunsError::Database(_) => DATABASE_UNAVAILABLE,
+        RunsError::Cluster(e) => cluster_failure(e),
+        RunsError::Random(_) => INTERNAL,
+    }
+}
+
+fn cluster_failure(e: &ClusterError) -> Failure {
+    match e {
+        ClusterError::RedisTimeout | ClusterError::Redis(_) => REDIS_UNAVAILABLE,
+        ClusterError::Database(_) => DATABASE_UNAVAILABLE,
+        ClusterError::Runs(e) => runs_failure(e),
     }
 }
 
@@ -197,17 +207,19 @@ mod tests {
     async fn a_failure_answers_a_code_and_never_its_internal_text() {
         let cases = [
             (
-                AppError::Database("database: password authentication failed".into()),
+                AppError::Runs(RunsError::Database(sqlx::Error::Protocol(
+                    "password authentication failed".into(),
+                ))),
                 503,
                 "database_unavailable",
             ),
             (
-                AppError::Runs(RunsError::Cluster("Redis: connection refused".into())),
+                AppError::Runs(RunsError::Cluster(ClusterError::RedisTimeout)),
                 503,
                 "redis_unavailable",
             ),
             (
-                AppError::Redis("Redis: no answer within 2 s".into()),
+                AppError::Cluster(ClusterError::RedisTimeout),
                 503,
                 "redis_unavailable",
             ),

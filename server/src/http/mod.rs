@@ -122,8 +122,7 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
 }
 
 async fn cluster(State(app): Shared) -> ApiResult {
-    // cluster/ reports errors as text.
-    let members = app.membership.members().await.map_err(AppError::Redis)?;
+    let members = app.membership.members().await?;
     let depths = runs::queue_depths(&app.pool).await?;
     let queues: Vec<_> = depths
         .into_iter()
@@ -134,9 +133,7 @@ async fn cluster(State(app): Shared) -> ApiResult {
     // The leader is the lease's holder once its grant is recorded: until then (the moment
     // between taking the lease and the grant) there is no leader to report with its epoch.
     let holder = app.membership.lease_holder().await.ok().flatten();
-    let (epoch, granted_to) = crate::cluster::scheduler::latest_grant(&app.pool)
-        .await
-        .map_err(AppError::Database)?;
+    let (epoch, granted_to) = crate::cluster::scheduler::latest_grant(&app.pool).await?;
     let leader = holder
         .as_deref()
         .and_then(|t| t.split(':').next())
@@ -319,10 +316,7 @@ async fn drain(
         ),
     };
     use crate::cluster::Drain;
-    let (status, state, handed_back, running) = match crate::cluster::drain(&app, deadline)
-        .await
-        .map_err(AppError::Database)?
-    {
+    let (status, state, handed_back, running) = match crate::cluster::drain(&app, deadline).await? {
         Drain::Drained { handed_back } => (StatusCode::OK, "drained", handed_back, None),
         Drain::Draining {
             handed_back,
@@ -361,7 +355,7 @@ async fn own_health(app: &Node) -> (bool, serde_json::Value) {
         };
     let redis = match app.membership.ping().await {
         Ok(()) => json!({ "ok": true }),
-        Err(e) => json!({ "ok": false, "error": e }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
     };
     let disk = match rustix::fs::statvfs(&app.config.shared_storage) {
         Ok(s) => {
@@ -422,7 +416,7 @@ async fn health(
                 ok = false;
                 nodes.insert(
                     "(members)".into(),
-                    json!({ "status": "unknown", "error": e }),
+                    json!({ "status": "unknown", "error": e.to_string() }),
                 );
             }
         }

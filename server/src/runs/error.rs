@@ -11,21 +11,13 @@ pub enum RunsError {
     /// The operating system gave no random bytes (the `random` load balancing).
     #[error("random: {0}")]
     Random(getrandom::Error),
-    /// Membership could not be read from Redis; the text is `cluster::Membership`'s, which
-    /// still reports errors as text.
+    /// Membership could not be read from Redis.
     #[error("{0}")]
-    Cluster(String),
+    Cluster(crate::cluster::ClusterError),
 }
 
 impl From<sqlx::Error> for RunsError {
     fn from(e: sqlx::Error) -> Self {
         RunsError::Database(e)
-    }
-}
-
-// The scheduler (`cluster/`) still takes errors as text.
-impl From<RunsError> for String {
-    fn from(e: RunsError) -> String {
-        e.to_string()
     }
 }

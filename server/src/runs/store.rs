@@ -102,20 +102,19 @@ pub async fn create_run(
     load_balancing: LoadBalancing,
 ) -> Db<Option<(i64, Option<String>)>> {
     let mut tx = pool.begin().await.map_err(db)?;
-    let created = create_run_in::<RunsError>(&mut tx, flow, targets, load_balancing).await?;
+    let created = create_run_in(&mut tx, flow, targets, load_balancing).await?;
     tx.commit().await.map_err(db)?;
     Ok(created)
 }
 
-/// `create_run` inside a transaction of the caller's. The error is any the caller can make of
-/// a `RunsError`: the scheduler (`cluster/`) still takes errors as text.
-pub async fn create_run_in<E: From<RunsError>>(
+/// `create_run` inside a transaction of the caller's (the scheduler's fire).
+pub async fn create_run_in(
     tx: &mut sqlx::PgConnection,
     flow: &str,
     targets: &[(String, u32)],
     load_balancing: LoadBalancing,
-) -> Result<Option<(i64, Option<String>)>, E> {
-    Ok(insert_run(tx, flow, targets, load_balancing).await?)
+) -> Result<Option<(i64, Option<String>)>, RunsError> {
+    insert_run(tx, flow, targets, load_balancing).await
 }
 
 async fn insert_run(
