@@ -139,20 +139,37 @@ impl From<PipelineError> for Stop {
     }
 }
 
+/// Starts the source, runs the rest, and joins the source's task whatever happened: a run
+/// leaves no task of its own behind (the source stops once its channel is gone).
 async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(), Stop> {
     let (tx, mut rx) = mpsc::channel::<Result<Item, PipelineError>>(2);
     let (plan_tx, plan_rx) = tokio::sync::oneshot::channel();
-    let reader = start_source(flow, env, source::Sender::new(tx, plan_rx))?;
+    let mut reader = Some(start_source(flow, env, source::Sender::new(tx, plan_rx))?);
+    let result = stream(flow, env, report, &mut rx, plan_tx, &mut reader).await;
+    drop(rx);
+    if let Some(reader) = reader {
+        let _ = join_reader(reader).await;
+    }
+    result
+}
+
+async fn stream(
+    flow: &Flow,
+    env: &RunEnv,
+    report: &mut Report,
+    rx: &mut mpsc::Receiver<Result<Item, PipelineError>>,
+    plan_tx: tokio::sync::oneshot::Sender<Arc<Plan>>,
+    reader: &mut Option<Reader>,
+) -> Result<(), Stop> {
     let (columns, source_types) = match rx.recv().await {
         Some(Ok(Item::Columns(c, t))) => (c, t),
         Some(Err(e)) => return Err(Stop::Failed(e)),
         Some(Ok(Item::Batch(_))) | None => {
-            return Err(Stop::Failed(
-                join_reader(reader)
-                    .await
-                    .err()
-                    .unwrap_or(PipelineError::NoColumns),
-            ));
+            let read = match reader.take() {
+                Some(r) => join_reader(r).await,
+                None => Ok(()),
+            };
+            return Err(Stop::Failed(read.err().unwrap_or(PipelineError::NoColumns)));
         }
     };
     let plan = Arc::new(Plan::new(flow, &columns, &source_types)?);
@@ -193,12 +210,18 @@ async fn run_inner(flow: &Flow, env: &RunEnv, report: &mut Report) -> Result<(),
         Ok(())
     }
     .await;
-    drop(rx);
-    let read_result = join_reader(reader).await;
-    if let Some(r) = rejects.as_mut() {
-        r.finish()?;
-    }
-    let outcome = outcome.and(read_result.map_err(Stop::Failed));
+    // The source ends once its channel is closed; then its result is known.
+    rx.close();
+    let read_result = match reader.take() {
+        Some(r) => join_reader(r).await,
+        None => Ok(()),
+    };
+    let finished = match rejects.as_mut() {
+        Some(r) => r.finish().map_err(Stop::from),
+        None => Ok(()),
+    };
+    // The reject file's failure first, then the run's, then the source's.
+    let outcome = finished.and(outcome).and(read_result.map_err(Stop::Failed));
     if outcome.is_ok() {
         let _ = to_sink.send(ToSink::End).await;
     }
