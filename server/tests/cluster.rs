@@ -141,33 +141,13 @@ fn an_unknown_load_balancing_or_a_zero_weight_is_refused() {
 const TOKEN: &str = "a-test-token-of-some-length";
 
 async fn admin(server: &TestServer, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.expect("send");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.expect("read");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // A small body may come chunked: take the JSON inside.
-    let json = body
-        .find('{')
-        .and_then(|a| body.rfind('}').map(|b| &body[a..=b]))
-        .unwrap_or("null");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let (status, body) =
+        fleet_tests::call_with_headers(server.addr, "POST", path, &headers, b"").await;
     (
         status,
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 

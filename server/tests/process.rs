@@ -432,7 +432,6 @@ async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
 /// rather than after the drain's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new("sigterm_drain").await;
     let dir = tempfile::tempdir().expect("tempdir");
     write_csv(&dir.path().join("shared/in/long.csv"), 3_000_000);
@@ -446,14 +445,16 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
     let id = submit_and_start(&p, "name: long\nsource: { type: csv, path: in/long.csv }\ntransform:\n  - cast: { id: int, amount: decimal }\ndestination: { type: postgres, table: long }\n").await;
     let addr = p.addr;
     let drain = tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let head = format!(
-            "POST /admin/drain?deadline_secs=3600 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.expect("read");
-        answer
+        let auth = format!("Bearer {token}");
+        let headers = [("Authorization", auth.as_str())];
+        fleet_tests::call_with_headers(
+            addr,
+            "POST",
+            "/admin/drain?deadline_secs=3600",
+            &headers,
+            b"",
+        )
+        .await
     });
     // The drain has begun once the cluster shows this node draining.
     for _ in 0..400 {
@@ -470,8 +471,10 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
         .await
         .expect("the drain request is answered once the server stops")
         .expect("join");
-    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    assert!(answer.contains("\"state\":\"stopping\""), "{answer}");
+    let (status, body) = answer;
+    assert_eq!(status, 202, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON answer");
+    assert_eq!(body["state"], "stopping", "{body}");
     let (state, error) = run_row(&db, id).await;
     assert_eq!(
         state, "failed",

@@ -38,7 +38,7 @@ mod unique;
 pub use block::{MAX_NODES, lock_dir};
 pub use error::HarnessError;
 pub use fleet::{FleetOptions, TestFleet, TestNode};
-pub use http::{call, call_raw};
+pub use http::{call, call_raw, call_with_headers};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
