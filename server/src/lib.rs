@@ -93,13 +93,8 @@ pub async fn run(
     tasks.spawn(cluster::scheduler::lead(node.clone()));
     let http = tasks.spawn({
         let stop = stop.clone();
-        let serve = axum::serve(
-            listener,
-            http::router(node).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
         async move {
-            let served = serve.await;
+            let served = http::serve(listener, node).await;
             // HTTP failing stops the whole server.
             stop.cancel();
             served

@@ -29,6 +29,18 @@ type Shared = State<Arc<Node>>;
 
 type ApiResult = Result<Response, AppError>;
 
+/// Serves the API on `listener` until the node's shutdown token is cancelled, then lets the
+/// requests in flight end (none waits long: see `cluster::drain`).
+pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) -> std::io::Result<()> {
+    let stop = node.stop.clone();
+    axum::serve(
+        listener,
+        router(node).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+}
+
 pub fn router(app: Arc<Node>) -> Router {
     let limit = app.config.limits.max_body_bytes;
     Router::new()
