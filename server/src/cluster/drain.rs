@@ -4,6 +4,7 @@
 //! (tracked like every task of the server, and stopped by the shutdown); a request only waits
 //! for it, at most `ANSWER_WITHIN`, so no request holds the shutdown up. Not the HTTP side.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ struct Progress {
     handed_back: Mutex<Vec<i64>>,
     /// The first failure to hand runs back.
     error: Mutex<Option<ClusterError>>,
+    /// Every step ran (rather than the shutdown cutting the drain short).
+    completed: std::sync::atomic::AtomicBool,
     done: CancellationToken,
 }
 
@@ -74,6 +77,11 @@ pub async fn drain(node: &Arc<Node>, deadline: Duration) -> Result<Drain, Cluste
     if let Some(e) = progress.error.lock().ok().and_then(|e| e.clone()) {
         return Err(e);
     }
+    if !progress.completed.load(Ordering::SeqCst) {
+        return Ok(Drain::Stopping {
+            handed_back: handed(&progress),
+        });
+    }
     Ok(Drain::Drained {
         handed_back: handed(&progress),
     })
@@ -82,7 +90,9 @@ pub async fn drain(node: &Arc<Node>, deadline: Duration) -> Result<Drain, Cluste
 /// The drain itself; `progress.done` once it ended, failed, or the shutdown began.
 async fn run(node: Arc<Node>, progress: Arc<Progress>, deadline: Duration) {
     tokio::select! {
-        () = steps(&node, &progress, deadline) => {}
+        () = steps(&node, &progress, deadline) => {
+            progress.completed.store(true, Ordering::SeqCst);
+        }
         () = node.stop.cancelled() => {}
     }
     progress.done.cancel();
