@@ -232,16 +232,39 @@ fn hashed_matches(hashed: &str, name: &str) -> bool {
         .is_ok()
 }
 
+/// `*` (any run) and `?` (one byte), ASCII case-insensitive. Linear in practice and at most
+/// pattern × text steps: on a mismatch it returns to the last `*` and lets it take one more
+/// byte, never to earlier ones (a later `*` can absorb whatever an earlier one would), so a
+/// hostile pattern like `*a*a*a*a*b` cannot make the check exponential.
 fn wildcard(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            wildcard(&pattern[1..], text) || (!text.is_empty() && wildcard(pattern, &text[1..]))
+    let (mut p, mut t) = (0, 0);
+    // The last `*` seen and the text position it is matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(b'?') => {
+                p += 1;
+                t += 1;
+            }
+            Some(c) if c.eq_ignore_ascii_case(&text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    p = sp + 1;
+                    t = st + 1;
+                }
+                None => return false,
+            },
         }
-        (Some(b'?'), Some(_)) => wildcard(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => wildcard(&pattern[1..], &text[1..]),
-        _ => false,
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// `SHA256:...`, as OpenSSH prints fingerprints.
@@ -379,6 +402,37 @@ mod tests {
         );
         let ca_only = parse(&format!("@cert-authority * {K1}\n"));
         assert_eq!(ca_only.check("10.9.9.9", 22, &key(K1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn wildcard_patterns_match_like_openssh_and_in_linear_time() {
+        for (pattern, text, want) in [
+            ("*", "", true),
+            ("*", "node-1", true),
+            ("node-?", "node-1", true),
+            ("node-?", "node-12", false),
+            ("NODE-*", "node-12", true),
+            ("10.0.*.5", "10.0.3.5", true),
+            ("10.0.*.5", "10.0.3.6", false),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("**", "x", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(
+                wildcard(pattern.as_bytes(), text.as_bytes()),
+                want,
+                "{pattern} ~ {text}"
+            );
+        }
+        // Exponential with a matcher that tries every split for every `*` (2^40 here): this
+        // one returns to the last `*` only.
+        let hostile = "*a".repeat(40) + "b";
+        let text = "a".repeat(200);
+        assert!(!wildcard(hostile.as_bytes(), text.as_bytes()));
+        assert!(wildcard(hostile.as_bytes(), format!("{text}b").as_bytes()));
     }
 
     #[test]
