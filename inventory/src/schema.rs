@@ -181,8 +181,26 @@ struct Checker<'p> {
 }
 
 impl Checker<'_> {
+    /// Paths reach shell commands and `authorized_keys` lines on the nodes: a control
+    /// character (a newline, say) would start a line of its own there.
+    fn plain_text(&mut self, y: &Yaml, path: &str, text: &str) -> bool {
+        if !text.chars().any(char::is_control) {
+            return true;
+        }
+        self.problems.add_hint(
+            y.pos,
+            path,
+            format!("{text:?} has a control character"),
+            Some("paths are plain text: no newlines, tabs or other control characters"),
+        );
+        false
+    }
+
     fn absolute_path(&mut self, y: &Yaml, path: &str) -> Option<PathBuf> {
         let text = fields::string(y, path, self.problems)?;
+        if !self.plain_text(y, path, &text) {
+            return None;
+        }
         if Path::new(&text).is_absolute() {
             Some(PathBuf::from(text))
         } else {
@@ -200,6 +218,9 @@ impl Checker<'_> {
         let text = fields::string(y, path, self.problems)?;
         if text.trim().is_empty() {
             self.problems.add(y.pos, path, "the path is empty");
+            return None;
+        }
+        if !self.plain_text(y, path, &text) {
             return None;
         }
         Some(resolve_path(&text, &self.base_dir))
@@ -223,7 +244,7 @@ impl Checker<'_> {
         if user.is_empty()
             || user
                 .chars()
-                .any(|c| c.is_whitespace() || c == '@' || c == ':')
+                .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == ':')
         {
             self.problems
                 .add(y.pos, path, format!("invalid SSH user `{user}`"));

@@ -613,3 +613,20 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// A newline in `node_root` would start a line of its own in the node's `authorized_keys`
+/// (an unrestricted key): paths with control characters are refused with their place.
+#[test]
+fn paths_with_control_characters_are_refused() {
+    assert_eq!(
+        one(&base(
+            "        node_root: \"/opt/etl\\nssh-ed25519 AAAA evil\"\n",
+            ""
+        )),
+        "/inv/fleet.yaml:11:20: customers.acme.clusters.prod.node_root: \"/opt/etl\\nssh-ed25519 AAAA evil\" has a control character (hint: paths are plain text: no newlines, tabs or other control characters)"
+    );
+    assert_eq!(
+        one(&base("", ", ssh: { identity_file: \"keys/id\\tx\" }")),
+        "/inv/fleet.yaml:12:63: customers.acme.clusters.prod.nodes[0].ssh.identity_file: \"keys/id\\tx\" has a control character (hint: paths are plain text: no newlines, tabs or other control characters)"
+    );
+}
