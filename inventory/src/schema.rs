@@ -41,7 +41,9 @@ const ROLLOUT_KEYS: [&str; 4] = [
     "health_timeout_secs",
 ];
 
-const NAME_HINT: &str =
+/// The rule every customer, cluster and node name follows (also checked by the ETL server for
+/// its `node`).
+pub const NAME_HINT: &str =
     "names match [a-z0-9][a-z0-9_.-]*: lowercase letters, digits, `_`, `.` and `-`";
 const SECRET_HINT: &str = "a secret reference is `env:NAME` or `file:PATH`";
 
@@ -88,7 +90,8 @@ pub(crate) fn check(root: Option<&Yaml>, base_dir: &Path, problems: &mut Problem
     checker.out
 }
 
-fn is_name(s: &str) -> bool {
+/// Whether `s` follows `NAME_HINT`'s rule.
+pub fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))

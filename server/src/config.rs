@@ -151,6 +151,12 @@ pub enum ConfigProblem {
     },
     #[error("missing `{key}` (or `{key}_file`)")]
     Missing { key: &'static str },
+    /// The node's name is used in Redis keys, lease tokens (`node:token`) and logs.
+    #[error(
+        "node {given:?} is not a valid node name ({})",
+        fleet_inventory::NAME_HINT
+    )]
+    NodeName { given: String },
     #[error("listen `{given}` is not an address:port")]
     Listen { given: String },
     #[error("load_balancing `{given}` is not one of {}", load_balancing_names())]
@@ -210,6 +216,11 @@ impl Config {
                 (None, None) => Err(at(ConfigProblem::Missing { key })),
             }
         };
+        if !fleet_inventory::is_name(&file.node) {
+            return Err(at(ConfigProblem::NodeName {
+                given: file.node.clone(),
+            }));
+        }
         let listen = file.listen.parse().map_err(|_| {
             at(ConfigProblem::Listen {
                 given: file.listen.clone(),

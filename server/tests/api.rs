@@ -267,6 +267,27 @@ fn config_errors_name_the_file_and_the_key_and_never_the_password() {
     assert!(!format!("{ok:?}").contains("hunter2"));
 }
 
+/// The node's name goes into Redis keys and the leader's lease token (`node:random`), whose
+/// holder is read back by splitting at `:`: names follow the inventory's rule.
+#[test]
+fn a_node_name_outside_the_inventorys_rule_is_refused() {
+    let path = std::path::Path::new("/etc/etl/server.toml");
+    let rest =
+        "shared_storage = \"s\"\nredis_url = \"redis://127.0.0.1:6379\"\npostgres_url = \"x\"\n";
+    for bad in ["a:b", "line\\nbreak", "Upper", "", "-dash"] {
+        let err = fleet_server::Config::parse(&format!("node = \"{bad}\"\n{rest}"), path)
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.starts_with("/etc/etl/server.toml: node ")
+                && err.contains("is not a valid node name (names match [a-z0-9][a-z0-9_.-]*"),
+            "{bad}: {err}"
+        );
+    }
+    fleet_server::Config::parse(&format!("node = \"etl-1.prod_a\"\n{rest}"), path)
+        .expect("a valid name");
+}
+
 /// Three servers starting at once on a new database: migrations run once, all three serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_servers_can_start_at_once_on_a_new_database() {
