@@ -41,6 +41,13 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) -> std::i
     .await
 }
 
+/// A query string that did not parse is a 400 naming `query`.
+fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))
+}
+
 pub fn router(app: Arc<Node>) -> Router {
     let limit = app.config.limits.max_body_bytes;
     Router::new()
@@ -205,8 +212,7 @@ async fn list_runs(
     State(app): Shared,
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> ApiResult {
-    let Query(q) =
-        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let q = query_params(query)?;
     let state = match &q.state {
         None => None,
         Some(s) => Some(
@@ -310,8 +316,7 @@ async fn drain(
     query: Result<Query<DrainQuery>, QueryRejection>,
 ) -> ApiResult {
     admin(&app, peer, &headers)?;
-    let Query(q) =
-        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let q = query_params(query)?;
     let deadline = match q.deadline_secs {
         None => app.config.shutdown_grace(),
         Some(d) => std::time::Duration::from_secs(
@@ -401,8 +406,7 @@ async fn health(
     State(app): Shared,
     query: Result<Query<HealthQuery>, QueryRejection>,
 ) -> ApiResult {
-    let Query(q) =
-        query.map_err(|e| AppError::field(StatusCode::BAD_REQUEST, "query", e.body_text()))?;
+    let q = query_params(query)?;
     let (mut ok, mine) = own_health(&app).await;
     let body = if q.all_nodes == Some(true) {
         let mut nodes = serde_json::Map::new();

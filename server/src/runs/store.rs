@@ -39,10 +39,6 @@ const RUN_COLUMNS: &str = "id, flow, state, node, target_node, retry_of, rows_re
 
 pub(super) type Db<T> = Result<T, RunsError>;
 
-fn db(e: sqlx::Error) -> RunsError {
-    RunsError::Database(e)
-}
-
 /// Stores a flow; `true` when it was new.
 pub async fn put_flow(pool: &PgPool, flow: &Flow) -> Db<bool> {
     let (inserted,): (bool,) = sqlx::query_as(
@@ -53,8 +49,7 @@ pub async fn put_flow(pool: &PgPool, flow: &Flow) -> Db<bool> {
     .bind(&flow.name)
     .bind(flow.to_json())
     .fetch_one(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(inserted)
 }
 
@@ -70,7 +65,7 @@ pub async fn list_flows(pool: &PgPool) -> Db<Vec<FlowRow>> {
     sqlx::query_as("SELECT name, definition, created_at, updated_at FROM flows ORDER BY name")
         .fetch_all(pool)
         .await
-        .map_err(db)
+        .map_err(RunsError::Database)
 }
 
 pub async fn get_flow(pool: &PgPool, name: &str) -> Db<Option<FlowRow>> {
@@ -78,15 +73,14 @@ pub async fn get_flow(pool: &PgPool, name: &str) -> Db<Option<FlowRow>> {
         .bind(name)
         .fetch_optional(pool)
         .await
-        .map_err(db)
+        .map_err(RunsError::Database)
 }
 
 pub async fn delete_flow(pool: &PgPool, name: &str) -> Db<bool> {
     let done = sqlx::query("DELETE FROM flows WHERE name = $1")
         .bind(name)
         .execute(pool)
-        .await
-        .map_err(db)?;
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -101,23 +95,14 @@ pub async fn create_run(
     targets: &[(String, u32)],
     load_balancing: LoadBalancing,
 ) -> Db<Option<(i64, Option<String>)>> {
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await?;
     let created = create_run_in(&mut tx, flow, targets, load_balancing).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await?;
     Ok(created)
 }
 
 /// `create_run` inside a transaction of the caller's (the scheduler's fire).
 pub async fn create_run_in(
-    tx: &mut sqlx::PgConnection,
-    flow: &str,
-    targets: &[(String, u32)],
-    load_balancing: LoadBalancing,
-) -> Result<Option<(i64, Option<String>)>, RunsError> {
-    insert_run(tx, flow, targets, load_balancing).await
-}
-
-async fn insert_run(
     tx: &mut sqlx::PgConnection,
     flow: &str,
     targets: &[(String, u32)],
@@ -135,8 +120,7 @@ async fn insert_run(
     .bind(flow)
     .bind(&target)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(id.map(|(id,)| (id, target)))
 }
 
@@ -145,8 +129,7 @@ async fn insert_run(
 async fn lock_dispatch(tx: &mut sqlx::PgConnection) -> Db<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(7133401)")
         .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        .await?;
     Ok(())
 }
 
@@ -156,8 +139,7 @@ async fn cursor(tx: &mut sqlx::PgConnection) -> Db<u64> {
         "UPDATE cluster_state SET rr_cursor = rr_cursor + 1 WHERE id = 1 RETURNING rr_cursor - 1",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(c as u64)
 }
 
@@ -196,8 +178,7 @@ async fn pick(
             )
             .bind(&names)
             .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
             let load = |n: &str| loads.iter().find(|(t, _)| t == n).map_or(0, |(_, c)| *c);
             let least = targets.iter().map(|(n, _)| load(n)).min().unwrap_or(0);
             let tied: Vec<usize> = (0..targets.len())
@@ -217,7 +198,7 @@ pub async fn get_run(pool: &PgPool, id: i64) -> Db<Option<RunRow>> {
     .bind(id)
     .fetch_optional(pool)
     .await
-    .map_err(db)
+    .map_err(RunsError::Database)
 }
 
 pub async fn list_runs(
@@ -235,7 +216,7 @@ pub async fn list_runs(
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(db)
+    .map_err(RunsError::Database)
 }
 
 /// What asking to cancel did.
@@ -261,13 +242,12 @@ pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
     )
     .bind(id)
     .fetch_optional(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(match row {
         None => Cancel::NotFound,
         Some((before,)) => match before
             .parse::<RunState>()
-            .map_err(|e| db(sqlx::Error::Decode(Box::new(e))))?
+            .map_err(|e| RunsError::Database(sqlx::Error::Decode(Box::new(e))))?
         {
             RunState::Queued => Cancel::Canceled,
             RunState::Running => Cancel::Requested,
@@ -289,7 +269,7 @@ pub(super) async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_js
     .bind(node)
     .fetch_optional(pool)
     .await
-    .map_err(db)
+    .map_err(RunsError::Database)
 }
 
 /// Queued runs and running runs per node, for `/api/cluster`.
@@ -300,7 +280,7 @@ pub async fn queue_depths(pool: &PgPool) -> Db<Vec<(Option<String>, i64, i64)>> 
     )
     .fetch_all(pool)
     .await
-    .map_err(db)
+    .map_err(RunsError::Database)
 }
 
 pub(super) async fn progress(pool: &PgPool, id: i64, epoch: i64, report: &Report) -> Db<bool> {
@@ -313,8 +293,7 @@ pub(super) async fn progress(pool: &PgPool, id: i64, epoch: i64, report: &Report
     .bind(report.counts.rejected as i64)
     .bind(epoch)
     .fetch_optional(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(cancel.is_some_and(|(c,)| c))
 }
 
@@ -342,8 +321,7 @@ pub(super) async fn finish(
     .bind(&report.reject_file)
     .bind(epoch)
     .execute(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
@@ -356,8 +334,7 @@ pub async fn nodes_with_work(pool: &PgPool) -> Db<Vec<String>> {
          ) w WHERE n IS NOT NULL",
     )
     .fetch_all(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(rows.into_iter().map(|(n,)| n).collect())
 }
 
@@ -381,7 +358,7 @@ pub async fn sweep(
     live: &[(String, u32)],
     load_balancing: LoadBalancing,
 ) -> Db<Swept> {
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
     let mut swept = Swept::default();
     let interrupted: Vec<(i64, String, serde_json::Value, i32, String)> = sqlx::query_as(
@@ -392,8 +369,7 @@ pub async fn sweep(
     )
     .bind(dead)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
+    .await?;
     for (id, flow, definition, attempt, _node) in interrupted {
         swept.interrupted.push(id);
         let retries = definition
@@ -413,12 +389,11 @@ pub async fn sweep(
         .bind(id)
         .bind(attempt + 1)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+        .await?;
         swept.retries.push((retry, target));
     }
     swept.redispatched = redispatch_in(&mut tx, dead, live, load_balancing).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await?;
     Ok(swept)
 }
 
@@ -429,10 +404,10 @@ pub async fn redispatch(
     live: &[(String, u32)],
     load_balancing: LoadBalancing,
 ) -> Db<Vec<(i64, String)>> {
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
     let moved = redispatch_in(&mut tx, from, live, load_balancing).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await?;
     Ok(moved)
 }
 
@@ -451,16 +426,14 @@ async fn redispatch_in(
     )
     .bind(from)
     .fetch_all(&mut *tx)
-    .await
-    .map_err(db)?;
+    .await?;
     for (id,) in queued {
         let target = pick(tx, live, load_balancing).await?;
         sqlx::query("UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued'")
             .bind(id)
             .bind(&target)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
         moved.push((id, target));
     }
     Ok(moved)
@@ -472,8 +445,7 @@ pub async fn database_schema_version(pool: &PgPool) -> Db<i64> {
     let (v,): (Option<i64>,) =
         sqlx::query_as("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)
-            .await
-            .map_err(db)?;
+            .await?;
     Ok(v.unwrap_or(0))
 }
 
@@ -486,7 +458,6 @@ pub async fn fail_orphans(pool: &PgPool, node: &str) -> Db<u64> {
     )
     .bind(node)
     .execute(pool)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(done.rows_affected())
 }
