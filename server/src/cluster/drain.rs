@@ -62,11 +62,9 @@ pub async fn drain(node: &Arc<Node>, deadline: Duration) -> Result<Drain, Cluste
         }
     };
     let handed = |p: &Progress| p.handed_back.lock().map(|h| h.clone()).unwrap_or_default();
+    // The shutdown ends the drain task too (`run`): `completed` then tells the two apart.
     tokio::select! {
         () = progress.done.cancelled() => {}
-        () = node.stop.cancelled() => {
-            return Ok(Drain::Stopping { handed_back: handed(&progress) });
-        }
         () = tokio::time::sleep(ANSWER_WITHIN) => {
             return Ok(Drain::Draining {
                 handed_back: handed(&progress),
