@@ -20,13 +20,12 @@ use crate::{AgentError, VERSION, io};
 /// to `releases/<version>`. On any failure nothing is left in staging or in `releases/`.
 pub fn stage(
     layout: &Layout,
-    version: &str,
+    wanted: &semver::Version,
     input: &mut impl Read,
     now: SystemTime,
 ) -> Result<Staged, AgentError> {
-    let wanted: semver::Version = version
-        .parse()
-        .map_err(|e| AgentError::BadRequest(format!("`{version}` is not a version: {e}")))?;
+    let version = wanted.to_string();
+    let version = version.as_str();
     let _lock = layout.lock()?;
     let release = layout.release(version);
     if release.is_dir() && layout.manifest(version).is_file() {
@@ -45,7 +44,7 @@ pub fn stage(
     }
     let bundle = layout.staging().join(format!("{version}.bundle"));
     let tree = layout.staging().join(format!("{version}.tree"));
-    let result = receive_and_unpack(layout, &wanted, input, &bundle, &tree, now);
+    let result = receive_and_unpack(layout, wanted, input, &bundle, &tree, now);
     let outcome = result.and_then(|manifest| {
         let bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| AgentError::Layout(e.to_string()))?;
@@ -171,9 +170,11 @@ fn make_writable(dir: &std::path::Path) {
 /// `allow_downgrade`.
 pub fn activate(
     layout: &Layout,
-    version: &str,
+    wanted: &semver::Version,
     allow_downgrade: bool,
 ) -> Result<Switched, AgentError> {
+    let version = wanted.to_string();
+    let version = version.as_str();
     let _lock = layout.lock()?;
     if !layout.release(version).is_dir() || !layout.manifest(version).is_file() {
         return Err(AgentError::NotStaged(version.into()));
@@ -188,13 +189,9 @@ pub fn activate(
         });
     }
     if let Some(active) = &active {
-        let older = match (
-            version.parse::<semver::Version>(),
-            active.parse::<semver::Version>(),
-        ) {
-            (Ok(v), Ok(a)) => v < a,
-            _ => false,
-        };
+        let older = active
+            .parse::<semver::Version>()
+            .is_ok_and(|active| *wanted < active);
         if older && !allow_downgrade {
             return Err(AgentError::Downgrade {
                 wanted: version.into(),

@@ -54,12 +54,12 @@ fn reply<R: Read>(
     Ok(match request {
         Request::Stage { version } => {
             let mut input = open_input().map_err(AgentError::Stdin)?;
-            ops::stage(layout, &version.to_string(), &mut input, now)?.into()
+            ops::stage(layout, &version, &mut input, now)?.into()
         }
         Request::Activate {
             version,
             allow_downgrade,
-        } => ops::activate(layout, &version.to_string(), allow_downgrade)?.into(),
+        } => ops::activate(layout, &version, allow_downgrade)?.into(),
         Request::Rollback => ops::rollback(layout)?.into(),
         Request::Status => ops::status(layout)?.into(),
     })

@@ -15,6 +15,11 @@ struct Node {
     layout: Layout,
 }
 
+/// A version as a request carries it.
+fn v(text: &str) -> semver::Version {
+    text.parse().expect("a version")
+}
+
 fn node() -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let signing = Signing::generate();
@@ -40,7 +45,12 @@ impl Node {
     }
 
     fn stage_bytes(&self, version: &str, bytes: &[u8]) -> Result<fleet_agent::Staged, AgentError> {
-        fleet_agent::stage(&self.layout, version, &mut &bytes[..], SystemTime::now())
+        fleet_agent::stage(
+            &self.layout,
+            &v(version),
+            &mut &bytes[..],
+            SystemTime::now(),
+        )
     }
 
     fn stage(&self, version: &str, bundle: &Path) -> Result<fleet_agent::Staged, AgentError> {
@@ -110,7 +120,7 @@ fn a_stalled_upload_fails_cleanly_and_frees_the_node() {
     writer.write_all(&bytes[..bytes.len() / 2]).expect("write");
     let mut input =
         fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_millis(200));
-    let err = fleet_agent::stage(&n.layout, "1.0.0", &mut input, SystemTime::now())
+    let err = fleet_agent::stage(&n.layout, &v("1.0.0"), &mut input, SystemTime::now())
         .expect_err("a silent sender is given up on");
     assert!(err.to_string().contains("no data for 200ms"), "{err}");
     n.assert_clean(&[]);
@@ -169,14 +179,14 @@ fn refused_bundles_leave_nothing_behind() {
 fn activate_downgrade_and_rollback() {
     let n = node();
     assert!(matches!(
-        fleet_agent::activate(&n.layout, "1.0.0", false),
+        fleet_agent::activate(&n.layout, &v("1.0.0"), false),
         Err(AgentError::NotStaged(_))
     ));
     for v in ["1.0.0", "2.0.0"] {
         n.stage(v, &n.good(v)).expect("stages");
     }
-    fleet_agent::activate(&n.layout, "1.0.0", false).expect("first activation");
-    let switched = fleet_agent::activate(&n.layout, "2.0.0", false).expect("upgrade");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), false).expect("first activation");
+    let switched = fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("upgrade");
     assert_eq!(
         (switched.active.as_str(), switched.previous.as_deref()),
         ("2.0.0", Some("1.0.0"))
@@ -186,13 +196,13 @@ fn activate_downgrade_and_rollback() {
         Path::new("releases/2.0.0")
     );
     assert!(
-        !fleet_agent::activate(&n.layout, "2.0.0", false)
+        !fleet_agent::activate(&n.layout, &v("2.0.0"), false)
             .expect("no-op")
             .changed
     );
 
     assert!(matches!(
-        fleet_agent::activate(&n.layout, "1.0.0", false),
+        fleet_agent::activate(&n.layout, &v("1.0.0"), false),
         Err(AgentError::Downgrade { .. })
     ));
     assert_eq!(
@@ -210,8 +220,8 @@ fn activate_downgrade_and_rollback() {
     assert_eq!(status.active.as_deref(), Some("1.0.0"));
     assert_eq!(status.staged, ["1.0.0", "2.0.0"]);
     assert!(status.free_bytes > 0);
-    fleet_agent::activate(&n.layout, "2.0.0", false).expect("forward again");
-    fleet_agent::activate(&n.layout, "1.0.0", true).expect("an explicit downgrade");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("forward again");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), true).expect("an explicit downgrade");
 }
 
 #[test]
@@ -220,7 +230,7 @@ fn an_old_release_cannot_be_staged_after_a_newer_one_ran() {
     let old = n.good("1.0.0"); // counter 1
     let new = n.good("2.0.0"); // counter 2
     n.stage("2.0.0", &new).expect("stages");
-    fleet_agent::activate(&n.layout, "2.0.0", false).expect("activates");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("activates");
     match n.stage("1.0.0", &old) {
         Err(AgentError::OldCounter {
             counter: 1,
