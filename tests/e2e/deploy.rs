@@ -299,6 +299,42 @@ fn the_deploy_key_reaches_only_the_agent() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // Forwarding of every kind: the node's sshd allows it (X11Forwarding yes, as Debian ships
+    // it), so only the key's options refuse it. Checked first, as a key that forwards would
+    // leave the `-N` attempts below waiting. sshd reports what it made of the
+    // key's options to the client (`ssh -v`): the deploy key keeps the forced command alone,
+    // where the fleet's own unrestricted key gets every forwarding.
+    let key_options = |key: &Path| {
+        let out = Command::new("ssh")
+            .args(["-v", "-A", "-X", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                site.fleet.dir().join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &node.port.to_string()])
+            .arg(format!("{}@{}", site.fleet.user(), node.addr))
+            .arg("true")
+            .env("DISPLAY", ":0")
+            .output()
+            .expect("ssh runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let options = stderr
+            .lines()
+            .find_map(|l| l.split_once("key options: ").map(|(_, o)| o.to_owned()))
+            .unwrap_or_else(|| panic!("sshd reports no key options: {stderr}"));
+        (options, stderr)
+    };
+    let (open, _) = key_options(site.fleet.client_key());
+    for forwarding in ["agent-forwarding", "port-forwarding", "x11-forwarding"] {
+        assert!(open.contains(forwarding), "{open}");
+    }
+    let (restricted, stderr) = key_options(site.fleet.deploy_key());
+    assert_eq!(restricted.trim(), "command", "{stderr}");
+    assert!(stderr.contains("X11 forwarding request failed"), "{stderr}");
     // No command (a shell): the agent answers and refuses.
     let (code, stdout, _) = ssh(&[], &[]);
     assert_eq!(code, Some(1));
@@ -331,6 +367,13 @@ fn the_deploy_key_reaches_only_the_agent() {
     );
     assert_eq!(code, Some(255), "{stderr}");
     assert!(stderr.contains("forwarding failed"), "{stderr}");
+    // Local forwarding (a direct-tcpip channel, here the stdio form) is refused.
+    let (code, _, stderr) = ssh(&["-W", &format!("{}:{}", node.addr, node.port)], &[]);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(
+        stderr.contains("open failed: administratively prohibited"),
+        "{stderr}"
+    );
     // File transfer is refused: scp and sftp run the agent too, which writes nothing.
     let staging = node.root.join("state/staging");
     let local = site.dir().join("planted");

@@ -162,6 +162,9 @@ pub(crate) fn render_config(listen: SocketAddrV4, files: &NodeFiles, no_penaltie
         "UseDNS no",
         "PrintMotd no",
         "Subsystem sftp internal-sftp",
+        // As in Debian's stock sshd_config: agent and TCP forwarding are on by default, X11
+        // is turned on here, so only the deploy key's own options keep them from it.
+        "X11Forwarding yes",
         // Nodes share the test machine's home folders, whose rc files are not a node's: a
         // `pyenv init` in ~/.bashrc takes a lock and serialised 200 parallel logins for over a
         // minute. bash run by sshd skips ~/.bashrc when it inherits SHLVL (Debian's

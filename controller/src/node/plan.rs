@@ -112,16 +112,16 @@ pub struct Plan<'a> {
 
 impl<'a> Desired<'a> {
     /// The state for a node rooted at `root`: `agent` as `bin/fleet-agent`, `root_json` as the
-    /// pinned trust root, the rendered `files`, and the deploy key `deploy_pub` (`type
-    /// base64`) allowed to run the agent only, in `authorized_keys`.
+    /// pinned trust root, the rendered `files`, and the `deploy_key` allowed to run the agent
+    /// only, in `authorized_keys`.
     pub fn new(
         root: &str,
         authorized_keys: &str,
-        deploy_pub: &str,
+        deploy_key: &DeployKey,
         agent: &'a [u8],
         root_json: &'a [u8],
         files: &'a [NodeFile],
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let mut managed = vec![
             Managed {
                 path: "bin/fleet-agent".into(),
@@ -142,17 +142,13 @@ impl<'a> Desired<'a> {
             bytes: f.content.as_bytes(),
             show: if f.secret { Show::Secret } else { Show::Diff },
         }));
-        Self {
+        Ok(Self {
             root: root.to_owned(),
             files: managed,
             authorized_keys: authorized_keys.to_owned(),
-            key_line: key_line(root, deploy_pub),
-            key_blob: deploy_pub
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned(),
-        }
+            key_line: key_line(root, deploy_key)?,
+            key_blob: deploy_key.blob().to_owned(),
+        })
     }
 
     fn full(&self, path: &str) -> String {
@@ -338,15 +334,46 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// The authorized_keys line that lets the deploy key (`type base64`) run the agent of the
-/// node rooted at `root` and nothing else.
-pub fn key_line(root: &str, deploy_pub: &str) -> String {
+/// A deploy key's public half as OpenSSH encodes a key it parsed, `type base64`: nothing else
+/// of the text it came from (a comment, options, another line) can reach `authorized_keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployKey(String);
+
+impl DeployKey {
+    /// Reads `type base64 [comment]`; the comment is dropped.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut key = russh::keys::ssh_key::PublicKey::from_openssh(text.trim())
+            .map_err(|e| anyhow::anyhow!("not an OpenSSH public key: {e}"))?;
+        key.set_comment("");
+        let line = key
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+        Ok(Self(line))
+    }
+
+    /// The base64 blob, which names the key in `authorized_keys`.
+    pub fn blob(&self) -> &str {
+        self.0.split(' ').nth(1).unwrap_or_default()
+    }
+}
+
+/// The authorized_keys line that lets the deploy `key` run the agent of the node rooted at
+/// `root` and nothing else. It is built only from the parsed key and a root without control
+/// characters (the inventory refuses those too): a newline there would start a line of its
+/// own, with no restriction.
+pub fn key_line(root: &str, key: &DeployKey) -> anyhow::Result<String> {
+    if root.chars().any(char::is_control) {
+        bail!(
+            "node_root {root:?} contains a control character, which cannot go into authorized_keys"
+        );
+    }
     let agent = format!("{root}/bin/fleet-agent");
     let command = format!("{} --root {} serve", sh_quote(&agent), sh_quote(root));
-    format!(
-        "restrict,command=\"{}\" {deploy_pub} fleet-deploy",
-        command.replace('"', "\\\"")
-    )
+    Ok(format!(
+        "restrict,command=\"{}\" {} fleet-deploy",
+        command.replace('"', "\\\""),
+        key.0
+    ))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -357,7 +384,8 @@ fn sha256(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const DEPLOY_PUB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey";
+    const DEPLOY_PUB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp";
     const AGENT: &[u8] = b"\x7fELF agent";
     const ROOT_JSON: &[u8] = b"{\"signed\":{}}\n";
 
@@ -378,15 +406,20 @@ mod tests {
         ]
     }
 
+    fn deploy_key() -> DeployKey {
+        DeployKey::parse(&format!("{DEPLOY_PUB} ops@laptop")).expect("a key")
+    }
+
     fn desired(files: &[NodeFile]) -> Desired<'_> {
         Desired::new(
             "/opt/etl",
             "~/.ssh/authorized_keys",
-            DEPLOY_PUB,
+            &deploy_key(),
             AGENT,
             ROOT_JSON,
             files,
         )
+        .expect("desired")
     }
 
     /// What the probe prints for a node holding `sums` (one per managed file).
@@ -404,7 +437,7 @@ mod tests {
         sums
     }
 
-    const KEY_LINE: &str = r#"restrict,command="'/opt/etl/bin/fleet-agent' --root '/opt/etl' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy"#;
+    const KEY_LINE: &str = r#"restrict,command="'/opt/etl/bin/fleet-agent' --root '/opt/etl' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp fleet-deploy"#;
     const MKDIRS: &str = "mkdir -p '/opt/etl'/releases '/opt/etl'/config '/opt/etl'/config/secrets '/opt/etl'/trust '/opt/etl'/state '/opt/etl'/chunks '/opt/etl'/logs '/opt/etl'/bin && chmod 700 '/opt/etl'/state '/opt/etl'/config/secrets";
 
     fn install(path: &str, mode: &str, bytes: &'static [u8]) -> Step<'static> {
@@ -419,18 +452,50 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_key_line_is_built_from_validated_parts_only() {
+        // The comment and anything after the key never reach the line.
+        let key = DeployKey::parse(&format!(
+            "{DEPLOY_PUB} ops\ncommand=\"sh\" ssh-ed25519 AAAA other"
+        ))
+        .expect("the first key");
+        assert_eq!(key, deploy_key());
+        assert_eq!(key_line("/opt/etl", &key).expect("line"), KEY_LINE);
+        let err = DeployKey::parse("ssh-ed25519 AAAAnotakey").expect_err("not a key");
+        assert!(
+            err.to_string().starts_with("not an OpenSSH public key"),
+            "{err}"
+        );
+        // A newline in the root would start an unrestricted line of its own.
+        let err = key_line(&format!("/opt/etl\n{DEPLOY_PUB} "), &key).expect_err("refused");
+        assert!(
+            err.to_string().contains("contains a control character"),
+            "{err}"
+        );
+        let err = Desired::new(
+            "/opt\retl",
+            "~/.ssh/authorized_keys",
+            &key,
+            AGENT,
+            ROOT_JSON,
+            &[],
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("control character"), "{err}");
+    }
+
+    #[test]
     fn the_probe_and_the_deploy_key_line() {
         let files = files();
         let d = desired(&files);
-        assert_eq!(key_line("/opt/etl", DEPLOY_PUB), KEY_LINE);
+        assert_eq!(key_line("/opt/etl", &deploy_key()).expect("line"), KEY_LINE);
         assert_eq!(
             d.probe(),
             Step {
                 script: concat!(
                     r#"for f in '/opt/etl/bin/fleet-agent' '/opt/etl/trust/root.json' '/opt/etl/config/server.toml' '/opt/etl/config/secrets/postgres_url'; "#,
                     r#"do if [ -f "$f" ]; then s=$(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1); echo "${s:-unreadable}"; else echo -; fi; done; "#,
-                    r#"if [ -f "$HOME"/'.ssh/authorized_keys' ] && grep -qxF 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy' "$HOME"/'.ssh/authorized_keys' "#,
-                    r#"&& [ "$(grep -cF 'AAAAC3NzaC1lZDI1NTE5AAAAIKey' "$HOME"/'.ssh/authorized_keys')" = 1 ]; then echo present; else echo absent; fi; "#,
+                    r#"if [ -f "$HOME"/'.ssh/authorized_keys' ] && grep -qxF 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp fleet-deploy' "$HOME"/'.ssh/authorized_keys' "#,
+                    r#"&& [ "$(grep -cF 'AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp' "$HOME"/'.ssh/authorized_keys')" = 1 ]; then echo present; else echo absent; fi; "#,
                     r#"for d in releases config config/secrets trust state chunks logs bin; do [ -d '/opt/etl'/"$d" ] || echo "missing $d"; done"#,
                 )
                 .into(),
@@ -480,8 +545,8 @@ mod tests {
                 Step {
                     script: concat!(
                         r#"mkdir -p "$(dirname "$HOME"/'.ssh/authorized_keys')" && touch "$HOME"/'.ssh/authorized_keys' && "#,
-                        r#"{ grep -vF 'AAAAC3NzaC1lZDI1NTE5AAAAIKey' "$HOME"/'.ssh/authorized_keys' || true; "#,
-                        r#"printf '%s\n' 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey fleet-deploy'; } "#,
+                        r#"{ grep -vF 'AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp' "$HOME"/'.ssh/authorized_keys' || true; "#,
+                        r#"printf '%s\n' 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp fleet-deploy'; } "#,
                         r#"> "$HOME"/'.ssh/authorized_keys'.new && chmod 600 "$HOME"/'.ssh/authorized_keys'.new && mv -f "$HOME"/'.ssh/authorized_keys'.new "$HOME"/'.ssh/authorized_keys'"#,
                     )
                     .into(),

@@ -5,30 +5,20 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use fleet_inventory::Node;
 use serde::Serialize;
 
 use super::config::{NodeFile, diff};
-use super::plan::{Desired, Step};
+use super::plan::{DeployKey, Desired, Step};
 use crate::ssh::{Input, Session, Target, Timeouts};
 
-/// The deploy key's public half as `type base64`, read from its `.pub` file (first line; the
-/// comment is dropped) and checked to be a key.
-pub fn read_deploy_pub(path: &Path) -> anyhow::Result<String> {
+/// The deploy key's public half, read from its `.pub` file (the first line).
+pub fn read_deploy_pub(path: &Path) -> anyhow::Result<DeployKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("the deploy key's public half {}", path.display()))?;
-    let fields: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(2)
-        .collect();
-    let key = fields.join(" ");
-    russh::keys::ssh_key::PublicKey::from_openssh(&key)
-        .map_err(|e| anyhow!("{}: not an OpenSSH public key: {e}", path.display()))?;
-    Ok(key)
+    DeployKey::parse(text.lines().next().unwrap_or_default())
+        .with_context(|| format!("the deploy key's public half {}", path.display()))
 }
 
 /// What provisioning found or did on a node: one line per item that differs, and for
@@ -51,17 +41,17 @@ pub async fn provision(
     agent: &[u8],
     root_json: &[u8],
     files: &[NodeFile],
-    deploy_pub: &str,
+    deploy_key: &DeployKey,
     check: bool,
 ) -> anyhow::Result<Provisioned> {
     let desired = Desired::new(
         &node.node_root.to_string_lossy(),
         &node.ssh.authorized_keys,
-        deploy_pub,
+        deploy_key,
         agent,
         root_json,
         files,
-    );
+    )?;
     let session = Session::connect(&Target::of(node), timeouts).await?;
     let out = run(&session, &desired.probe(), timeouts.command).await?;
     let probe = desired.read_probe(&out)?;
