@@ -13,8 +13,8 @@ mod serve;
 use std::path::PathBuf;
 
 pub use fleet_proto::{Answer, Code, Refusal, Reply, Request, Staged, Status, Switched};
-pub use idle::{IdleTimeout, STDIN_IDLE_TIMEOUT, stdin};
-pub use layout::{LOCK_WAIT, Layout};
+pub use idle::{Deadline, IdleTimeout, RECEIVE_DEADLINE, STDIN_IDLE_TIMEOUT, stdin};
+pub use layout::{Holder, LOCK_WAIT, Layout};
 pub use ops::{activate, rollback, stage, status};
 pub use serve::{answer, answer_line, invocation};
 
@@ -56,8 +56,11 @@ pub enum AgentError {
         "release {wanted} is older than the active {active}; activating it needs --allow-downgrade"
     )]
     Downgrade { wanted: String, active: String },
-    #[error("another fleet-agent operation has held this node for over {0} s; try again")]
-    Busy(u64),
+    #[error(
+        "another fleet-agent operation holds this node ({}); waited {waited} s for it; try again",
+        holder.as_ref().map_or_else(|| "its holder is not recorded".to_owned(), ToString::to_string)
+    )]
+    Busy { waited: u64, holder: Option<Holder> },
     #[error("no previous release to roll back to")]
     NoPrevious,
     #[error("{0}")]
@@ -79,7 +82,7 @@ impl AgentError {
             AgentError::OldCounter { .. } => Code::OldCounter,
             AgentError::NotStaged(_) => Code::NotStaged,
             AgentError::Downgrade { .. } => Code::Downgrade,
-            AgentError::Busy(_) => Code::Busy,
+            AgentError::Busy { .. } => Code::Busy,
             AgentError::NoPrevious => Code::NoPrevious,
             AgentError::BadRequest(_) => Code::BadRequest,
             AgentError::Layout(_) => Code::Layout,
@@ -198,7 +201,13 @@ mod tests {
                 },
                 Code::Downgrade,
             ),
-            (AgentError::Busy(60), Code::Busy),
+            (
+                AgentError::Busy {
+                    waited: 60,
+                    holder: None,
+                },
+                Code::Busy,
+            ),
             (AgentError::NoPrevious, Code::NoPrevious),
             (AgentError::BadRequest(s()), Code::BadRequest),
             (AgentError::Layout(s()), Code::Layout),

@@ -11,13 +11,15 @@ use std::time::SystemTime;
 use fleet_proto::{Staged, Status, Switched};
 use fleet_release::{Manifest, Root};
 
+use crate::idle::Deadline;
 use crate::layout::{Layout, sync_dir};
 use crate::{AgentError, VERSION, io};
 
 /// Receives the bundle for `version` from `input` into the staging area, verifies it against
 /// `trust/root.json` (signatures, expiry, every byte and hash, as written to disk), checks it
 /// is that version, for this platform and this agent, and only then moves the unpacked tree
-/// to `releases/<version>`. On any failure nothing is left in staging or in `releases/`.
+/// to `releases/<version>`. On any failure nothing is left in staging or in `releases/`. The
+/// whole bundle must arrive within the layout's receive deadline ([`crate::RECEIVE_DEADLINE`]).
 pub fn stage(
     layout: &Layout,
     wanted: &semver::Version,
@@ -44,7 +46,8 @@ pub fn stage(
     }
     let bundle = layout.staging().join(format!("{version}.bundle"));
     let tree = layout.staging().join(format!("{version}.tree"));
-    let result = receive_and_unpack(layout, wanted, input, &bundle, &tree, now);
+    let mut input = Deadline::new(input, layout.receive_deadline());
+    let result = receive_and_unpack(layout, wanted, &mut input, &bundle, &tree, now);
     let outcome = result.and_then(|manifest| {
         let bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| AgentError::Layout(e.to_string()))?;

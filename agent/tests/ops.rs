@@ -381,3 +381,119 @@ fn a_busy_node_answers_busy_and_still_reports_status() {
     drop(held);
     assert_eq!(n.refused("activate 1.0.0", b""), Code::NotStaged);
 }
+
+/// Writes `bytes` into `writer` one at a time, `every` apart, until they are all sent or the
+/// reader is gone; returns how many were sent.
+fn trickle(mut writer: fs::File, bytes: Vec<u8>, every: Duration) -> usize {
+    use std::io::Write;
+    let mut sent = 0;
+    for byte in bytes {
+        if writer.write_all(&[byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(every);
+    }
+    sent
+}
+
+#[test]
+fn a_trickling_sender_is_cut_off_by_the_overall_deadline() {
+    let mut n = node();
+    n.layout = n
+        .layout
+        .clone()
+        .with_receive_deadline(Duration::from_millis(800));
+    let bundle = n.good("1.0.0");
+    let bytes = fs::read(&bundle).expect("bundle");
+    // A byte every 20 ms never trips the 200 ms idle check; the whole bundle would take
+    // len × 20 ms (tens of seconds).
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let total = bytes.len();
+    let sender = std::thread::spawn(move || {
+        trickle(fs::File::from(writer), bytes, Duration::from_millis(20))
+    });
+    let mut input =
+        fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_millis(200));
+    let err = fleet_agent::stage(&n.layout, &v("1.0.0"), &mut input, SystemTime::now())
+        .expect_err("a trickling sender is cut off");
+    match &err {
+        AgentError::Release(ReleaseError::Read(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{err}");
+            assert!(
+                e.to_string()
+                    .contains("the bundle did not arrive within 800ms"),
+                "{err}"
+            );
+        }
+        other => panic!("expected the receive deadline, got {other:?}"),
+    }
+    assert_eq!(err.code(), Code::Input);
+    drop(input);
+    let sent = sender.join().expect("sender");
+    assert!(sent < total, "the whole bundle trickled in ({sent} bytes)");
+    n.assert_clean(&[]);
+    // The lock is free again.
+    n.stage("1.0.0", &bundle).expect("stages after the cut");
+}
+
+#[test]
+fn a_header_larger_than_the_cap_is_refused_before_it_is_read() {
+    let n = node();
+    // A manifest announced at 2 MiB: refused from its length alone, nothing more is read.
+    let mut bytes = fleet_release::bundle::MAGIC.to_vec();
+    bytes.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    match n.stage_bytes("1.0.0", &bytes) {
+        Err(AgentError::Release(ReleaseError::TooLarge { what, size, cap })) => {
+            assert_eq!((what, size, cap), ("manifest", 2 << 20, 1 << 20));
+        }
+        other => panic!("a 2 MiB manifest was not refused by its length: {other:?}"),
+    }
+    n.assert_clean(&[]);
+}
+
+#[test]
+fn a_busy_refusal_names_the_holder_pid_and_age() {
+    let mut n = node();
+    n.layout = n.layout.clone().with_lock_wait(Duration::from_millis(200));
+    let root = n.layout.root().to_string_lossy().into_owned();
+    // A real agent staging from a sender that has sent nothing yet holds the node.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(["--root", &root, "stage", "1.0.0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the agent");
+    let started = std::time::Instant::now();
+    let staging_file = n.layout.staging().join("1.0.0.bundle");
+    let deadline = started + Duration::from_secs(30);
+    while !staging_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started receiving"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = n.ask("activate 1.0.0", b"");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let Answer::Refused(refusal) = &answer else {
+        panic!("a held node answered {answer:?}");
+    };
+    assert_eq!(refusal.code, Code::Busy);
+    let pid = format!("pid {}", holder.id());
+    assert!(refusal.error.contains(&pid), "{}", refusal.error);
+    let age = refusal
+        .error
+        .split("holding it for ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s").next())
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no age in: {}", refusal.error));
+    assert!(
+        age <= started.elapsed().as_secs(),
+        "held for {age} s, but it started {:?} ago",
+        started.elapsed()
+    );
+}
