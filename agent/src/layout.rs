@@ -237,6 +237,25 @@ impl Layout {
         sync_dir(&self.root)
     }
 
+    /// Exchanges two links (`current` and `previous`) in one step, then syncs the directory;
+    /// when `b` does not exist, `a` is renamed to it.
+    pub fn swap(&self, a: &Path, b: &Path) -> Result<(), AgentError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) if b.symlink_metadata().is_err() => {
+                fs::rename(a, b).map_err(io(b))?;
+            }
+            Err(e) => {
+                return Err(AgentError::Io {
+                    path: b.to_owned(),
+                    error: e.into(),
+                });
+            }
+        }
+        sync_dir(&self.root)
+    }
+
     /// Writes a file atomically (temporary name, fsync, rename, directory fsync).
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
         let dir = path.parent().unwrap_or(&self.root);

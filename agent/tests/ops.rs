@@ -497,3 +497,220 @@ fn a_busy_refusal_names_the_holder_pid_and_age() {
         started.elapsed()
     );
 }
+
+/// The syscalls by which the agent creates, replaces, removes or opens the node's files.
+/// `strace` counts each syscall separately, so killing the agent at the Nth call of each, for
+/// every N until a run completes, kills it before every one of its writes.
+const WRITES: &[&str] = &[
+    "openat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "symlink",
+    "symlinkat",
+    "unlink",
+    "unlinkat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "ftruncate",
+];
+
+/// A node with 1.0.0 and 2.0.0 activated in turn (current 2.0.0, previous 1.0.0, counter 2),
+/// and the bundles of 2.0.0 and 3.0.0.
+fn upgraded_node() -> (Node, PathBuf, PathBuf) {
+    let n = node();
+    let v1 = n.good("1.0.0"); // counter 1
+    let v2 = n.good("2.0.0"); // counter 2
+    n.stage("1.0.0", &v1).expect("stages");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), false).expect("activates");
+    n.stage("2.0.0", &v2).expect("stages");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("activates");
+    let v3 = n.good("3.0.0");
+    (n, v2, v3)
+}
+
+/// Copies the node root `from` to a fresh `to` (links are relative, so they keep working).
+fn copy_root(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn counter(layout: &Layout) -> u64 {
+    fs::read_to_string(layout.counter())
+        .map(|t| t.trim().parse().expect("a number"))
+        .unwrap_or(0)
+}
+
+/// A release the node counts as staged, with the bytes it was built with.
+fn assert_complete(layout: &Layout, version: &str, context: &str) {
+    assert!(
+        layout.manifest(version).is_file(),
+        "{context}: {version} has no manifest"
+    );
+    assert_tree(layout, version, context);
+}
+
+/// The tree of `releases/<version>` is there, with the bytes it was built with.
+fn assert_tree(layout: &Layout, version: &str, context: &str) {
+    assert_eq!(
+        fs::read_to_string(layout.release(version).join("bin/etl-server"))
+            .unwrap_or_else(|e| panic!("{context}: {version}: {e}")),
+        format!("#!/bin/sh\necho {version}\n"),
+        "{context}"
+    );
+}
+
+/// What must hold after any crash: `current` is `before` or `after`, a release whose tree is
+/// there; `previous` names one too; the counter never dropped, and is at least that of
+/// whatever is current; every release status lists is complete.
+fn assert_recoverable(layout: &Layout, before: &str, after: &str, floor: u64, context: &str) {
+    let current = layout
+        .link_version(&layout.current())
+        .expect("current reads")
+        .unwrap_or_else(|| panic!("{context}: no current"));
+    assert!(
+        current == before || current == after,
+        "{context}: current is {current}"
+    );
+    assert_tree(layout, &current, context);
+    let previous = layout
+        .link_version(&layout.previous())
+        .expect("previous reads")
+        .unwrap_or_else(|| panic!("{context}: previous lost"));
+    assert_tree(layout, &previous, context);
+    let counter = counter(layout);
+    assert!(
+        counter >= floor,
+        "{context}: counter {counter} below {floor}"
+    );
+    // The fixture builds release N.0.0 with counter N.
+    let needed: u64 = current
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .expect("a N.0.0 version");
+    assert!(
+        counter >= needed,
+        "{context}: {current} is current but the counter is {counter}"
+    );
+    let status = fleet_agent::status(layout).expect("status");
+    for staged in &status.staged {
+        assert_complete(layout, staged, context);
+    }
+}
+
+/// Runs `fleet-agent --root <copy> words` on a fresh copy of `base` under strace, killed at
+/// the Nth call of each write syscall in turn until a run completes; after every kill the node
+/// must be recoverable, roll back, and take the same request again. Returns the kills.
+fn kill_between_writes(
+    base: &Path,
+    words: &[&str],
+    input: Option<&Path>,
+    after: &str,
+    check_done: impl Fn(&Layout),
+) -> usize {
+    let agent = env!("CARGO_BIN_EXE_fleet-agent");
+    let work = base.with_extension("crash");
+    let mut kills = 0;
+    for syscall in WRITES {
+        for nth in 1.. {
+            copy_root(base, &work);
+            let layout = Layout::new(&work);
+            let stdin = match input {
+                Some(path) => Stdio::from(fs::File::open(path).expect("bundle")),
+                None => Stdio::null(),
+            };
+            let out = Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("inject={syscall}:signal=SIGKILL:when={nth}"))
+                .arg(agent)
+                .arg("--root")
+                .arg(&work)
+                .args(words)
+                .stdin(stdin)
+                // cargo's library path would make the loader's opens most of the kill points.
+                .env_remove("LD_LIBRARY_PATH")
+                .output()
+                .expect("strace runs");
+            let context = format!("{words:?} killed at {syscall} #{nth}");
+            assert_recoverable(&layout, "2.0.0", after, 2, &context);
+            use std::os::unix::process::ExitStatusExt;
+            if out.status.signal() != Some(9) {
+                assert!(
+                    out.status.success(),
+                    "{context}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                check_done(&layout);
+                break;
+            }
+            kills += 1;
+            fleet_agent::rollback(&layout).unwrap_or_else(|e| panic!("{context}: rollback: {e}"));
+            assert_recoverable(&layout, "1.0.0", "2.0.0", 2, &context);
+            let request = Request::parse(words).expect("request");
+            let bundle = input
+                .map(|p| fs::read(p).expect("bundle"))
+                .unwrap_or_default();
+            match fleet_agent::answer(&layout, request, || Ok(&bundle[..]), SystemTime::now()) {
+                Answer::Done(_) => {}
+                Answer::Refused(r) => panic!("{context}: the re-run was refused: {r:?}"),
+            }
+            check_done(&layout);
+        }
+    }
+    kills
+}
+
+#[test]
+fn a_crash_between_any_two_writes_of_stage_or_activate_leaves_a_recoverable_node() {
+    let (n, v2, v3) = upgraded_node();
+    let base = n.dir.path().join("base");
+    copy_root(n.layout.root(), &base);
+
+    // The running release lost its manifest: staging it again replaces its tree, which must
+    // never be missing on the way.
+    let lost = n.dir.path().join("lost");
+    copy_root(&base, &lost);
+    fs::remove_file(Layout::new(&lost).manifest("2.0.0")).expect("drop the manifest");
+    let kills = kill_between_writes(&lost, &["stage", "2.0.0"], Some(&v2), "2.0.0", |layout| {
+        assert_complete(layout, "2.0.0", "after stage");
+    });
+    assert!(kills > 10, "stage was killed only {kills} times");
+
+    let kills = kill_between_writes(&base, &["stage", "3.0.0"], Some(&v3), "2.0.0", |layout| {
+        assert_complete(layout, "3.0.0", "after stage");
+    });
+    assert!(kills > 10, "stage was killed only {kills} times");
+
+    let kills = kill_between_writes(&base, &["rollback"], None, "1.0.0", |_| {});
+    assert!(kills > 5, "rollback was killed only {kills} times");
+
+    n.stage("3.0.0", &v3).expect("stages");
+    copy_root(n.layout.root(), &base);
+    let kills = kill_between_writes(&base, &["activate", "3.0.0"], None, "3.0.0", |layout| {
+        assert_eq!(
+            layout
+                .link_version(&layout.current())
+                .expect("current")
+                .as_deref(),
+            Some("3.0.0")
+        );
+        assert!(counter(layout) >= 3);
+    });
+    assert!(kills > 10, "activate was killed only {kills} times");
+}
