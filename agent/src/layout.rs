@@ -143,6 +143,11 @@ impl Layout {
     pub fn counter(&self) -> PathBuf {
         self.state().join("counter")
     }
+    /// The newest `created` time of any release this node accepted, `state/created` (unix
+    /// seconds): a manifest that expired before it is refused, whatever the node's clock says.
+    pub fn created_floor(&self) -> PathBuf {
+        self.state().join("created")
+    }
     /// Held by every operation that changes the node, `state/agent.lock`.
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("agent.lock")

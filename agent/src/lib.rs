@@ -6,6 +6,7 @@
 //! stdin. Not async: a request runs on the calling thread, no runtime is started.
 
 mod idle;
+mod installed;
 mod layout;
 mod ops;
 mod serve;
@@ -50,6 +51,20 @@ pub enum AgentError {
         counter: u64,
         installed: u64,
     },
+    #[error(
+        "release {version} expired at {expires}, before {newest}, when the newest release this node accepted was created: is this node's clock behind?"
+    )]
+    ExpiredForNode {
+        version: String,
+        expires: fleet_release::Timestamp,
+        newest: fleet_release::Timestamp,
+    },
+    #[error("release {version} changed after it was staged: `{path}` {problem}; stage it again")]
+    Altered {
+        version: String,
+        path: String,
+        problem: String,
+    },
     #[error("release {0} is not staged on this node; push it first")]
     NotStaged(String),
     #[error(
@@ -80,6 +95,9 @@ impl AgentError {
             AgentError::WrongPlatform { .. } => Code::WrongPlatform,
             AgentError::AgentTooOld { .. } => Code::AgentTooOld,
             AgentError::OldCounter { .. } => Code::OldCounter,
+            AgentError::ExpiredForNode { .. } | AgentError::Altered { .. } => {
+                Code::VerificationFailed
+            }
             AgentError::NotStaged(_) => Code::NotStaged,
             AgentError::Downgrade { .. } => Code::Downgrade,
             AgentError::Busy { .. } => Code::Busy,
@@ -192,6 +210,22 @@ mod tests {
                     installed: 2,
                 },
                 Code::OldCounter,
+            ),
+            (
+                AgentError::ExpiredForNode {
+                    version: s(),
+                    expires: fleet_release::Timestamp::now(),
+                    newest: fleet_release::Timestamp::now(),
+                },
+                Code::VerificationFailed,
+            ),
+            (
+                AgentError::Altered {
+                    version: s(),
+                    path: "bin/etl-server".into(),
+                    problem: "sha256 differs from its manifest".into(),
+                },
+                Code::VerificationFailed,
             ),
             (AgentError::NotStaged(s()), Code::NotStaged),
             (

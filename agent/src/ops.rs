@@ -1,30 +1,32 @@
 //! What the agent does: stage a bundle (receive, verify against the node's trust root,
-//! unpack, then move into place), switch `current`, roll back, report status. Every step that writes is ordered so that a
-//! crash between any two leaves a node that still rolls back and a replay floor that never
-//! dropped. Every operation
-//! that changes the node holds the node's agent lock, so two controllers never interleave on
-//! one node; `status` only reads. Not the wire: the outcomes are `fleet-proto`'s types, and
+//! unpack, then move into place), switch `current` (after checking the installed tree against
+//! its manifest), roll back, report status. Every step that writes is ordered so that a crash
+//! between any two leaves a node that still rolls back and a replay floor that never dropped.
+//! Every operation that changes the node holds the node's agent lock, so two controllers never
+//! interleave on one node; `status` only reads. Not the wire: the outcomes are `fleet-proto`'s types, and
 //! turning a request into an answer is `serve`'s.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fleet_proto::{Staged, Status, Switched};
-use fleet_release::{Manifest, Root};
+use fleet_release::{Manifest, Root, Timestamp};
 
 use crate::idle::Deadline;
+use crate::installed::check_tree;
 use crate::layout::{Layout, sync_dir};
 use crate::{AgentError, VERSION, io};
 
 /// Receives the bundle for `version` from `input` into the staging area, verifies it against
 /// `trust/root.json` (signatures, expiry, every byte and hash, as written to disk), checks it
-/// is that version, for this platform and this agent, and only then moves the unpacked tree
-/// to `releases/<version>`. The whole bundle must arrive within the layout's receive deadline
+/// is that version, for this platform and this agent, not expired before the newest release
+/// this node accepted, and only then moves the unpacked tree to `releases/<version>`. The whole bundle must arrive within the layout's receive deadline
 /// ([`crate::RECEIVE_DEADLINE`]).
 ///
 /// Crash-safe: the steps that change the node come after verification, in this order, so a
-/// crash between any two leaves a node that works as before: the verified tree takes the
+/// crash between any two leaves a node that works as before: the created-time floor is raised
+/// (never lowered); the verified tree takes the
 /// place of `releases/<version>` in one rename (an exchange when a tree without a manifest is
 /// there: the old tree is deleted only after the new one is in place); the manifest is written
 /// last, and only then does the release count as staged. On a refusal nothing changes outside
@@ -38,7 +40,11 @@ pub fn stage(
     let version = wanted.to_string();
     let version = version.as_str();
     let _lock = layout.lock()?;
-    if is_staged(layout, version) {
+    // A staged release whose tree still matches its manifest is kept; one changed since is
+    // staged again.
+    if staged_manifest(layout, version)?
+        .is_some_and(|manifest| check_tree(&layout.release(version), &manifest).is_ok())
+    {
         return Ok(Staged {
             version: version.into(),
             changed: false,
@@ -66,6 +72,7 @@ fn install(
     tree: &std::path::Path,
     manifest: &Manifest,
 ) -> Result<Staged, AgentError> {
+    raise_created_floor(layout, manifest.created)?;
     let release = layout.release(version);
     if release.symlink_metadata().is_ok() {
         // Not staged (no manifest) or altered: swapped for the verified tree in one step, so
@@ -143,6 +150,15 @@ fn receive_and_unpack(
             version: wanted.to_string(),
             counter: manifest.counter,
             installed,
+        });
+    }
+    if let Some(newest) = created_floor(layout)?
+        && manifest.expires.0 <= newest.0
+    {
+        return Err(AgentError::ExpiredForNode {
+            version: wanted.to_string(),
+            expires: manifest.expires,
+            newest,
         });
     }
     let agent: semver::Version = VERSION.parse().expect("the crate version is semver");
@@ -232,6 +248,7 @@ pub fn activate(
     // Read and check everything that can fail before anything is switched.
     let manifest =
         staged_manifest(layout, version)?.ok_or_else(|| AgentError::NotStaged(version.into()))?;
+    check_tree(&layout.release(version), &manifest)?;
     let counter = manifest.counter.max(installed_counter(layout)?);
     // The replay floor first: a crash after it leaves the old release running under a floor
     // that only rose. Then `previous`, then `current`: a crash between them leaves both on
@@ -249,15 +266,16 @@ pub fn activate(
     })
 }
 
-/// Swaps `current` and `previous` in one step (an exchange of the two links).
+/// Swaps `current` and `previous` in one step (an exchange of the two links), after checking
+/// that the release it goes back to still matches its manifest.
 pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
     let _lock = layout.lock()?;
     let previous = layout
         .link_version(&layout.previous())?
         .ok_or(AgentError::NoPrevious)?;
-    if !layout.release(&previous).is_dir() {
-        return Err(AgentError::NotStaged(previous));
-    }
+    let manifest = staged_manifest(layout, &previous)?
+        .ok_or_else(|| AgentError::NotStaged(previous.clone()))?;
+    check_tree(&layout.release(&previous), &manifest)?;
     let active = layout.link_version(&layout.current())?;
     layout.swap(&layout.previous(), &layout.current())?;
     Ok(Switched {
@@ -326,4 +344,36 @@ fn staged_manifest(layout: &Layout, version: &str) -> Result<Option<Manifest>, A
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display())))
+}
+
+/// The newest `created` time of any release this node accepted (`state/created`, unix
+/// seconds); `None` before the first.
+fn created_floor(layout: &Layout) -> Result<Option<Timestamp>, AgentError> {
+    let path = layout.created_floor();
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(|secs| {
+                Some(Timestamp(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+                ))
+            })
+            .map_err(|_| AgentError::Layout(format!("{} does not hold a number", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::Io { path, error: e }),
+    }
+}
+
+/// Raises the created-time floor to `created`; never lowers it.
+fn raise_created_floor(layout: &Layout, created: Timestamp) -> Result<(), AgentError> {
+    if created_floor(layout)?.is_some_and(|floor| floor >= created) {
+        return Ok(());
+    }
+    let secs = created
+        .0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    layout.write_atomic(&layout.created_floor(), format!("{secs}\n").as_bytes())
 }

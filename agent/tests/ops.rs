@@ -145,9 +145,7 @@ fn refused_bundles_leave_nothing_behind() {
     ));
     n.assert_clean(&[]);
 
-    // A connection cut mid-upload: the agent sees a short stream.
-    assert!(n.stage_bytes("1.0.0", &bundle[..bundle.len() / 2]).is_err());
-    n.assert_clean(&[]);
+    // A connection cut mid-upload: `a_cut_upload_leaves_nothing_once_the_agent_has_started_receiving`.
     n.stage_bytes("1.0.0", &bundle)
         .expect("a retry completes it");
     n.assert_clean(&["1.0.0"]);
@@ -496,6 +494,145 @@ fn a_busy_refusal_names_the_holder_pid_and_age() {
         "held for {age} s, but it started {:?} ago",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_cut_upload_leaves_nothing_once_the_agent_has_started_receiving() {
+    use std::io::Write;
+    let n = node();
+    let bytes = fs::read(n.good("1.0.0")).expect("bundle");
+    // Cut halfway through the payload, after the whole header.
+    let block = |at: usize| {
+        at + 4 + u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+    };
+    let header = block(block(fleet_release::bundle::MAGIC.len()));
+    let cut = header + (bytes.len() - header) / 2;
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let probe = reader.try_clone().expect("a second handle on the pipe");
+    let mut writer = fs::File::from(writer);
+    writer.write_all(&bytes[..cut]).expect("write");
+    let layout = n.layout.clone();
+    let agent = std::thread::spawn(move || {
+        let mut input =
+            fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_secs(60));
+        fleet_agent::stage(&layout, &v("1.0.0"), &mut input, SystemTime::now())
+    });
+    // The agent has taken every byte sent so far (header and half the payload) and has its
+    // staging file open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rustix::io::ioctl_fionread(&probe).expect("FIONREAD") > 0
+        || !n.layout.staging().join("1.0.0.bundle").is_file()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never received the first half"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The connection is cut.
+    drop(writer);
+    match agent.join().expect("agent thread") {
+        Err(AgentError::Release(ReleaseError::PayloadMismatch(why))) => {
+            assert_eq!(why, "shorter than the manifest says");
+        }
+        other => panic!("a cut upload answered {other:?}"),
+    }
+    n.assert_clean(&[]);
+}
+
+#[test]
+fn a_node_whose_clock_is_behind_refuses_what_expired_before_its_newest_release() {
+    let n = node();
+    let key = &n.signing.release_key;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let newest = n.bundle("2.0.0", key, now); // created now
+    let older = n.bundle("1.5.0", key, now - 23 * hour); // valid until now + 1 h
+    let expired = n.bundle("1.0.0", key, now - 36 * hour); // expired 12 h ago
+    // The node's clock is 35 hours behind: by it, 1.0.0 is still valid.
+    let behind = now - 35 * hour;
+    let expired_bytes = fs::read(&expired).expect("bundle");
+    let stage_behind =
+        |layout: &Layout| fleet_agent::stage(layout, &v("1.0.0"), &mut &expired_bytes[..], behind);
+
+    // A node that never saw a newer release has only its clock to go by.
+    let fresh = node();
+    fs::write(fresh.layout.trust_root(), n.signing.root.to_json()).expect("trust");
+    stage_behind(&fresh.layout).expect("valid by the node's clock");
+
+    n.stage("2.0.0", &newest).expect("stages");
+    // An older (still valid) release does not lower the node's floor.
+    n.stage("1.5.0", &older).expect("stages");
+    let err = stage_behind(&n.layout).expect_err("expired before the node's newest release");
+    assert_eq!(err.code(), Code::VerificationFailed, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("release 1.0.0 expired")
+            && message.contains("the newest release this node accepted"),
+        "{message}"
+    );
+    n.assert_clean(&["1.5.0", "2.0.0"]);
+}
+
+#[test]
+fn activation_refuses_a_release_changed_after_staging() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = node();
+    let v1 = n.good("1.0.0"); // counter 1
+    let v2 = n.good("2.0.0"); // counter 2
+    n.stage("1.0.0", &v1).expect("stages");
+    n.stage("2.0.0", &v2).expect("stages");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), false).expect("activates");
+    let release = n.layout.release("2.0.0");
+    let server = release.join("bin/etl-server");
+    let refused = |what: &str| {
+        let err = fleet_agent::activate(&n.layout, &v("2.0.0"), false)
+            .expect_err("an altered release is refused");
+        assert_eq!(err.code(), Code::VerificationFailed, "{what}: {err}");
+        assert_eq!(
+            n.layout.link_version(&n.layout.current()).expect("current"),
+            Some("1.0.0".into()),
+            "{what}: a refusal switches nothing"
+        );
+        err.to_string()
+    };
+
+    fs::write(&server, "#!/bin/sh\necho owned\n").expect("rewrite");
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let message = refused("content");
+    assert!(
+        message.contains("`bin/etl-server`") && message.contains("sha256"),
+        "{message}"
+    );
+    fs::write(&server, "#!/bin/sh\necho 2.0.0\n").expect("restore");
+
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let message = refused("mode");
+    assert!(
+        message.contains("`bin/etl-server`") && message.contains("mode 777"),
+        "{message}"
+    );
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    fs::write(release.join("bin/preload.so"), "x").expect("plant");
+    let message = refused("an added file");
+    assert!(
+        message.contains("`bin/preload.so`") && message.contains("not in its manifest"),
+        "{message}"
+    );
+    fs::remove_file(release.join("bin/preload.so")).expect("remove");
+
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("the restored tree activates");
+    // Staging it again repairs an altered release.
+    fs::write(&server, "#!/bin/sh\necho owned\n").expect("rewrite");
+    let restaged = n.stage("2.0.0", &v2).expect("restages");
+    assert!(restaged.changed, "an altered release is staged again");
+    assert_eq!(
+        fs::read_to_string(&server).expect("server"),
+        "#!/bin/sh\necho 2.0.0\n"
+    );
+    fleet_agent::rollback(&n.layout).expect("rolls back");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("activates again");
 }
 
 /// The syscalls by which the agent creates, replaces, removes or opens the node's files.
