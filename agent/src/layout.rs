@@ -6,8 +6,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::idle::RECEIVE_DEADLINE;
 use crate::{AgentError, io};
 
 /// How long an operation waits for another one on the same node before giving up. Shorter
@@ -20,16 +21,71 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 pub struct Layout {
     root: PathBuf,
     lock_wait: Duration,
+    receive_deadline: Duration,
 }
 
-/// Holds `state/agent.lock` for as long as it lives.
-pub(crate) struct Lock(#[allow(dead_code)] fs::File);
+/// Holds `state/agent.lock` for as long as it lives. The file names its holder while held
+/// (`<pid> <unix seconds since it took the lock>`), so that a refused operation can say who
+/// holds the node and since when; it is emptied when released.
+pub(crate) struct Lock(fs::File);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.0.set_len(0);
+    }
+}
+
+/// The operation holding the node's lock, as its lock file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// How long it has held the lock (by the wall clock, whole seconds).
+    pub held_for: Duration,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {}, holding it for {} s",
+            self.pid,
+            self.held_for.as_secs()
+        )
+    }
+}
+
+impl Holder {
+    fn record(file: &fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        file.set_len(0)?;
+        file.write_all_at(format!("{} {since}\n", std::process::id()).as_bytes(), 0)
+    }
+
+    /// What the lock file says, if it names a holder (a holder that has only just taken the
+    /// lock may not have written it yet).
+    fn read(file: &fs::File) -> Option<Holder> {
+        use std::io::Read;
+        let mut text = String::new();
+        file.take(64).read_to_string(&mut text).ok()?;
+        let (pid, since) = text.trim().split_once(' ')?;
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(since.parse().ok()?);
+        Some(Holder {
+            pid: pid.parse().ok()?,
+            held_for: SystemTime::now().duration_since(since).unwrap_or_default(),
+        })
+    }
+}
 
 impl Layout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
             lock_wait: LOCK_WAIT,
+            receive_deadline: RECEIVE_DEADLINE,
         }
     }
 
@@ -40,6 +96,20 @@ impl Layout {
             lock_wait: wait,
             ..self
         }
+    }
+
+    /// The same layout, giving a bundle upload `limit` instead of [`RECEIVE_DEADLINE`] to
+    /// arrive (tests of a trickling sender do not wait minutes).
+    pub fn with_receive_deadline(self, limit: Duration) -> Self {
+        Self {
+            receive_deadline: limit,
+            ..self
+        }
+    }
+
+    /// How long `stage` may take to receive a bundle.
+    pub fn receive_deadline(&self) -> Duration {
+        self.receive_deadline
     }
 
     pub fn root(&self) -> &Path {
@@ -73,6 +143,11 @@ impl Layout {
     pub fn counter(&self) -> PathBuf {
         self.state().join("counter")
     }
+    /// The newest `created` time of any release this node accepted, `state/created` (unix
+    /// seconds): a manifest that expired before it is refused, whatever the node's clock says.
+    pub fn created_floor(&self) -> PathBuf {
+        self.state().join("created")
+    }
     /// Held by every operation that changes the node, `state/agent.lock`.
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("agent.lock")
@@ -103,16 +178,29 @@ impl Layout {
     pub(crate) fn lock(&self) -> Result<Lock, AgentError> {
         self.ensure()?;
         let path = self.lock_file();
-        let file = fs::File::create(&path).map_err(io(&path))?;
+        // Not truncated on open: while another operation holds it, it names that holder.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
         let deadline = Instant::now() + self.lock_wait;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Lock(file)),
+                Ok(()) => {
+                    Holder::record(&file).map_err(io(&path))?;
+                    return Ok(Lock(file));
+                }
                 Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(fs::TryLockError::WouldBlock) => {
-                    return Err(AgentError::Busy(self.lock_wait.as_secs()));
+                    return Err(AgentError::Busy {
+                        waited: self.lock_wait.as_secs(),
+                        holder: Holder::read(&file),
+                    });
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(AgentError::Io { path, error: e }),
             }
@@ -151,6 +239,25 @@ impl Layout {
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Path::new("releases").join(version), &tmp).map_err(io(&tmp))?;
         fs::rename(&tmp, link).map_err(io(link))?;
+        sync_dir(&self.root)
+    }
+
+    /// Exchanges two links (`current` and `previous`) in one step, then syncs the directory;
+    /// when `b` does not exist, `a` is renamed to it.
+    pub fn swap(&self, a: &Path, b: &Path) -> Result<(), AgentError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) if b.symlink_metadata().is_err() => {
+                fs::rename(a, b).map_err(io(b))?;
+            }
+            Err(e) => {
+                return Err(AgentError::Io {
+                    path: b.to_owned(),
+                    error: e.into(),
+                });
+            }
+        }
         sync_dir(&self.root)
     }
 

@@ -6,6 +6,7 @@
 //! stdin. Not async: a request runs on the calling thread, no runtime is started.
 
 mod idle;
+mod installed;
 mod layout;
 mod ops;
 mod serve;
@@ -13,8 +14,8 @@ mod serve;
 use std::path::PathBuf;
 
 pub use fleet_proto::{Answer, Code, Refusal, Reply, Request, Staged, Status, Switched};
-pub use idle::{IdleTimeout, STDIN_IDLE_TIMEOUT, stdin};
-pub use layout::{LOCK_WAIT, Layout};
+pub use idle::{Deadline, IdleTimeout, RECEIVE_DEADLINE, STDIN_IDLE_TIMEOUT, stdin};
+pub use layout::{Holder, LOCK_WAIT, Layout};
 pub use ops::{activate, rollback, stage, status};
 pub use serve::{answer, answer_line, invocation};
 
@@ -50,14 +51,31 @@ pub enum AgentError {
         counter: u64,
         installed: u64,
     },
+    #[error(
+        "release {version} expired at {expires}, before {newest}, when the newest release this node accepted was created: is this node's clock behind?"
+    )]
+    ExpiredForNode {
+        version: String,
+        expires: fleet_release::Timestamp,
+        newest: fleet_release::Timestamp,
+    },
+    #[error("release {version} changed after it was staged: `{path}` {problem}; stage it again")]
+    Altered {
+        version: String,
+        path: String,
+        problem: String,
+    },
     #[error("release {0} is not staged on this node; push it first")]
     NotStaged(String),
     #[error(
         "release {wanted} is older than the active {active}; activating it needs --allow-downgrade"
     )]
     Downgrade { wanted: String, active: String },
-    #[error("another fleet-agent operation has held this node for over {0} s; try again")]
-    Busy(u64),
+    #[error(
+        "another fleet-agent operation holds this node ({}); waited {waited} s for it; try again",
+        holder.as_ref().map_or_else(|| "its holder is not recorded".to_owned(), ToString::to_string)
+    )]
+    Busy { waited: u64, holder: Option<Holder> },
     #[error("no previous release to roll back to")]
     NoPrevious,
     #[error("{0}")]
@@ -77,9 +95,12 @@ impl AgentError {
             AgentError::WrongPlatform { .. } => Code::WrongPlatform,
             AgentError::AgentTooOld { .. } => Code::AgentTooOld,
             AgentError::OldCounter { .. } => Code::OldCounter,
+            AgentError::ExpiredForNode { .. } | AgentError::Altered { .. } => {
+                Code::VerificationFailed
+            }
             AgentError::NotStaged(_) => Code::NotStaged,
             AgentError::Downgrade { .. } => Code::Downgrade,
-            AgentError::Busy(_) => Code::Busy,
+            AgentError::Busy { .. } => Code::Busy,
             AgentError::NoPrevious => Code::NoPrevious,
             AgentError::BadRequest(_) => Code::BadRequest,
             AgentError::Layout(_) => Code::Layout,
@@ -190,6 +211,22 @@ mod tests {
                 },
                 Code::OldCounter,
             ),
+            (
+                AgentError::ExpiredForNode {
+                    version: s(),
+                    expires: fleet_release::Timestamp::now(),
+                    newest: fleet_release::Timestamp::now(),
+                },
+                Code::VerificationFailed,
+            ),
+            (
+                AgentError::Altered {
+                    version: s(),
+                    path: "bin/etl-server".into(),
+                    problem: "sha256 differs from its manifest".into(),
+                },
+                Code::VerificationFailed,
+            ),
             (AgentError::NotStaged(s()), Code::NotStaged),
             (
                 AgentError::Downgrade {
@@ -198,7 +235,13 @@ mod tests {
                 },
                 Code::Downgrade,
             ),
-            (AgentError::Busy(60), Code::Busy),
+            (
+                AgentError::Busy {
+                    waited: 60,
+                    holder: None,
+                },
+                Code::Busy,
+            ),
             (AgentError::NoPrevious, Code::NoPrevious),
             (AgentError::BadRequest(s()), Code::BadRequest),
             (AgentError::Layout(s()), Code::Layout),

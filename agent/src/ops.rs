@@ -1,23 +1,36 @@
 //! What the agent does: stage a bundle (receive, verify against the node's trust root,
-//! unpack, then move into place), switch `current`, roll back, report status. Every operation
-//! that changes the node holds the node's agent lock, so two controllers never interleave on
-//! one node; `status` only reads. Not the wire: the outcomes are `fleet-proto`'s types, and
+//! unpack, then move into place), switch `current` (after checking the installed tree against
+//! its manifest), roll back, report status. Every step that writes is ordered so that a crash
+//! between any two leaves a node that still rolls back and a replay floor that never dropped.
+//! Every operation that changes the node holds the node's agent lock, so two controllers never
+//! interleave on one node; `status` only reads. Not the wire: the outcomes are `fleet-proto`'s types, and
 //! turning a request into an answer is `serve`'s.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fleet_proto::{Staged, Status, Switched};
-use fleet_release::{Manifest, Root};
+use fleet_release::{Manifest, Root, Timestamp};
 
+use crate::idle::Deadline;
+use crate::installed::check_tree;
 use crate::layout::{Layout, sync_dir};
 use crate::{AgentError, VERSION, io};
 
 /// Receives the bundle for `version` from `input` into the staging area, verifies it against
 /// `trust/root.json` (signatures, expiry, every byte and hash, as written to disk), checks it
-/// is that version, for this platform and this agent, and only then moves the unpacked tree
-/// to `releases/<version>`. On any failure nothing is left in staging or in `releases/`.
+/// is that version, for this platform and this agent, not expired before the newest release
+/// this node accepted, and only then moves the unpacked tree to `releases/<version>`. The whole bundle must arrive within the layout's receive deadline
+/// ([`crate::RECEIVE_DEADLINE`]).
+///
+/// Crash-safe: the steps that change the node come after verification, in this order, so a
+/// crash between any two leaves a node that works as before: the created-time floor is raised
+/// (never lowered); the verified tree takes the
+/// place of `releases/<version>` in one rename (an exchange when a tree without a manifest is
+/// there: the old tree is deleted only after the new one is in place); the manifest is written
+/// last, and only then does the release count as staged. On a refusal nothing changes outside
+/// staging, which is cleared.
 pub fn stage(
     layout: &Layout,
     wanted: &semver::Version,
@@ -27,8 +40,11 @@ pub fn stage(
     let version = wanted.to_string();
     let version = version.as_str();
     let _lock = layout.lock()?;
-    let release = layout.release(version);
-    if release.is_dir() && layout.manifest(version).is_file() {
+    // A staged release whose tree still matches its manifest is kept; one changed since is
+    // staged again.
+    if staged_manifest(layout, version)?
+        .is_some_and(|manifest| check_tree(&layout.release(version), &manifest).is_ok())
+    {
         return Ok(Staged {
             version: version.into(),
             changed: false,
@@ -36,35 +52,56 @@ pub fn stage(
             bytes: 0,
         });
     }
-    // Whatever an interrupted run left behind is garbage: a release only counts once renamed
-    // with its manifest beside it.
+    // Whatever an interrupted run left in staging is garbage.
     clear_staging(layout)?;
-    if release.exists() {
-        remove_tree(&release)?;
-    }
     let bundle = layout.staging().join(format!("{version}.bundle"));
     let tree = layout.staging().join(format!("{version}.tree"));
-    let result = receive_and_unpack(layout, wanted, input, &bundle, &tree, now);
-    let outcome = result.and_then(|manifest| {
-        let bytes =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| AgentError::Layout(e.to_string()))?;
-        layout.write_atomic(&layout.manifest(version), &bytes)?;
-        fs::rename(&tree, layout.release(version)).map_err(io(layout.release(version)))?;
-        sync_dir(&layout.releases())?;
-        Ok(Staged {
-            version: version.into(),
-            changed: true,
-            files: manifest.file_count(),
-            bytes: manifest.total_size(),
-        })
-    });
-    if outcome.is_err() {
-        let _ = fs::remove_file(layout.manifest(version));
-        let _ = remove_tree(&release);
-    }
+    let mut input = Deadline::new(input, layout.receive_deadline());
+    let outcome = receive_and_unpack(layout, wanted, &mut input, &bundle, &tree, now)
+        .and_then(|manifest| install(layout, version, &tree, &manifest));
     // Staging is cleared again by the next stage; a failure here must not hide the outcome.
     let _ = clear_staging(layout);
     outcome
+}
+
+/// Puts a verified tree in place as `releases/<version>`; the steps are ordered for a crash
+/// between any two (see [`stage`]).
+fn install(
+    layout: &Layout,
+    version: &str,
+    tree: &std::path::Path,
+    manifest: &Manifest,
+) -> Result<Staged, AgentError> {
+    raise_created_floor(layout, manifest.created)?;
+    let release = layout.release(version);
+    if release.symlink_metadata().is_ok() {
+        // Not staged (no manifest) or altered: swapped for the verified tree in one step, so
+        // `releases/<version>` is never missing (`current` may point at it); the old tree
+        // lands in staging and goes with it.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            tree,
+            rustix::fs::CWD,
+            &release,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| AgentError::Io {
+            path: release.clone(),
+            error: e.into(),
+        })?;
+    } else {
+        fs::rename(tree, &release).map_err(io(&release))?;
+    }
+    sync_dir(&layout.releases())?;
+    let bytes =
+        serde_json::to_vec_pretty(manifest).map_err(|e| AgentError::Layout(e.to_string()))?;
+    layout.write_atomic(&layout.manifest(version), &bytes)?;
+    Ok(Staged {
+        version: version.into(),
+        changed: true,
+        files: manifest.file_count(),
+        bytes: manifest.total_size(),
+    })
 }
 
 fn receive_and_unpack(
@@ -113,6 +150,15 @@ fn receive_and_unpack(
             version: wanted.to_string(),
             counter: manifest.counter,
             installed,
+        });
+    }
+    if let Some(newest) = created_floor(layout)?
+        && manifest.expires.0 <= newest.0
+    {
+        return Err(AgentError::ExpiredForNode {
+            version: wanted.to_string(),
+            expires: manifest.expires,
+            newest,
         });
     }
     let agent: semver::Version = VERSION.parse().expect("the crate version is semver");
@@ -166,8 +212,8 @@ fn make_writable(dir: &std::path::Path) {
 }
 
 /// Makes a staged release current, keeping the one it replaces as `previous`. Refuses a
-/// release that is not staged, and one older than the active release unless
-/// `allow_downgrade`.
+/// release that is not staged, one whose tree no longer matches its manifest, and one older
+/// than the active release unless `allow_downgrade`.
 pub fn activate(
     layout: &Layout,
     wanted: &semver::Version,
@@ -176,7 +222,7 @@ pub fn activate(
     let version = wanted.to_string();
     let version = version.as_str();
     let _lock = layout.lock()?;
-    if !layout.release(version).is_dir() || !layout.manifest(version).is_file() {
+    if !is_staged(layout, version) {
         return Err(AgentError::NotStaged(version.into()));
     }
     let active = layout.link_version(&layout.current())?;
@@ -198,12 +244,21 @@ pub fn activate(
                 active: active.clone(),
             });
         }
+    }
+    // Read and check everything that can fail before anything is switched.
+    let manifest =
+        staged_manifest(layout, version)?.ok_or_else(|| AgentError::NotStaged(version.into()))?;
+    check_tree(&layout.release(version), &manifest)?;
+    let counter = manifest.counter.max(installed_counter(layout)?);
+    // The replay floor first: a crash after it leaves the old release running under a floor
+    // that only rose. Then `previous`, then `current`: a crash between them leaves both on
+    // the running release (nothing lost that the switch would have kept), and running the
+    // activation again finishes it.
+    layout.write_atomic(&layout.counter(), format!("{counter}\n").as_bytes())?;
+    if let Some(active) = &active {
         layout.point(&layout.previous(), active)?;
     }
-    // Read everything that can fail before anything is switched.
-    let counter = release_counter(layout, version)?.max(installed_counter(layout)?);
     layout.point(&layout.current(), version)?;
-    layout.write_atomic(&layout.counter(), format!("{counter}\n").as_bytes())?;
     Ok(Switched {
         active: version.into(),
         previous: active,
@@ -211,20 +266,18 @@ pub fn activate(
     })
 }
 
-/// Swaps `current` and `previous`.
+/// Swaps `current` and `previous` in one step (an exchange of the two links), after checking
+/// that the release it goes back to still matches its manifest.
 pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
     let _lock = layout.lock()?;
     let previous = layout
         .link_version(&layout.previous())?
         .ok_or(AgentError::NoPrevious)?;
-    if !layout.release(&previous).is_dir() {
-        return Err(AgentError::NotStaged(previous));
-    }
+    let manifest = staged_manifest(layout, &previous)?
+        .ok_or_else(|| AgentError::NotStaged(previous.clone()))?;
+    check_tree(&layout.release(&previous), &manifest)?;
     let active = layout.link_version(&layout.current())?;
-    layout.point(&layout.current(), &previous)?;
-    if let Some(active) = &active {
-        layout.point(&layout.previous(), active)?;
-    }
+    layout.swap(&layout.previous(), &layout.current())?;
     Ok(Switched {
         active: previous,
         previous: active,
@@ -238,7 +291,7 @@ pub fn status(layout: &Layout) -> Result<Status, AgentError> {
     let mut staged: Vec<String> = fs::read_dir(layout.releases())
         .map_err(io(layout.releases()))?
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-        .filter(|v| layout.manifest(v).is_file())
+        .filter(|v| is_staged(layout, v))
         .collect();
     staged.sort_by(
         |a, b| match (a.parse::<semver::Version>(), b.parse::<semver::Version>()) {
@@ -276,11 +329,51 @@ fn installed_counter(layout: &Layout) -> Result<u64, AgentError> {
     }
 }
 
-/// The counter of a staged release, from its verified manifest.
-fn release_counter(layout: &Layout, version: &str) -> Result<u64, AgentError> {
+/// Whether `releases/<version>` is a staged release: its tree and its manifest are there.
+fn is_staged(layout: &Layout, version: &str) -> bool {
+    layout.release(version).is_dir() && layout.manifest(version).is_file()
+}
+
+/// The verified manifest a staged release was staged with; `None` when it is not staged.
+fn staged_manifest(layout: &Layout, version: &str) -> Result<Option<Manifest>, AgentError> {
+    if !is_staged(layout, version) {
+        return Ok(None);
+    }
     let path = layout.manifest(version);
     let text = fs::read(&path).map_err(io(&path))?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display())))?;
-    Ok(manifest.counter)
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display())))
+}
+
+/// The newest `created` time of any release this node accepted (`state/created`, unix
+/// seconds); `None` before the first.
+fn created_floor(layout: &Layout) -> Result<Option<Timestamp>, AgentError> {
+    let path = layout.created_floor();
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(|secs| {
+                Some(Timestamp(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+                ))
+            })
+            .map_err(|_| AgentError::Layout(format!("{} does not hold a number", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::Io { path, error: e }),
+    }
+}
+
+/// Raises the created-time floor to `created`; never lowers it.
+fn raise_created_floor(layout: &Layout, created: Timestamp) -> Result<(), AgentError> {
+    if created_floor(layout)?.is_some_and(|floor| floor >= created) {
+        return Ok(());
+    }
+    let secs = created
+        .0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    layout.write_atomic(&layout.created_floor(), format!("{secs}\n").as_bytes())
 }

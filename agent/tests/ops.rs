@@ -145,9 +145,7 @@ fn refused_bundles_leave_nothing_behind() {
     ));
     n.assert_clean(&[]);
 
-    // A connection cut mid-upload: the agent sees a short stream.
-    assert!(n.stage_bytes("1.0.0", &bundle[..bundle.len() / 2]).is_err());
-    n.assert_clean(&[]);
+    // A connection cut mid-upload: `a_cut_upload_leaves_nothing_once_the_agent_has_started_receiving`.
     n.stage_bytes("1.0.0", &bundle)
         .expect("a retry completes it");
     n.assert_clean(&["1.0.0"]);
@@ -380,4 +378,476 @@ fn a_busy_node_answers_busy_and_still_reports_status() {
     assert!(n.ask("status", b"").is_ok(), "status only reads");
     drop(held);
     assert_eq!(n.refused("activate 1.0.0", b""), Code::NotStaged);
+}
+
+/// Writes `bytes` into `writer` one at a time, `every` apart, until they are all sent or the
+/// reader is gone; returns how many were sent.
+fn trickle(mut writer: fs::File, bytes: Vec<u8>, every: Duration) -> usize {
+    use std::io::Write;
+    let mut sent = 0;
+    for byte in bytes {
+        if writer.write_all(&[byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(every);
+    }
+    sent
+}
+
+#[test]
+fn a_trickling_sender_is_cut_off_by_the_overall_deadline() {
+    let mut n = node();
+    n.layout = n
+        .layout
+        .clone()
+        .with_receive_deadline(Duration::from_millis(800));
+    let bundle = n.good("1.0.0");
+    let bytes = fs::read(&bundle).expect("bundle");
+    // A byte every 20 ms never trips the 200 ms idle check; the whole bundle would take
+    // len × 20 ms (tens of seconds).
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let total = bytes.len();
+    let sender = std::thread::spawn(move || {
+        trickle(fs::File::from(writer), bytes, Duration::from_millis(20))
+    });
+    let mut input =
+        fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_millis(200));
+    let err = fleet_agent::stage(&n.layout, &v("1.0.0"), &mut input, SystemTime::now())
+        .expect_err("a trickling sender is cut off");
+    match &err {
+        AgentError::Release(ReleaseError::Read(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{err}");
+            assert!(
+                e.to_string()
+                    .contains("the bundle did not arrive within 800ms"),
+                "{err}"
+            );
+        }
+        other => panic!("expected the receive deadline, got {other:?}"),
+    }
+    assert_eq!(err.code(), Code::Input);
+    drop(input);
+    let sent = sender.join().expect("sender");
+    assert!(sent < total, "the whole bundle trickled in ({sent} bytes)");
+    n.assert_clean(&[]);
+    // The lock is free again.
+    n.stage("1.0.0", &bundle).expect("stages after the cut");
+}
+
+#[test]
+fn a_header_larger_than_the_cap_is_refused_before_it_is_read() {
+    let n = node();
+    // A manifest announced at 2 MiB: refused from its length alone, nothing more is read.
+    let mut bytes = fleet_release::bundle::MAGIC.to_vec();
+    bytes.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    match n.stage_bytes("1.0.0", &bytes) {
+        Err(AgentError::Release(ReleaseError::TooLarge { what, size, cap })) => {
+            assert_eq!((what, size, cap), ("manifest", 2 << 20, 1 << 20));
+        }
+        other => panic!("a 2 MiB manifest was not refused by its length: {other:?}"),
+    }
+    n.assert_clean(&[]);
+}
+
+#[test]
+fn a_busy_refusal_names_the_holder_pid_and_age() {
+    let mut n = node();
+    n.layout = n.layout.clone().with_lock_wait(Duration::from_millis(200));
+    let root = n.layout.root().to_string_lossy().into_owned();
+    // A real agent staging from a sender that has sent nothing yet holds the node.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+        .args(["--root", &root, "stage", "1.0.0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the agent");
+    let started = std::time::Instant::now();
+    let staging_file = n.layout.staging().join("1.0.0.bundle");
+    let deadline = started + Duration::from_secs(30);
+    while !staging_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started receiving"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = n.ask("activate 1.0.0", b"");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let Answer::Refused(refusal) = &answer else {
+        panic!("a held node answered {answer:?}");
+    };
+    assert_eq!(refusal.code, Code::Busy);
+    let pid = format!("pid {}", holder.id());
+    assert!(refusal.error.contains(&pid), "{}", refusal.error);
+    let age = refusal
+        .error
+        .split("holding it for ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s").next())
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no age in: {}", refusal.error));
+    assert!(
+        age <= started.elapsed().as_secs(),
+        "held for {age} s, but it started {:?} ago",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_cut_upload_leaves_nothing_once_the_agent_has_started_receiving() {
+    use std::io::Write;
+    let n = node();
+    let bytes = fs::read(n.good("1.0.0")).expect("bundle");
+    // Cut halfway through the payload, after the whole header.
+    let block = |at: usize| {
+        at + 4 + u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+    };
+    let header = block(block(fleet_release::bundle::MAGIC.len()));
+    let cut = header + (bytes.len() - header) / 2;
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let probe = reader.try_clone().expect("a second handle on the pipe");
+    let mut writer = fs::File::from(writer);
+    writer.write_all(&bytes[..cut]).expect("write");
+    let layout = n.layout.clone();
+    let agent = std::thread::spawn(move || {
+        let mut input =
+            fleet_agent::IdleTimeout::new(fs::File::from(reader), Duration::from_secs(60));
+        fleet_agent::stage(&layout, &v("1.0.0"), &mut input, SystemTime::now())
+    });
+    // The agent has taken every byte sent so far (header and half the payload) and has its
+    // staging file open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rustix::io::ioctl_fionread(&probe).expect("FIONREAD") > 0
+        || !n.layout.staging().join("1.0.0.bundle").is_file()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never received the first half"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The connection is cut.
+    drop(writer);
+    match agent.join().expect("agent thread") {
+        Err(AgentError::Release(ReleaseError::PayloadMismatch(why))) => {
+            assert_eq!(why, "shorter than the manifest says");
+        }
+        other => panic!("a cut upload answered {other:?}"),
+    }
+    n.assert_clean(&[]);
+}
+
+#[test]
+fn a_node_whose_clock_is_behind_refuses_what_expired_before_its_newest_release() {
+    let n = node();
+    let key = &n.signing.release_key;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let newest = n.bundle("2.0.0", key, now); // created now
+    let older = n.bundle("1.5.0", key, now - 23 * hour); // valid until now + 1 h
+    let expired = n.bundle("1.0.0", key, now - 36 * hour); // expired 12 h ago
+    // The node's clock is 35 hours behind: by it, 1.0.0 is still valid.
+    let behind = now - 35 * hour;
+    let expired_bytes = fs::read(&expired).expect("bundle");
+    let stage_behind =
+        |layout: &Layout| fleet_agent::stage(layout, &v("1.0.0"), &mut &expired_bytes[..], behind);
+
+    // A node that never saw a newer release has only its clock to go by.
+    let fresh = node();
+    fs::write(fresh.layout.trust_root(), n.signing.root.to_json()).expect("trust");
+    stage_behind(&fresh.layout).expect("valid by the node's clock");
+
+    n.stage("2.0.0", &newest).expect("stages");
+    // An older (still valid) release does not lower the node's floor.
+    n.stage("1.5.0", &older).expect("stages");
+    let err = stage_behind(&n.layout).expect_err("expired before the node's newest release");
+    assert_eq!(err.code(), Code::VerificationFailed, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("release 1.0.0 expired")
+            && message.contains("the newest release this node accepted"),
+        "{message}"
+    );
+    n.assert_clean(&["1.5.0", "2.0.0"]);
+}
+
+#[test]
+fn activation_refuses_a_release_changed_after_staging() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = node();
+    let v1 = n.good("1.0.0"); // counter 1
+    let v2 = n.good("2.0.0"); // counter 2
+    n.stage("1.0.0", &v1).expect("stages");
+    n.stage("2.0.0", &v2).expect("stages");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), false).expect("activates");
+    let release = n.layout.release("2.0.0");
+    let server = release.join("bin/etl-server");
+    let refused = |what: &str| {
+        let err = fleet_agent::activate(&n.layout, &v("2.0.0"), false)
+            .expect_err("an altered release is refused");
+        assert_eq!(err.code(), Code::VerificationFailed, "{what}: {err}");
+        assert_eq!(
+            n.layout.link_version(&n.layout.current()).expect("current"),
+            Some("1.0.0".into()),
+            "{what}: a refusal switches nothing"
+        );
+        err.to_string()
+    };
+
+    fs::write(&server, "#!/bin/sh\necho owned\n").expect("rewrite");
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let message = refused("content");
+    assert!(
+        message.contains("`bin/etl-server`") && message.contains("sha256"),
+        "{message}"
+    );
+    fs::write(&server, "#!/bin/sh\necho 2.0.0\n").expect("restore");
+
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o777)).expect("chmod");
+    let message = refused("mode");
+    assert!(
+        message.contains("`bin/etl-server`") && message.contains("mode 777"),
+        "{message}"
+    );
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    fs::write(release.join("bin/preload.so"), "x").expect("plant");
+    let message = refused("an added file");
+    assert!(
+        message.contains("`bin/preload.so`") && message.contains("not in its manifest"),
+        "{message}"
+    );
+    fs::remove_file(release.join("bin/preload.so")).expect("remove");
+
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("the restored tree activates");
+    // Staging it again repairs an altered release.
+    fs::write(&server, "#!/bin/sh\necho owned\n").expect("rewrite");
+    let restaged = n.stage("2.0.0", &v2).expect("restages");
+    assert!(restaged.changed, "an altered release is staged again");
+    assert_eq!(
+        fs::read_to_string(&server).expect("server"),
+        "#!/bin/sh\necho 2.0.0\n"
+    );
+    fleet_agent::rollback(&n.layout).expect("rolls back");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("activates again");
+}
+
+/// The syscalls by which the agent creates, replaces, removes or opens the node's files.
+/// `strace` counts each syscall separately, so killing the agent at the Nth call of each, for
+/// every N until a run completes, kills it before every one of its writes.
+const WRITES: &[&str] = &[
+    "openat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "symlink",
+    "symlinkat",
+    "unlink",
+    "unlinkat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "ftruncate",
+];
+
+/// A node with 1.0.0 and 2.0.0 activated in turn (current 2.0.0, previous 1.0.0, counter 2),
+/// and the bundles of 2.0.0 and 3.0.0.
+fn upgraded_node() -> (Node, PathBuf, PathBuf) {
+    let n = node();
+    let v1 = n.good("1.0.0"); // counter 1
+    let v2 = n.good("2.0.0"); // counter 2
+    n.stage("1.0.0", &v1).expect("stages");
+    fleet_agent::activate(&n.layout, &v("1.0.0"), false).expect("activates");
+    n.stage("2.0.0", &v2).expect("stages");
+    fleet_agent::activate(&n.layout, &v("2.0.0"), false).expect("activates");
+    let v3 = n.good("3.0.0");
+    (n, v2, v3)
+}
+
+/// Copies the node root `from` to a fresh `to` (links are relative, so they keep working).
+fn copy_root(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn counter(layout: &Layout) -> u64 {
+    fs::read_to_string(layout.counter())
+        .map(|t| t.trim().parse().expect("a number"))
+        .unwrap_or(0)
+}
+
+/// A release the node counts as staged, with the bytes it was built with.
+fn assert_complete(layout: &Layout, version: &str, context: &str) {
+    assert!(
+        layout.manifest(version).is_file(),
+        "{context}: {version} has no manifest"
+    );
+    assert_tree(layout, version, context);
+}
+
+/// The tree of `releases/<version>` is there, with the bytes it was built with.
+fn assert_tree(layout: &Layout, version: &str, context: &str) {
+    assert_eq!(
+        fs::read_to_string(layout.release(version).join("bin/etl-server"))
+            .unwrap_or_else(|e| panic!("{context}: {version}: {e}")),
+        format!("#!/bin/sh\necho {version}\n"),
+        "{context}"
+    );
+}
+
+/// What must hold after any crash: `current` is `before` or `after`, a release whose tree is
+/// there; `previous` names one too; the counter never dropped, and is at least that of
+/// whatever is current; every release status lists is complete.
+fn assert_recoverable(layout: &Layout, before: &str, after: &str, floor: u64, context: &str) {
+    let current = layout
+        .link_version(&layout.current())
+        .expect("current reads")
+        .unwrap_or_else(|| panic!("{context}: no current"));
+    assert!(
+        current == before || current == after,
+        "{context}: current is {current}"
+    );
+    assert_tree(layout, &current, context);
+    let previous = layout
+        .link_version(&layout.previous())
+        .expect("previous reads")
+        .unwrap_or_else(|| panic!("{context}: previous lost"));
+    assert_tree(layout, &previous, context);
+    let counter = counter(layout);
+    assert!(
+        counter >= floor,
+        "{context}: counter {counter} below {floor}"
+    );
+    // The fixture builds release N.0.0 with counter N.
+    let needed: u64 = current
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .expect("a N.0.0 version");
+    assert!(
+        counter >= needed,
+        "{context}: {current} is current but the counter is {counter}"
+    );
+    let status = fleet_agent::status(layout).expect("status");
+    for staged in &status.staged {
+        assert_complete(layout, staged, context);
+    }
+}
+
+/// Runs `fleet-agent --root <copy> words` on a fresh copy of `base` under strace, killed at
+/// the Nth call of each write syscall in turn until a run completes; after every kill the node
+/// must be recoverable, roll back, and take the same request again. Returns the kills.
+fn kill_between_writes(
+    base: &Path,
+    words: &[&str],
+    input: Option<&Path>,
+    after: &str,
+    check_done: impl Fn(&Layout),
+) -> usize {
+    let agent = env!("CARGO_BIN_EXE_fleet-agent");
+    let work = base.with_extension("crash");
+    let mut kills = 0;
+    for syscall in WRITES {
+        for nth in 1.. {
+            copy_root(base, &work);
+            let layout = Layout::new(&work);
+            let stdin = match input {
+                Some(path) => Stdio::from(fs::File::open(path).expect("bundle")),
+                None => Stdio::null(),
+            };
+            let out = Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("inject={syscall}:signal=SIGKILL:when={nth}"))
+                .arg(agent)
+                .arg("--root")
+                .arg(&work)
+                .args(words)
+                .stdin(stdin)
+                // cargo's library path would make the loader's opens most of the kill points.
+                .env_remove("LD_LIBRARY_PATH")
+                .output()
+                .expect("strace runs");
+            let context = format!("{words:?} killed at {syscall} #{nth}");
+            assert_recoverable(&layout, "2.0.0", after, 2, &context);
+            use std::os::unix::process::ExitStatusExt;
+            if out.status.signal() != Some(9) {
+                assert!(
+                    out.status.success(),
+                    "{context}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                check_done(&layout);
+                break;
+            }
+            kills += 1;
+            fleet_agent::rollback(&layout).unwrap_or_else(|e| panic!("{context}: rollback: {e}"));
+            assert_recoverable(&layout, "1.0.0", "2.0.0", 2, &context);
+            let request = Request::parse(words).expect("request");
+            let bundle = input
+                .map(|p| fs::read(p).expect("bundle"))
+                .unwrap_or_default();
+            match fleet_agent::answer(&layout, request, || Ok(&bundle[..]), SystemTime::now()) {
+                Answer::Done(_) => {}
+                Answer::Refused(r) => panic!("{context}: the re-run was refused: {r:?}"),
+            }
+            check_done(&layout);
+        }
+    }
+    kills
+}
+
+#[test]
+fn a_crash_between_any_two_writes_of_stage_or_activate_leaves_a_recoverable_node() {
+    let (n, v2, v3) = upgraded_node();
+    let base = n.dir.path().join("base");
+    copy_root(n.layout.root(), &base);
+
+    // The running release lost its manifest: staging it again replaces its tree, which must
+    // never be missing on the way.
+    let lost = n.dir.path().join("lost");
+    copy_root(&base, &lost);
+    fs::remove_file(Layout::new(&lost).manifest("2.0.0")).expect("drop the manifest");
+    let kills = kill_between_writes(&lost, &["stage", "2.0.0"], Some(&v2), "2.0.0", |layout| {
+        assert_complete(layout, "2.0.0", "after stage");
+    });
+    assert!(kills > 10, "stage was killed only {kills} times");
+
+    let kills = kill_between_writes(&base, &["stage", "3.0.0"], Some(&v3), "2.0.0", |layout| {
+        assert_complete(layout, "3.0.0", "after stage");
+    });
+    assert!(kills > 10, "stage was killed only {kills} times");
+
+    let kills = kill_between_writes(&base, &["rollback"], None, "1.0.0", |_| {});
+    assert!(kills > 5, "rollback was killed only {kills} times");
+
+    n.stage("3.0.0", &v3).expect("stages");
+    copy_root(n.layout.root(), &base);
+    let kills = kill_between_writes(&base, &["activate", "3.0.0"], None, "3.0.0", |layout| {
+        assert_eq!(
+            layout
+                .link_version(&layout.current())
+                .expect("current")
+                .as_deref(),
+            Some("3.0.0")
+        );
+        assert!(counter(layout) >= 3);
+    });
+    assert!(kills > 10, "activate was killed only {kills} times");
 }

@@ -24,8 +24,12 @@ use crate::trust::Root;
 pub const MAGIC: &[u8; 16] = b"fleet-bundle-v1\n";
 /// Prefix of every manifest signature.
 pub const MANIFEST_DOMAIN: &[u8] = b"fleet release manifest v1\0";
-/// A manifest larger than this is refused before it is read.
-pub const MANIFEST_CAP: u64 = 16 << 20;
+/// A manifest larger than this is refused before it is read, and so before any signature is
+/// checked: it bounds what an unauthenticated sender can make a node allocate. A manifest
+/// entry is about 120 bytes plus its path (type, mode, size and a 64-digit sha256), so 1 MiB
+/// holds over 6000 files with 40-byte paths; a release (`bin/etl-server`, `bin/fleet-agent`,
+/// migrations, templates) lists a few dozen.
+pub const MANIFEST_CAP: u64 = 1 << 20;
 /// A signature list larger than this is refused before it is read.
 pub const SIGNATURES_CAP: u64 = 64 << 10;
 /// File name suffix of bundles in a store.
