@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use fleet_release::bundle::{Header, MAGIC, MANIFEST_CAP, MANIFEST_DOMAIN, SIGNATURES_CAP};
 use fleet_release::signatures::Signature;
+use fleet_release::trust::ROOT_DOMAIN;
 use fleet_release::{
-    BuildOptions, Entry, Manifest, ReleaseError, Root, RootBody, SecretKey, Timestamp,
+    BuildOptions, Entry, Manifest, PublicKey, ReleaseError, Root, RootBody, SecretKey, Timestamp,
 };
 use sha2::{Digest, Sha256};
 
@@ -559,6 +560,158 @@ fn refuses_malformed_roots() {
     ));
 }
 
+#[test]
+fn only_release_keys_sign_releases() {
+    let root_key = SecretKey::generate().expect("key");
+    let release_key = SecretKey::generate().expect("key");
+    let body =
+        RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1).expect("body");
+    let mut root = Root::unsigned(body).expect("root");
+    root.sign(&root_key);
+    let f = Fixture {
+        dir: tempfile::tempdir().expect("tempdir"),
+        release_key,
+        root,
+    };
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+    let by_root = assemble(&f, "by-root", &manifest, &[&root_key], &payload);
+    match f.verify(&by_root) {
+        Err(ReleaseError::UnknownKey {
+            what: "manifest",
+            key,
+        }) if key == root_key.public() => {}
+        other => panic!("a manifest signed by the root key: {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_holds_one_role() {
+    let k = SecretKey::generate().expect("key");
+    let other = SecretKey::generate().expect("key");
+    let both = |e: &ReleaseError| {
+        matches!(e, ReleaseError::BadRoot(m)
+            if m.contains(&k.public().to_hex()) && m.contains("both a root key and a release key"))
+    };
+    let err = RootBody::new(1, vec![k.public()], 1, vec![k.public()], 1)
+        .expect_err("a root key that is also a release key");
+    assert!(both(&err), "{err}");
+    let err = RootBody::new(1, vec![other.public(), k.public()], 1, vec![k.public()], 1)
+        .expect_err("a root key that is also a release key");
+    assert!(both(&err), "{err}");
+    // A document with the overlap, validly signed, is refused when it is read.
+    let signed = format!(
+        r#"{{"type":"fleet-root","version":1,"root_keys":["{k}"],"root_threshold":1,"release_keys":["{k}"],"release_threshold":1}}"#,
+        k = k.public()
+    );
+    let signature = Signature::create(&k, ROOT_DOMAIN, signed.as_bytes());
+    let document = format!(
+        r#"{{"signed":{signed},"signatures":[{}]}}"#,
+        serde_json::to_string(&signature).expect("json")
+    );
+    let err = Root::parse(document.as_bytes()).expect_err("refused");
+    assert!(both(&err), "{err}");
+}
+
+/// ℓ, the order of the ed25519 base point, little-endian.
+const ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+#[test]
+fn a_malleated_signature_is_refused() {
+    let f = fixture();
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+    // S + ℓ: the same point equation holds, so a verifier that does not insist on a reduced S
+    // accepts a second spelling of the signature.
+    let malleated = assemble_with(&f, "s-plus-l", &manifest, &payload, |bytes| {
+        let mut sig = Signature::create(&f.release_key, MANIFEST_DOMAIN, bytes);
+        let mut raw = hex::decode(&sig.sig).expect("hex");
+        let mut carry = 0u16;
+        for (s, l) in raw[32..].iter_mut().zip(ORDER) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "S + ℓ fits in 256 bits");
+        sig.sig = hex::encode(raw);
+        vec![sig]
+    });
+    match f.verify(&malleated) {
+        Err(ReleaseError::BadSignature {
+            what: "manifest",
+            key,
+        }) if key == f.release_key.public() => {}
+        other => panic!("S + ℓ: {other:?}"),
+    }
+}
+
+#[test]
+fn small_order_and_non_canonical_public_keys_are_refused() {
+    use ed25519_dalek::{Verifier, VerifyingKey};
+    // The identity point: with R = identity and S = 0, `[S]B = R + [k]A` holds for every
+    // message, so the plain check accepts this "signature" of anything.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = [0u8; 64];
+    forged[0] = 1;
+    let weak = VerifyingKey::from_bytes(&identity).expect("decodes");
+    assert!(
+        weak.verify(b"anything", &ed25519_dalek::Signature::from_bytes(&forged))
+            .is_ok(),
+        "the plain check accepts the forgery; only a strict one refuses it"
+    );
+    let err = hex::encode(identity)
+        .parse::<PublicKey>()
+        .expect_err("a small-order key");
+    assert!(err.contains("small-order"), "{err}");
+    // Nor can a root name it: the key is refused when the document is read.
+    let root_key = SecretKey::generate().expect("key");
+    let signed = format!(
+        r#"{{"type":"fleet-root","version":1,"root_keys":["{}"],"root_threshold":1,"release_keys":["{}"],"release_threshold":1}}"#,
+        root_key.public(),
+        hex::encode(identity)
+    );
+    let signature = Signature::create(&root_key, ROOT_DOMAIN, signed.as_bytes());
+    let document = format!(
+        r#"{{"signed":{signed},"signatures":[{}]}}"#,
+        serde_json::to_string(&signature).expect("json")
+    );
+    match Root::parse(document.as_bytes()) {
+        Err(ReleaseError::BadRoot(m)) if m.contains("small-order") => {}
+        other => panic!("a root naming a small-order key: {other:?}"),
+    }
+
+    // A point with a second, non-canonical spelling (y + p for a small y): one key would pass
+    // for two in a threshold.
+    let spelled = |y: u8, plus_p: bool| {
+        let mut bytes = [0u8; 32];
+        if plus_p {
+            bytes = [0xff; 32];
+            bytes[0] = 0xed + y;
+            bytes[31] = 0x7f;
+        } else {
+            bytes[0] = y;
+        }
+        bytes
+    };
+    let y = (2..19)
+        .find(|&y| VerifyingKey::from_bytes(&spelled(y, false)).is_ok_and(|k| !k.is_weak()))
+        .expect("a small y on the curve, not of small order");
+    let canonical = VerifyingKey::from_bytes(&spelled(y, false)).expect("decodes");
+    let other = VerifyingKey::from_bytes(&spelled(y, true)).expect("the other spelling decodes");
+    assert_eq!(canonical.to_edwards(), other.to_edwards(), "one point");
+    hex::encode(spelled(y, false))
+        .parse::<PublicKey>()
+        .expect("the canonical spelling is a key");
+    let err = hex::encode(spelled(y, true))
+        .parse::<PublicKey>()
+        .expect_err("the non-canonical spelling");
+    assert!(err.contains("not the canonical encoding"), "{err}");
+}
+
 // ---- hand assembly of hostile bundles ----
 
 enum RawKind {
@@ -641,6 +794,22 @@ fn assemble(
     signers: &[&SecretKey],
     payload: &[u8],
 ) -> PathBuf {
+    assemble_with(f, name, manifest, payload, |bytes| {
+        signers
+            .iter()
+            .map(|k| Signature::create(k, MANIFEST_DOMAIN, bytes))
+            .collect()
+    })
+}
+
+/// [`assemble`] with the signature list `sign` makes from the manifest bytes.
+fn assemble_with(
+    f: &Fixture,
+    name: &str,
+    manifest: &Manifest,
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Vec<Signature>,
+) -> PathBuf {
     let mut manifest = manifest.clone();
     manifest.payload = fleet_release::Payload {
         size: payload.len() as u64,
@@ -648,10 +817,7 @@ fn assemble(
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
     let header = Header {
-        signatures: signers
-            .iter()
-            .map(|k| Signature::create(k, MANIFEST_DOMAIN, &manifest_bytes))
-            .collect(),
+        signatures: sign(&manifest_bytes),
         manifest_bytes,
     };
     let path = f.path(&format!("{name}.bundle"));

@@ -632,22 +632,16 @@ fn provisioning_never_re_roots_a_node() {
     // A different root, valid on its own but not signed by the pinned root's keys.
     let other = site.dir().join("other-root.json");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    run(&[
-        "keys",
-        "generate",
-        "--out",
-        &s(&site.keys),
-        "--name",
-        "other",
-    ])
-    .ok();
+    for name in ["other", "other-release"] {
+        run(&["keys", "generate", "--out", &s(&site.keys), "--name", name]).ok();
+    }
     run(&[
         "trust",
         "init",
         "--root-key",
         &s(&site.keys.join("other.pub")),
         "--release-key",
-        &s(&site.keys.join("other.pub")),
+        &s(&site.keys.join("other-release.pub")),
         "--sign",
         &s(&site.keys.join("other.key")),
         "--out",
