@@ -177,7 +177,12 @@ fn refuses_flipped_byte_in_payload() {
     let last = bytes.len() - 40;
     bytes[last] ^= 0x01;
     fs::write(&bundle, &bytes).expect("write");
-    assert!(f.verify(&bundle).is_err());
+    assert!(matches!(
+        f.verify(&bundle),
+        Err(ReleaseError::PayloadMismatch(
+            "sha256 differs from the manifest"
+        ))
+    ));
 }
 
 #[test]
@@ -186,16 +191,54 @@ fn every_byte_of_a_bundle_counts() {
     let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
     let bytes = fs::read(&bundle).expect("read");
     let probe = f.path("probe.bundle");
+    // Where each part of the bundle starts: the magic, the manifest's length and bytes, the
+    // signature list's length and bytes, then the payload.
+    let block = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+    let manifest_at = MAGIC.len() + 4;
+    let sigs_len_at = manifest_at + block(MAGIC.len());
+    let sigs_at = sigs_len_at + 4;
+    let payload_at = sigs_at + block(sigs_len_at);
     for at in 0..bytes.len() {
         for mask in [0x01u8, 0x20, 0x80] {
             let mut flipped = bytes.clone();
             flipped[at] ^= mask;
             fs::write(&probe, &flipped).expect("write");
-            assert!(
-                f.verify(&probe).is_err(),
-                "flipping byte {at} of {} with {mask:#x} verified",
-                bytes.len()
-            );
+            let err = match f.verify(&probe) {
+                Err(err) => err,
+                Ok(_) => panic!(
+                    "flipping byte {at} of {} with {mask:#x} verified",
+                    bytes.len()
+                ),
+            };
+            // Each part fails in its own way; the manifest and payload only by their digests.
+            let expected = if at < MAGIC.len() {
+                matches!(err, ReleaseError::NotABundle)
+            } else if at < manifest_at || (sigs_len_at..sigs_at).contains(&at) {
+                matches!(
+                    err,
+                    ReleaseError::TooLarge { .. }
+                        | ReleaseError::Truncated
+                        | ReleaseError::Corrupt(_)
+                )
+            } else if at < sigs_len_at {
+                matches!(
+                    err,
+                    ReleaseError::BadSignature {
+                        what: "manifest",
+                        ..
+                    }
+                )
+            } else if at < payload_at {
+                matches!(
+                    err,
+                    ReleaseError::Corrupt(_)
+                        | ReleaseError::BadSignature { .. }
+                        | ReleaseError::UnknownKey { .. }
+                )
+            } else {
+                matches!(err, ReleaseError::PayloadMismatch(_))
+            };
+            assert!(expected, "flipping byte {at} with {mask:#x}: {err}");
         }
     }
     let mut appended = bytes.clone();
@@ -470,7 +513,16 @@ fn refuses_non_bundles_and_truncation() {
     let bytes = fs::read(&bundle).expect("read");
     for cut in [10, 100, bytes.len() - 10] {
         fs::write(f.path("cut"), &bytes[..cut]).expect("write");
-        assert!(f.verify(&f.path("cut")).is_err(), "cut at {cut} verified");
+        let err = f.verify(&f.path("cut")).expect_err("a cut bundle");
+        let expected = match cut {
+            10 => matches!(err, ReleaseError::NotABundle),
+            100 => matches!(err, ReleaseError::Truncated),
+            _ => matches!(
+                err,
+                ReleaseError::PayloadMismatch("shorter than the manifest says")
+            ),
+        };
+        assert!(expected, "cut at {cut}: {err}");
     }
 }
 
@@ -548,12 +600,30 @@ fn root_rotation_needs_old_and_new_thresholds_and_the_next_version() {
 
 #[test]
 fn refuses_malformed_roots() {
-    let k = SecretKey::generate().expect("key");
-    assert!(RootBody::new(1, vec![k.public()], 2, vec![k.public()], 1).is_err());
-    assert!(RootBody::new(1, vec![k.public(), k.public()], 1, vec![k.public()], 1).is_err());
-    assert!(RootBody::new(0, vec![k.public()], 1, vec![k.public()], 1).is_err());
-    assert!(Root::parse(b"{}").is_err());
-    assert!(Root::parse(b"not json").is_err());
+    let k = SecretKey::generate().expect("key").public();
+    let r = SecretKey::generate().expect("key").public();
+    let bad_root = |result: Result<(), ReleaseError>, expected: &str| match result {
+        Err(ReleaseError::BadRoot(reason)) if reason.starts_with(expected) => {}
+        other => panic!("expected a bad root ({expected}): {other:?}"),
+    };
+    bad_root(
+        RootBody::new(1, vec![k], 2, vec![r], 1).map(drop),
+        "root threshold 2 must be between 1 and the number of root keys (1)",
+    );
+    bad_root(
+        RootBody::new(1, vec![k, k], 1, vec![r], 1).map(drop),
+        "a root key is listed twice",
+    );
+    bad_root(
+        RootBody::new(1, vec![k], 1, vec![r], 0).map(drop),
+        "release threshold 0 must be between 1",
+    );
+    bad_root(
+        RootBody::new(0, vec![k], 1, vec![r], 1).map(drop),
+        "`version` starts at 1",
+    );
+    bad_root(Root::parse(b"{}").map(drop), "missing field `signed`");
+    bad_root(Root::parse(b"not json").map(drop), "expected ident");
     assert!(matches!(
         Root::parse(&vec![b' '; 2 << 20]),
         Err(ReleaseError::TooLarge { .. })

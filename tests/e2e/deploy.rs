@@ -508,7 +508,11 @@ fn a_cut_upload_leaves_nothing_and_a_retry_completes_it() {
                 std::time::Duration::from_secs(30),
             )
             .await;
-        assert!(sent.is_err(), "the cut upload reported success");
+        match sent {
+            Err(fleet_controller::SshError::Input { command, error, .. })
+                if command == "stage 2.0.0" && error.to_string() == "connection cut" => {}
+            other => panic!("the cut upload ended with {other:?}"),
+        }
         drop(session); // the connection goes away mid-upload
     });
     // The agent sees its input end early, refuses the bundle and clears staging.
