@@ -297,9 +297,20 @@ mod tests {
             parse_ref("env:PG_URL", base),
             Some(Ok(SecretRef::Env("PG_URL".to_owned())))
         );
-        assert!(matches!(parse_ref("env:1X", base), Some(Err(_))));
-        assert!(matches!(parse_ref("env:", base), Some(Err(_))));
-        assert!(matches!(parse_ref("file:", base), Some(Err(_))));
+        for name in ["1X", ""] {
+            assert_eq!(
+                parse_ref(&format!("env:{name}"), base),
+                Some(Err(format!(
+                    "bad secret reference `env:{name}`: the name must match [A-Za-z_][A-Za-z0-9_]*"
+                )))
+            );
+        }
+        assert_eq!(
+            parse_ref("file:", base),
+            Some(Err(
+                "bad secret reference `file:`: the path is empty".to_owned()
+            ))
+        );
         assert_eq!(parse_ref("redis://x", base), None);
         let Some(Ok(SecretRef::File { path, .. })) = parse_ref("file:secrets/pg", base) else {
             panic!("file reference not parsed");

@@ -271,11 +271,19 @@ fn check_entries(
     let mut decoder = zstd::stream::read::Decoder::with_buffer(r).map_err(corrupt)?;
     // Bounds the decoder's window (and so its memory) whatever window a frame asks for.
     decoder.window_log_max(WINDOW_LOG_MAX).map_err(corrupt)?;
-    let mut archive = tar::Archive::new(decoder);
-    let mut buf = vec![0u8; IO_BUF];
-    for entry in archive.entries().map_err(corrupt)? {
-        check_entry(entry.map_err(corrupt)?, &mut expected, &mut buf, dest)?;
+    // Bounds what comes out of it: a small payload cannot unpack into unbounded work, and no
+    // record the tar reader holds in memory (a long name) can outgrow the listed entries.
+    let cap = archive_bound(manifest);
+    let mut archive = tar::Archive::new(Bounded {
+        inner: decoder,
+        left: cap,
+        over: false,
+    });
+    let checked = check_archive(&mut archive, &mut expected, dest);
+    if archive.into_inner().over {
+        return Err(ReleaseError::Inflated { cap });
     }
+    checked?;
     if let Some((path, _)) = expected.iter().find(|(_, (_, seen))| !seen) {
         return Err(ReleaseError::Missing {
             path: (*path).to_owned(),
@@ -285,6 +293,80 @@ fn check_entries(
         finish_dirs(dest, manifest)?;
     }
     Ok(())
+}
+
+fn check_archive<R: Read>(
+    archive: &mut tar::Archive<R>,
+    expected: &mut Expected<'_>,
+    dest: Option<&Path>,
+) -> Result<(), ReleaseError> {
+    let mut buf = vec![0u8; IO_BUF];
+    for entry in archive.entries().map_err(corrupt)? {
+        check_entry(entry.map_err(corrupt)?, expected, &mut buf, dest)?;
+    }
+    Ok(())
+}
+
+const BLOCK: u64 = 512;
+
+/// The most bytes the tar stream of `manifest`'s release can take: for each entry its header,
+/// a GNU long-name record for a path or link target too long for the header, and its data in
+/// 512-byte blocks; then the two zero blocks that end the archive.
+fn archive_bound(manifest: &Manifest) -> u64 {
+    let blocks = |n: u64| n.div_ceil(BLOCK).saturating_mul(BLOCK);
+    let long = |name: &str| {
+        if name.len() < 100 {
+            0
+        } else {
+            BLOCK + blocks(name.len() as u64 + 1)
+        }
+    };
+    manifest
+        .entries
+        .iter()
+        .map(|e| {
+            let (data, link) = match e {
+                Entry::File { size, .. } => (*size, ""),
+                Entry::Symlink { target, .. } => (0, target.as_str()),
+                Entry::Dir { .. } => (0, ""),
+            };
+            BLOCK
+                .saturating_add(long(e.path()))
+                .saturating_add(long(link))
+                .saturating_add(blocks(data))
+        })
+        .fold(2 * BLOCK, u64::saturating_add)
+}
+
+/// A reader that gives at most `left` bytes and notes (`over`) a reader wanting more.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // The end of the stream is fine; one byte more is over the bound.
+            if self.inner.read(&mut buf[..1])? == 0 {
+                return Ok(0);
+            }
+            self.over = true;
+            return Err(io::Error::other(
+                "the archive is larger than its manifest accounts for",
+            ));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Gives unpacked directories their modes (deepest first, so a read-only directory is closed
@@ -352,6 +434,15 @@ fn check_entry<R: Read>(
             what: what.into(),
         })
     };
+    // Only a file carries data: anything after another header would be decompressed to be
+    // skipped, unaccounted for.
+    if !kind.is_file() && entry.size() != 0 {
+        return Err(ReleaseError::SizeMismatch {
+            path,
+            expected: 0,
+            actual: entry.size(),
+        });
+    }
     match **listed {
         Entry::Dir { mode: m, .. } if kind.is_dir() => {
             if mode != m {

@@ -17,7 +17,8 @@ const SECRET_TAG: &str = "fleet-ed25519-secret-key";
 const PUBLIC_TAG: &str = "fleet-ed25519-public-key";
 
 /// A public key, written and read as 64 hex digits. It is its own identifier: documents name
-/// keys by the key itself, so a key id can never point at the wrong key.
+/// keys by the key itself, so a key id can never point at the wrong key. Only the canonical
+/// encoding of a point that is not of small order is a key: one key, one spelling.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
 
@@ -57,8 +58,19 @@ impl FromStr for PublicKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let bytes = decode_32(s).ok_or_else(|| format!("`{s}` is not 64 lowercase hex digits"))?;
-        VerifyingKey::from_bytes(&bytes)
+        let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|_| format!("`{s}` is not a valid ed25519 public key"))?;
+        if key.is_weak() {
+            return Err(format!(
+                "`{s}` is a small-order ed25519 public key: signatures under it prove nothing"
+            ));
+        }
+        // A point has one canonical spelling; another would make one key pass for two.
+        if key.to_edwards().compress().to_bytes() != bytes {
+            return Err(format!(
+                "`{s}` is not the canonical encoding of its ed25519 point"
+            ));
+        }
         Ok(Self(bytes))
     }
 }
@@ -234,5 +246,29 @@ pub(crate) fn io_err(path: &Path, error: std::io::Error) -> ReleaseError {
     ReleaseError::Io {
         path: path.to_owned(),
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Verifier;
+
+    #[test]
+    fn verification_is_strict() {
+        // The identity point as a key, and R = identity, S = 0: `[S]B = R + [k]A` holds for
+        // every message, so the plain check accepts it; the strict one refuses the small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let plain = VerifyingKey::from_bytes(&identity)
+            .expect("decodes")
+            .verify(
+                b"any message",
+                &ed25519_dalek::Signature::from_bytes(&forged),
+            );
+        assert!(plain.is_ok(), "the plain check accepts the forgery");
+        assert!(!PublicKey(identity).verify(b"any ", b"message", &forged));
     }
 }

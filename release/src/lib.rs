@@ -76,6 +76,10 @@ pub enum ReleaseError {
     BadManifest(String),
     #[error("release {version} expired at {expires}")]
     Expired { version: String, expires: Timestamp },
+    #[error(
+        "the archive unpacks to more than the {cap} bytes its manifest accounts for (a compression bomb?)"
+    )]
+    Inflated { cap: u64 },
     #[error("payload: {0} (the bundle was altered after signing)")]
     PayloadMismatch(&'static str),
     #[error("`{path}`: sha256 differs from the manifest")]

@@ -74,6 +74,17 @@ impl RootBody {
                 ));
             }
         }
+        // Only release keys sign releases, and a release key must not vouch for keys: a key
+        // holding both roles would let one stolen key install code.
+        if let Some(key) = self
+            .root_keys
+            .iter()
+            .find(|k| self.release_keys.contains(k))
+        {
+            return bad(format!(
+                "key {key} is both a root key and a release key; each key holds one role"
+            ));
+        }
         Ok(())
     }
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use fleet_release::bundle::{Header, MAGIC, MANIFEST_CAP, MANIFEST_DOMAIN, SIGNATURES_CAP};
 use fleet_release::signatures::Signature;
+use fleet_release::trust::ROOT_DOMAIN;
 use fleet_release::{
-    BuildOptions, Entry, Manifest, ReleaseError, Root, RootBody, SecretKey, Timestamp,
+    BuildOptions, Entry, Manifest, PublicKey, ReleaseError, Root, RootBody, SecretKey, Timestamp,
 };
 use sha2::{Digest, Sha256};
 
@@ -176,7 +177,12 @@ fn refuses_flipped_byte_in_payload() {
     let last = bytes.len() - 40;
     bytes[last] ^= 0x01;
     fs::write(&bundle, &bytes).expect("write");
-    assert!(f.verify(&bundle).is_err());
+    assert!(matches!(
+        f.verify(&bundle),
+        Err(ReleaseError::PayloadMismatch(
+            "sha256 differs from the manifest"
+        ))
+    ));
 }
 
 #[test]
@@ -185,16 +191,54 @@ fn every_byte_of_a_bundle_counts() {
     let (bundle, _) = f.build("1.0.0", SystemTime::now()).expect("build");
     let bytes = fs::read(&bundle).expect("read");
     let probe = f.path("probe.bundle");
+    // Where each part of the bundle starts: the magic, the manifest's length and bytes, the
+    // signature list's length and bytes, then the payload.
+    let block = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+    let manifest_at = MAGIC.len() + 4;
+    let sigs_len_at = manifest_at + block(MAGIC.len());
+    let sigs_at = sigs_len_at + 4;
+    let payload_at = sigs_at + block(sigs_len_at);
     for at in 0..bytes.len() {
         for mask in [0x01u8, 0x20, 0x80] {
             let mut flipped = bytes.clone();
             flipped[at] ^= mask;
             fs::write(&probe, &flipped).expect("write");
-            assert!(
-                f.verify(&probe).is_err(),
-                "flipping byte {at} of {} with {mask:#x} verified",
-                bytes.len()
-            );
+            let err = match f.verify(&probe) {
+                Err(err) => err,
+                Ok(_) => panic!(
+                    "flipping byte {at} of {} with {mask:#x} verified",
+                    bytes.len()
+                ),
+            };
+            // Each part fails in its own way; the manifest and payload only by their digests.
+            let expected = if at < MAGIC.len() {
+                matches!(err, ReleaseError::NotABundle)
+            } else if at < manifest_at || (sigs_len_at..sigs_at).contains(&at) {
+                matches!(
+                    err,
+                    ReleaseError::TooLarge { .. }
+                        | ReleaseError::Truncated
+                        | ReleaseError::Corrupt(_)
+                )
+            } else if at < sigs_len_at {
+                matches!(
+                    err,
+                    ReleaseError::BadSignature {
+                        what: "manifest",
+                        ..
+                    }
+                )
+            } else if at < payload_at {
+                matches!(
+                    err,
+                    ReleaseError::Corrupt(_)
+                        | ReleaseError::BadSignature { .. }
+                        | ReleaseError::UnknownKey { .. }
+                )
+            } else {
+                matches!(err, ReleaseError::PayloadMismatch(_))
+            };
+            assert!(expected, "flipping byte {at} with {mask:#x}: {err}");
         }
     }
     let mut appended = bytes.clone();
@@ -469,7 +513,16 @@ fn refuses_non_bundles_and_truncation() {
     let bytes = fs::read(&bundle).expect("read");
     for cut in [10, 100, bytes.len() - 10] {
         fs::write(f.path("cut"), &bytes[..cut]).expect("write");
-        assert!(f.verify(&f.path("cut")).is_err(), "cut at {cut} verified");
+        let err = f.verify(&f.path("cut")).expect_err("a cut bundle");
+        let expected = match cut {
+            10 => matches!(err, ReleaseError::NotABundle),
+            100 => matches!(err, ReleaseError::Truncated),
+            _ => matches!(
+                err,
+                ReleaseError::PayloadMismatch("shorter than the manifest says")
+            ),
+        };
+        assert!(expected, "cut at {cut}: {err}");
     }
 }
 
@@ -547,16 +600,186 @@ fn root_rotation_needs_old_and_new_thresholds_and_the_next_version() {
 
 #[test]
 fn refuses_malformed_roots() {
-    let k = SecretKey::generate().expect("key");
-    assert!(RootBody::new(1, vec![k.public()], 2, vec![k.public()], 1).is_err());
-    assert!(RootBody::new(1, vec![k.public(), k.public()], 1, vec![k.public()], 1).is_err());
-    assert!(RootBody::new(0, vec![k.public()], 1, vec![k.public()], 1).is_err());
-    assert!(Root::parse(b"{}").is_err());
-    assert!(Root::parse(b"not json").is_err());
+    let k = SecretKey::generate().expect("key").public();
+    let r = SecretKey::generate().expect("key").public();
+    let bad_root = |result: Result<(), ReleaseError>, expected: &str| match result {
+        Err(ReleaseError::BadRoot(reason)) if reason.starts_with(expected) => {}
+        other => panic!("expected a bad root ({expected}): {other:?}"),
+    };
+    bad_root(
+        RootBody::new(1, vec![k], 2, vec![r], 1).map(drop),
+        "root threshold 2 must be between 1 and the number of root keys (1)",
+    );
+    bad_root(
+        RootBody::new(1, vec![k, k], 1, vec![r], 1).map(drop),
+        "a root key is listed twice",
+    );
+    bad_root(
+        RootBody::new(1, vec![k], 1, vec![r], 0).map(drop),
+        "release threshold 0 must be between 1",
+    );
+    bad_root(
+        RootBody::new(0, vec![k], 1, vec![r], 1).map(drop),
+        "`version` starts at 1",
+    );
+    bad_root(Root::parse(b"{}").map(drop), "missing field `signed`");
+    bad_root(Root::parse(b"not json").map(drop), "expected ident");
     assert!(matches!(
         Root::parse(&vec![b' '; 2 << 20]),
         Err(ReleaseError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn only_release_keys_sign_releases() {
+    let root_key = SecretKey::generate().expect("key");
+    let release_key = SecretKey::generate().expect("key");
+    let body =
+        RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1).expect("body");
+    let mut root = Root::unsigned(body).expect("root");
+    root.sign(&root_key);
+    let f = Fixture {
+        dir: tempfile::tempdir().expect("tempdir"),
+        release_key,
+        root,
+    };
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+    let by_root = assemble(&f, "by-root", &manifest, &[&root_key], &payload);
+    match f.verify(&by_root) {
+        Err(ReleaseError::UnknownKey {
+            what: "manifest",
+            key,
+        }) if key == root_key.public() => {}
+        other => panic!("a manifest signed by the root key: {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_holds_one_role() {
+    let k = SecretKey::generate().expect("key");
+    let other = SecretKey::generate().expect("key");
+    let both = |e: &ReleaseError| {
+        matches!(e, ReleaseError::BadRoot(m)
+            if m.contains(&k.public().to_hex()) && m.contains("both a root key and a release key"))
+    };
+    let err = RootBody::new(1, vec![k.public()], 1, vec![k.public()], 1)
+        .expect_err("a root key that is also a release key");
+    assert!(both(&err), "{err}");
+    let err = RootBody::new(1, vec![other.public(), k.public()], 1, vec![k.public()], 1)
+        .expect_err("a root key that is also a release key");
+    assert!(both(&err), "{err}");
+    // A document with the overlap, validly signed, is refused when it is read.
+    let signed = format!(
+        r#"{{"type":"fleet-root","version":1,"root_keys":["{k}"],"root_threshold":1,"release_keys":["{k}"],"release_threshold":1}}"#,
+        k = k.public()
+    );
+    let signature = Signature::create(&k, ROOT_DOMAIN, signed.as_bytes());
+    let document = format!(
+        r#"{{"signed":{signed},"signatures":[{}]}}"#,
+        serde_json::to_string(&signature).expect("json")
+    );
+    let err = Root::parse(document.as_bytes()).expect_err("refused");
+    assert!(both(&err), "{err}");
+}
+
+/// ℓ, the order of the ed25519 base point, little-endian.
+const ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+#[test]
+fn a_malleated_signature_is_refused() {
+    let f = fixture();
+    let manifest = manifest_for(&[("a", b"x".as_slice())]);
+    let payload = payload(&[("a", RawKind::File(b"x"))]);
+    // S + ℓ: the same point equation holds, so a verifier that does not insist on a reduced S
+    // accepts a second spelling of the signature.
+    let malleated = assemble_with(&f, "s-plus-l", &manifest, &payload, |bytes| {
+        let mut sig = Signature::create(&f.release_key, MANIFEST_DOMAIN, bytes);
+        let mut raw = hex::decode(&sig.sig).expect("hex");
+        let mut carry = 0u16;
+        for (s, l) in raw[32..].iter_mut().zip(ORDER) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "S + ℓ fits in 256 bits");
+        sig.sig = hex::encode(raw);
+        vec![sig]
+    });
+    match f.verify(&malleated) {
+        Err(ReleaseError::BadSignature {
+            what: "manifest",
+            key,
+        }) if key == f.release_key.public() => {}
+        other => panic!("S + ℓ: {other:?}"),
+    }
+}
+
+#[test]
+fn small_order_and_non_canonical_public_keys_are_refused() {
+    use ed25519_dalek::{Verifier, VerifyingKey};
+    // The identity point: with R = identity and S = 0, `[S]B = R + [k]A` holds for every
+    // message, so the plain check accepts this "signature" of anything.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut forged = [0u8; 64];
+    forged[0] = 1;
+    let weak = VerifyingKey::from_bytes(&identity).expect("decodes");
+    assert!(
+        weak.verify(b"anything", &ed25519_dalek::Signature::from_bytes(&forged))
+            .is_ok(),
+        "the plain check accepts the forgery; only a strict one refuses it"
+    );
+    let err = hex::encode(identity)
+        .parse::<PublicKey>()
+        .expect_err("a small-order key");
+    assert!(err.contains("small-order"), "{err}");
+    // Nor can a root name it: the key is refused when the document is read.
+    let root_key = SecretKey::generate().expect("key");
+    let signed = format!(
+        r#"{{"type":"fleet-root","version":1,"root_keys":["{}"],"root_threshold":1,"release_keys":["{}"],"release_threshold":1}}"#,
+        root_key.public(),
+        hex::encode(identity)
+    );
+    let signature = Signature::create(&root_key, ROOT_DOMAIN, signed.as_bytes());
+    let document = format!(
+        r#"{{"signed":{signed},"signatures":[{}]}}"#,
+        serde_json::to_string(&signature).expect("json")
+    );
+    match Root::parse(document.as_bytes()) {
+        Err(ReleaseError::BadRoot(m)) if m.contains("small-order") => {}
+        other => panic!("a root naming a small-order key: {other:?}"),
+    }
+
+    // A point with a second, non-canonical spelling (y + p for a small y): one key would pass
+    // for two in a threshold.
+    let spelled = |y: u8, plus_p: bool| {
+        let mut bytes = [0u8; 32];
+        if plus_p {
+            bytes = [0xff; 32];
+            bytes[0] = 0xed + y;
+            bytes[31] = 0x7f;
+        } else {
+            bytes[0] = y;
+        }
+        bytes
+    };
+    let y = (2..19)
+        .find(|&y| VerifyingKey::from_bytes(&spelled(y, false)).is_ok_and(|k| !k.is_weak()))
+        .expect("a small y on the curve, not of small order");
+    let canonical = VerifyingKey::from_bytes(&spelled(y, false)).expect("decodes");
+    let other = VerifyingKey::from_bytes(&spelled(y, true)).expect("the other spelling decodes");
+    assert_eq!(canonical.to_edwards(), other.to_edwards(), "one point");
+    hex::encode(spelled(y, false))
+        .parse::<PublicKey>()
+        .expect("the canonical spelling is a key");
+    let err = hex::encode(spelled(y, true))
+        .parse::<PublicKey>()
+        .expect_err("the non-canonical spelling");
+    assert!(err.contains("not the canonical encoding"), "{err}");
 }
 
 // ---- hand assembly of hostile bundles ----
@@ -641,6 +864,22 @@ fn assemble(
     signers: &[&SecretKey],
     payload: &[u8],
 ) -> PathBuf {
+    assemble_with(f, name, manifest, payload, |bytes| {
+        signers
+            .iter()
+            .map(|k| Signature::create(k, MANIFEST_DOMAIN, bytes))
+            .collect()
+    })
+}
+
+/// [`assemble`] with the signature list `sign` makes from the manifest bytes.
+fn assemble_with(
+    f: &Fixture,
+    name: &str,
+    manifest: &Manifest,
+    payload: &[u8],
+    sign: impl FnOnce(&[u8]) -> Vec<Signature>,
+) -> PathBuf {
     let mut manifest = manifest.clone();
     manifest.payload = fleet_release::Payload {
         size: payload.len() as u64,
@@ -648,10 +887,7 @@ fn assemble(
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
     let header = Header {
-        signatures: signers
-            .iter()
-            .map(|k| Signature::create(k, MANIFEST_DOMAIN, &manifest_bytes))
-            .collect(),
+        signatures: sign(&manifest_bytes),
         manifest_bytes,
     };
     let path = f.path(&format!("{name}.bundle"));

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Signed releases for tests (keys, a trust root, bundles) come from [`Signing`],
-//! [`release_tree`] and [`build_release`].
+//! [`release_tree`] and [`build_release`]; hostile but validly signed bundles from
+//! [`hand_manifest`] and [`signed_bundle`].
 //!
 //! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
 //! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`.
@@ -43,4 +44,7 @@ pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use redis::{REDIS_URL, START_REDIS, TestRedis};
-pub use release_fixture::{RELEASE_VALIDITY, Signing, build_release, release_tree};
+pub use release_fixture::{
+    RELEASE_VALIDITY, Signing, build_release, hand_manifest, release_tree, sha256_hex,
+    signed_bundle,
+};

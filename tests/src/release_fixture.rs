@@ -1,13 +1,18 @@
 //! Signed releases for tests: a root key and a release key with the trust root naming them,
-//! release trees, and bundles built from them at a chosen time. Not the command line: tests
-//! that exercise `fleet keys`, `fleet trust` and `fleet release` run the binary instead.
+//! release trees, bundles built from them at a chosen time, and bundles assembled by hand
+//! around any manifest and payload (hostile content, validly signed). Not the command line:
+//! tests that exercise `fleet keys`, `fleet trust` and `fleet release` run the binary instead.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use fleet_release::{BuildOptions, Root, RootBody, SecretKey};
+use fleet_release::bundle::{Header, MANIFEST_DOMAIN};
+use fleet_release::manifest::FORMAT;
+use fleet_release::signatures::Signature;
+use fleet_release::{BuildOptions, Entry, Manifest, Payload, Root, RootBody, SecretKey, Timestamp};
+use sha2::{Digest, Sha256};
 
 /// How long a release built here stays valid after it was created.
 pub const RELEASE_VALIDITY: Duration = Duration::from_secs(86_400);
@@ -63,4 +68,45 @@ pub fn build_release(
     })
     .expect("the release builds");
     bundle
+}
+
+/// The lowercase hex sha256 of `bytes`, as manifests write it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A manifest for release `version` of this machine's platform, created now and valid for
+/// [`RELEASE_VALIDITY`], listing `entries` as given and describing `payload` (its size and
+/// sha256), so that whatever the payload holds, only the archive checks can refuse it.
+pub fn hand_manifest(version: &str, counter: u64, entries: Vec<Entry>, payload: &[u8]) -> Manifest {
+    let created = Timestamp::now();
+    Manifest {
+        format: FORMAT,
+        version: version.parse().expect("a semver version"),
+        counter,
+        channel: "stable".into(),
+        created,
+        expires: created.plus(RELEASE_VALIDITY),
+        platform: fleet_release::bundle::host_platform(),
+        min_agent_version: "0.1.0".parse().expect("a semver version"),
+        payload: Payload {
+            size: payload.len() as u64,
+            sha256: sha256_hex(payload),
+        },
+        entries,
+    }
+}
+
+/// The bytes of a bundle of `payload` under `manifest`, signed by `key` (the manifest is used
+/// as given: it may break any rule, and the payload may be any bytes).
+pub fn signed_bundle(key: &SecretKey, manifest: &Manifest, payload: &[u8]) -> Vec<u8> {
+    let manifest_bytes = serde_json::to_vec(manifest).expect("a manifest serializes");
+    let header = Header {
+        signatures: vec![Signature::create(key, MANIFEST_DOMAIN, &manifest_bytes)],
+        manifest_bytes,
+    };
+    let mut bytes = Vec::new();
+    header.write_to(&mut bytes).expect("writing to memory");
+    bytes.extend_from_slice(payload);
+    bytes
 }
