@@ -615,3 +615,113 @@ async fn misfires_coalesce_into_one_catch_up_or_are_skipped() {
     assert_eq!(runs, 1);
     server.stop().await.expect("stop");
 }
+
+/// The runs of a flow as (id, node, started, finished), oldest first.
+type Span = (
+    i64,
+    Option<String>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+async fn spans(pool: &sqlx::PgPool, flow: &str) -> Vec<Span> {
+    sqlx::query_as("SELECT id, node, started_at, finished_at FROM runs WHERE flow = $1 ORDER BY id")
+        .bind(flow)
+        .fetch_all(pool)
+        .await
+        .expect("runs")
+}
+
+/// `concurrency: 1`, cluster-wide: of two runs asked for at once and dispatched to two nodes,
+/// the second stays queued while the first runs (checked at every sample until the first
+/// ends), then runs; by the database's timestamps it started after the first finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
+    let db = TestDb::new("concurrency").await;
+    let servers = cluster(&db, &["c1", "c2"], &[1, 1], "round_robin").await;
+    let flow = "name: single\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/single.jsonl }\nconcurrency: 1\n";
+    let (status, body) = servers[0].call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let mut ids = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = servers[0].call("POST", "/api/flows/single/run", "").await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["run_id"].as_i64().expect("id"));
+        nodes.push(body["node"].as_str().expect("a node").to_owned());
+    }
+    assert_ne!(nodes[0], nodes[1], "round robin sends them to two nodes");
+    // Until the first ends: whenever the first is running, the second is queued.
+    let mut seen_running = false;
+    for _ in 0..1200 {
+        let (_, a) = servers[0]
+            .call("GET", &format!("/api/runs/{}", ids[0]), "")
+            .await;
+        let (_, b) = servers[0]
+            .call("GET", &format!("/api/runs/{}", ids[1]), "")
+            .await;
+        match a["state"].as_str() {
+            Some("running") => {
+                seen_running = true;
+                // Read after the first: if the first still runs now, it ran when `b` was read.
+                let (_, a2) = servers[0]
+                    .call("GET", &format!("/api/runs/{}", ids[0]), "")
+                    .await;
+                if a2["state"] == "running" {
+                    assert_eq!(b["state"], "queued", "both run at once: {a2} {b}");
+                }
+            }
+            Some("queued") => {}
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_running, "the first run was seen running");
+    let first = servers[0].wait(ids[0]).await;
+    let second = servers[0].wait(ids[1]).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let pool = db.pool().await;
+    let s = spans(&pool, "single").await;
+    assert!(
+        s[1].2 >= s[0].3,
+        "the second started after the first finished: {s:?}"
+    );
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+/// A scheduled flow is `concurrency: 1` unless it says otherwise: fired every second, with
+/// runs that take 1.5 s, no two of its runs overlap (by the database's timestamps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_a_scheduled_flow_never_overlap() {
+    let db = TestDb::new("schedsingle").await;
+    let server = TestServer::start_with(
+        &db,
+        "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
+    )
+    .await;
+    let flow = "name: ticking\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/t.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let pool = db.pool().await;
+    for _ in 0..600 {
+        let s = spans(&pool, "ticking").await;
+        if s.iter().filter(|r| r.3.is_some()).count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await.expect("stop");
+    let s = spans(&pool, "ticking").await;
+    let ran: Vec<&Span> = s.iter().filter(|r| r.2.is_some()).collect();
+    assert!(ran.len() >= 3, "{s:?}");
+    for (i, a) in ran.iter().enumerate() {
+        for b in &ran[i + 1..] {
+            let (a0, a1, b0, b1) = (a.2, a.3, b.2, b.3);
+            let apart = a1.is_some_and(|a1| Some(a1) <= b0) || b1.is_some_and(|b1| Some(b1) <= a0);
+            assert!(apart, "runs {} and {} overlap: {s:?}", a.0, b.0);
+        }
+    }
+}
