@@ -315,6 +315,9 @@ impl PrivateRedis {
                     "",
                     "--appendonly",
                     "no",
+                    // `DEBUG SLEEP` makes it slow on purpose.
+                    "--enable-debug-command",
+                    "local",
                 ])
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -724,4 +727,189 @@ async fn runs_of_a_scheduled_flow_never_overlap() {
             assert!(apart, "runs {} and {} overlap: {s:?}", a.0, b.0);
         }
     }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// One server, named `node-a`, on the private Redis at `port`, with `extra` config.
+async fn on_private_redis(db: &TestDb, port: u16, name: &str, extra: &str) -> TestServer {
+    let url = format!("redis://127.0.0.1:{port}");
+    let node = format!("node = \"{name}\"");
+    TestServer::start_edited(db, extra, move |t| {
+        t.replace("node = \"node-a\"", &node)
+            .replace(fleet_tests::REDIS_URL, &url)
+    })
+    .await
+}
+
+fn signal_redis(redis: &PrivateRedis, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(redis.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("signal redis-server");
+}
+
+/// No Redis call while a transaction holds the leadership lock: a fire's transaction is held
+/// at its insert (the test locks `schedule_fires`), Redis is frozen (SIGSTOP) while it waits,
+/// and then it goes on. Its run is still dispatched to the live node: membership was read
+/// before the transaction began, not inside it (where a frozen Redis answers nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_reads_membership_before_its_transaction() {
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let db = TestDb::new("firetx").await;
+    let server = on_private_redis(
+        &db,
+        port,
+        "node-a",
+        "[cluster]\nleader_ttl_ms = 60000\nleader_renew_ms = 1000\n",
+    )
+    .await;
+    wait_for_leader(std::slice::from_ref(&server), None).await;
+    let pool = db.pool().await;
+    let mut hold = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE schedule_fires IN SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock");
+    let flow = "name: held\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/h.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    // The leader's fire waits for the table inside its transaction.
+    let mut waiting = false;
+    for _ in 0..400 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'schedule_fires'::regclass AND NOT granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("locks");
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the fire never reached its insert");
+    signal_redis(&redis, rustix::process::Signal::STOP);
+    hold.commit().await.expect("release");
+    let mut target = None;
+    for _ in 0..400 {
+        target = sqlx::query_as::<_, (Option<String>,)>(
+            "SELECT r.target_node FROM schedule_fires s JOIN runs r ON r.id = s.run_id ORDER BY s.fire_time LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("fire");
+        if target.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal_redis(&redis, rustix::process::Signal::CONT);
+    let (target,) = target.expect("the held fire committed with its run");
+    assert_eq!(target.as_deref(), Some("node-a"));
+    server.stop().await.expect("stop");
+}
+
+/// Sends `DEBUG SLEEP secs` to the Redis at `port` and waits for its answer.
+fn debug_sleep(port: u16, secs: u32) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let arg = secs.to_string();
+    write!(
+        c,
+        "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{arg}\r\n",
+        arg.len()
+    )
+    .expect("send");
+    let mut answer = [0u8; 5];
+    c.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"+OK\r\n");
+}
+
+/// A Redis that answers nothing for 2 s (`DEBUG SLEEP 2`, far less than the 6 s lease) does
+/// not unseat a healthy leader: for a whole lease after Redis answers again (checked every
+/// 100 ms), every node reports the same leader under the same epoch (never none, never a new
+/// grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_does_not_unseat_the_leader() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let db = TestDb::new("slowredis").await;
+    let extra = "[cluster]\nleader_ttl_ms = 6000\nleader_renew_ms = 1000\n";
+    let servers = vec![
+        on_private_redis(&db, port, "w1", extra).await,
+        on_private_redis(&db, port, "w2", extra).await,
+    ];
+    let before = wait_for_leader(&servers, None).await;
+    tokio::task::spawn_blocking(move || debug_sleep(port, 2))
+        .await
+        .expect("join");
+    for _ in 0..70 {
+        let now = leader(&servers).await;
+        assert_eq!(now.as_ref(), Some(&before), "the leader after a slow Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+/// Schedules are due by the database's clock, not the leader's: in this database `now()` is a
+/// day behind the real time (a `clock.now()` ahead of `pg_catalog` in its search path), and
+/// a daily flow last changed two real days ago fires for the database's midnight, not for
+/// the process clock's. It proves that the scheduler takes "now" from its Postgres session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_due_by_the_databases_clock() {
+    let db = TestDb::new("dbclock").await;
+    let pool = db.pool().await;
+    for sql in [
+        "CREATE SCHEMA clock".to_owned(),
+        "CREATE FUNCTION clock.now() RETURNS timestamptz LANGUAGE sql STABLE AS $$ SELECT pg_catalog.now() - interval '1 day' $$".to_owned(),
+        format!("ALTER DATABASE \"{}\" SET search_path = public, clock, pg_catalog", db.name),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("fake clock");
+    }
+    let server = TestServer::start_with(
+        &db,
+        "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
+    )
+    .await;
+    let flow = "name: daily\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/d.jsonl }\nschedule: \"0 0 0 * * *\"\nmisfire: { coalesce: { grace_secs: 259200 } }\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    sqlx::query("UPDATE flows SET updated_at = pg_catalog.now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .expect("backdate");
+    let mut fire = None;
+    for _ in 0..400 {
+        fire = sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>,)>(
+            "SELECT fire_time FROM schedule_fires WHERE flow = 'daily' ORDER BY fire_time LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("fires");
+        if fire.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (fired,) = fire.expect("a fire");
+    let (db_midnight,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT date_trunc('day', clock.now(), 'UTC')")
+            .fetch_one(&pool)
+            .await
+            .expect("midnight");
+    assert_eq!(
+        fired, db_midnight,
+        "the database's midnight, a day before the process's"
+    );
+    server.stop().await.expect("stop");
 }
