@@ -913,3 +913,117 @@ async fn schedules_are_due_by_the_databases_clock() {
     );
     server.stop().await.expect("stop");
 }
+
+/// The backend holding this database's node-name lock other than `not`, and its
+/// `application_name`.
+async fn name_lock_holder(pool: &sqlx::PgPool, not: Option<i32>) -> Option<(i32, String)> {
+    sqlx::query_as(
+        "SELECT a.pid, a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+         WHERE a.datname = current_database() AND a.application_name LIKE 'etl-server pid=%'
+           AND l.locktype = 'advisory' AND l.granted AND a.pid IS DISTINCT FROM $1",
+    )
+    .bind(not)
+    .fetch_optional(pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// The node name's lock survives its session: when the session that holds it is killed, the
+/// server takes the name again on a new session (same process) and goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_name_lock_session_is_replaced() {
+    let db = TestDb::new("namelost").await;
+    let server = TestServer::start(&db).await;
+    let pool = db.pool().await;
+    let (pid, app) = name_lock_holder(&pool, None)
+        .await
+        .expect("the name is held");
+    sqlx::query("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+    let mut again = None;
+    for _ in 0..400 {
+        again = name_lock_holder(&pool, Some(pid)).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, app2) = again.expect("the name is held again");
+    assert_eq!(app2, app, "by the same process");
+    let (status, _) = server.call("GET", "/health", "").await;
+    assert_eq!(status, 200);
+    server.stop().await.expect("stop");
+}
+
+/// When another process takes the node's name while this server's session for it is lost
+/// (here the test's own session, standing for a second etl-server), the server shuts down and
+/// `run` answers why, naming the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_name_was_taken_meanwhile_shuts_down() {
+    let db = TestDb::new("nametaken").await;
+    let server = TestServer::start(&db).await;
+    let pool = db.pool().await;
+    let (pid, _) = name_lock_holder(&pool, None)
+        .await
+        .expect("the name is held");
+    let (key,): (i64,) = sqlx::query_as(
+        "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE pid = $1 AND locktype = 'advisory'",
+    )
+    .bind(pid)
+    .fetch_one(&pool)
+    .await
+    .expect("the server's lock");
+    // The test's session queues for the name first, so it is granted the lock the moment the
+    // server's session ends, before the server can notice and ask again.
+    let mut other = pool.acquire().await.expect("a session");
+    let taker = tokio::spawn(async move {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *other)
+            .await
+            .expect("take the name");
+        other
+    });
+    let mut queued = false;
+    for _ in 0..400 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_locks");
+        if n > 0 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(queued, "the test's session waits for the name");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+    let _other = taker.await.expect("the test holds the name");
+    let mut stopped = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stopped, "the server stopped serving");
+    let err = server
+        .stop()
+        .await
+        .expect_err("the name was taken")
+        .to_string();
+    assert!(
+        err.starts_with("node `node-a` is already served by another etl-server"),
+        "{err}"
+    );
+}
