@@ -10,6 +10,7 @@ mod config;
 mod db;
 mod http;
 mod node;
+mod node_lock;
 mod pipeline;
 mod runs;
 
@@ -41,6 +42,9 @@ pub async fn run(
         base: config.shared_storage.clone(),
         error: Arc::new(e),
     })?;
+    // One process per node name: held before anything touches the database, so a second
+    // process with this name neither migrates nor marks this one's runs failed.
+    let name = node_lock::NodeLock::take(&config.postgres_url, &config.node).await?;
     let connections = (config.limits.max_running_flows as u32) * 2 + 4;
     let pool = db::connect(&config.postgres_url, connections).await?;
     // Redis's own error may quote the URL, password included.
@@ -86,6 +90,7 @@ pub async fn run(
         tasks: tasks.clone(),
         drain: Default::default(),
     });
+    let held = tasks.spawn(name.hold(stop.clone()));
     tasks.spawn(executor.clone().serve());
     tasks.spawn(cluster::wakes(node.clone()));
     tasks.spawn(cluster::heartbeat(node.clone()));
@@ -119,6 +124,12 @@ pub async fn run(
         );
     }
     pool.close().await;
+    // The node's name goes last, once every run of this life recorded its end.
+    match held.await {
+        Ok(Ok(name)) => name.release().await,
+        Ok(Err(lost)) => return Err(lost),
+        Err(_) => {}
+    }
     match http.is_finished() {
         true => match http.await {
             Ok(served) => served.map_err(ServerError::Serve),
@@ -143,6 +154,12 @@ pub enum ServerError {
     Migrate(sqlx::migrate::MigrateError),
     #[error("the Redis URL is not valid")]
     RedisUrl,
+    /// Another process holds this node's name (one process per node name): at start, or
+    /// after this one lost the session that held it.
+    #[error(
+        "node `{node}` is already served by another etl-server ({holder}); one process per node name"
+    )]
+    NodeTaken { node: String, holder: String },
     /// The run store failed at start (marking the runs an earlier start left running).
     #[error(transparent)]
     Runs(#[from] RunsError),

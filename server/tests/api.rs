@@ -293,9 +293,9 @@ fn a_node_name_outside_the_inventorys_rule_is_refused() {
 async fn several_servers_can_start_at_once_on_a_new_database() {
     let db = TestDb::new("together").await;
     let (a, b, c) = tokio::join!(
-        TestServer::start(&db),
-        TestServer::start(&db),
-        TestServer::start(&db)
+        TestServer::start_node(&db, "t1", ""),
+        TestServer::start_node(&db, "t2", ""),
+        TestServer::start_node(&db, "t3", "")
     );
     for s in [&a, &b, &c] {
         let (status, health) = s.call("GET", "/health", "").await;

@@ -315,6 +315,9 @@ impl PrivateRedis {
                     "",
                     "--appendonly",
                     "no",
+                    // `DEBUG SLEEP` makes it slow on purpose.
+                    "--enable-debug-command",
+                    "local",
                 ])
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -614,4 +617,413 @@ async fn misfires_coalesce_into_one_catch_up_or_are_skipped() {
         .expect("runs");
     assert_eq!(runs, 1);
     server.stop().await.expect("stop");
+}
+
+/// The runs of a flow as (id, node, started, finished), oldest first.
+type Span = (
+    i64,
+    Option<String>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+async fn spans(pool: &sqlx::PgPool, flow: &str) -> Vec<Span> {
+    sqlx::query_as("SELECT id, node, started_at, finished_at FROM runs WHERE flow = $1 ORDER BY id")
+        .bind(flow)
+        .fetch_all(pool)
+        .await
+        .expect("runs")
+}
+
+/// `concurrency: 1`, cluster-wide: of two runs asked for at once and dispatched to two nodes,
+/// the second stays queued while the first runs (checked at every sample until the first
+/// ends), then runs; by the database's timestamps it started after the first finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
+    let db = TestDb::new("concurrency").await;
+    let servers = cluster(&db, &["c1", "c2"], &[1, 1], "round_robin").await;
+    let flow = "name: single\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/single.jsonl }\nconcurrency: 1\n";
+    let (status, body) = servers[0].call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let mut ids = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = servers[0].call("POST", "/api/flows/single/run", "").await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["run_id"].as_i64().expect("id"));
+        nodes.push(body["node"].as_str().expect("a node").to_owned());
+    }
+    assert_ne!(nodes[0], nodes[1], "round robin sends them to two nodes");
+    // Until the first ends: whenever the first is running, the second is queued.
+    let mut seen_running = false;
+    for _ in 0..1200 {
+        let (_, a) = servers[0]
+            .call("GET", &format!("/api/runs/{}", ids[0]), "")
+            .await;
+        let (_, b) = servers[0]
+            .call("GET", &format!("/api/runs/{}", ids[1]), "")
+            .await;
+        match a["state"].as_str() {
+            Some("running") => {
+                seen_running = true;
+                // Read after the first: if the first still runs now, it ran when `b` was read.
+                let (_, a2) = servers[0]
+                    .call("GET", &format!("/api/runs/{}", ids[0]), "")
+                    .await;
+                if a2["state"] == "running" {
+                    assert_eq!(b["state"], "queued", "both run at once: {a2} {b}");
+                }
+            }
+            Some("queued") => {}
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_running, "the first run was seen running");
+    let first = servers[0].wait(ids[0]).await;
+    let second = servers[0].wait(ids[1]).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let pool = db.pool().await;
+    let s = spans(&pool, "single").await;
+    assert!(
+        s[1].2 >= s[0].3,
+        "the second started after the first finished: {s:?}"
+    );
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+/// A scheduled flow is `concurrency: 1` unless it says otherwise: fired every second, with
+/// runs that take 1.5 s, no two of its runs overlap (by the database's timestamps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_a_scheduled_flow_never_overlap() {
+    let db = TestDb::new("schedsingle").await;
+    let server = TestServer::start_with(
+        &db,
+        "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
+    )
+    .await;
+    let flow = "name: ticking\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/t.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let pool = db.pool().await;
+    for _ in 0..600 {
+        let s = spans(&pool, "ticking").await;
+        if s.iter().filter(|r| r.3.is_some()).count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await.expect("stop");
+    let s = spans(&pool, "ticking").await;
+    let ran: Vec<&Span> = s.iter().filter(|r| r.2.is_some()).collect();
+    assert!(ran.len() >= 3, "{s:?}");
+    for (i, a) in ran.iter().enumerate() {
+        for b in &ran[i + 1..] {
+            let (a0, a1, b0, b1) = (a.2, a.3, b.2, b.3);
+            let apart = a1.is_some_and(|a1| Some(a1) <= b0) || b1.is_some_and(|b1| Some(b1) <= a0);
+            assert!(apart, "runs {} and {} overlap: {s:?}", a.0, b.0);
+        }
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// One server, named `node-a`, on the private Redis at `port`, with `extra` config.
+async fn on_private_redis(db: &TestDb, port: u16, name: &str, extra: &str) -> TestServer {
+    let url = format!("redis://127.0.0.1:{port}");
+    let node = format!("node = \"{name}\"");
+    TestServer::start_edited(db, extra, move |t| {
+        t.replace("node = \"node-a\"", &node)
+            .replace(fleet_tests::REDIS_URL, &url)
+    })
+    .await
+}
+
+fn signal_redis(redis: &PrivateRedis, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(redis.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("signal redis-server");
+}
+
+/// No Redis call while a transaction holds the leadership lock: a fire's transaction is held
+/// at its insert (the test locks `schedule_fires`), Redis is frozen (SIGSTOP) while it waits,
+/// and then it goes on. Its run is still dispatched to the live node: membership was read
+/// before the transaction began, not inside it (where a frozen Redis answers nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_reads_membership_before_its_transaction() {
+    let port = free_port();
+    let redis = PrivateRedis::start(port);
+    let db = TestDb::new("firetx").await;
+    let server = on_private_redis(
+        &db,
+        port,
+        "node-a",
+        "[cluster]\nleader_ttl_ms = 60000\nleader_renew_ms = 1000\n",
+    )
+    .await;
+    wait_for_leader(std::slice::from_ref(&server), None).await;
+    let pool = db.pool().await;
+    let mut hold = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE schedule_fires IN SHARE MODE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock");
+    let flow = "name: held\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/h.jsonl }\nschedule: \"* * * * * *\"\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    // The leader's fire waits for the table inside its transaction.
+    let mut waiting = false;
+    for _ in 0..400 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'schedule_fires'::regclass AND NOT granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("locks");
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the fire never reached its insert");
+    signal_redis(&redis, rustix::process::Signal::STOP);
+    hold.commit().await.expect("release");
+    let mut target = None;
+    for _ in 0..400 {
+        target = sqlx::query_as::<_, (Option<String>,)>(
+            "SELECT r.target_node FROM schedule_fires s JOIN runs r ON r.id = s.run_id ORDER BY s.fire_time LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("fire");
+        if target.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    signal_redis(&redis, rustix::process::Signal::CONT);
+    let (target,) = target.expect("the held fire committed with its run");
+    assert_eq!(target.as_deref(), Some("node-a"));
+    server.stop().await.expect("stop");
+}
+
+/// Sends `DEBUG SLEEP secs` to the Redis at `port` and waits for its answer.
+fn debug_sleep(port: u16, secs: u32) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let arg = secs.to_string();
+    write!(
+        c,
+        "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{arg}\r\n",
+        arg.len()
+    )
+    .expect("send");
+    let mut answer = [0u8; 5];
+    c.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer, b"+OK\r\n");
+}
+
+/// A Redis that answers nothing for 2 s (`DEBUG SLEEP 2`, far less than the 6 s lease) does
+/// not unseat a healthy leader: for a whole lease after Redis answers again (checked every
+/// 100 ms), every node reports the same leader under the same epoch (never none, never a new
+/// grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_does_not_unseat_the_leader() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let db = TestDb::new("slowredis").await;
+    let extra = "[cluster]\nleader_ttl_ms = 6000\nleader_renew_ms = 1000\n";
+    let servers = vec![
+        on_private_redis(&db, port, "w1", extra).await,
+        on_private_redis(&db, port, "w2", extra).await,
+    ];
+    let before = wait_for_leader(&servers, None).await;
+    tokio::task::spawn_blocking(move || debug_sleep(port, 2))
+        .await
+        .expect("join");
+    for _ in 0..70 {
+        let now = leader(&servers).await;
+        assert_eq!(now.as_ref(), Some(&before), "the leader after a slow Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
+/// Schedules are due by the database's clock, not the leader's: in this database `now()` is a
+/// day behind the real time (a `clock.now()` ahead of `pg_catalog` in its search path), and
+/// a daily flow last changed two real days ago fires for the database's midnight, not for
+/// the process clock's. It proves that the scheduler takes "now" from its Postgres session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_due_by_the_databases_clock() {
+    let db = TestDb::new("dbclock").await;
+    let pool = db.pool().await;
+    for sql in [
+        "CREATE SCHEMA clock".to_owned(),
+        "CREATE FUNCTION clock.now() RETURNS timestamptz LANGUAGE sql STABLE AS $$ SELECT pg_catalog.now() - interval '1 day' $$".to_owned(),
+        format!("ALTER DATABASE \"{}\" SET search_path = public, clock, pg_catalog", db.name),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("fake clock");
+    }
+    let server = TestServer::start_with(
+        &db,
+        "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
+    )
+    .await;
+    let flow = "name: daily\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/d.jsonl }\nschedule: \"0 0 0 * * *\"\nmisfire: { coalesce: { grace_secs: 259200 } }\n";
+    let (status, body) = server.call("POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    sqlx::query("UPDATE flows SET updated_at = pg_catalog.now() - interval '2 days'")
+        .execute(&pool)
+        .await
+        .expect("backdate");
+    let mut fire = None;
+    for _ in 0..400 {
+        fire = sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>,)>(
+            "SELECT fire_time FROM schedule_fires WHERE flow = 'daily' ORDER BY fire_time LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("fires");
+        if fire.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (fired,) = fire.expect("a fire");
+    let (db_midnight,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT date_trunc('day', clock.now(), 'UTC')")
+            .fetch_one(&pool)
+            .await
+            .expect("midnight");
+    assert_eq!(
+        fired, db_midnight,
+        "the database's midnight, a day before the process's"
+    );
+    server.stop().await.expect("stop");
+}
+
+/// The backend holding this database's node-name lock other than `not`, and its
+/// `application_name`.
+async fn name_lock_holder(pool: &sqlx::PgPool, not: Option<i32>) -> Option<(i32, String)> {
+    sqlx::query_as(
+        "SELECT a.pid, a.application_name FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+         WHERE a.datname = current_database() AND a.application_name LIKE 'etl-server pid=%'
+           AND l.locktype = 'advisory' AND l.granted AND a.pid IS DISTINCT FROM $1",
+    )
+    .bind(not)
+    .fetch_optional(pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// The node name's lock survives its session: when the session that holds it is killed, the
+/// server takes the name again on a new session (same process) and goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_name_lock_session_is_replaced() {
+    let db = TestDb::new("namelost").await;
+    let server = TestServer::start(&db).await;
+    let pool = db.pool().await;
+    let (pid, app) = name_lock_holder(&pool, None)
+        .await
+        .expect("the name is held");
+    sqlx::query("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+    let mut again = None;
+    for _ in 0..400 {
+        again = name_lock_holder(&pool, Some(pid)).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, app2) = again.expect("the name is held again");
+    assert_eq!(app2, app, "by the same process");
+    let (status, _) = server.call("GET", "/health", "").await;
+    assert_eq!(status, 200);
+    server.stop().await.expect("stop");
+}
+
+/// When another process takes the node's name while this server's session for it is lost
+/// (here the test's own session, standing for a second etl-server), the server shuts down and
+/// `run` answers why, naming the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_name_was_taken_meanwhile_shuts_down() {
+    let db = TestDb::new("nametaken").await;
+    let server = TestServer::start(&db).await;
+    let pool = db.pool().await;
+    let (pid, _) = name_lock_holder(&pool, None)
+        .await
+        .expect("the name is held");
+    let (key,): (i64,) = sqlx::query_as(
+        "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE pid = $1 AND locktype = 'advisory'",
+    )
+    .bind(pid)
+    .fetch_one(&pool)
+    .await
+    .expect("the server's lock");
+    // The test's session queues for the name first, so it is granted the lock the moment the
+    // server's session ends, before the server can notice and ask again.
+    let mut other = pool.acquire().await.expect("a session");
+    let taker = tokio::spawn(async move {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *other)
+            .await
+            .expect("take the name");
+        other
+    });
+    let mut queued = false;
+    for _ in 0..400 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_locks");
+        if n > 0 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(queued, "the test's session waits for the name");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .expect("terminate");
+    let _other = taker.await.expect("the test holds the name");
+    let mut stopped = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stopped, "the server stopped serving");
+    let err = server
+        .stop()
+        .await
+        .expect_err("the name was taken")
+        .to_string();
+    assert!(
+        err.starts_with("node `node-a` is already served by another etl-server"),
+        "{err}"
+    );
 }

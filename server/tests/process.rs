@@ -29,26 +29,15 @@ async fn start(db: &TestDb, dir: &Path, limits: &str) -> Proc {
 
 /// Starts node `node` (config `DIR/NODE.toml`, shared storage `DIR/shared`).
 async fn start_node(db: &TestDb, dir: &Path, node: &str, limits: &str) -> Proc {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let config = dir.join(format!("{node}.toml"));
-    std::fs::write(
-        &config,
-        common::config_text(node, db, &dir.join("shared"), &listen, limits),
-    )
-    .expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_etl-server"))
-        .arg("--config")
-        .arg(&config)
-        .env("ETL_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start etl-server");
-    let addr = listen.parse().expect("addr");
-    let mut proc = Proc { child, addr };
+    let mut proc = spawn_node(
+        db,
+        dir,
+        node,
+        &format!("{node}.toml"),
+        limits,
+        Stdio::inherit(),
+    );
+    let addr = proc.addr;
     for _ in 0..600 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return proc;
@@ -68,6 +57,39 @@ async fn terminate(mut p: Proc) -> std::process::ExitStatus {
     tokio::task::spawn_blocking(move || p.child.wait().expect("wait"))
         .await
         .expect("join")
+}
+
+/// Spawns node `node` on a free port with config file `DIR/CONFIG` (shared storage
+/// `DIR/shared`, `extra` appended), its stderr going to `stderr`; does not wait for it.
+fn spawn_node(
+    db: &TestDb,
+    dir: &Path,
+    node: &str,
+    config: &str,
+    extra: &str,
+    stderr: Stdio,
+) -> Proc {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let config = dir.join(config);
+    std::fs::write(
+        &config,
+        common::config_text(node, db, &dir.join("shared"), &listen, extra),
+    )
+    .expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_etl-server"))
+        .arg("--config")
+        .arg(&config)
+        .env("ETL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start etl-server");
+    let addr = listen.parse().expect("addr");
+    Proc { child, addr }
 }
 
 fn write_csv(path: &Path, rows: u64) {
@@ -481,4 +503,58 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
         "the grace period, not the drain's deadline, bounds the run"
     );
     assert!(error.unwrap_or_default().contains("shut down"));
+}
+
+/// One process per node name: a second `etl-server` with the first one's `node` (same
+/// database) exits 1 at start with an error naming the node and the process that serves it,
+/// and the first one's run is left alone (still running when the second has exited, then
+/// succeeds) rather than marked failed as "left running by an earlier start".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_with_the_same_node_name_refuses_to_start() {
+    let db = TestDb::new("samenode").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_csv(&dir.path().join("shared/in/big.csv"), 3_000_000);
+    let first = start_node(&db, dir.path(), "twin", "").await;
+    let id = submit_and_start(&first, "name: big\nsource: { type: csv, path: in/big.csv }\ndestination: { type: jsonl, path: out/big.jsonl }\n").await;
+    let log = dir.path().join("second.log");
+    let err = std::fs::File::create(&log).expect("log");
+    let mut second = spawn_node(&db, dir.path(), "twin", "twin-2.toml", "", err.into());
+    // It either exits or starts serving (the bug); a minute bounds the wait.
+    let mut status = None;
+    for _ in 0..1200 {
+        if let Some(s) = second.child.try_wait().expect("try_wait") {
+            status = Some(s);
+            break;
+        }
+        if tokio::net::TcpStream::connect(second.addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, error) = run_row(&db, id).await;
+    let stderr = std::fs::read_to_string(&log).expect("stderr");
+    let status = status.unwrap_or_else(|| {
+        panic!("the second server with the same node name started serving; the first's run is {state} ({error:?}); stderr: {stderr}")
+    });
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let pid = format!("pid={}", first.child.id());
+    assert!(
+        stderr.contains("node `twin` is already served by another etl-server")
+            && stderr.contains(&pid),
+        "{stderr}"
+    );
+    assert_eq!(
+        state, "running",
+        "the first one's run is untouched: {error:?}"
+    );
+    let mut done = serde_json::Value::Null;
+    for _ in 0..2400 {
+        (_, done) = fleet_tests::call(first.addr, "GET", &format!("/api/runs/{id}"), "").await;
+        if !matches!(done["state"].as_str(), Some("queued" | "running")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["rows_written"], 3_000_000);
 }

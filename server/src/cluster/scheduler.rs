@@ -1,7 +1,10 @@
 //! Leadership for the cluster's scheduler: a Redis lease (`SET NX PX` with a random token,
 //! renewed and released only through compare-and-set scripts) plus a fencing epoch in Postgres
-//! that grows with every grant. A node that cannot renew in time, or notices it slept past the
-//! TTL, steps down before doing anything else.
+//! that grows with every grant. The lease lasts a TTL from when its last renewal was sent: a
+//! renewal Redis refuses (another token holds the key) ends it at once; one without an answer
+//! (a slow or unreachable Redis) is tried again, and the lease ends only when its TTL runs out
+//! (a node that slept past the TTL steps down before doing anything else). Schedules are due by
+//! the database's clock. No Redis call is made inside a transaction.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,16 +94,27 @@ pub async fn lead(app: Arc<Node>) {
                     *slot = None;
                 }
                 Some(lease) if lease.renewed.elapsed() < renew => {}
-                Some(lease) => match app.membership.renew_lease(&lease.token, ttl).await {
-                    Ok(true) => lease.renewed = Instant::now(),
-                    Ok(false) | Err(_) => {
-                        tracing::warn!(
+                Some(lease) => {
+                    // Redis counts the TTL from when it handles the renewal, after it was sent.
+                    let asked = Instant::now();
+                    match app.membership.renew_lease(&lease.token, ttl).await {
+                        Ok(true) => lease.renewed = asked,
+                        Ok(false) => {
+                            tracing::warn!(
+                                epoch = lease.epoch,
+                                "the lease is no longer ours: stepping down"
+                            );
+                            *slot = None;
+                        }
+                        // No answer is not a refusal: the lease still holds until its TTL
+                        // runs out (checked above), and the renewal is tried again.
+                        Err(e) => tracing::warn!(
                             epoch = lease.epoch,
-                            "the lease could not be renewed: stepping down"
-                        );
-                        *slot = None;
+                            error = %e,
+                            "the lease could not be renewed yet"
+                        ),
                     }
-                },
+                }
                 None if eligible => {
                     let t = token(&app.config.node);
                     let asked = Instant::now();
@@ -176,23 +190,25 @@ impl From<crate::runs::RunsError> for Fire {
 }
 
 type Time = chrono::DateTime<chrono::Utc>;
-/// A flow with a schedule: name, definition, last change, last fire.
-type ScheduledFlow = (String, serde_json::Value, Time, Option<Time>);
+/// A flow with a schedule: name, definition, last change, last fire, and the database's
+/// `now()`.
+type ScheduledFlow = (String, serde_json::Value, Time, Option<Time>, Time);
 
 /// A fire time more than this late is "missed" under `misfire: skip`.
 const ON_TIME: Duration = Duration::from_secs(2);
 
-/// Fires every flow whose schedule is due, each fire time at most once cluster-wide.
+/// Fires every flow whose schedule is due by the database's clock (its `now()`, not this
+/// process's), each fire time at most once cluster-wide. Redis (the lease's holder, the
+/// members to dispatch to) is read before each fire's transaction and woken after its commit.
 async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
     let flows: Vec<ScheduledFlow> =
         sqlx::query_as(
-            "SELECT f.name, f.definition, f.updated_at, (SELECT max(fire_time) FROM schedule_fires s WHERE s.flow = f.name)
+            "SELECT f.name, f.definition, f.updated_at, (SELECT max(fire_time) FROM schedule_fires s WHERE s.flow = f.name), now()
              FROM flows f WHERE f.definition ? 'schedule'",
         )
         .fetch_all(&app.pool)
         .await?;
-    let now = chrono::Utc::now();
-    for (name, definition, updated, last) in flows {
+    for (name, definition, updated, last, now) in flows {
         let Ok(flow) = crate::pipeline::flow::Flow::parse(&definition.to_string(), &name) else {
             continue;
         };
@@ -225,6 +241,12 @@ async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
         if holder.as_deref() != Some(lease.token.as_str()) {
             return Err(Fire::Fenced);
         }
+        // The nodes to dispatch to, read before the transaction: it holds the leadership's
+        // row (and the dispatch lock), and no Redis call may hold them.
+        let targets = match run {
+            true => app.targets().await.unwrap_or_default(),
+            false => Vec::new(),
+        };
         // ...and, in the transaction that records the fire, so is the epoch.
         let mut tx = app.pool.begin().await?;
         let (epoch,): (i64,) =
@@ -245,28 +267,25 @@ async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 && run {
-            let targets = app.targets().await.unwrap_or_default();
-            if let Some((id, target)) =
+        if inserted == 1
+            && run
+            && let Some((id, target)) =
                 crate::runs::create_run_in(&mut tx, &name, &targets, app.config.load_balancing)
                     .await?
-            {
-                sqlx::query(
-                    "UPDATE schedule_fires SET run_id = $3 WHERE flow = $1 AND fire_time = $2",
-                )
+        {
+            sqlx::query("UPDATE schedule_fires SET run_id = $3 WHERE flow = $1 AND fire_time = $2")
                 .bind(&name)
                 .bind(due)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                tracing::info!(flow = %name, fire_time = %due, run = id, "scheduled run");
-                match target {
-                    Some(node) if node != app.config.node => app.membership.wake(&node).await,
-                    _ => app.executor.poke(),
-                }
-                continue;
+            tx.commit().await?;
+            tracing::info!(flow = %name, fire_time = %due, run = id, "scheduled run");
+            match target {
+                Some(node) if node != app.config.node => app.membership.wake(&node).await,
+                _ => app.executor.poke(),
             }
+            continue;
         }
         tx.commit().await?;
     }

@@ -25,6 +25,10 @@ pub struct Flow {
     pub retries: u32,
     /// What the scheduler does with fire times it missed (an outage, no leader).
     pub misfire: Misfire,
+    /// How many runs of the flow may run at once, cluster-wide (more stay queued); none: no
+    /// limit. A scheduled flow that does not say has 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +52,9 @@ fn is_zero(n: &u32) -> bool {
 
 /// The most retries a flow may ask for.
 pub const MAX_RETRIES: u32 = 3;
+
+/// The largest `concurrency` (the claim compares it as a Postgres `int`).
+pub const MAX_CONCURRENCY: u32 = i32::MAX as u32;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -312,6 +319,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
             "schedule",
             "retries",
             "misfire",
+            "concurrency",
         ],
         problems,
     )?;
@@ -401,6 +409,21 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         None => Misfire::default(),
         Some(n) => read_misfire(n, problems)?,
     };
+    let concurrency = match f.get("concurrency") {
+        // One run at a time is what a schedule means unless the flow says otherwise.
+        None => schedule.as_ref().map(|_| 1),
+        Some(n) => match n.value {
+            Y::Int(i) if (1..=i64::from(MAX_CONCURRENCY)).contains(&i) => Some(i as u32),
+            _ => {
+                problems.add(
+                    n.pos,
+                    "concurrency",
+                    "expected a whole number of runs at once, at least 1",
+                );
+                None
+            }
+        },
+    };
     Some(Flow {
         name: name?,
         source: source?,
@@ -410,6 +433,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
         schedule,
         retries,
         misfire,
+        concurrency,
     })
 }
 
@@ -962,6 +986,27 @@ misfire: skip
         ));
         assert_eq!(flow.on_error.bad_rows, BadRows::Fail);
         assert_eq!((flow.retries, flow.misfire), (0, Misfire::default()));
+    }
+
+    #[test]
+    fn concurrency_is_one_for_a_scheduled_flow_unless_it_says() {
+        let base = "name: a\nsource: { type: jsonl, path: a.jsonl }\ndestination: { type: csv, path: b.csv }\n";
+        let parse = |extra: &str| {
+            Flow::parse(&format!("{base}{extra}"), "flow.yaml")
+                .expect("a flow")
+                .concurrency
+        };
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("concurrency: 1\n"), Some(1));
+        assert_eq!(parse("schedule: \"* * * * *\"\n"), Some(1));
+        assert_eq!(parse("schedule: \"* * * * *\"\nconcurrency: 3\n"), Some(3));
+        let flow =
+            Flow::parse(&format!("{base}schedule: \"* * * * *\"\n"), "flow.yaml").expect("a flow");
+        assert_eq!(flow.to_json()["concurrency"], 1);
+        assert_eq!(
+            problems(&format!("{base}concurrency: 0\n")),
+            ["flow.yaml:4:14: concurrency: expected a whole number of runs at once, at least 1"]
+        );
     }
 
     #[test]

@@ -256,20 +256,66 @@ pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
     })
 }
 
-/// Claims the oldest queued run for `node` (dispatched to it, or to any node), if any: its
-/// id, flow definition and claim epoch.
+/// A run's limit of runs of its flow running at once, cluster-wide, from the definition it
+/// carries: its `concurrency`, else 1 for a scheduled flow (definitions stored before the
+/// option existed included), else none.
+const CONCURRENCY: &str =
+    "coalesce((definition->>'concurrency')::int, CASE WHEN definition ? 'schedule' THEN 1 END)";
+
+/// How many times a claim looks again after losing a race for a flow's last place.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// Claims the oldest queued run for `node` (dispatched to it, or to any node) whose flow is
+/// below its concurrency limit, if any: its id, flow definition and claim epoch. The limit
+/// holds cluster-wide: in the claim's transaction, a run of a limited flow takes the flow's
+/// advisory lock and counts its running runs afresh before it becomes `running`, so two nodes
+/// claiming at once cannot both take the last place.
 pub(super) async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value, i64)>> {
-    sqlx::query_as(
-        "UPDATE runs SET state = 'running', node = $1, started_at = now(), claim_epoch = claim_epoch + 1
-         WHERE id = (SELECT id FROM runs WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL)
-                     ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
-           AND state = 'queued'
-         RETURNING id, definition, claim_epoch",
-    )
-    .bind(node)
-    .fetch_optional(pool)
-    .await
-    .map_err(RunsError::Database)
+    for _ in 0..CLAIM_ATTEMPTS {
+        let mut tx = pool.begin().await?;
+        let candidate: Option<(i64, String, Option<i32>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, flow, {CONCURRENCY} FROM runs q
+             WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL)
+               AND ({CONCURRENCY} IS NULL
+                    OR (SELECT count(*) FROM runs r WHERE r.flow = q.flow AND r.state = 'running') < {CONCURRENCY})
+             ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
+        )))
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, flow, limit)) = candidate else {
+            return Ok(None);
+        };
+        if let Some(limit) = limit {
+            // Claims of this flow queue here until the one before commits; the count below,
+            // a new statement, then sees its run.
+            sqlx::query("SELECT pg_advisory_xact_lock(7133402, hashtext($1))")
+                .bind(&flow)
+                .execute(&mut *tx)
+                .await?;
+            let (running,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM runs WHERE flow = $1 AND state = 'running'")
+                    .bind(&flow)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if running >= i64::from(limit) {
+                // Another node took the last place meanwhile: look again, without this flow.
+                continue;
+            }
+        }
+        let claimed = sqlx::query_as(
+            "UPDATE runs SET state = 'running', node = $2, started_at = now(), claim_epoch = claim_epoch + 1
+             WHERE id = $1 AND state = 'queued'
+             RETURNING id, definition, claim_epoch",
+        )
+        .bind(id)
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(claimed);
+    }
+    Ok(None)
 }
 
 /// Queued runs and running runs per node, for `/api/cluster`.
