@@ -40,6 +40,8 @@ postgres_url = "$pg/$db"
 redis_url = "redis://127.0.0.1:6379"
 redis_prefix = "$3"
 admin_token = "bench-admin-token-$$"
+[sources.db]
+server_database = true
 [limits]
 max_running_flows = 8
 TOML
@@ -50,7 +52,7 @@ TOML
 }
 api() { curl -sS -X "$1" "http://127.0.0.1:$2$3" --data-binary "${4:-}"; }
 trivial='name: trivial
-source: { type: postgres, query: "SELECT 1 AS x" }
+source: { type: postgres, connection: db, query: "SELECT 1 AS x" }
 destination: { type: jsonl, path: out/trivial.jsonl }'
 
 # throughput PORT: submits $runs runs to one node (8 at a time), waits for all; prints runs/s.
@@ -85,7 +87,7 @@ echo "one node alone: $r_one runs/s; three nodes: $r_three runs/s ($per_node); r
 
 # Failover: the leader is killed; time until another node reports a new leader.
 api POST 18111 /api/flows 'name: every10
-source: { type: postgres, query: "SELECT 1 AS x" }
+source: { type: postgres, connection: db, query: "SELECT 1 AS x" }
 destination: { type: jsonl, path: out/every10.jsonl }
 schedule: "*/10 * * * * *"' >/dev/null
 leader() { api GET "$1" /api/cluster | jq -r '.leader // empty'; }

@@ -3,6 +3,7 @@
 //! config (`*_url_file`) or inline, and are never printed. A file that cannot be used is a
 //! `ConfigError`: the file, and a `ConfigProblem` naming the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +35,67 @@ pub struct File {
     limits: Limits,
     #[serde(default)]
     cluster: ClusterSettings,
+    #[serde(default)]
+    postgres: PostgresSettings,
+    #[serde(default)]
+    sources: BTreeMap<String, SourceFile>,
+}
+
+/// `[postgres]`: limits every session of the server's own pool sets at connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// A statement waiting longer than this for a lock fails (`lock_timeout`).
+    pub lock_timeout_ms: u64,
+    /// A session idle inside a transaction longer than this is ended by Postgres
+    /// (`idle_in_transaction_session_timeout`). A table destination's transaction waits for
+    /// the source between batches, so this is also the longest such wait.
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            lock_timeout_ms: 10_000,
+            idle_in_transaction_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// `[sources.NAME]`: a Postgres connection flows' sources may read through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    /// Read the server's own database (`postgres_url`): an explicit choice, never a default.
+    #[serde(default)]
+    server_database: bool,
+    #[serde(default = "default_statement_timeout_ms")]
+    statement_timeout_ms: u64,
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    300_000
+}
+
+/// A connection a Postgres source reads through (`[sources.NAME]`): each run opens a session
+/// of its own on it and closes it at the run's end.
+#[derive(Clone)]
+pub struct SourceConnection {
+    /// Holds a password: never displayed.
+    pub url: String,
+    /// Every statement of the source's session is stopped by Postgres after this long.
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for SourceConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConnection")
+            .field("url", &"(secret)")
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +166,10 @@ pub struct Config {
     pub weight: u32,
     /// The bearer token of `/admin/*` (which also answer only on loopback); none: disabled.
     pub admin_token: Option<String>,
+    /// Settings of every session of the server's own pool.
+    pub postgres: PostgresSettings,
+    /// The connections Postgres sources may name, by name.
+    pub sources: BTreeMap<String, SourceConnection>,
 }
 
 impl std::fmt::Debug for Config {
@@ -119,6 +185,8 @@ impl std::fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "(secret)"),
             )
             .field("limits", &self.limits)
+            .field("postgres", &self.postgres)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -141,16 +209,31 @@ pub enum ConfigProblem {
     #[error("{}", .0.to_string().trim_end())]
     Syntax(toml::de::Error),
     #[error("give `{key}` or `{key}_file`, not both")]
-    SecretTwice { key: &'static str },
+    SecretTwice { key: String },
     /// The file a `*_file` key names cannot be read.
     #[error("{key}_file {}: {error}", .file.display())]
     SecretFile {
-        key: &'static str,
+        key: String,
         file: PathBuf,
         error: std::io::Error,
     },
     #[error("missing `{key}` (or `{key}_file`)")]
-    Missing { key: &'static str },
+    Missing { key: String },
+    /// A `[sources.NAME]` whose name could not be written in a flow.
+    #[error(
+        "sources.{given:?} is not a valid connection name ({})",
+        fleet_inventory::NAME_HINT
+    )]
+    SourceName { given: String },
+    /// A source connection must say where it connects, one way only.
+    #[error(
+        "sources.{name}: give exactly one of `url`, `url_file` or `server_database = true` (the server's own database)"
+    )]
+    SourceUrl { name: String },
+    #[error("sources.{name}.statement_timeout_ms must be at least 1")]
+    ZeroStatementTimeout { name: String },
+    #[error("postgres.{key} must be at least 1")]
+    ZeroPostgresTimeout { key: &'static str },
     /// The node's name is used in Redis keys, lease tokens (`node:token`) and logs.
     #[error(
         "node {given:?} is not a valid node name ({})",
@@ -197,8 +280,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let secret = |inline: Option<String>,
                       file: Option<PathBuf>,
-                      key: &'static str|
+                      key: &str|
          -> Result<String, ConfigError> {
+            let key = key.to_owned();
             match (inline, file) {
                 (Some(_), Some(_)) => Err(at(ConfigProblem::SecretTwice { key })),
                 (Some(v), None) => Ok(v),
@@ -258,9 +342,46 @@ impl Config {
         if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(at(ConfigProblem::ShortAdminToken));
         }
+        let p = &file.postgres;
+        for (key, ms) in [
+            ("lock_timeout_ms", p.lock_timeout_ms),
+            (
+                "idle_in_transaction_timeout_ms",
+                p.idle_in_transaction_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(at(ConfigProblem::ZeroPostgresTimeout { key }));
+            }
+        }
+        let postgres_url = secret(file.postgres_url, file.postgres_url_file, "postgres_url")?;
+        let mut sources = BTreeMap::new();
+        for (name, s) in file.sources {
+            if !fleet_inventory::is_name(&name) {
+                return Err(at(ConfigProblem::SourceName { given: name }));
+            }
+            let url = match (s.server_database, s.url.is_some() || s.url_file.is_some()) {
+                (true, false) => postgres_url.clone(),
+                (false, true) => secret(s.url, s.url_file, &format!("sources.{name}.url"))?,
+                _ => return Err(at(ConfigProblem::SourceUrl { name })),
+            };
+            if s.statement_timeout_ms == 0 {
+                return Err(at(ConfigProblem::ZeroStatementTimeout { name }));
+            }
+            let statement_timeout = Duration::from_millis(s.statement_timeout_ms);
+            sources.insert(
+                name,
+                SourceConnection {
+                    url,
+                    statement_timeout,
+                },
+            );
+        }
         Ok(Config {
             admin_token,
-            postgres_url: secret(file.postgres_url, file.postgres_url_file, "postgres_url")?,
+            postgres_url,
+            postgres: file.postgres,
+            sources,
             redis_url: secret(file.redis_url, file.redis_url_file, "redis_url")?,
             redis_prefix: file.redis_prefix.unwrap_or_else(|| "fleet:".into()),
             node: file.node,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cluster::HEARTBEAT_TTL;
-pub use config::{Config, ConfigError, ConfigProblem};
+pub use config::{Config, ConfigError, ConfigProblem, PostgresSettings, SourceConnection};
 pub use db::schema_version;
 pub use pipeline::{Flow, StorageError};
 pub use runs::RunsError;
@@ -46,7 +46,7 @@ pub async fn run(
     // process with this name neither migrates nor marks this one's runs failed.
     let name = node_lock::NodeLock::take(&config.postgres_url, &config.node).await?;
     let connections = (config.limits.max_running_flows as u32) * 2 + 4;
-    let pool = db::connect(&config.postgres_url, connections).await?;
+    let pool = db::connect(&config.postgres_url, &config.postgres, connections).await?;
     // Redis's own error may quote the URL, password included.
     let redis =
         redis::Client::open(config.redis_url.as_str()).map_err(|_| ServerError::RedisUrl)?;
@@ -73,6 +73,7 @@ pub async fn run(
         pool.clone(),
         config.node.clone(),
         config.shared_storage.clone(),
+        config.sources.clone(),
         config.limits.max_running_flows,
         stop.clone(),
         tasks.clone(),

@@ -8,9 +8,9 @@ use std::time::Duration;
 use common::TestServer;
 use fleet_tests::TestDb;
 
-const FLOW: &str = "name: tiny\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tiny.jsonl }\n";
+const FLOW: &str = "name: tiny\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tiny.jsonl }\n";
 /// A run that takes a while, so that load builds up in a burst.
-const SLOW: &str = "name: tiny\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(0.2)\" }\ndestination: { type: jsonl, path: out/tiny.jsonl }\n";
+const SLOW: &str = "name: tiny\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x FROM pg_sleep(0.2)\" }\ndestination: { type: jsonl, path: out/tiny.jsonl }\n";
 
 /// Starts servers `names` (with `weights`) under one load-balancing setting and waits until
 /// every one sees all of them.
@@ -484,7 +484,7 @@ async fn scheduled_fires_happen_once_across_a_leader_change() {
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     let (first, _) = wait_for_leader(&servers, None).await;
-    let flow = "name: every-second\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/s.jsonl }\nschedule: \"* * * * * *\"\n";
+    let flow = "name: every-second\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/s.jsonl }\nschedule: \"* * * * * *\"\n";
     let (status, body) = servers[0].call("POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let pool = db.pool().await;
@@ -562,7 +562,7 @@ async fn misfires_coalesce_into_one_catch_up_or_are_skipped() {
     let pool = db.pool().await;
     let flow = |name: &str, misfire: &str| {
         format!(
-            "name: {name}\nsource: {{ type: postgres, query: \"SELECT 1 AS x\" }}\ndestination: {{ type: jsonl, path: out/{name}.jsonl }}\nschedule: \"0 0 0 * * *\"\nmisfire: {misfire}\n"
+            "name: {name}\nsource: {{ type: postgres, connection: db, query: \"SELECT 1 AS x\" }}\ndestination: {{ type: jsonl, path: out/{name}.jsonl }}\nschedule: \"0 0 0 * * *\"\nmisfire: {misfire}\n"
         )
     };
     for (name, misfire) in [

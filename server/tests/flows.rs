@@ -103,7 +103,7 @@ async fn each_source_with_each_destination() {
         ("jsonl", "{ type: jsonl, path: in/src.jsonl }"),
         (
             "pg",
-            "{ type: postgres, query: \"SELECT id, name, score FROM src ORDER BY id\" }",
+            "{ type: postgres, connection: db, query: \"SELECT id, name, score FROM src ORDER BY id\" }",
         ),
     ];
     for (sname, source) in sources {
@@ -476,7 +476,7 @@ async fn a_postgres_source_runs_one_read_only_query() {
     ];
     for (i, (query, message)) in cases.iter().enumerate() {
         let flow = format!(
-            "name: q{i}\nsource: {{ type: postgres, query: {query:?} }}\ndestination: {{ type: jsonl, path: out/q{i}.jsonl }}\n"
+            "name: q{i}\nsource: {{ type: postgres, connection: db, query: {query:?} }}\ndestination: {{ type: jsonl, path: out/q{i}.jsonl }}\n"
         );
         let run = server.run_flow(&flow).await;
         assert_eq!(run["state"], "failed", "{query}: {run}");

@@ -388,7 +388,7 @@ async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
         }
         panic!("fewer than {at_least} fires");
     };
-    let flow = "name: tick\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tick.jsonl }\nschedule: \"* * * * * *\"\n";
+    let flow = "name: tick\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/tick.jsonl }\nschedule: \"* * * * * *\"\n";
     let (status, body) = fleet_tests::call(nodes[0].1.addr, "POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let first = wait_leader(nodes[0].1.addr, None).await;

@@ -48,6 +48,13 @@ const DATABASE_UNAVAILABLE: Failure = Failure {
     code: "database_unavailable",
     message: "the database is unavailable",
 };
+/// A statement waited for a lock longer than `postgres.lock_timeout_ms` (SQLSTATE 55P03):
+/// something else holds what the request needs; asking again later may work.
+const DATABASE_BUSY: Failure = Failure {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    code: "database_busy",
+    message: "the database is busy: a lock the request needs was not granted in time",
+};
 const REDIS_UNAVAILABLE: Failure = Failure {
     status: StatusCode::SERVICE_UNAVAILABLE,
     code: "redis_unavailable",
@@ -120,7 +127,7 @@ impl AppError {
 
 fn runs_failure(e: &RunsError) -> Failure {
     match e {
-        RunsError::Database(_) => DATABASE_UNAVAILABLE,
+        RunsError::Database(e) => database_failure(e),
         RunsError::Cluster(e) => cluster_failure(e),
         RunsError::Random(_) => INTERNAL,
     }
@@ -129,8 +136,15 @@ fn runs_failure(e: &RunsError) -> Failure {
 fn cluster_failure(e: &ClusterError) -> Failure {
     match e {
         ClusterError::RedisTimeout | ClusterError::Redis(_) => REDIS_UNAVAILABLE,
-        ClusterError::Database(_) => DATABASE_UNAVAILABLE,
+        ClusterError::Database(e) => database_failure(e),
         ClusterError::Runs(e) => runs_failure(e),
+    }
+}
+
+fn database_failure(e: &sqlx::Error) -> Failure {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => DATABASE_BUSY,
+        _ => DATABASE_UNAVAILABLE,
     }
 }
 

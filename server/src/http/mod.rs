@@ -72,7 +72,9 @@ async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Byte
     let _ = headers;
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::field(StatusCode::BAD_REQUEST, "body", "the body is not UTF-8"))?;
-    let flow = Flow::parse(text, "body").map_err(|e| AppError::invalid_flow(&e))?;
+    let connections: Vec<&str> = app.config.sources.keys().map(String::as_str).collect();
+    let flow =
+        Flow::parse_for_node(text, "body", &connections).map_err(|e| AppError::invalid_flow(&e))?;
     let created = runs::put_flow(&app.pool, &flow).await?;
     let status = if created {
         StatusCode::CREATED

@@ -1,9 +1,9 @@
 //! Running one flow: the source on its own thread (or task), batches through the transform
 //! plan, into the destination; bad rows counted, skipped or rejected by the flow's policy;
-//! progress reported and cancellation honoured between batches. A run that fails says why
-//! in a `PipelineError`.
+//! progress reported and cancellation honoured between batches (and by a Postgres source
+//! while its statement runs). A run that fails says why in a `PipelineError`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::config::SourceConnection;
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::expr::Expr;
 use crate::pipeline::flow::{BadRows, Destination, Flow, Source, Step};
+use crate::pipeline::pg_source;
 use crate::pipeline::sink::{Sink, ToSink};
 use crate::pipeline::source::{self, Item};
 use crate::pipeline::value::{Type, Value};
@@ -110,7 +112,12 @@ pub struct RunEnv {
     /// over).
     pub claim_epoch: i64,
     pub storage: PathBuf,
+    /// The server's own pool: a table destination writes through it (never a source).
     pub pool: sqlx::PgPool,
+    /// The node running it (named in errors).
+    pub node: String,
+    /// The connections a Postgres source may read through, by name.
+    pub sources: Arc<BTreeMap<String, SourceConnection>>,
     /// Set to stop the run between batches.
     pub cancel: Arc<AtomicBool>,
     /// The counts so far, updated after every batch.
@@ -122,7 +129,8 @@ pub async fn run(flow: &Flow, env: &RunEnv) -> (Ending, Report) {
     let mut report = Report::default();
     let ending = match run_inner(flow, env, &mut report).await {
         Ok(()) => Ending::Succeeded,
-        Err(Stop::Canceled) => Ending::Canceled,
+        // The source saw the cancel before the run's loop did.
+        Err(Stop::Canceled | Stop::Failed(PipelineError::Canceled)) => Ending::Canceled,
         Err(Stop::Failed(why)) => Ending::Failed(why),
     };
     (ending, report)
@@ -298,11 +306,16 @@ fn start_source(
                 r
             })
         }
-        Source::Postgres { query } => {
-            let pool = env.pool.clone();
-            let query = query.clone();
+        Source::Postgres { connection, query } => {
+            let Some(settings) = env.sources.get(connection).cloned() else {
+                return Err(PipelineError::UnknownConnection {
+                    name: connection.clone(),
+                    node: env.node.clone(),
+                });
+            };
+            let (name, query, cancel) = (connection.clone(), query.clone(), env.cancel.clone());
             tokio::spawn(async move {
-                let r = source::postgres(&pool, &query, &mut tx).await;
+                let r = pg_source::read(&name, &settings, &query, &mut tx, &cancel).await;
                 if let Err(e) = &r {
                     tx.fail(e.clone()).await;
                 }

@@ -39,9 +39,18 @@ pub enum PipelineError {
     HeaderEmpty { line: u64, column: usize },
     #[error("line {line}: the header names column `{name}` twice")]
     HeaderTwice { line: u64, name: String },
-    /// The source query failed in Postgres.
-    #[error("source query: {}", crate::db::describe(.0))]
-    SourceQuery(Arc<sqlx::Error>),
+    /// The source's connection cannot be opened (`pg_source::describe`'s text).
+    #[error("source connection `{connection}`: {message}")]
+    SourceConnect { connection: String, message: String },
+    /// The source query failed in Postgres (`pg_source::describe`'s text: never a value the
+    /// query read).
+    #[error("source query: {0}")]
+    SourceQuery(String),
+    /// The flow's source names a connection this node's config does not have.
+    #[error(
+        "source.connection: no connection `{name}` on node {node} ([sources.{name}] in its config)"
+    )]
+    UnknownConnection { name: String, node: String },
     /// A value of the source query's result cannot be read as text.
     #[error("source query: column {column}: {message}")]
     SourceValue { column: usize, message: String },
@@ -54,6 +63,9 @@ pub enum PipelineError {
     /// Not a failure of its own.
     #[error("run ended")]
     RunEnded,
+    /// The source saw the run's cancel and stopped: the run ends canceled, not failed.
+    #[error("canceled")]
+    Canceled,
 
     /// A transform step names a column that is not there.
     #[error("transform[{step}]: no column `{name}`; the columns there are: {}", .columns.join(", "))]

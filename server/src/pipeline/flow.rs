@@ -72,6 +72,8 @@ pub enum Source {
         path: String,
     },
     Postgres {
+        /// The connection (`[sources.NAME]` in the server's config) the query runs through.
+        connection: String,
         query: String,
     },
 }
@@ -184,7 +186,26 @@ pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
 
 impl Flow {
     /// Reads a definition (YAML or JSON); `label` names it in problems (a file name, `body`).
+    /// A Postgres source's connection is checked when the flow runs (`parse_for_node` checks
+    /// it now).
     pub fn parse(text: &str, label: &str) -> Result<Flow, LoadError> {
+        Self::parse_checked(text, label, None)
+    }
+
+    /// As `parse`, and a Postgres source must name one of `connections` (this node's).
+    pub fn parse_for_node(
+        text: &str,
+        label: &str,
+        connections: &[&str],
+    ) -> Result<Flow, LoadError> {
+        Self::parse_checked(text, label, Some(connections))
+    }
+
+    fn parse_checked(
+        text: &str,
+        label: &str,
+        connections: Option<&[&str]>,
+    ) -> Result<Flow, LoadError> {
         let mut problems = Problems::new(label.to_owned());
         if text.len() > MAX_DEFINITION_BYTES {
             problems.add_file(format!(
@@ -193,7 +214,8 @@ impl Flow {
             ));
             return Err(problems.into_error());
         }
-        let flow = yaml::parse(text, &mut problems).and_then(|doc| read_flow(&doc, &mut problems));
+        let flow = yaml::parse(text, &mut problems)
+            .and_then(|doc| read_flow(&doc, connections, &mut problems));
         match flow {
             Some(flow) if problems.is_empty() => Ok(flow),
             _ => {
@@ -306,7 +328,8 @@ fn check_known(known: &Known, name: &str, pos: Pos, path: &str, problems: &mut P
     }
 }
 
-fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
+/// `connections`: the names a Postgres source may use (`None`: not checked here).
+fn read_flow(doc: &Yaml, connections: Option<&[&str]>, problems: &mut Problems) -> Option<Flow> {
     let f = Fields::read(
         doc,
         "",
@@ -337,7 +360,7 @@ fn read_flow(doc: &Yaml, problems: &mut Problems) -> Option<Flow> {
     });
     let source = f
         .require("source", problems)
-        .and_then(|s| read_source(s, problems));
+        .and_then(|s| read_source(s, connections, problems));
     let mut known: Known = None;
     let mut transform = Vec::new();
     if let Some(list) = f.get("transform") {
@@ -516,29 +539,30 @@ fn refuse_other_settings(
     }
 }
 
-fn read_source(node: &Yaml, problems: &mut Problems) -> Option<Source> {
+fn read_source(
+    node: &Yaml,
+    connections: Option<&[&str]>,
+    problems: &mut Problems,
+) -> Option<Source> {
     let p = "source";
-    let f = Fields::read(
-        node,
-        p,
-        &[
-            "type",
-            "path",
-            "delimiter",
-            "quote",
-            "header",
-            "encoding",
-            "query",
-        ],
-        problems,
-    )?;
+    let settings = [
+        "path",
+        "delimiter",
+        "quote",
+        "header",
+        "encoding",
+        "connection",
+        "query",
+    ];
+    let mut keys = vec!["type"];
+    keys.extend(settings);
+    let f = Fields::read(node, p, &keys, problems)?;
     let t = kind(&f, &["csv", "jsonl", "postgres"], problems)?;
     let allowed: &[&str] = match t {
         "csv" => &["type", "path", "delimiter", "quote", "header", "encoding"],
         "jsonl" => &["type", "path"],
-        _ => &["type", "query"],
+        _ => &["type", "connection", "query"],
     };
-    let settings = ["path", "delimiter", "quote", "header", "encoding", "query"];
     refuse_other_settings(&f, allowed, &settings, &format!("{t} source"), problems);
     match t {
         "csv" => {
@@ -573,11 +597,44 @@ fn read_source(node: &Yaml, problems: &mut Problems) -> Option<Source> {
                 .require("path", problems)
                 .and_then(|n| read_path(n, "source.path", problems))?,
         }),
-        _ => Some(Source::Postgres {
-            query: f
+        _ => {
+            let connection = f
+                .require("connection", problems)
+                .and_then(|n| read_connection(n, connections, problems));
+            let query = f
                 .require("query", problems)
-                .and_then(|n| non_empty_string(n, "source.query", problems))?,
-        }),
+                .and_then(|n| non_empty_string(n, "source.query", problems));
+            Some(Source::Postgres {
+                connection: connection?,
+                query: query?,
+            })
+        }
+    }
+}
+
+/// A Postgres source's `connection`: one of `connections` when they are given.
+fn read_connection(
+    node: &Yaml,
+    connections: Option<&[&str]>,
+    problems: &mut Problems,
+) -> Option<String> {
+    let path = "source.connection";
+    let name = non_empty_string(node, path, problems)?;
+    match connections {
+        Some(known) if !known.contains(&name.as_str()) => {
+            let hint = match known {
+                [] => "this node has no [sources.NAME] connection".to_owned(),
+                _ => typo_hint(&name, known, "connections here"),
+            };
+            problems.add_hint(
+                node.pos,
+                path,
+                format!("no connection `{name}` on this node ([sources.{name}] in its config)"),
+                Some(hint),
+            );
+            None
+        }
+        _ => Some(name),
     }
 }
 
@@ -1105,5 +1162,40 @@ misfire: skip
                 big.len()
             )]
         );
+    }
+
+    #[test]
+    fn a_postgres_source_names_a_connection_of_the_node() {
+        assert_eq!(
+            problems(
+                "name: a\nsource: { type: postgres, query: 'SELECT 1' }\ndestination: { type: jsonl, path: o.jsonl }\n"
+            ),
+            ["flow.yaml:2:9: source.connection: missing required key `connection`"]
+        );
+        let text = "name: a\nsource: { type: postgres, connection: wh, query: 'SELECT 1' }\ndestination: { type: jsonl, path: o.jsonl }\n";
+        let flow = Flow::parse_for_node(text, "flow.yaml", &["wh"]).expect("a known connection");
+        assert!(matches!(&flow.source, Source::Postgres { connection, .. } if connection == "wh"));
+        let refused = |known: &[&str]| {
+            Flow::parse_for_node(text, "flow.yaml", known)
+                .expect_err("an unknown connection")
+                .problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            refused(&["crm", "billing"]),
+            [
+                "flow.yaml:2:39: source.connection: no connection `wh` on this node ([sources.wh] in its config) (hint: connections here: crm, billing)"
+            ]
+        );
+        assert_eq!(
+            refused(&[]),
+            [
+                "flow.yaml:2:39: source.connection: no connection `wh` on this node ([sources.wh] in its config) (hint: this node has no [sources.NAME] connection)"
+            ]
+        );
+        // A stored definition is read without the node's connections: the run checks them.
+        assert!(Flow::parse(text, "run 1").is_ok());
     }
 }

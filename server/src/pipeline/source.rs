@@ -1,12 +1,11 @@
-//! Sources: read rows in batches from a CSV or JSON-lines file on shared storage, or from a
-//! Postgres query through a cursor, never the whole input at once. A row that cannot be read
-//! is passed on as a bad row (with its line), not dropped; a source that cannot go on ends
-//! the run with a `PipelineError`.
+//! Sources: read rows in batches from a CSV or JSON-lines file on shared storage (a Postgres
+//! query is `pg_source`'s), never the whole input at once, and send them to the run through a
+//! `Sender`. A row that cannot be read is passed on as a bad row (with its line), not
+//! dropped; a source that cannot go on ends the run with a `PipelineError`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
-use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -67,7 +66,8 @@ impl Sender {
         Ok(())
     }
 
-    async fn send(&mut self, item: Item) -> Result<(), PipelineError> {
+    /// Sends an item from a task; after the columns, waits for the plan.
+    pub(crate) async fn send(&mut self, item: Item) -> Result<(), PipelineError> {
         let is_columns = matches!(item, Item::Columns(..));
         let item = self.transform(item);
         self.tx
@@ -78,6 +78,12 @@ impl Sender {
             self.ready = Some(rx.await.map_err(|_| PipelineError::RunEnded)?);
         }
         Ok(())
+    }
+
+    /// Resolves once the run takes no more rows (it ended); holds no borrow of `self`.
+    pub(crate) fn receiver_gone(&self) -> impl Future<Output = ()> + Send + use<> {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
     }
 
     /// Reports the source's own failure (not the run ending) to the run.
@@ -384,107 +390,4 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// stop reading.
 fn send(tx: &mut Sender, item: Item) -> Result<(), PipelineError> {
     tx.send_blocking(item)
-}
-
-/// Streams the rows of one read-only query through a cursor, `BATCH_ROWS` at a time. The
-/// query is declared through the extended protocol, so it is exactly one statement.
-pub async fn postgres(
-    pool: &sqlx::PgPool,
-    query: &str,
-    tx: &mut Sender,
-) -> Result<(), PipelineError> {
-    let pg = |e: sqlx::Error| PipelineError::SourceQuery(Arc::new(e));
-    let mut conn = pool.acquire().await.map_err(pg)?;
-    let mut t = conn.begin().await.map_err(pg)?;
-    sqlx::query("SET TRANSACTION READ ONLY")
-        .execute(&mut *t)
-        .await
-        .map_err(pg)?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DECLARE fleet_source NO SCROLL CURSOR FOR {query}"
-    )))
-    .execute(&mut *t)
-    .await
-    .map_err(pg)?;
-    let mut row_no = 0u64;
-    let mut sent_columns = false;
-    loop {
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "FETCH {BATCH_ROWS} FROM fleet_source"
-        )))
-        .fetch_all(&mut *t)
-        .await
-        .map_err(pg)?;
-        if !sent_columns {
-            let (names, types) = match rows.first() {
-                Some(r) => r
-                    .columns()
-                    .iter()
-                    .map(|c| (c.name().to_owned(), pg_type(c.type_info().name())))
-                    .unzip(),
-                None => (Vec::new(), Vec::new()),
-            };
-            tx.send(Item::Columns(names, types)).await?;
-            sent_columns = true;
-        }
-        if rows.is_empty() {
-            break;
-        }
-        let mut batch = Batch::default();
-        for row in &rows {
-            row_no += 1;
-            let mut values = Vec::with_capacity(row.len());
-            let mut bad = None;
-            for i in 0..row.len() {
-                let raw = row.try_get_raw(i).map_err(pg)?;
-                if raw.is_null() {
-                    values.push(Value::Null);
-                    continue;
-                }
-                let ty = pg_type(raw.type_info().name());
-                let text = raw
-                    .as_str()
-                    .map_err(|e| PipelineError::SourceValue {
-                        column: i + 1,
-                        message: e.to_string(),
-                    })?
-                    .to_owned();
-                match ty {
-                    Some(ty) => match Value::Text(text.clone()).cast(ty) {
-                        Ok(v) => values.push(v),
-                        Err(why) => {
-                            bad = Some(BadRow::new(
-                                row_no,
-                                Some(row.columns()[i].name().to_owned()),
-                                why.to_string(),
-                                text,
-                            ));
-                            break;
-                        }
-                    },
-                    None => values.push(Value::Text(text)),
-                }
-            }
-            match bad {
-                Some(b) => batch.bad.push(b),
-                None => batch.rows.push((row_no, values)),
-            }
-        }
-        tx.send(Item::Batch(batch)).await?;
-    }
-    t.rollback().await.map_err(pg)?;
-    Ok(())
-}
-
-/// The flow type a Postgres column type reads as (`None`: text).
-fn pg_type(name: &str) -> Option<Type> {
-    Some(match name {
-        "INT2" | "INT4" | "INT8" => Type::Int,
-        "FLOAT4" | "FLOAT8" => Type::Float,
-        "NUMERIC" => Type::Decimal,
-        "BOOL" => Type::Bool,
-        "TIMESTAMPTZ" | "TIMESTAMP" => Type::Timestamp,
-        "DATE" => Type::Date,
-        _ => return None,
-    })
 }

@@ -2,7 +2,7 @@
 //! each through the pipeline, and records its progress and end (a failed run's `error` is its
 //! `PipelineError`'s text). Not the SQL (`store.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::SourceConnection;
 use crate::pipeline::engine::{self, Ending, Report, RunEnv};
 use crate::pipeline::flow::Flow;
 
@@ -34,6 +35,8 @@ pub struct Executor {
     pool: PgPool,
     node: String,
     storage: std::path::PathBuf,
+    /// The connections Postgres sources read through (`[sources.NAME]`).
+    sources: Arc<BTreeMap<String, SourceConnection>>,
     slots: Arc<Semaphore>,
     limit: usize,
     wake: Notify,
@@ -52,6 +55,7 @@ impl Executor {
         pool: PgPool,
         node: String,
         storage: std::path::PathBuf,
+        sources: BTreeMap<String, SourceConnection>,
         limit: usize,
         stop: CancellationToken,
         tasks: TaskTracker,
@@ -60,6 +64,7 @@ impl Executor {
             pool,
             node,
             storage,
+            sources: Arc::new(sources),
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             wake: Notify::new(),
@@ -214,6 +219,8 @@ impl Executor {
                     claim_epoch: epoch,
                     storage: self.storage.clone(),
                     pool: self.pool.clone(),
+                    node: self.node.clone(),
+                    sources: self.sources.clone(),
                     cancel: cancel.clone(),
                     progress: progress_tx,
                 };
