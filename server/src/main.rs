@@ -53,7 +53,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config_path)) {
+    let served = runtime.block_on(serve(config_path));
+    // A blocking thread an abandoned run left (a read that never returns) does not hold the
+    // exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("etl-server: {e:#}");

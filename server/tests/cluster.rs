@@ -252,10 +252,14 @@ async fn a_node_with_an_older_schema_does_not_claim() {
         serde_json::Value::Null,
         "no node is eligible: {body}"
     );
-    // Several claim cycles pass (the node looks every second and when poked).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, run) = server.call("GET", &format!("/api/runs/{id}"), "").await;
-    assert_eq!(run["state"], "queued", "{run}");
+    // A state that must hold over a window: the run stays queued through several claim
+    // cycles (the node looks every second and when poked), checked all along.
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        let (_, run) = server.call("GET", &format!("/api/runs/{id}"), "").await;
+        assert_eq!(run["state"], "queued", "{run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (_, c) = server.call("GET", "/api/cluster", "").await;
     assert_eq!(
         c["leader"],

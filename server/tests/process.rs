@@ -329,6 +329,160 @@ async fn a_killed_nodes_run_is_interrupted_and_retried_once_elsewhere() {
         Some(2),
         "no second retry: {list}"
     );
+    // The output is the retry's, whole; the killed run's temporary file went with the
+    // retry's commit.
+    let out = dir.path().join("shared/out");
+    assert_eq!(line_count(&out.join("long.jsonl")), 3_000_000);
+    assert_eq!(names_in(&out), vec!["long.jsonl"]);
+}
+
+/// Lines of a file.
+fn line_count(path: &Path) -> usize {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::io::BufReader::new(file).lines().count()
+}
+
+/// The names in a directory, sorted (temporary files included).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The runs a node finished, from its `/metrics`.
+async fn finished_runs(addr: std::net::SocketAddr) -> u64 {
+    let (_, body) = fleet_tests::call_raw(addr, "GET", "/metrics", b"").await;
+    body.lines()
+        .filter(|l| l.starts_with("etl_runs_finished_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Polls run `id` through `addr` until `done` holds for it; panics after `within` (a bound on
+/// the wait, not a measurement).
+async fn wait_run(
+    addr: std::net::SocketAddr,
+    id: i64,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let (_, run) = fleet_tests::call(addr, "GET", &format!("/api/runs/{id}"), "").await;
+        if done(&run) {
+            return run;
+        }
+        assert!(std::time::Instant::now() < until, "run {id}: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGSTOP of the node running a run, past the heartbeat's TTL: the run is interrupted and its
+/// retry finishes on the other node. Then SIGCONT: the paused node's run, which goes on where
+/// it stopped, cannot rename its output or its reject file over the retry's (the same files
+/// stand), and no temporary file is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_nodes_run_cannot_overwrite_its_retrys_output() {
+    let db = TestDb::new("sigstop").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("shared/in/big.csv");
+    write_csv(&input, 2_000_000);
+    // Two bad rows at the end, for the reject file.
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .expect("append");
+    more.write_all(
+        b"x,bad,1
+y,bad,2
+",
+    )
+    .expect("write");
+    drop(more);
+    let mut nodes = Vec::new();
+    for name in ["p1", "p2"] {
+        nodes.push((name, start_node(&db, dir.path(), name, "").await));
+    }
+    let entry = nodes[0].1.addr;
+    for _ in 0..200 {
+        let (_, c) = fleet_tests::call(entry, "GET", "/api/cluster", "").await;
+        if c["active"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flow = "name: long
+source: { type: csv, path: in/big.csv }
+transform:
+  - cast: { id: int }
+destination: { type: jsonl, path: out/long.jsonl }
+on_error: { bad_rows: reject_file }
+retries: 1
+";
+    let (status, body) = fleet_tests::call(entry, "POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = fleet_tests::call(entry, "POST", "/api/flows/long/run", "").await;
+    let id = body["run_id"].as_i64().expect("id");
+    let target = body["node"].as_str().expect("dispatched").to_owned();
+    let paused = nodes
+        .iter()
+        .position(|(n, _)| *n == target)
+        .expect("a node");
+    let other = nodes[1 - paused].1.addr;
+    wait_run(other, id, Duration::from_secs(60), |r| {
+        r["state"] == "running" && r["rows_read"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    signal(&nodes[paused].1, rustix::process::Signal::STOP);
+
+    let interrupted = wait_run(other, id, Duration::from_secs(60), |r| {
+        r["state"] != "running"
+    })
+    .await;
+    assert_eq!(interrupted["state"], "interrupted", "{interrupted}");
+    let (_, list) = fleet_tests::call(other, "GET", "/api/runs?flow=long", "").await;
+    let retry = list["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["retry_of"] == id)
+        .and_then(|r| r["id"].as_i64())
+        .unwrap_or_else(|| panic!("no retry: {list}"));
+    let done = wait_run(other, retry, Duration::from_secs(120), |r| {
+        !matches!(r["state"].as_str(), Some("queued" | "running"))
+    })
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["rows_written"], 2_000_000, "{done}");
+    let out = dir.path().join("shared/out");
+    let inode = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(out.join(name)).expect("output").ino()
+    };
+    let files = ["long.jsonl", "long.jsonl.rejects.jsonl"];
+    let retrys: Vec<u64> = files.iter().map(|f| inode(f)).collect();
+
+    signal(&nodes[paused].1, rustix::process::Signal::CONT);
+    // The paused node's run ends there, one way or another.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while finished_runs(nodes[paused].1.addr).await == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the paused node's run never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now: Vec<u64> = files.iter().map(|f| inode(f)).collect();
+    assert_eq!(now, retrys, "the retry's output and reject file stand");
+    assert_eq!(line_count(&out.join("long.jsonl")), 2_000_000);
+    assert_eq!(line_count(&out.join("long.jsonl.rejects.jsonl")), 2);
+    assert_eq!(names_in(&out), files.to_vec(), "no temporary file is left");
+    let (state, _) = run_row(&db, id).await;
+    assert_eq!(state, "interrupted");
 }
 
 /// The leader as a node reports it.
@@ -411,8 +565,13 @@ async fn the_scheduler_survives_a_stopped_and_a_killed_leader() {
     wait_fires(n + 2).await;
     // Back from the stop: it must step down, not fire under its old epoch.
     signal(&nodes[i].1, rustix::process::Signal::CONT);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(leader_of(other).await.as_deref(), Some(second.as_str()));
+    // A state that must hold over a window: the leader stays the second one for 1.5 s after
+    // the old one came back, checked all along.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(leader_of(other).await.as_deref(), Some(second.as_str()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // kill -9 the new leader: a third grant.
     let j = nodes

@@ -10,11 +10,28 @@ pub const HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3)
 
 /// Publishes this node's heartbeat; a Redis outage is logged once and retried. It beats on
 /// after the shutdown began, for as long as runs still execute here (the grace period), so no
-/// other node takes this one for gone and interrupts them.
+/// other node takes this one for gone and interrupts them. When no beat has landed for a TTL
+/// (Redis out of reach, or the process was paused), the cluster may take this node for gone:
+/// it claims nothing until a beat lands again. (Its running runs stop once their rows say
+/// they were handed over, and could not commit anyway: see `runs::executor`.)
 pub(crate) async fn heartbeat(app: Arc<Node>) {
     let mut failing = false;
+    let mut landed = std::time::Instant::now();
     loop {
-        match app.membership.beat(&app.me()).await {
+        // Checked before beating: a process resumed after a pause beats at once, but its key
+        // expired meanwhile.
+        if landed.elapsed() > HEARTBEAT_TTL && app.executor.set_lapsed(true) {
+            tracing::warn!(
+                since_ms = landed.elapsed().as_millis() as u64,
+                "the heartbeat lapsed: not claiming until it lands again"
+            );
+        }
+        let beat = app.membership.beat(&app.me()).await;
+        if beat.is_ok() {
+            landed = std::time::Instant::now();
+            app.executor.set_lapsed(false);
+        }
+        match beat {
             Ok(()) if failing => {
                 tracing::info!("heartbeats reach Redis again");
                 failing = false;

@@ -4,7 +4,7 @@
 //! while its statement runs). A run that fails says why in a `PipelineError`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -18,6 +18,7 @@ use crate::pipeline::flow::{BadRows, Destination, Flow, Source, Step};
 use crate::pipeline::pg_source;
 use crate::pipeline::sink::{Sink, ToSink};
 use crate::pipeline::source::{self, Item};
+use crate::pipeline::storage;
 use crate::pipeline::value::{Type, Value};
 
 /// Rows on their way through a run, each with its row number in the source (the line of a
@@ -183,13 +184,17 @@ async fn stream(
     let plan = Arc::new(Plan::new(flow, &columns, &source_types)?);
     // The source transforms its batches with it (see `source::Sender`).
     let _ = plan_tx.send(plan.clone());
-    let mut rejects = Rejects::open(flow, env)?;
+    let mut rejects = Rejects::open(flow, env).await?;
     report.reject_file = rejects.as_ref().map(|r| r.relative.clone());
     let sink = Sink::open(flow, env, &plan.columns, &plan.types).await?;
     // The sink runs beside this loop: rows are transformed while earlier ones are written.
     let written = Arc::new(AtomicU64::new(0));
     let (to_sink, sink_rx) = mpsc::channel::<ToSink>(2);
-    let sink = tokio::spawn(sink.consume(sink_rx, written.clone()));
+    // If the run is abandoned (it did not stop when asked), so is the sink: aborted, not left
+    // holding its connection or file.
+    let sink = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        sink.consume(sink_rx, written.clone()),
+    ));
     let outcome: Result<(), Stop> = async {
         while let Some(item) = rx.recv().await {
             let batch = match item {
@@ -224,8 +229,8 @@ async fn stream(
         Some(r) => join_reader(r).await,
         None => Ok(()),
     };
-    let finished = match rejects.as_mut() {
-        Some(r) => r.finish().map_err(Stop::from),
+    let finished = match rejects.take() {
+        Some(r) => r.finish(env).await.map_err(Stop::from),
         None => Ok(()),
     };
     // The reject file's failure first, then the run's, then the source's.
@@ -286,10 +291,12 @@ fn start_source(
             header,
             ..
         } => {
-            let file = open_input(env, path)?;
+            let (storage, path) = (env.storage.clone(), path.clone());
             let (d, q, h) = (*delimiter, *quote, *header);
+            // Opening is blocking too (shared storage may be slow): on the source's thread.
             tokio::task::spawn_blocking(move || {
-                let r = source::csv(file, d, q, h, &mut tx);
+                let r = open_input(&storage, &path)
+                    .and_then(|file| source::csv(file, d, q, h, &mut tx));
                 if let Err(e) = &r {
                     tx.fail_blocking(e.clone());
                 }
@@ -297,9 +304,9 @@ fn start_source(
             })
         }
         Source::Jsonl { path } => {
-            let file = open_input(env, path)?;
+            let (storage, path) = (env.storage.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
-                let r = source::jsonl(file, &mut tx);
+                let r = open_input(&storage, &path).and_then(|file| source::jsonl(file, &mut tx));
                 if let Err(e) = &r {
                     tx.fail_blocking(e.clone());
                 }
@@ -333,9 +340,14 @@ async fn join_reader(reader: Reader) -> Result<(), PipelineError> {
     }
 }
 
-fn open_input(env: &RunEnv, path: &str) -> Result<std::fs::File, PipelineError> {
-    let real = crate::pipeline::storage::resolve(&env.storage, path)?;
-    std::fs::File::open(&real).map_err(|e| PipelineError::open_source(path, e))
+fn open_input(storage: &Path, path: &str) -> Result<std::fs::File, PipelineError> {
+    storage::Dir::walk(storage, path, false)?.open_read()
+}
+
+/// The tag of this run's temporary files: the run and its claim, so no two attempts share
+/// one (`storage::Dir::stage` adds random bytes besides).
+pub fn temp_tag(env: &RunEnv) -> String {
+    format!("run{}-{}", env.run_id, env.claim_epoch)
 }
 
 /// The transform steps bound to column positions, made once the source's columns are known.
@@ -506,14 +518,14 @@ fn check_columns(step: usize, e: &Expr, cols: &[String]) -> Result<(), PipelineE
 }
 
 /// The reject file: one JSON line per bad row, beside the output (a file destination) or
-/// under `rejects/` (a table).
+/// under `rejects/` (a table); written under a temporary name and renamed at the run's end.
 struct Rejects {
     relative: String,
-    out: std::io::BufWriter<std::fs::File>,
+    staged: storage::Staged,
 }
 
 impl Rejects {
-    fn open(flow: &Flow, env: &RunEnv) -> Result<Option<Rejects>, PipelineError> {
+    async fn open(flow: &Flow, env: &RunEnv) -> Result<Option<Rejects>, PipelineError> {
         if flow.on_error.bad_rows != BadRows::RejectFile {
             return Ok(None);
         }
@@ -525,30 +537,46 @@ impl Rejects {
                 format!("rejects/{}-run{}.jsonl", flow.name, env.run_id)
             }
         };
-        if let Some(parent) = std::path::Path::new(&relative).parent() {
-            std::fs::create_dir_all(env.storage.join(parent))
-                .map_err(|e| PipelineError::reject_file(&relative, e))?;
-        }
-        let real = crate::pipeline::storage::resolve(&env.storage, &relative)?;
-        let file =
-            std::fs::File::create(&real).map_err(|e| PipelineError::reject_file(&relative, e))?;
-        Ok(Some(Rejects {
-            relative,
-            out: std::io::BufWriter::new(file),
-        }))
+        let (base, tag, path) = (env.storage.clone(), temp_tag(env), relative.clone());
+        let staged = blocking(move || {
+            storage::Dir::walk(&base, &path, true)?
+                .stage(&tag)
+                .map_err(|e| PipelineError::reject_file(&path, e))
+        })
+        .await?;
+        Ok(Some(Rejects { relative, staged }))
     }
 
     fn write(&mut self, bad: &BadRow) -> Result<(), PipelineError> {
         use std::io::Write;
         let line =
             serde_json::to_string(bad).map_err(|e| PipelineError::RejectEncode(Arc::new(e)))?;
-        writeln!(self.out, "{line}").map_err(|e| PipelineError::reject_file(&self.relative, e))
-    }
-
-    fn finish(&mut self) -> Result<(), PipelineError> {
-        use std::io::Write;
-        self.out
-            .flush()
+        writeln!(self.staged.out(), "{line}")
             .map_err(|e| PipelineError::reject_file(&self.relative, e))
     }
+
+    /// Syncs the file and renames it into place, only while the run's claim holds.
+    async fn finish(self, env: &RunEnv) -> Result<(), PipelineError> {
+        let Rejects {
+            relative,
+            mut staged,
+        } = self;
+        let staged = blocking(move || {
+            staged
+                .sync()
+                .map_err(|e| PipelineError::reject_file(&relative, e))?;
+            Ok(staged)
+        })
+        .await?;
+        crate::pipeline::sink::commit_file(&crate::pipeline::sink::Claim::of(env), staged).await
+    }
+}
+
+/// Runs blocking file work (opening, syncing, renaming on shared storage) off the runtime.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PipelineError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PipelineError::DestinationStopped(e.to_string()))?
 }

@@ -202,20 +202,25 @@ pub enum StorageError {
     LeavesStorage { path: String },
     #[error("`{path}` names no file")]
     NoFileName { path: String },
-    #[error("`{path}` leads outside shared storage through a symbolic link")]
-    LinkLeavesStorage { path: String },
-    #[error("`{path}` is a symbolic link: not followed")]
-    Symlink { path: String },
+    /// A directory of the path, or its file, is a symbolic link (`link`: the path up to it).
+    #[error(
+        "`{path}` goes through the symbolic link `{link}`: no link is followed on shared storage"
+    )]
+    Symlink { path: String, link: String },
+    /// The path names a FIFO, a directory, a device...: only regular files are read.
+    #[error("`{path}` is not a regular file (it is {kind}): refused")]
+    NotAFile { path: String, kind: &'static str },
     /// Shared storage itself cannot be reached (or made, at start).
     #[error("shared storage {}: {error}", .base.display())]
     Unavailable {
         base: std::path::PathBuf,
         error: Arc<std::io::Error>,
     },
-    /// The directory a path names cannot be resolved (it does not exist, say).
-    #[error("{}: {error}", .directory.display())]
+    /// A directory of the path cannot be opened or made (`directory`: the path up to it).
+    #[error("`{path}`: directory `{directory}`: {error}")]
     Directory {
-        directory: std::path::PathBuf,
+        path: String,
+        directory: String,
         error: Arc<std::io::Error>,
     },
 }

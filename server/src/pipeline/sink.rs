@@ -3,8 +3,8 @@
 //! file written under a temporary name and renamed only when complete. A destination that
 //! fails undoes everything and says why in a `PipelineError`.
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 
 use sqlx::Connection;
 
-use crate::pipeline::engine::RunEnv;
+use crate::pipeline::engine::{self, RunEnv};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::flow::{Destination, Flow, Mode, Table, quote_ident};
+use crate::pipeline::storage::{Dir, Staged};
 use crate::pipeline::value::{Type, Value};
 
 pub enum Sink {
@@ -39,9 +40,8 @@ pub struct TableSink {
 }
 
 pub struct FileSink {
-    temp: PathBuf,
-    path: PathBuf,
-    out: Option<std::io::BufWriter<std::fs::File>>,
+    claim: Claim,
+    staged: Staged,
     kind: FileKind,
     columns: Vec<String>,
     written: u64,
@@ -95,7 +95,6 @@ impl Sink {
                 header,
             } => FileSink::open(
                 env,
-                flow,
                 path,
                 FileKind::Csv {
                     delimiter: *delimiter,
@@ -103,10 +102,11 @@ impl Sink {
                 },
                 columns,
             )
+            .await
             .map(Sink::File),
-            Destination::Jsonl { path } => {
-                FileSink::open(env, flow, path, FileKind::Jsonl, columns).map(Sink::File)
-            }
+            Destination::Jsonl { path } => FileSink::open(env, path, FileKind::Jsonl, columns)
+                .await
+                .map(Sink::File),
         }
     }
 
@@ -120,9 +120,12 @@ impl Sink {
     ) -> Result<u64, PipelineError> {
         match self {
             Sink::Table(t) => t.consume(rx, written).await,
-            Sink::File(f) => tokio::task::spawn_blocking(move || f.consume(rx, written))
-                .await
-                .map_err(|e| PipelineError::DestinationStopped(e.to_string()))?,
+            Sink::File(f) => {
+                let claim = f.claim.clone();
+                let (staged, n) = engine::blocking(move || f.consume(rx, written)).await?;
+                commit_file(&claim, staged).await?;
+                Ok(n)
+            }
         }
     }
 }
@@ -409,30 +412,23 @@ fn copy_error(e: sqlx::Error, rows: &[u64]) -> PipelineError {
 }
 
 impl FileSink {
-    fn open(
+    /// Makes the temporary file (off the runtime: shared storage may be slow).
+    async fn open(
         env: &RunEnv,
-        flow: &Flow,
         path: &str,
         kind: FileKind,
         columns: &[String],
     ) -> Result<FileSink, PipelineError> {
-        let _ = flow;
-        if let Some(parent) = std::path::Path::new(path).parent() {
-            std::fs::create_dir_all(env.storage.join(parent))
-                .map_err(|e| PipelineError::open_destination(path, e))?;
-        }
-        let real = crate::pipeline::storage::resolve(&env.storage, path)?;
-        let name = real
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = real.with_file_name(format!(".{name}.tmp-run{}", env.run_id));
-        let file =
-            std::fs::File::create(&temp).map_err(|e| PipelineError::open_destination(path, e))?;
+        let (base, tag, path) = (env.storage.clone(), engine::temp_tag(env), path.to_owned());
+        let staged = engine::blocking(move || {
+            Dir::walk(&base, &path, true)?
+                .stage(&tag)
+                .map_err(|e| PipelineError::open_destination(&path, e))
+        })
+        .await?;
         Ok(FileSink {
-            temp,
-            path: real,
-            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            claim: Claim::of(env),
+            staged,
             kind,
             columns: columns.to_vec(),
             written: 0,
@@ -440,7 +436,7 @@ impl FileSink {
     }
 
     fn out(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
-        self.out.as_mut().expect("open until finish")
+        self.staged.out()
     }
 
     fn prepare(&mut self) -> Result<(), PipelineError> {
@@ -457,11 +453,13 @@ impl FileSink {
         Ok(())
     }
 
+    /// Writes every row sent; at `End`, the complete (synced) file, still under its
+    /// temporary name, and its row count.
     fn consume(
         mut self,
         mut rx: mpsc::Receiver<ToSink>,
         written: Arc<AtomicU64>,
-    ) -> Result<u64, PipelineError> {
+    ) -> Result<(Staged, u64), PipelineError> {
         let result = (|| {
             self.prepare()?;
             while let Some(msg) = rx.blocking_recv() {
@@ -476,12 +474,14 @@ impl FileSink {
             Ok(false)
         })();
         match result {
-            Ok(true) => self.finish(),
-            other => {
-                drop(self.out.take());
-                let _ = std::fs::remove_file(&self.temp);
-                Err(other.err().unwrap_or(PipelineError::Stopped))
+            Ok(true) => {
+                self.staged
+                    .sync()
+                    .map_err(PipelineError::write_destination)?;
+                Ok((self.staged, self.written))
             }
+            // Dropping the staged file removes it.
+            other => Err(other.err().unwrap_or(PipelineError::Stopped)),
         }
     }
 
@@ -513,16 +513,6 @@ impl FileSink {
         self.written += rows.len() as u64;
         Ok(rows.len() as u64)
     }
-
-    fn finish(mut self) -> Result<u64, PipelineError> {
-        let out = self.out.take().expect("open until finish");
-        let file = out
-            .into_inner()
-            .map_err(|e| PipelineError::write_destination(e.into_error()))?;
-        file.sync_all().map_err(PipelineError::write_destination)?;
-        std::fs::rename(&self.temp, &self.path).map_err(PipelineError::write_destination)?;
-        Ok(self.written)
-    }
 }
 
 fn csv_line(fields: impl Iterator<Item = Option<String>>, delimiter: u8) -> String {
@@ -544,4 +534,90 @@ fn csv_line(fields: impl Iterator<Item = Option<String>>, delimiter: u8) -> Stri
     }
     line.push('\n');
     line
+}
+
+/// The claim a run's node holds on it, which every file it writes needs at its rename.
+#[derive(Clone)]
+pub struct Claim {
+    pool: sqlx::PgPool,
+    run_id: i64,
+    epoch: i64,
+}
+
+impl Claim {
+    pub fn of(env: &RunEnv) -> Claim {
+        Claim {
+            pool: env.pool.clone(),
+            run_id: env.run_id,
+            epoch: env.claim_epoch,
+        }
+    }
+}
+
+/// Renames a staged file into place only while the run still runs under this node's claim,
+/// as a table destination commits: in one transaction, the run's row is locked and checked
+/// (no sweep or takeover can change it until the end), the file renamed, and the lock let go.
+/// (A retry exists only once a sweep changed the row, so a stale rename always comes first.)
+/// Temporary files of the same name staged under a claim that no longer runs (a node killed
+/// or taken for gone) can never be renamed: they are removed.
+pub async fn commit_file(claim: &Claim, staged: Staged) -> Result<(), PipelineError> {
+    let step = pg("recording the run");
+    let mut t = claim.pool.begin().await.map_err(&step)?;
+    let held = sqlx::query(
+        "SELECT 1 FROM runs WHERE id = $1 AND claim_epoch = $2 AND state = 'running' FOR UPDATE",
+    )
+    .bind(claim.run_id)
+    .bind(claim.epoch)
+    .fetch_optional(&mut *t)
+    .await
+    .map_err(&step)?
+    .is_some();
+    if !held {
+        // Dropping it removes the temporary file.
+        engine::blocking(move || {
+            drop(staged);
+            Ok(())
+        })
+        .await?;
+        return Err(PipelineError::TakenOver);
+    }
+    let (staged, temps) = engine::blocking(move || {
+        let temps = staged
+            .dir()
+            .temporaries()
+            .map_err(PipelineError::write_destination)?;
+        Ok((staged, temps))
+    })
+    .await?;
+    // `run<id>-<epoch>`, as `engine::temp_tag` makes it.
+    let claims: Vec<(OsString, i64, i64)> = temps
+        .into_iter()
+        .filter_map(|(name, tag)| {
+            let (id, epoch) = tag.strip_prefix("run")?.split_once('-')?;
+            Some((name, id.parse().ok()?, epoch.parse().ok()?))
+        })
+        .collect();
+    let ids: Vec<i64> = claims.iter().map(|c| c.1).collect();
+    let live: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, claim_epoch FROM runs WHERE id = ANY($1) AND state = 'running'")
+            .bind(&ids)
+            .fetch_all(&mut *t)
+            .await
+            .map_err(&step)?;
+    let stale: Vec<OsString> = claims
+        .into_iter()
+        .filter(|(_, id, epoch)| {
+            (*id, *epoch) != (claim.run_id, claim.epoch) && !live.contains(&(*id, *epoch))
+        })
+        .map(|(name, ..)| name)
+        .collect();
+    engine::blocking(move || {
+        for name in &stale {
+            let _ = staged.dir().remove(name);
+        }
+        staged.rename().map_err(PipelineError::write_destination)
+    })
+    .await?;
+    t.commit().await.map_err(pg("commit"))?;
+    Ok(())
 }

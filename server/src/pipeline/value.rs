@@ -358,9 +358,21 @@ mod tests {
                     .with_timezone(&Utc)
             ))
         );
-        assert!(Value::Raw("2024-13-01".into()).cast(Type::Date).is_err());
+        assert_eq!(
+            Value::Raw("2024-13-01".into()).cast(Type::Date),
+            Err(CastError::NotA {
+                text: "2024-13-01".into(),
+                what: "a date (YYYY-MM-DD)"
+            })
+        );
         assert_eq!(Value::Float(2.0).cast(Type::Int), Ok(Value::Int(2)));
-        assert!(Value::Float(2.5).cast(Type::Int).is_err());
+        assert_eq!(
+            Value::Float(2.5).cast(Type::Int),
+            Err(CastError::Impossible {
+                value: Value::Float(2.5),
+                to: Type::Int
+            })
+        );
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub struct Metrics {
     pub rows_rejected: AtomicU64,
 }
 
+/// How long a run gets to stop once asked (canceled, drained, shut down): one that has not
+/// stopped by then (stuck where it does not look at its cancel flag) is recorded failed,
+/// saying so, and its task is dropped.
+pub const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// A running run's cancel flag, and the signal that starts its `STOP_WITHIN`.
+struct RunHandle {
+    cancel: Arc<AtomicBool>,
+    asked: Notify,
+}
+
+impl RunHandle {
+    fn stop(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.asked.notify_one();
+    }
+}
+
 /// Claims and runs queued runs, at most `limit` at a time.
 pub struct Executor {
     pool: PgPool,
@@ -41,12 +59,15 @@ pub struct Executor {
     limit: usize,
     wake: Notify,
     /// Running runs and their cancel flags.
-    running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+    running: Mutex<HashMap<i64, Arc<RunHandle>>>,
     /// The server's shutdown: once cancelled, nothing more is claimed.
     stop: CancellationToken,
     /// Where each run's task is tracked, so shutdown waits for it.
     tasks: TaskTracker,
     draining: AtomicBool,
+    /// This node's heartbeat lapsed: the cluster may take it for gone and hand its runs to
+    /// others, so it claims nothing until a heartbeat lands again.
+    lapsed: AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -72,6 +93,7 @@ impl Executor {
             stop,
             tasks,
             draining: AtomicBool::new(false),
+            lapsed: AtomicBool::new(false),
             metrics: Metrics::default(),
         })
     }
@@ -86,9 +108,24 @@ impl Executor {
         self.wake.notify_one();
     }
 
-    /// Whether this node may claim: not draining, and its schema is the database's.
+    fn lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Relaxed)
+    }
+
+    /// The heartbeat lapsed (`true`: claim nothing, the cluster may take this node for gone)
+    /// or lands again (`false`: claim again). Whether it changed.
+    pub fn set_lapsed(&self, on: bool) -> bool {
+        let changed = self.lapsed.swap(on, Ordering::Relaxed) != on;
+        if changed {
+            self.wake.notify_one();
+        }
+        changed
+    }
+
+    /// Whether this node may claim: not draining, its heartbeat live, and its schema is the
+    /// database's.
     async fn may_claim(&self) -> bool {
-        !self.draining() && self.schema_is_current().await
+        !self.draining() && !self.lapsed() && self.schema_is_current().await
     }
 
     /// Whether this node knows the database's newest migration (else it neither claims nor
@@ -109,15 +146,16 @@ impl Executor {
     }
 
     /// Waits until no run executes here or `deadline` passes; then stops the rest between
-    /// batches (recorded as failed, saying the node was drained) and waits for their end.
+    /// batches (recorded as failed, saying the node was drained) and waits for their end,
+    /// which comes within `STOP_WITHIN` even for a run that does not stop.
     pub async fn wait_idle(&self, deadline: Duration) {
         let until = Instant::now() + deadline;
         while self.running() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Ok(r) = self.running.lock() {
-            for flag in r.values() {
-                flag.store(true, Ordering::Relaxed);
+            for run in r.values() {
+                run.stop();
             }
         }
         while self.running() > 0 {
@@ -137,8 +175,8 @@ impl Executor {
     /// Stops the run at its next batch if it runs here; `true` if it did.
     pub fn cancel_local(&self, id: i64) -> bool {
         match self.running.lock().ok().and_then(|r| r.get(&id).cloned()) {
-            Some(flag) => {
-                flag.store(true, Ordering::Relaxed);
+            Some(run) => {
+                run.stop();
                 true
             }
             None => false,
@@ -200,8 +238,12 @@ impl Executor {
 
     async fn execute(&self, id: i64, epoch: i64, definition: serde_json::Value) {
         let cancel = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(RunHandle {
+            cancel: cancel.clone(),
+            asked: Notify::new(),
+        });
         if let Ok(mut r) = self.running.lock() {
-            r.insert(id, cancel.clone());
+            r.insert(id, handle.clone());
         }
         let text = definition.to_string();
         let (state, error, report) = match Flow::parse(&text, &format!("run {id}")) {
@@ -225,24 +267,30 @@ impl Executor {
                     progress: progress_tx,
                 };
                 // Counts reach the run's row at most twice a second; a cancel asked through
-                // any node comes back the same way.
+                // any node comes back the same way (at least every second, so it reaches a
+                // run that makes no progress too), and so does the news that the run is no
+                // longer this node's (it was taken for gone, paused or cut off from Redis,
+                // and the run handed over): the run stops, as it could not commit anyway.
                 let pool = self.pool.clone();
-                let flag = cancel.clone();
+                let flag = handle.clone();
                 let reporter = async move {
-                    while progress_rx.changed().await.is_ok() {
+                    while !matches!(
+                        tokio::time::timeout(Duration::from_secs(1), progress_rx.changed()).await,
+                        Ok(Err(_))
+                    ) {
                         let counts = *progress_rx.borrow_and_update();
                         let report = Report {
                             counts,
                             ..Default::default()
                         };
-                        if progress(&pool, id, epoch, &report).await.unwrap_or(false) {
-                            flag.store(true, Ordering::Relaxed);
+                        if let Ok(None | Some(true)) = progress(&pool, id, epoch, &report).await {
+                            flag.stop();
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 };
                 // The reporter lives as long as the run, in the run's own task.
-                let (ending, report) = {
+                let run = async {
                     let run = engine::run(&flow, &env);
                     tokio::pin!(run);
                     tokio::select! {
@@ -250,22 +298,47 @@ impl Executor {
                         () = reporter => run.await,
                     }
                 };
+                // Once asked to stop, the run has `STOP_WITHIN`; then it is dropped.
+                let abandon = async {
+                    handle.asked.notified().await;
+                    tokio::time::sleep(STOP_WITHIN).await;
+                };
+                let ended = tokio::select! {
+                    ended = run => Some(ended),
+                    () = abandon => None,
+                };
+                let counts = *env.progress.borrow();
                 drop(env);
-                match ending {
-                    Ending::Succeeded => (RunState::Succeeded, None, report),
-                    Ending::Failed(why) => (RunState::Failed, Some(why.to_string()), report),
-                    Ending::Canceled
-                        if (self.stopping() || self.draining())
-                            && !self.user_canceled(id).await =>
-                    {
-                        let why = if self.stopping() {
-                            "the server shut down before the run finished"
-                        } else {
-                            "the node was drained before the run finished"
+                match ended {
+                    None => {
+                        let why = self.stop_reason(id).await;
+                        tracing::warn!(run = id, "the run did not stop after {why}: abandoned");
+                        let error = format!(
+                            "the run did not stop within {} s after {why}: abandoned",
+                            STOP_WITHIN.as_secs()
+                        );
+                        let report = Report {
+                            counts,
+                            ..Default::default()
                         };
-                        (RunState::Failed, Some(why.to_owned()), report)
+                        (RunState::Failed, Some(error), report)
                     }
-                    Ending::Canceled => (RunState::Canceled, None, report),
+                    Some((ending, report)) => match ending {
+                        Ending::Succeeded => (RunState::Succeeded, None, report),
+                        Ending::Failed(why) => (RunState::Failed, Some(why.to_string()), report),
+                        Ending::Canceled
+                            if (self.stopping() || self.draining())
+                                && !self.user_canceled(id).await =>
+                        {
+                            let why = if self.stopping() {
+                                "the server shut down before the run finished"
+                            } else {
+                                "the node was drained before the run finished"
+                            };
+                            (RunState::Failed, Some(why.to_owned()), report)
+                        }
+                        Ending::Canceled => (RunState::Canceled, None, report),
+                    },
                 }
             }
         };
@@ -299,6 +372,17 @@ impl Executor {
         }
         if let Ok(mut r) = self.running.lock() {
             r.remove(&id);
+        }
+    }
+
+    /// What asked run `id` to stop, for its error.
+    async fn stop_reason(&self, id: i64) -> &'static str {
+        if self.stopping() {
+            "the server began shutting down"
+        } else if self.draining() && !self.user_canceled(id).await {
+            "the node began draining"
+        } else {
+            "it was canceled"
         }
     }
 

@@ -329,7 +329,14 @@ pub async fn queue_depths(pool: &PgPool) -> Db<Vec<(Option<String>, i64, i64)>> 
     .map_err(RunsError::Database)
 }
 
-pub(super) async fn progress(pool: &PgPool, id: i64, epoch: i64, report: &Report) -> Db<bool> {
+/// Records a running run's counts; whether a cancel was asked, `None` when the run no longer
+/// runs under this claim (it was handed over).
+pub(super) async fn progress(
+    pool: &PgPool,
+    id: i64,
+    epoch: i64,
+    report: &Report,
+) -> Db<Option<bool>> {
     let cancel: Option<(bool,)> = sqlx::query_as(
         "UPDATE runs SET rows_read = $2, rows_written = $3, rows_rejected = $4 WHERE id = $1 AND state = 'running' AND claim_epoch = $5 RETURNING cancel_requested",
     )
@@ -340,7 +347,7 @@ pub(super) async fn progress(pool: &PgPool, id: i64, epoch: i64, report: &Report
     .bind(epoch)
     .fetch_optional(pool)
     .await?;
-    Ok(cancel.is_some_and(|(c,)| c))
+    Ok(cancel.map(|(c,)| c))
 }
 
 pub(super) async fn finish(

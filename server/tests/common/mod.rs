@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fleet_tests::{REDIS_URL, TestDb, call, call_raw};
@@ -23,13 +24,33 @@ pub fn config_text(node: &str, db: &TestDb, storage: &Path, listen: &str, extra:
     )
 }
 
-/// A server running in this test's runtime until dropped (or `stop`).
+/// The shared storage of the servers of database `db`: one folder for all of them, as a real
+/// cluster has, removed when the last of them is dropped.
+fn shared_storage(db: &TestDb) -> Arc<tempfile::TempDir> {
+    static SHARED: Mutex<Vec<(String, Weak<tempfile::TempDir>)>> = Mutex::new(Vec::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    shared.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(dir) = shared
+        .iter()
+        .find(|(name, _)| *name == db.name)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return dir;
+    }
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    shared.push((db.name.clone(), Arc::downgrade(&dir)));
+    dir
+}
+
+/// A server running in this test's runtime until dropped (or `stop`). The servers of one
+/// test database share one storage folder.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub storage: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), fleet_server::ServerError>>>,
     _dir: tempfile::TempDir,
+    _shared: Arc<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -54,7 +75,8 @@ impl TestServer {
         edit: impl FnOnce(String) -> String,
     ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = dir.path().join("shared");
+        let shared = shared_storage(db);
+        let storage = shared.path().join("shared");
         let text = edit(config_text("node-a", db, &storage, "127.0.0.1:0", extra));
         let config =
             fleet_server::Config::parse(&text, &dir.path().join("server.toml")).expect("config");
@@ -72,6 +94,7 @@ impl TestServer {
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
+            _shared: shared,
         };
         // Serving means migrated: `run` binds nothing new, but answers only after connecting.
         for _ in 0..400 {
