@@ -646,7 +646,7 @@ async fn spans(pool: &sqlx::PgPool, flow: &str) -> Vec<Span> {
 async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
     let db = TestDb::new("concurrency").await;
     let servers = cluster(&db, &["c1", "c2"], &[1, 1], "round_robin").await;
-    let flow = "name: single\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/single.jsonl }\nconcurrency: 1\n";
+    let flow = "name: single\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/single.jsonl }\nconcurrency: 1\n";
     let (status, body) = servers[0].call("POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let mut ids = Vec::new();
@@ -709,7 +709,7 @@ async fn runs_of_a_scheduled_flow_never_overlap() {
         "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
     )
     .await;
-    let flow = "name: ticking\nsource: { type: postgres, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/t.jsonl }\nschedule: \"* * * * * *\"\n";
+    let flow = "name: ticking\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x FROM pg_sleep(1.5)\" }\ndestination: { type: jsonl, path: out/t.jsonl }\nschedule: \"* * * * * *\"\n";
     let (status, body) = server.call("POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     let pool = db.pool().await;
@@ -778,7 +778,7 @@ async fn a_fire_reads_membership_before_its_transaction() {
         .execute(&mut *hold)
         .await
         .expect("lock");
-    let flow = "name: held\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/h.jsonl }\nschedule: \"* * * * * *\"\n";
+    let flow = "name: held\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/h.jsonl }\nschedule: \"* * * * * *\"\n";
     let (status, body) = server.call("POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     // The leader's fire waits for the table inside its transaction.
@@ -885,7 +885,7 @@ async fn schedules_are_due_by_the_databases_clock() {
         "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n",
     )
     .await;
-    let flow = "name: daily\nsource: { type: postgres, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/d.jsonl }\nschedule: \"0 0 0 * * *\"\nmisfire: { coalesce: { grace_secs: 259200 } }\n";
+    let flow = "name: daily\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x\" }\ndestination: { type: jsonl, path: out/d.jsonl }\nschedule: \"0 0 0 * * *\"\nmisfire: { coalesce: { grace_secs: 259200 } }\n";
     let (status, body) = server.call("POST", "/api/flows", flow).await;
     assert_eq!(status, 201, "{body}");
     sqlx::query("UPDATE flows SET updated_at = pg_catalog.now() - interval '2 days'")

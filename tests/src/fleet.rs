@@ -525,7 +525,8 @@ mod tests {
                 ..ok.clone()
             },
         ] {
-            assert!(check_options(&bad).is_err(), "{bad:?}");
+            let err = check_options(&bad).expect_err("refused");
+            assert!(matches!(err, HarnessError::Options(_)), "{bad:?}: {err}");
         }
     }
 

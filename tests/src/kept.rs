@@ -143,7 +143,8 @@ mod tests {
         let err = read_pids(&dir.path().join(PIDS_FILE)).expect_err("garbage");
         assert!(err.to_string().contains("\"nope\" is not a PID"), "{err}");
         fs::write(dir.path().join(PIDS_FILE), "1\n").expect("write");
-        assert!(read_pids(&dir.path().join(PIDS_FILE)).is_err());
+        let err = read_pids(&dir.path().join(PIDS_FILE)).expect_err("pid 1");
+        assert!(err.to_string().contains("\"1\" is not a PID"), "{err}");
     }
 
     #[test]
@@ -154,9 +155,10 @@ mod tests {
         let killed = stop_kept(dir.path()).expect("stop");
         assert!(killed.is_empty());
         assert!(!dir.path().join(PIDS_FILE).exists());
+        let err = stop_kept(dir.path()).expect_err("a second stop has no pids file");
         assert!(
-            stop_kept(dir.path()).is_err(),
-            "a second stop has no pids file"
+            matches!(&err, HarnessError::PidFile { reason, .. } if reason.contains("already stopped")),
+            "{err}"
         );
     }
 }
