@@ -217,19 +217,24 @@ fn listed(mode: u32) -> Vec<Entry> {
     ]
 }
 
-#[test]
-fn a_hand_assembled_bundle_stages_so_the_refusals_below_are_the_archive_checks() {
-    let n = node();
+/// A hand-assembled, validly signed bundle of `bin/etl-server`, as the hostile ones are made.
+fn well_formed(n: &Node) -> Vec<u8> {
     let mut tar = Vec::new();
     dir_entry(&mut tar, "bin");
     file_entry(&mut tar, "bin/etl-server", 0o755, SERVER);
     end(&mut tar);
     let payload = compress(&tar);
-    let bundle = signed_bundle(
+    signed_bundle(
         &n.signing.release_key,
         &hand_manifest(HOSTILE, COUNTER, listed(0o755), &payload),
         &payload,
-    );
+    )
+}
+
+#[test]
+fn a_hand_assembled_bundle_stages_so_the_refusals_below_are_the_archive_checks() {
+    let n = node();
+    let bundle = well_formed(&n);
     fleet_agent::stage(
         &n.layout,
         &HOSTILE.parse().expect("version"),
@@ -413,16 +418,7 @@ fn a_compression_bomb_in_a_long_name_record_stops_at_the_manifests_bound() {
 #[test]
 fn an_endless_stream_after_the_declared_size_is_cut_at_one_byte_past_it() {
     let n = node();
-    let mut tar = Vec::new();
-    dir_entry(&mut tar, "bin");
-    file_entry(&mut tar, "bin/etl-server", 0o755, SERVER);
-    end(&mut tar);
-    let payload = compress(&tar);
-    let bundle = signed_bundle(
-        &n.signing.release_key,
-        &hand_manifest(HOSTILE, COUNTER, listed(0o755), &payload),
-        &payload,
-    );
+    let bundle = well_formed(&n);
     // The sender never stops: the agent reads one byte past the signed size and refuses.
     let mut endless = bundle.as_slice().chain(io::repeat(0));
     match n.refused(&mut endless) {
