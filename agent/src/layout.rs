@@ -148,6 +148,11 @@ impl Layout {
     pub fn created_floor(&self) -> PathBuf {
         self.state().join("created")
     }
+    /// An activation's switch in flight, `state/switch`: the release `current` leaves and the
+    /// one it goes to, so a crash between the two link writes is finished by the next operation.
+    pub fn switch_journal(&self) -> PathBuf {
+        self.state().join("switch")
+    }
     /// Held by every operation that changes the node, `state/agent.lock`.
     pub fn lock_file(&self) -> PathBuf {
         self.state().join("agent.lock")

@@ -40,6 +40,7 @@ pub fn stage(
     let version = wanted.to_string();
     let version = version.as_str();
     let _lock = layout.lock()?;
+    finish_switch(layout)?;
     // A staged release whose tree still matches its manifest is kept; one changed since is
     // staged again.
     if staged_manifest(layout, version)?
@@ -222,6 +223,7 @@ pub fn activate(
     let version = wanted.to_string();
     let version = version.as_str();
     let _lock = layout.lock()?;
+    finish_switch(layout)?;
     if !is_staged(layout, version) {
         return Err(AgentError::NotStaged(version.into()));
     }
@@ -251,14 +253,16 @@ pub fn activate(
     check_tree(&layout.release(version), &manifest)?;
     let counter = manifest.counter.max(installed_counter(layout)?);
     // The replay floor first: a crash after it leaves the old release running under a floor
-    // that only rose. Then `previous`, then `current`: a crash between them leaves both on
-    // the running release (nothing lost that the switch would have kept), and running the
-    // activation again finishes it.
+    // that only rose. Then the journal of the switch, `current`, and `previous` from the
+    // journal: a crash before `current` leaves the node as it was (`previous` untouched), one
+    // after it is finished by the next operation, which points `previous` at the release left.
     layout.write_atomic(&layout.counter(), format!("{counter}\n").as_bytes())?;
     if let Some(active) = &active {
-        layout.point(&layout.previous(), active)?;
+        let journal = format!("{active} {version}\n");
+        layout.write_atomic(&layout.switch_journal(), journal.as_bytes())?;
     }
     layout.point(&layout.current(), version)?;
+    finish_switch(layout)?;
     Ok(Switched {
         active: version.into(),
         previous: active,
@@ -266,10 +270,35 @@ pub fn activate(
     })
 }
 
+/// Finishes a switch `state/switch` records (see [`Layout::switch_journal`]): once `current`
+/// names the release it went to, `previous` names the one it left. The journal goes either
+/// way; one that does not read as two versions of releases on this node changes nothing.
+fn finish_switch(layout: &Layout) -> Result<(), AgentError> {
+    let path = layout.switch_journal();
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if let [left, went] = words[..]
+        && [left, went]
+            .iter()
+            .all(|v| semver::Version::parse(v).is_ok())
+        && layout.release(left).is_dir()
+        && layout.link_version(&layout.current())?.as_deref() == Some(went)
+    {
+        layout.point(&layout.previous(), left)?;
+    }
+    fs::remove_file(&path).map_err(io(&path))?;
+    sync_dir(&layout.state())
+}
+
 /// Swaps `current` and `previous` in one step (an exchange of the two links), after checking
 /// that the release it goes back to still matches its manifest.
 pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
     let _lock = layout.lock()?;
+    finish_switch(layout)?;
     let previous = layout
         .link_version(&layout.previous())?
         .ok_or(AgentError::NoPrevious)?;

@@ -798,7 +798,12 @@ fn kill_between_writes(
                 break;
             }
             kills += 1;
-            fleet_agent::rollback(&layout).unwrap_or_else(|e| panic!("{context}: rollback: {e}"));
+            // Rolling back leaves the running release for the one before it: `previous` was
+            // never lost to the crash (nor left on the running release).
+            let running = layout.link_version(&layout.current()).expect("current");
+            let back = fleet_agent::rollback(&layout)
+                .unwrap_or_else(|e| panic!("{context}: rollback: {e}"));
+            assert_ne!(Some(back.active), running, "{context}: rollback stayed put");
             assert_recoverable(&layout, "1.0.0", "2.0.0", 2, &context);
             let request = Request::parse(words).expect("request");
             let bundle = input
