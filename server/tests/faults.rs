@@ -177,6 +177,9 @@ async fn a_fifo_source_is_refused_and_the_server_goes_on() {
         .expect("clean stop");
 }
 
+/// The admin token of the stuck-run test's server.
+const ADMIN_TOKEN: &str = "faults-admin-token-0123";
+
 /// Backends of this test's database sleeping in the destination's trigger.
 async fn sleeping(pool: &sqlx::PgPool) -> i64 {
     let (n,): (i64,) = sqlx::query_as(
@@ -205,9 +208,13 @@ async fn start_stuck(server: &TestServer, pool: &sqlx::PgPool) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_that_does_not_stop_is_recorded_failed_after_cancel_and_at_shutdown() {
+async fn a_run_that_does_not_stop_is_recorded_failed_after_cancel_drain_and_at_shutdown() {
     let db = TestDb::new("stuck").await;
-    let server = TestServer::start_with(&db, "[limits]\nshutdown_grace_secs = 0\n").await;
+    let server = TestServer::start_with(
+        &db,
+        &format!("admin_token = \"{ADMIN_TOKEN}\"\n[limits]\nshutdown_grace_secs = 0\n"),
+    )
+    .await;
     let pool = db.pool().await;
     // A destination whose every row waits an hour in Postgres: the run's task waits on it
     // and never looks at its cancel flag.
@@ -240,6 +247,25 @@ async fn a_run_that_does_not_stop_is_recorded_failed_after_cancel_and_at_shutdow
         run["error"], "the run did not stop within 5 s after it was canceled: abandoned",
         "{run}"
     );
+
+    // A drain whose deadline has passed stops a run the same way, and answers drained.
+    let drained = start_stuck(&server, &pool).await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let admin = |path: &'static str| {
+        let headers = [("Authorization", bearer.as_str())];
+        let addr = server.addr;
+        async move { fleet_tests::call_with_headers(addr, "POST", path, &headers, b"").await }
+    };
+    let (status, answer) = admin("/admin/drain?deadline_secs=1").await;
+    assert_eq!(status, 200, "{answer}");
+    let run = wait_within(&server, drained, Duration::from_secs(60)).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(
+        run["error"], "the run did not stop within 5 s after the node began draining: abandoned",
+        "{run}"
+    );
+    let (status, answer) = admin("/admin/resume").await;
+    assert_eq!(status, 200, "{answer}");
 
     // The server goes on; a second stuck run does not hold its shutdown up.
     let at_shutdown = start_stuck(&server, &pool).await;
