@@ -113,7 +113,15 @@ mod tests {
             &["stage", "1.0.0", "x"],
             &["status", "now"],
         ] {
-            assert!(Request::parse(words).is_err(), "{words:?}");
+            let err = Request::parse(words).expect_err("refused");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "this key only runs fleet-agent requests ({}); got `{}`",
+                    Request::USAGE,
+                    words.join(" ")
+                )
+            );
         }
     }
 
