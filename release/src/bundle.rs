@@ -627,6 +627,15 @@ pub fn build(opts: &BuildOptions<'_>) -> Result<(PathBuf, Manifest), ReleaseErro
     manifest.check()?;
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| ReleaseError::BadManifest(e.to_string()))?;
+    // Every node refuses a manifest over the cap before reading it: none is built.
+    let size = manifest_bytes.len() as u64;
+    if size > MANIFEST_CAP {
+        return Err(ReleaseError::TooLarge {
+            what: "manifest",
+            size,
+            cap: MANIFEST_CAP,
+        });
+    }
     let header = Header {
         signatures: vec![Signature::create(
             opts.key,

@@ -83,6 +83,41 @@ impl Fixture {
     }
 }
 
+/// A tree whose manifest would pass the cap every node reads with is refused at build time
+/// (nothing is written to the store), instead of being built and then refused by every node.
+#[test]
+fn a_manifest_over_the_nodes_cap_is_not_built() {
+    let f = fixture();
+    let from = f.tree();
+    // About 350 bytes of manifest per file: 4000 files pass 1 MiB.
+    let long = "x".repeat(200);
+    for k in 0..4000 {
+        let dir = from.join(format!("d{}", k % 40));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(format!("{long}{k}")), "").expect("write");
+    }
+    match f.build("1.0.0", SystemTime::now()) {
+        Err(ReleaseError::TooLarge {
+            what: "manifest",
+            size,
+            cap,
+        }) => assert!(
+            size > cap && cap == fleet_release::bundle::MANIFEST_CAP,
+            "{size} {cap}"
+        ),
+        other => panic!(
+            "an oversized manifest was not refused: {:?}",
+            other.map(|(bundle, _)| bundle)
+        ),
+    }
+    let stored: Vec<_> = fs::read_dir(f.path("store"))
+        .expect("store")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".bundle"))
+        .collect();
+    assert!(stored.is_empty(), "{stored:?}");
+}
+
 #[test]
 fn build_then_verify_round_trip() {
     let f = fixture();
