@@ -343,18 +343,19 @@ pub fn status(layout: &Layout) -> Result<Status, AgentError> {
 
 /// The highest counter of any release this node activated (0 before the first).
 fn installed_counter(layout: &Layout) -> Result<u64, AgentError> {
-    match fs::read_to_string(layout.counter()) {
-        Ok(text) => text.trim().parse().map_err(|_| {
-            AgentError::Layout(format!(
-                "{} does not hold a number",
-                layout.counter().display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(AgentError::Io {
-            path: layout.counter(),
-            error: e,
-        }),
+    Ok(read_number(&layout.counter())?.unwrap_or(0))
+}
+
+/// A number the agent keeps in a file of `state/`; `None` when the file is not there yet.
+fn read_number(path: &std::path::Path) -> Result<Option<u64>, AgentError> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            text.trim().parse().map(Some).map_err(|_| {
+                AgentError::Layout(format!("{} does not hold a number", path.display()))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -378,20 +379,8 @@ fn staged_manifest(layout: &Layout, version: &str) -> Result<Option<Manifest>, A
 /// The newest `created` time of any release this node accepted (`state/created`, unix
 /// seconds); `None` before the first.
 fn created_floor(layout: &Layout) -> Result<Option<Timestamp>, AgentError> {
-    let path = layout.created_floor();
-    match fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(|secs| {
-                Some(Timestamp(
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-                ))
-            })
-            .map_err(|_| AgentError::Layout(format!("{} does not hold a number", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AgentError::Io { path, error: e }),
-    }
+    Ok(read_number(&layout.created_floor())?
+        .map(|secs| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))))
 }
 
 /// Raises the created-time floor to `created`; never lowers it.
