@@ -344,10 +344,22 @@ fn open_input(storage: &Path, path: &str) -> Result<std::fs::File, PipelineError
     storage::Dir::walk(storage, path, false)?.open_read()
 }
 
-/// The tag of this run's temporary files: the run and its claim, so no two attempts share
-/// one (`storage::Dir::stage` adds random bytes besides).
-pub fn temp_tag(env: &RunEnv) -> String {
-    format!("run{}-{}", env.run_id, env.claim_epoch)
+/// Makes a new file at `path` on shared storage, under a temporary name tagged with this run
+/// and its claim (`run<id>-<epoch>`, so no two attempts share one; `storage::Dir::stage` adds
+/// random bytes besides), off the runtime. `error` names what the file is for.
+pub async fn stage_new(
+    env: &RunEnv,
+    path: &str,
+    error: fn(&str, std::io::Error) -> PipelineError,
+) -> Result<storage::Staged, PipelineError> {
+    let tag = format!("run{}-{}", env.run_id, env.claim_epoch);
+    let (base, path) = (env.storage.clone(), path.to_owned());
+    blocking(move || {
+        storage::Dir::walk(&base, &path, true)?
+            .stage(&tag)
+            .map_err(|e| error(&path, e))
+    })
+    .await
 }
 
 /// The transform steps bound to column positions, made once the source's columns are known.
@@ -537,13 +549,7 @@ impl Rejects {
                 format!("rejects/{}-run{}.jsonl", flow.name, env.run_id)
             }
         };
-        let (base, tag, path) = (env.storage.clone(), temp_tag(env), relative.clone());
-        let staged = blocking(move || {
-            storage::Dir::walk(&base, &path, true)?
-                .stage(&tag)
-                .map_err(|e| PipelineError::reject_file(&path, e))
-        })
-        .await?;
+        let staged = stage_new(env, &relative, PipelineError::reject_file).await?;
         Ok(Some(Rejects { relative, staged }))
     }
 

@@ -15,7 +15,7 @@ use sqlx::Connection;
 use crate::pipeline::engine::{self, RunEnv};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::flow::{Destination, Flow, Mode, Table, quote_ident};
-use crate::pipeline::storage::{Dir, Staged};
+use crate::pipeline::storage::Staged;
 use crate::pipeline::value::{Type, Value};
 
 pub enum Sink {
@@ -25,8 +25,7 @@ pub enum Sink {
 
 pub struct TableSink {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    run_id: i64,
-    claim_epoch: i64,
+    claim: Claim,
     table: Table,
     mode: Mode,
     key: Vec<String>,
@@ -72,8 +71,7 @@ impl Sink {
                     .map_err(pg("destination"))?;
                 Ok(Sink::Table(TableSink {
                     conn,
-                    run_id: env.run_id,
-                    claim_epoch: env.claim_epoch,
+                    claim: Claim::of(env),
                     table: table.clone(),
                     mode: *mode,
                     key: key.clone(),
@@ -351,8 +349,8 @@ impl TableSink {
             "UPDATE runs SET state = 'succeeded', rows_written = $3, finished_at = now()
              WHERE id = $1 AND claim_epoch = $2 AND state = 'running'",
         )
-        .bind(self.run_id)
-        .bind(self.claim_epoch)
+        .bind(self.claim.run_id)
+        .bind(self.claim.epoch)
         .bind(self.written as i64)
         .execute(&mut *self.conn)
         .await
@@ -419,13 +417,7 @@ impl FileSink {
         kind: FileKind,
         columns: &[String],
     ) -> Result<FileSink, PipelineError> {
-        let (base, tag, path) = (env.storage.clone(), engine::temp_tag(env), path.to_owned());
-        let staged = engine::blocking(move || {
-            Dir::walk(&base, &path, true)?
-                .stage(&tag)
-                .map_err(|e| PipelineError::open_destination(&path, e))
-        })
-        .await?;
+        let staged = engine::stage_new(env, path, PipelineError::open_destination).await?;
         Ok(FileSink {
             claim: Claim::of(env),
             staged,
@@ -536,7 +528,8 @@ fn csv_line(fields: impl Iterator<Item = Option<String>>, delimiter: u8) -> Stri
     line
 }
 
-/// The claim a run's node holds on it, which every file it writes needs at its rename.
+/// The claim a run's node holds on it, which every destination checks as it commits: a table
+/// in its transaction, a file at its rename.
 #[derive(Clone)]
 pub struct Claim {
     pool: sqlx::PgPool,
@@ -589,7 +582,7 @@ pub async fn commit_file(claim: &Claim, staged: Staged) -> Result<(), PipelineEr
         Ok((staged, temps))
     })
     .await?;
-    // `run<id>-<epoch>`, as `engine::temp_tag` makes it.
+    // `run<id>-<epoch>`, as `engine::stage_new` tags it.
     let claims: Vec<(OsString, i64, i64)> = temps
         .into_iter()
         .filter_map(|(name, tag)| {
