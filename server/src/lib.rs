@@ -177,3 +177,10 @@ pub enum ServerError {
 
 /// The least time the tasks get to end once runs have (requests in flight, a last heartbeat).
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `N` random bytes as lowercase hex: lease tokens, process ids, temporary names.
+pub(crate) fn random_hex<const N: usize>() -> std::io::Result<String> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

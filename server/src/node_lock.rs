@@ -36,9 +36,7 @@ impl NodeLock {
     /// Takes the lock of `node`, or refuses with `ServerError::NodeTaken` naming the process
     /// that holds it.
     pub async fn take(url: &str, node: &str) -> Result<NodeLock, ServerError> {
-        let mut random = [0u8; 4];
-        let _ = getrandom::fill(&mut random);
-        let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let id = crate::random_hex::<4>().unwrap_or_default();
         let mut lock = NodeLock {
             url: url.to_owned(),
             node: node.to_owned(),

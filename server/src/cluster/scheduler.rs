@@ -63,10 +63,7 @@ pub async fn latest_grant(pool: &sqlx::PgPool) -> Result<(i64, Option<String>), 
 }
 
 fn token(node: &str) -> String {
-    let mut bytes = [0u8; 16];
-    let _ = getrandom::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{node}:{hex}")
+    format!("{node}:{}", crate::random_hex::<16>().unwrap_or_default())
 }
 
 /// Takes, keeps and gives up the lease, every `renew` interval, until the shutdown, when it

@@ -163,14 +163,9 @@ impl Dir {
     /// (`tag`, then random bytes; `O_EXCL`, so never an existing file or link), to be renamed
     /// to the path once complete.
     pub fn stage(self, tag: &str) -> std::io::Result<Staged> {
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).map_err(std::io::Error::other)?;
         let mut temp = OsString::from(".");
         temp.push(&self.name);
-        temp.push(format!(".tmp-{tag}-"));
-        for b in random {
-            temp.push(format!("{b:02x}"));
-        }
+        temp.push(format!(".tmp-{tag}-{}", crate::random_hex::<8>()?));
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&self.fd, &temp, flags, Mode::from_raw_mode(0o644))?;
