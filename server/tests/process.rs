@@ -664,6 +664,25 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
     assert!(error.unwrap_or_default().contains("shut down"));
 }
 
+/// Whether an HTTP server answers at `addr`. A TCP connection alone does not say so:
+/// `etl-server` binds its port before it takes its node's name, so a process about to refuse
+/// to start still accepts connections into the kernel's backlog.
+async fn answers_http(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut head)).await,
+        Ok(Ok(_)) if &head == b"HTTP/"
+    )
+}
+
 /// One process per node name: a second `etl-server` with the first one's `node` (same
 /// database) exits 1 at start with an error naming the node and the process that serves it,
 /// and the first one's run is left alone (still running when the second has exited, then
@@ -685,7 +704,7 @@ async fn a_second_server_with_the_same_node_name_refuses_to_start() {
             status = Some(s);
             break;
         }
-        if tokio::net::TcpStream::connect(second.addr).await.is_ok() {
+        if answers_http(second.addr).await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
