@@ -234,6 +234,7 @@ pub fn activate(
             active: version.into(),
             previous,
             changed: false,
+            server: fleet_proto::SwitchOutcome::NotRestarted,
         });
     }
     if let Some(active) = &active {
@@ -267,6 +268,7 @@ pub fn activate(
         active: version.into(),
         previous: active,
         changed: true,
+        server: fleet_proto::SwitchOutcome::NotRestarted,
     })
 }
 
@@ -311,6 +313,7 @@ pub fn rollback(layout: &Layout) -> Result<Switched, AgentError> {
         active: previous,
         previous: active,
         changed: true,
+        server: fleet_proto::SwitchOutcome::NotRestarted,
     })
 }
 
@@ -338,6 +341,7 @@ pub fn status(layout: &Layout) -> Result<Status, AgentError> {
         previous: layout.link_version(&layout.previous())?,
         staged,
         free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+        daemon: None,
     })
 }
 

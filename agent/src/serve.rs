@@ -112,6 +112,7 @@ mod tests {
             active: "2.0.0".into(),
             previous: None,
             changed: true,
+            server: fleet_proto::SwitchOutcome::NotRestarted,
         }));
         assert_eq!(
             answer_line(&done),

@@ -40,6 +40,15 @@ pub enum Code {
     Io,
     /// The node layout is not what the agent expects (a link or state file altered by hand).
     Layout,
+    /// The upgrade step's new release failed its gate; the node switched back and the
+    /// previous release serves again.
+    RolledBack,
+    /// The new release failed and the previous one could not be made to serve either: the
+    /// node needs a person.
+    RollbackFailed,
+    /// The agent daemon went away while it ran the request (it finishes or undoes an upgrade
+    /// step when it starts again): ask `status`.
+    DaemonLost,
     /// A code this build does not know (a newer agent), or none (an agent older than codes).
     #[default]
     #[serde(other)]
@@ -47,7 +56,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 17] = [
         Code::Busy,
         Code::Input,
         Code::BadRequest,
@@ -61,6 +70,9 @@ impl Code {
         Code::NoPrevious,
         Code::Io,
         Code::Layout,
+        Code::RolledBack,
+        Code::RollbackFailed,
+        Code::DaemonLost,
         Code::Other,
     ];
 
@@ -80,6 +92,9 @@ impl Code {
             Code::NoPrevious => "no_previous",
             Code::Io => "io",
             Code::Layout => "layout",
+            Code::RolledBack => "rolled_back",
+            Code::RollbackFailed => "rollback_failed",
+            Code::DaemonLost => "daemon_lost",
             Code::Other => "other",
         }
     }
@@ -227,6 +242,7 @@ mod tests {
             active: "2.0.0".into(),
             previous: Some("1.0.0".into()),
             changed: true,
+            server: crate::SwitchOutcome::NotRestarted,
         }
     }
 
@@ -260,6 +276,7 @@ mod tests {
             previous: None,
             staged: vec!["1.0.0".into(), "2.0.0".into()],
             free_bytes: 1 << 40,
+            daemon: None,
         });
         let json = serde_json::to_string(&staged).expect("json");
         assert_eq!(

@@ -2,7 +2,8 @@
 //! requests the agent accepts ([`Request`], parsed from words and displayed back to the same
 //! words), its answers ([`Answer`], one JSON line with `ok`, and on a refusal a message and a
 //! machine-readable [`Code`]), the outcomes inside an answer ([`Staged`], [`Switched`],
-//! [`Status`]), and the value an agent will publish in its cluster's Redis ([`NodeReport`]).
+//! [`Status`]), the daemon's view of the server it supervises ([`Supervision`]), and the value an agent
+//! daemon publishes in its cluster's Redis ([`NodeReport`]).
 //!
 //! Not I/O and not policy: nothing here reads a file, opens a socket or decides what a node
 //! may do; the agent and the controller both depend on this crate and never on each other.
@@ -15,6 +16,6 @@ mod request;
 mod status;
 
 pub use answer::{Answer, Code, Refusal};
-pub use report::{NodeReport, ServerState};
+pub use report::{NodeReport, ServerState, Supervision};
 pub use request::{BadRequest, Request};
-pub use status::{Reply, Staged, Status, Switched};
+pub use status::{Reply, Staged, Status, SwitchOutcome, Switched};

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::Supervision;
+
 /// What staging did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
@@ -21,6 +23,22 @@ pub struct Switched {
     pub previous: Option<String>,
     /// False when the version asked for was already active.
     pub changed: bool,
+    /// What happened to the server: `committed` when the agent daemon ran the whole upgrade
+    /// step (drain, stop, switch, start, health gate), `not_restarted` when no daemon runs and
+    /// only `current` moved. An answer without it (an older agent) reads as `not_restarted`.
+    #[serde(default)]
+    pub server: SwitchOutcome,
+}
+
+/// See [`Switched::server`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchOutcome {
+    /// The new release serves: it passed the health gate (or was already active and serving).
+    Committed,
+    /// No agent daemon runs on the node: `current` moved, no server was stopped or started.
+    #[default]
+    NotRestarted,
 }
 
 /// A node's release state: what `status` answers, and what the controller reads back.
@@ -32,6 +50,10 @@ pub struct Status {
     /// Staged releases, oldest version first.
     pub staged: Vec<String>,
     pub free_bytes: u64,
+    /// What the running agent daemon knows of the server it supervises; `None` when no daemon
+    /// runs on the node (the rest was read from disk: `agent: not running`).
+    #[serde(default)]
+    pub daemon: Option<Supervision>,
 }
 
 /// Any successful outcome, as the agent writes it: the fields of the one it holds, nothing
