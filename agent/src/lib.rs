@@ -3,8 +3,11 @@
 //! the controller. One request in, one [`Answer`] out ([`answer`]); the request and answer
 //! types are `fleet-proto`'s, shared with the controller. Not a transport: requests arrive on
 //! argv or, behind a restricted deploy key, in `SSH_ORIGINAL_COMMAND`; a bundle arrives on
-//! stdin. Not async: a request runs on the calling thread, no runtime is started.
+//! stdin. Not async: a request runs on the calling thread, no runtime is started; when the
+//! node's daemon runs (`fleet-agent run`, [`daemon`]), `status`, `activate` and `rollback` are
+//! forwarded to it ([`respond`]), so the upgrade step and the daemon's view answer them.
 
+pub mod daemon;
 mod idle;
 mod installed;
 mod layout;
@@ -17,7 +20,7 @@ pub use fleet_proto::{Answer, Code, Refusal, Reply, Request, Staged, Status, Swi
 pub use idle::{Deadline, IdleTimeout, RECEIVE_DEADLINE, STDIN_IDLE_TIMEOUT, stdin};
 pub use layout::{Holder, LOCK_WAIT, Layout};
 pub use ops::{activate, rollback, stage, status};
-pub use serve::{answer, answer_line, invocation};
+pub use serve::{answer, answer_line, invocation, respond};
 
 /// The agent's version, compared with a release's minimum agent version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -224,10 +224,7 @@ pub fn activate(
     let version = version.as_str();
     let _lock = layout.lock()?;
     finish_switch(layout)?;
-    if !is_staged(layout, version) {
-        return Err(AgentError::NotStaged(version.into()));
-    }
-    let active = layout.link_version(&layout.current())?;
+    let active = check_activation(layout, wanted, allow_downgrade)?;
     if active.as_deref() == Some(version) {
         let previous = layout.link_version(&layout.previous())?;
         return Ok(Switched {
@@ -236,17 +233,6 @@ pub fn activate(
             changed: false,
             server: fleet_proto::SwitchOutcome::NotRestarted,
         });
-    }
-    if let Some(active) = &active {
-        let older = active
-            .parse::<semver::Version>()
-            .is_ok_and(|active| *wanted < active);
-        if older && !allow_downgrade {
-            return Err(AgentError::Downgrade {
-                wanted: version.into(),
-                active: active.clone(),
-            });
-        }
     }
     // Read and check everything that can fail before anything is switched.
     let manifest =
@@ -270,6 +256,33 @@ pub fn activate(
         changed: true,
         server: fleet_proto::SwitchOutcome::NotRestarted,
     })
+}
+
+/// Whether `wanted` may become current: staged, and not older than the active release unless
+/// `allow_downgrade`. Answers the active release. Only reads; the daemon asks it before it
+/// drains the server for a switch, and `activate` asks it again under the node's lock.
+pub fn check_activation(
+    layout: &Layout,
+    wanted: &semver::Version,
+    allow_downgrade: bool,
+) -> Result<Option<String>, AgentError> {
+    let version = wanted.to_string();
+    if !is_staged(layout, &version) {
+        return Err(AgentError::NotStaged(version));
+    }
+    let active = layout.link_version(&layout.current())?;
+    if let Some(active) = &active {
+        let older = active
+            .parse::<semver::Version>()
+            .is_ok_and(|active| *wanted < active);
+        if older && !allow_downgrade {
+            return Err(AgentError::Downgrade {
+                wanted: version,
+                active: active.clone(),
+            });
+        }
+    }
+    Ok(active)
 }
 
 /// Finishes a switch `state/switch` records (see [`Layout::switch_journal`]): once `current`

@@ -65,6 +65,26 @@ fn reply<R: Read>(
     })
 }
 
+/// The line to print for `request`: the daemon's answer when one runs on the node and the
+/// request is one it takes (`status`, `activate`, `rollback`), otherwise [`answer`]'s.
+pub fn respond<R: Read>(
+    layout: &Layout,
+    request: Request,
+    open_input: impl FnOnce() -> std::io::Result<R>,
+    now: SystemTime,
+) -> crate::daemon::Forwarded {
+    if !matches!(request, Request::Stage { .. })
+        && let Some(forwarded) = crate::daemon::ask_daemon(layout, &request)
+    {
+        return forwarded;
+    }
+    let answer = answer(layout, request, open_input, now);
+    crate::daemon::Forwarded {
+        line: answer_line(&answer),
+        ok: answer.is_ok(),
+    }
+}
+
 /// The answer as the one line the agent prints. Keys come out sorted, as they always have
 /// (the line goes through `serde_json::Value`, whose maps are ordered by key).
 pub fn answer_line(answer: &Answer<Reply>) -> String {
@@ -116,7 +136,7 @@ mod tests {
         }));
         assert_eq!(
             answer_line(&done),
-            r#"{"active":"2.0.0","changed":true,"ok":true,"previous":null}"#
+            r#"{"active":"2.0.0","changed":true,"ok":true,"previous":null,"server":"not_restarted"}"#
         );
         let refused: Answer<Reply> = Answer::Refused(Refusal::new(
             Code::NoPrevious,

@@ -250,7 +250,7 @@ mod tests {
     fn the_wire_format() {
         assert_eq!(
             serde_json::to_string(&Answer::Done(switched())).expect("json"),
-            r#"{"ok":true,"active":"2.0.0","previous":"1.0.0","changed":true}"#
+            r#"{"ok":true,"active":"2.0.0","previous":"1.0.0","changed":true,"server":"not_restarted"}"#
         );
         let refused: Answer<Switched> = Answer::Refused(Refusal::new(
             Code::Downgrade,
@@ -307,7 +307,7 @@ mod tests {
             .collect();
         assert_eq!(
             names.join(","),
-            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","other""#
+            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","other""#
         );
         let retried: Vec<Code> = Code::ALL.into_iter().filter(|c| c.is_retryable()).collect();
         assert_eq!(retried, [Code::Busy, Code::Input]);

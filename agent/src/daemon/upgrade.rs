@@ -1,0 +1,530 @@
+//! The per-node upgrade step (DESIGN.md, "The agent"): drain the server, stop it, switch
+//! `current`, start the new release, and gate on its health: answering `/health` without a
+//! miss for `min_healthy_secs` within `health_timeout_secs`, and a live member of its cluster
+//! (in the server's `/api/cluster`) on the new release. Pass: `committed`. Fail: switch back,
+//! start the previous release and gate it the same way: `rolled_back` with the reason, or
+//! `rollback_failed` when it does not serve either.
+//!
+//! The journal `state/upgrade` (JSON: from, to, step) is written atomically before each step,
+//! so a daemon killed anywhere settles the step when it starts again ([`recover`]): before the
+//! switch (`current` still names `from`), the step is undone (the old server restarted or
+//! resumed); after it, the gate runs again and the step commits or rolls back; during a roll
+//! back, the roll back is finished. The supervisor is the only one that starts or stops the
+//! server, so there is never a second one, and `current` only ever names `from` or `to`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fleet_proto::{Code, Refusal, SwitchOutcome, Switched};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
+
+use super::{Daemon, blocking, http};
+use crate::{AgentError, Layout, ops};
+
+/// How often the gate looks at the server's state.
+const GATE_POLL: Duration = Duration::from_millis(200);
+/// One drain request waits this long for its answer (the server answers within a minute).
+const DRAIN_REQUEST: Duration = Duration::from_secs(90);
+
+/// What the step is asked to do.
+#[derive(Debug, Clone)]
+pub enum Goal {
+    Activate {
+        version: semver::Version,
+        allow_downgrade: bool,
+    },
+    /// Back to `previous`.
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Step {
+    Drain,
+    Stop,
+    Switch,
+    Start,
+    Gate,
+    /// The gate failed: going back to `from`.
+    Rollback,
+}
+
+/// `state/upgrade`: the step in flight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Journal {
+    from: Option<String>,
+    to: String,
+    step: Step,
+    /// Why the step is rolling back (with `Step::Rollback`).
+    #[serde(default)]
+    reason: Option<String>,
+    started_unix_ms: u64,
+}
+
+fn journal_path(layout: &Layout) -> std::path::PathBuf {
+    layout.state().join("upgrade")
+}
+
+impl Journal {
+    fn read(layout: &Layout) -> Result<Option<Journal>, AgentError> {
+        let path = journal_path(layout);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                AgentError::Layout(format!("{}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(crate::io(&path)(e)),
+        }
+    }
+
+    async fn enter(&mut self, daemon: &Daemon, step: Step) -> Result<(), AgentError> {
+        self.step = step;
+        daemon.snapshot().step = Some(format!(
+            "{} -> {}: {}",
+            self.from.as_deref().unwrap_or("none"),
+            self.to,
+            serde_json::to_value(step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ));
+        let bytes = serde_json::to_vec(self).map_err(|e| AgentError::Layout(e.to_string()))?;
+        let layout = daemon.config.layout.clone();
+        blocking(move || layout.write_atomic(&journal_path(&layout), &bytes)).await
+    }
+
+    async fn close(&self, daemon: &Daemon, outcome: String) {
+        tracing::info!(from = ?self.from, to = %self.to, "upgrade step: {outcome}");
+        {
+            let mut s = daemon.snapshot();
+            s.step = None;
+            s.last_step = Some(outcome);
+        }
+        let layout = daemon.config.layout.clone();
+        let removed = blocking(move || {
+            let path = journal_path(&layout);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::io(&path)(e)),
+                _ => crate::layout::sync_dir(&layout.state()),
+            }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::error!(error = %e, "removing the upgrade journal");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the whole step for `goal`; one at a time (a second is refused `busy`).
+pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
+    let Ok(_guard) = daemon.step.clone().try_lock_owned() else {
+        return Err(Refusal::new(
+            Code::Busy,
+            "another upgrade step runs on this node; try again when it ends",
+        ));
+    };
+    let layout = daemon.config.layout.clone();
+    let (to, allow_downgrade) = match &goal {
+        Goal::Activate {
+            version,
+            allow_downgrade,
+        } => (version.clone(), *allow_downgrade),
+        Goal::Rollback => {
+            let l = layout.clone();
+            let previous = blocking(move || l.link_version(&l.previous()))
+                .await?
+                .ok_or(AgentError::NoPrevious)?;
+            let version = previous.parse().map_err(|_| {
+                AgentError::Layout(format!("previous names `{previous}`, not a version"))
+            })?;
+            (version, true)
+        }
+    };
+    let (l, wanted) = (layout.clone(), to.clone());
+    let from = blocking(move || ops::check_activation(&l, &wanted, allow_downgrade)).await?;
+    let to = to.to_string();
+    if from.as_deref() == Some(to.as_str()) {
+        let l = layout.clone();
+        let previous = blocking(move || l.link_version(&l.previous())).await?;
+        return Ok(Switched {
+            active: to,
+            previous,
+            changed: false,
+            server: SwitchOutcome::Committed,
+        });
+    }
+    let mut journal = Journal {
+        from,
+        to,
+        step: Step::Drain,
+        reason: None,
+        started_unix_ms: now_ms(),
+    };
+    let started = Instant::now();
+    journal.enter(daemon, Step::Drain).await?;
+    if journal.from.is_some() {
+        drain(daemon).await;
+    }
+    journal.enter(daemon, Step::Stop).await?;
+    if let Some(ended) = daemon.stop_server().await {
+        tracing::info!("upgrade step: the server {ended}");
+    }
+    journal.enter(daemon, Step::Switch).await?;
+    let l = layout.clone();
+    let switched = match goal {
+        Goal::Activate { version, .. } => {
+            blocking(move || ops::activate(&l, &version, allow_downgrade)).await
+        }
+        Goal::Rollback => blocking(move || ops::rollback(&l)).await,
+    };
+    if let Err(e) = switched {
+        // Nothing switched: the release that was active serves again.
+        daemon.start_server().await;
+        journal
+            .close(daemon, format!("refused before the switch: {e}"))
+            .await;
+        return Err(e.into());
+    }
+    finish(daemon, journal, started).await
+}
+
+/// From the start of the new release to the outcome: start, gate, commit or roll back.
+async fn finish(daemon: &Daemon, mut journal: Journal, started: Instant) -> Result<Switched, Refusal> {
+    journal.enter(daemon, Step::Start).await?;
+    let exits = daemon.snapshot().exits;
+    daemon.start_server().await;
+    journal.enter(daemon, Step::Gate).await?;
+    match gate(daemon, &journal.to, exits).await {
+        Ok(()) => {
+            let took = started.elapsed();
+            journal
+                .close(daemon, format!("committed {} in {} ms", journal.to, took.as_millis()))
+                .await;
+            replace_agent_if_new(daemon, &journal.to).await;
+            Ok(Switched {
+                active: journal.to.clone(),
+                previous: journal.from.clone(),
+                changed: true,
+                server: SwitchOutcome::Committed,
+            })
+        }
+        Err(reason) => {
+            journal.reason = Some(reason);
+            Err(undo(daemon, journal).await)
+        }
+    }
+}
+
+/// Goes back to `from` after the gate failed: stop, switch back, start, gate it the same way.
+async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
+    let reason = journal.reason.clone().unwrap_or_default();
+    let to = journal.to.clone();
+    let Some(from) = journal.from.clone() else {
+        let message = format!(
+            "release {to} failed its health gate: {reason}; there is no previous release to go back to (the agent keeps restarting it)"
+        );
+        journal.close(daemon, format!("rollback_failed: {message}")).await;
+        return Refusal::new(Code::RollbackFailed, message);
+    };
+    if let Err(e) = journal.enter(daemon, Step::Rollback).await {
+        tracing::error!(error = %e, "writing the upgrade journal");
+    }
+    tracing::warn!(to = %to, from = %from, "release failed its gate ({reason}); rolling back");
+    daemon.stop_server().await;
+    let layout = daemon.config.layout.clone();
+    let l = layout.clone();
+    let current = blocking(move || l.link_version(&l.current())).await;
+    if matches!(current.as_ref(), Ok(Some(c)) if *c == to) {
+        let l = layout.clone();
+        if let Err(e) = blocking(move || ops::rollback(&l)).await {
+            let message = format!(
+                "release {to} failed its health gate: {reason}; switching back to {from} failed too: {e}"
+            );
+            journal.close(daemon, format!("rollback_failed: {message}")).await;
+            return Refusal::new(Code::RollbackFailed, message);
+        }
+    }
+    let exits = daemon.snapshot().exits;
+    daemon.start_server().await;
+    match gate(daemon, &from, exits).await {
+        Ok(()) => {
+            let message = format!(
+                "release {to} failed its health gate: {reason}; rolled back to {from}, which serves again"
+            );
+            journal.close(daemon, format!("rolled_back: {message}")).await;
+            Refusal::new(Code::RolledBack, message)
+        }
+        Err(again) => {
+            let message = format!(
+                "release {to} failed its health gate: {reason}; rolled back to {from}, which does not serve either: {again}"
+            );
+            journal.close(daemon, format!("rollback_failed: {message}")).await;
+            Refusal::new(Code::RollbackFailed, message)
+        }
+    }
+}
+
+/// Asks the server to drain and waits for it, at most the drain deadline. A drain that cannot
+/// be asked (no server, a refused token) is logged: the stop that follows still gives runs
+/// the server's own shutdown grace.
+async fn drain(daemon: &Daemon) {
+    let supervise = &daemon.config.supervise;
+    let running = {
+        let mut s = daemon.snapshot();
+        s.draining = s.server.is_some();
+        s.draining
+    };
+    if !running {
+        return;
+    }
+    let deadline = Instant::now() + supervise.drain_deadline();
+    let path = format!(
+        "/admin/drain?deadline_secs={}",
+        supervise.drain_deadline().as_secs()
+    );
+    loop {
+        let answer = http::request(
+            daemon.config.server_listen,
+            "POST",
+            &path,
+            daemon.config.admin_token.as_deref(),
+            DRAIN_REQUEST,
+        )
+        .await;
+        match answer {
+            Ok(r) if r.status == 200 => {
+                tracing::info!("upgrade step: the server drained");
+                return;
+            }
+            Ok(r) if r.status == 202 => {
+                let state = r.json().and_then(|v| v["state"].as_str().map(str::to_owned));
+                if state.as_deref() == Some("stopping") {
+                    return;
+                }
+            }
+            Ok(r) => {
+                tracing::warn!(
+                    status = r.status,
+                    "upgrade step: the server refused the drain ({}); stopping it anyway",
+                    String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>()
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("upgrade step: asking the server to drain: {e}; stopping it anyway");
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("upgrade step: the drain deadline passed; stopping the server anyway");
+            return;
+        }
+    }
+}
+
+/// Waits until the server of `release` has answered `/health` without a miss for
+/// `min_healthy_secs` and is a live, not draining, member of its cluster on `release`; fails
+/// when `health_timeout_secs` pass first or when the server exits (`exits` is the exit count
+/// before it was started).
+async fn gate(daemon: &Daemon, release: &str, exits: u64) -> Result<(), String> {
+    let rollout = &daemon.config.rollout;
+    let min = Duration::from_secs(rollout.min_healthy_secs);
+    let timeout = Duration::from_secs(rollout.health_timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let mut waiting_for = "the server to start".to_owned();
+    loop {
+        let healthy_for = {
+            let s = daemon.snapshot();
+            if s.exits > exits {
+                return Err(format!(
+                    "the server exited during the gate ({})",
+                    s.last_exit.as_deref().unwrap_or("no reason recorded")
+                ));
+            }
+            if let Some(error) = &s.health_error {
+                waiting_for = error.clone();
+            }
+            s.healthy_for()
+        };
+        if healthy_for.is_some_and(|h| h >= min) {
+            match member(daemon, release).await {
+                Ok(()) => return Ok(()),
+                Err(why) => waiting_for = why,
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not healthy for {} s in a row within {} s (last: {waiting_for})",
+                min.as_secs(),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(GATE_POLL).await;
+    }
+}
+
+/// Whether the server lists this node as a live, active member on `release`.
+async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
+    let answer = http::request(
+        daemon.config.server_listen,
+        "GET",
+        "/api/cluster",
+        None,
+        daemon.config.supervise.health_check_timeout(),
+    )
+    .await
+    .map_err(|e| format!("/api/cluster: {e}"))?;
+    if answer.status != 200 {
+        return Err(format!("/api/cluster answered {}", answer.status));
+    }
+    let cluster = answer.json().ok_or("/api/cluster: not JSON")?;
+    let node = &daemon.config.node;
+    let me = cluster["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["node"].as_str() == Some(node)))
+        .ok_or_else(|| format!("{node} is not a live member of its cluster yet"))?;
+    if me["release"].as_str() != Some(release) {
+        return Err(format!(
+            "{node} is a member on release {}, not {release}",
+            me["release"].as_str().unwrap_or("(none)")
+        ));
+    }
+    if me["draining"] == true {
+        return Err(format!("{node} is still draining"));
+    }
+    Ok(())
+}
+
+/// Settles the step a journal records, left by a daemon that was killed during it. Holds the
+/// step lock (taken before any request could start a step) until it is done.
+pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
+    let layout = daemon.config.layout.clone();
+    let l = layout.clone();
+    let read = blocking(move || {
+        Ok((Journal::read(&l)?, l.link_version(&l.current())?))
+    })
+    .await;
+    let (journal, current) = match read {
+        Ok((Some(journal), current)) => (journal, current),
+        Ok((None, _)) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the upgrade journal: the step it records is left as it is");
+            return;
+        }
+    };
+    tracing::warn!(from = ?journal.from, to = %journal.to, step = ?journal.step, "the agent stopped during an upgrade step: settling it");
+    let switched = current.as_deref() == Some(journal.to.as_str());
+    match (journal.step, switched) {
+        (Step::Rollback, _) => {
+            let refusal = undo(&daemon, journal).await;
+            tracing::warn!("upgrade step settled: {refusal}");
+        }
+        (_, false) => {
+            // Before the switch: the old release stays. A drained server takes runs again.
+            resume(&daemon).await;
+            daemon.start_server().await;
+            let from = journal.from.clone().unwrap_or_else(|| "no release".into());
+            journal
+                .close(
+                    &daemon,
+                    format!(
+                        "rolled_back: the agent stopped during the step, before the switch; {from} serves again"
+                    ),
+                )
+                .await;
+        }
+        (_, true) => {
+            // After the switch: a server of another release goes; the gate runs again.
+            let stale = daemon
+                .snapshot()
+                .server
+                .as_ref()
+                .is_some_and(|s| s.release != journal.to);
+            if stale {
+                daemon.stop_server().await;
+            }
+            match finish(&daemon, journal, Instant::now()).await {
+                Ok(switched) => tracing::info!(release = %switched.active, "upgrade step settled: committed"),
+                Err(refusal) => tracing::warn!("upgrade step settled: {refusal}"),
+            }
+        }
+    }
+}
+
+/// Takes a drained server out of its drain (after an interrupted step that did not switch).
+async fn resume(daemon: &Daemon) {
+    if daemon.snapshot().server.is_none() {
+        return;
+    }
+    let answer = http::request(
+        daemon.config.server_listen,
+        "POST",
+        "/admin/resume",
+        daemon.config.admin_token.as_deref(),
+        daemon.config.supervise.health_check_timeout(),
+    )
+    .await;
+    match answer {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => tracing::warn!(status = r.status, "resuming the server after an interrupted step"),
+        Err(e) => tracing::warn!("resuming the server after an interrupted step: {e}"),
+    }
+    daemon.snapshot().draining = false;
+}
+
+/// After a commit: when the release carries a `bin/fleet-agent` that differs from the node's
+/// `bin/fleet-agent` (the deploy key's forced command), installs it there atomically and asks
+/// the daemon to replace itself with it; the server keeps running and is adopted.
+async fn replace_agent_if_new(daemon: &Daemon, release: &str) {
+    let layout = daemon.config.layout.clone();
+    let release = release.to_owned();
+    let installed = blocking(move || install_agent(&layout, &release)).await;
+    match installed {
+        Ok(Some(binary)) => {
+            tracing::info!(binary = %binary.display(), "the committed release carries a new agent: replacing this one");
+            *daemon
+                .replace_with
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(binary);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "installing the release's agent; this agent goes on"),
+    }
+}
+
+/// Copies `releases/<release>/bin/fleet-agent` over `bin/fleet-agent` (temporary name, fsync,
+/// rename) when they differ; `Some(path)` when it did.
+fn install_agent(layout: &Layout, release: &str) -> Result<Option<std::path::PathBuf>, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let new = layout.release(release).join("bin").join("fleet-agent");
+    let Ok(bytes) = std::fs::read(&new) else {
+        return Ok(None);
+    };
+    let target = layout.root().join("bin").join("fleet-agent");
+    if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+        return Ok(None);
+    }
+    let dir = layout.root().join("bin");
+    std::fs::create_dir_all(&dir).map_err(crate::io(&dir))?;
+    // Executable before it takes the name: the forced command never finds a half-made file.
+    let tmp = dir.join(".fleet-agent.new");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        file.sync_all()
+    };
+    write().map_err(crate::io(&tmp))?;
+    std::fs::rename(&tmp, &target).map_err(crate::io(&target))?;
+    crate::layout::sync_dir(&dir)?;
+    Ok(Some(target))
+}
