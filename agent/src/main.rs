@@ -119,7 +119,10 @@ fn run_daemon(args: &[String]) -> ExitCode {
             let error = std::process::Command::new(&binary)
                 .args(std::env::args_os().skip(1))
                 .exec();
-            eprintln!("fleet-agent: replacing the agent with {}: {error}", binary.display());
+            eprintln!(
+                "fleet-agent: replacing the agent with {}: {error}",
+                binary.display()
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

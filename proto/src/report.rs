@@ -124,7 +124,10 @@ mod tests {
         };
         let json = serde_json::to_string(&report).expect("json");
         assert!(json.contains(r#""server":"draining""#), "{json}");
-        assert!(json.contains(r#""agent_version":"0.1.0""#), "flattened: {json}");
+        assert!(
+            json.contains(r#""agent_version":"0.1.0""#),
+            "flattened: {json}"
+        );
         assert_eq!(
             serde_json::from_str::<NodeReport>(&json).expect("parses"),
             report
@@ -133,7 +136,8 @@ mod tests {
 
     #[test]
     fn a_status_without_a_daemon_reads_as_not_running() {
-        let json = r#"{"agent_version":"0.1.0","active":null,"previous":null,"staged":[],"free_bytes":1}"#;
+        let json =
+            r#"{"agent_version":"0.1.0","active":null,"previous":null,"staged":[],"free_bytes":1}"#;
         let status: Status = serde_json::from_str(json).expect("an older agent's status");
         assert_eq!(status.daemon, None);
     }

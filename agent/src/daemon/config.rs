@@ -18,7 +18,10 @@ const FILE_CAP: u64 = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: {error}", path.display())]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{}: larger than {FILE_CAP} bytes", path.display())]
     TooLarge { path: PathBuf },
     #[error("{}: {error}", path.display())]
@@ -180,7 +183,10 @@ impl std::fmt::Debug for DaemonConfig {
             .field("server_listen", &self.server_listen)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "(secret)"))
             .field("redis_prefix", &self.redis_prefix)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "(secret)"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "(secret)"),
+            )
             .field("metrics_listen", &self.metrics_listen)
             .field("rollout", &self.rollout)
             .field("supervise", &self.supervise)
@@ -223,8 +229,14 @@ impl DaemonConfig {
         let check = &file.supervise;
         for (key, v) in [
             ("supervise.health_interval_ms", check.health_interval_ms),
-            ("supervise.health_check_timeout_ms", check.health_check_timeout_ms),
-            ("supervise.heartbeat_interval_ms", check.heartbeat_interval_ms),
+            (
+                "supervise.health_check_timeout_ms",
+                check.health_check_timeout_ms,
+            ),
+            (
+                "supervise.heartbeat_interval_ms",
+                check.heartbeat_interval_ms,
+            ),
             ("supervise.log_max_bytes", check.log_max_bytes),
         ] {
             if v == 0 {
@@ -355,7 +367,10 @@ mod tests {
         );
         let server = format!(
             "node = \"n1\"\nlisten = \"127.0.0.5:8080\"\nredis_prefix = \"t:\"\nadmin_token_file = {t:?}\nshared_storage = \"/x\"\n",
-            t = root.join("config/secrets/admin_token").display().to_string()
+            t = root
+                .join("config/secrets/admin_token")
+                .display()
+                .to_string()
         );
         write(root, &agent, &server);
         let config = DaemonConfig::load(root).expect("loads");
@@ -380,7 +395,10 @@ mod tests {
         let server = "node = \"n1\"\nshared_storage = \"/x\"\n";
         let r = root.display().to_string();
         for (agent, wanted) in [
-            (format!("node = \"n1\"\nnode_root = {r:?}\nbogus = 1\n"), "unknown field `bogus`"),
+            (
+                format!("node = \"n1\"\nnode_root = {r:?}\nbogus = 1\n"),
+                "unknown field `bogus`",
+            ),
             (
                 format!("node = \"n1\"\nnode_root = \"/elsewhere\"\n"),
                 "node_root: is /elsewhere",

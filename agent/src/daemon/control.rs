@@ -69,31 +69,43 @@ pub async fn serve(
             },
         };
         let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, LINE_CAP));
-            let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-                Ok(Ok(_)) => handle(&daemon, line.trim()).await,
-                Ok(Err(e)) => Answer::Refused(Refusal::new(Code::Input, format!("reading the request: {e}"))),
-                Err(_) => Answer::Refused(Refusal::new(Code::Input, "no request line within 10 s")),
-            };
-            let mut out = answer_line(&answer);
-            out.push('\n');
-            let _ = write.write_all(out.as_bytes()).await;
-            // A committed release brought another agent: replace this one once the answer is
-            // out, leaving the server running for it.
-            let replacing = daemon
-                .replace_with
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some();
-            if replacing {
-                daemon.keep_server.store(true, std::sync::atomic::Ordering::SeqCst);
-                daemon.shutdown.cancel();
+        tokio::spawn(
+            async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader =
+                    tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, LINE_CAP));
+                let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(_)) => handle(&daemon, line.trim()).await,
+                    Ok(Err(e)) => Answer::Refused(Refusal::new(
+                        Code::Input,
+                        format!("reading the request: {e}"),
+                    )),
+                    Err(_) => {
+                        Answer::Refused(Refusal::new(Code::Input, "no request line within 10 s"))
+                    }
+                };
+                let mut out = answer_line(&answer);
+                out.push('\n');
+                let _ = write.write_all(out.as_bytes()).await;
+                // A committed release brought another agent: replace this one once the answer is
+                // out, leaving the server running for it.
+                let replacing = daemon
+                    .replace_with
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some();
+                if replacing {
+                    daemon
+                        .keep_server
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    daemon.shutdown.cancel();
+                }
             }
-        }
-        .in_current_span());
+            .in_current_span(),
+        );
     }
 }
 
@@ -105,14 +117,25 @@ async fn handle(daemon: &Daemon, line: &str) -> Answer<Reply> {
     };
     tracing::info!(request = %request, "control request");
     match request {
-        Request::Status => daemon.status().await.map(Reply::from).map_err(Refusal::from).into(),
+        Request::Status => daemon
+            .status()
+            .await
+            .map(Reply::from)
+            .map_err(Refusal::from)
+            .into(),
         Request::Activate {
             version,
             allow_downgrade,
-        } => upgrade::step(daemon, upgrade::Goal::Activate { version, allow_downgrade })
-            .await
-            .map(Reply::from)
-            .into(),
+        } => upgrade::step(
+            daemon,
+            upgrade::Goal::Activate {
+                version,
+                allow_downgrade,
+            },
+        )
+        .await
+        .map(Reply::from)
+        .into(),
         Request::Rollback => upgrade::step(daemon, upgrade::Goal::Rollback)
             .await
             .map(Reply::from)

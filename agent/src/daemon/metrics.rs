@@ -100,7 +100,8 @@ pub fn text(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{{node=\"{node}\"{labels}}} {value}");
         }
     };
-    let secs = |ms: Option<u64>| ms.map_or("NaN".to_owned(), |ms| format!("{:.3}", ms as f64 / 1000.0));
+    let secs =
+        |ms: Option<u64>| ms.map_or("NaN".to_owned(), |ms| format!("{:.3}", ms as f64 / 1000.0));
     metric(
         "fleet_agent_server_state",
         "gauge",

@@ -241,7 +241,9 @@ pub async fn run(
     tasks.spawn(logs::rotate(daemon.clone(), log, token.clone()).instrument(span.clone()));
     tasks.spawn(control::serve(daemon.clone(), control, token.clone()).instrument(span.clone()));
     if let Some(listener) = metrics {
-        tasks.spawn(metrics::serve(daemon.clone(), listener, token.clone()).instrument(span.clone()));
+        tasks.spawn(
+            metrics::serve(daemon.clone(), listener, token.clone()).instrument(span.clone()),
+        );
     }
     tasks.close();
     tokio::select! {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use rustix::process::{Pid, PidfdFlags, Signal, WaitIdOptions, WaitId};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use tokio::io::unix::AsyncFd;
 
 use crate::{AgentError, Layout, io};
@@ -94,10 +94,12 @@ impl Server {
         };
         // The start time is read again after the pidfd is open: the pidfd then refers to
         // the process checked, whatever happens to the pid afterwards.
-        let adopted = open_pidfd(pid).ok().and_then(|pidfd| match start_time(pid) {
-            Ok(now) if now == started => Some(pidfd),
-            _ => None,
-        });
+        let adopted = open_pidfd(pid)
+            .ok()
+            .and_then(|pidfd| match start_time(pid) {
+                Ok(now) if now == started => Some(pidfd),
+                _ => None,
+            });
         match adopted {
             Some(pidfd) => Ok(Some(Server {
                 pid,
@@ -107,7 +109,10 @@ impl Server {
             })),
             None => {
                 if start_time(pid).is_ok() {
-                    tracing::warn!(pid, "the server's pid file names a process that is not the server any more (the pid was reused); not adopted, not signalled");
+                    tracing::warn!(
+                        pid,
+                        "the server's pid file names a process that is not the server any more (the pid was reused); not adopted, not signalled"
+                    );
                 }
                 forget(layout)?;
                 Ok(None)

@@ -58,7 +58,9 @@ pub async fn heartbeat(daemon: Arc<Daemon>, shutdown: CancellationToken) {
             Err(error) => {
                 conn = None;
                 if s.redis_error.is_none() {
-                    tracing::warn!("heartbeat to Redis failed: {error}; supervision goes on, retrying every interval (logged once)");
+                    tracing::warn!(
+                        "heartbeat to Redis failed: {error}; supervision goes on, retrying every interval (logged once)"
+                    );
                 }
                 s.redis_error = Some(error);
             }

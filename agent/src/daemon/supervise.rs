@@ -140,7 +140,8 @@ pub async fn supervise(
     loop {
         let restart_at = {
             let s = sup.daemon.snapshot();
-            s.restart_at.filter(|_| s.want_running && sup.server.is_none())
+            s.restart_at
+                .filter(|_| s.want_running && sup.server.is_none())
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -182,7 +183,10 @@ pub async fn supervise(
     }
     if sup.daemon.keep_server.load(Ordering::SeqCst) {
         if let Some(server) = &sup.server {
-            tracing::info!(pid = server.pid, "leaving the server running for the next agent");
+            tracing::info!(
+                pid = server.pid,
+                "leaving the server running for the next agent"
+            );
         }
     } else {
         sup.stop().await;
@@ -229,7 +233,12 @@ impl Supervisor {
                 return;
             }
         };
-        match Server::spawn(layout, &release, &self.daemon.config.server_config, &self.log) {
+        match Server::spawn(
+            layout,
+            &release,
+            &self.daemon.config.server_config,
+            &self.log,
+        ) {
             Ok(server) => {
                 tracing::info!(pid = server.pid, release = %release, "started the server");
                 self.running(server);
@@ -248,7 +257,11 @@ impl Supervisor {
             return;
         };
         let up = server.since.elapsed();
-        tracing::warn!(pid = server.pid, up_ms = up.as_millis() as u64, "the server {reason}");
+        tracing::warn!(
+            pid = server.pid,
+            up_ms = up.as_millis() as u64,
+            "the server {reason}"
+        );
         if let Err(e) = process::forget(&self.daemon.config.layout) {
             tracing::warn!(error = %e, "removing the server's pid file");
         }
@@ -276,7 +289,10 @@ impl Supervisor {
                 "the server is crash-looping: it keeps exiting soon after it starts; still restarting, with growing delays (see logs/etl-server.log)"
             );
         }
-        tracing::info!(delay_ms = delay.as_millis() as u64, "restarting the server after a delay");
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "restarting the server after a delay"
+        );
     }
 
     /// Stops the server: SIGTERM, SIGKILL after the grace; says how it ended.
@@ -288,14 +304,25 @@ impl Supervisor {
         }
         let server = self.server.take()?;
         let grace = self.daemon.config.supervise.stop_grace();
-        tracing::info!(pid = server.pid, grace_ms = grace.as_millis() as u64, "stopping the server (SIGTERM)");
+        tracing::info!(
+            pid = server.pid,
+            grace_ms = grace.as_millis() as u64,
+            "stopping the server (SIGTERM)"
+        );
         server.signal(Signal::TERM);
         let ended = match tokio::time::timeout(grace, server.exited()).await {
             Ok(reason) => format!("stopped by the agent: {reason}"),
             Err(_) => {
-                tracing::warn!(pid = server.pid, "the server did not stop within the grace: SIGKILL");
+                tracing::warn!(
+                    pid = server.pid,
+                    "the server did not stop within the grace: SIGKILL"
+                );
                 server.signal(Signal::KILL);
-                format!("killed by the agent after a {} s grace: {}", grace.as_secs(), server.exited().await)
+                format!(
+                    "killed by the agent after a {} s grace: {}",
+                    grace.as_secs(),
+                    server.exited().await
+                )
             }
         };
         if let Err(e) = process::forget(&self.daemon.config.layout) {
@@ -354,7 +381,10 @@ pub async fn watch_health(daemon: Arc<Daemon>, shutdown: CancellationToken) {
         match failure {
             None => {
                 if s.healthy_since.is_none() {
-                    tracing::info!(latency_ms = latency.as_millis() as u64, "the server is healthy");
+                    tracing::info!(
+                        latency_ms = latency.as_millis() as u64,
+                        "the server is healthy"
+                    );
                     s.healthy_since = Some(Instant::now());
                 }
                 s.ever_healthy = true;
@@ -377,7 +407,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_half_a_second_to_thirty_with_jitter() {
-        for (exits, base) in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (40, 30.0)] {
+        for (exits, base) in [
+            (1, 0.5),
+            (2, 1.0),
+            (3, 2.0),
+            (6, 16.0),
+            (7, 30.0),
+            (40, 30.0),
+        ] {
             let d = backoff(exits).as_secs_f64();
             assert!(
                 d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9,

@@ -70,9 +70,9 @@ impl Journal {
     fn read(layout: &Layout) -> Result<Option<Journal>, AgentError> {
         let path = journal_path(layout);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                AgentError::Layout(format!("{}: {e}", path.display()))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(crate::io(&path)(e)),
         }
@@ -91,7 +91,9 @@ impl Journal {
         ));
         let bytes = serde_json::to_vec(self).map_err(|e| AgentError::Layout(e.to_string()))?;
         let layout = daemon.config.layout.clone();
-        blocking(move || layout.write_atomic(&journal_path(&layout), &bytes)).await
+        blocking(move || layout.write_atomic(&journal_path(&layout), &bytes)).await?;
+        crash_point(step);
+        Ok(())
     }
 
     async fn close(&self, daemon: &Daemon, outcome: String) {
@@ -113,6 +115,24 @@ impl Journal {
         if let Err(e) = removed {
             tracing::error!(error = %e, "removing the upgrade journal");
         }
+    }
+}
+
+/// Fault injection for the journal's tests: with `FLEET_AGENT_CRASH_AT=<step>` (drain, stop,
+/// switch, start, gate, rollback) in its environment, the daemon kills itself with SIGKILL
+/// right after the journal records that step, as a power cut or an OOM kill would.
+fn crash_point(step: Step) {
+    let Ok(at) = std::env::var("FLEET_AGENT_CRASH_AT") else {
+        return;
+    };
+    if serde_json::to_value(step)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        == Some(at)
+    {
+        tracing::warn!(?step, "FLEET_AGENT_CRASH_AT: killing this agent now");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 
@@ -197,7 +217,11 @@ pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
 }
 
 /// From the start of the new release to the outcome: start, gate, commit or roll back.
-async fn finish(daemon: &Daemon, mut journal: Journal, started: Instant) -> Result<Switched, Refusal> {
+async fn finish(
+    daemon: &Daemon,
+    mut journal: Journal,
+    started: Instant,
+) -> Result<Switched, Refusal> {
     journal.enter(daemon, Step::Start).await?;
     let exits = daemon.snapshot().exits;
     daemon.start_server().await;
@@ -206,7 +230,10 @@ async fn finish(daemon: &Daemon, mut journal: Journal, started: Instant) -> Resu
         Ok(()) => {
             let took = started.elapsed();
             journal
-                .close(daemon, format!("committed {} in {} ms", journal.to, took.as_millis()))
+                .close(
+                    daemon,
+                    format!("committed {} in {} ms", journal.to, took.as_millis()),
+                )
                 .await;
             replace_agent_if_new(daemon, &journal.to).await;
             Ok(Switched {
@@ -231,7 +258,9 @@ async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
         let message = format!(
             "release {to} failed its health gate: {reason}; there is no previous release to go back to (the agent keeps restarting it)"
         );
-        journal.close(daemon, format!("rollback_failed: {message}")).await;
+        journal
+            .close(daemon, format!("rollback_failed: {message}"))
+            .await;
         return Refusal::new(Code::RollbackFailed, message);
     };
     if let Err(e) = journal.enter(daemon, Step::Rollback).await {
@@ -248,7 +277,9 @@ async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
             let message = format!(
                 "release {to} failed its health gate: {reason}; switching back to {from} failed too: {e}"
             );
-            journal.close(daemon, format!("rollback_failed: {message}")).await;
+            journal
+                .close(daemon, format!("rollback_failed: {message}"))
+                .await;
             return Refusal::new(Code::RollbackFailed, message);
         }
     }
@@ -259,14 +290,18 @@ async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
             let message = format!(
                 "release {to} failed its health gate: {reason}; rolled back to {from}, which serves again"
             );
-            journal.close(daemon, format!("rolled_back: {message}")).await;
+            journal
+                .close(daemon, format!("rolled_back: {message}"))
+                .await;
             Refusal::new(Code::RolledBack, message)
         }
         Err(again) => {
             let message = format!(
                 "release {to} failed its health gate: {reason}; rolled back to {from}, which does not serve either: {again}"
             );
-            journal.close(daemon, format!("rollback_failed: {message}")).await;
+            journal
+                .close(daemon, format!("rollback_failed: {message}"))
+                .await;
             Refusal::new(Code::RollbackFailed, message)
         }
     }
@@ -305,7 +340,9 @@ async fn drain(daemon: &Daemon) {
                 return;
             }
             Ok(r) if r.status == 202 => {
-                let state = r.json().and_then(|v| v["state"].as_str().map(str::to_owned));
+                let state = r
+                    .json()
+                    .and_then(|v| v["state"].as_str().map(str::to_owned));
                 if state.as_deref() == Some("stopping") {
                     return;
                 }
@@ -314,7 +351,10 @@ async fn drain(daemon: &Daemon) {
                 tracing::warn!(
                     status = r.status,
                     "upgrade step: the server refused the drain ({}); stopping it anyway",
-                    String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>()
+                    String::from_utf8_lossy(&r.body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
                 );
                 return;
             }
@@ -408,10 +448,7 @@ async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
 pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
     let layout = daemon.config.layout.clone();
     let l = layout.clone();
-    let read = blocking(move || {
-        Ok((Journal::read(&l)?, l.link_version(&l.current())?))
-    })
-    .await;
+    let read = blocking(move || Ok((Journal::read(&l)?, l.link_version(&l.current())?))).await;
     let (journal, current) = match read {
         Ok((Some(journal), current)) => (journal, current),
         Ok((None, _)) => return,
@@ -452,7 +489,9 @@ pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
                 daemon.stop_server().await;
             }
             match finish(&daemon, journal, Instant::now()).await {
-                Ok(switched) => tracing::info!(release = %switched.active, "upgrade step settled: committed"),
+                Ok(switched) => {
+                    tracing::info!(release = %switched.active, "upgrade step settled: committed")
+                }
                 Err(refusal) => tracing::warn!("upgrade step settled: {refusal}"),
             }
         }
@@ -474,7 +513,10 @@ async fn resume(daemon: &Daemon) {
     .await;
     match answer {
         Ok(r) if r.status == 200 => {}
-        Ok(r) => tracing::warn!(status = r.status, "resuming the server after an interrupted step"),
+        Ok(r) => tracing::warn!(
+            status = r.status,
+            "resuming the server after an interrupted step"
+        ),
         Err(e) => tracing::warn!("resuming the server after an interrupted step: {e}"),
     }
     daemon.snapshot().draining = false;
