@@ -44,6 +44,7 @@ struct TestNode {
     layout: Layout,
     signing: Signing,
     name: String,
+    server: SocketAddr,
     metrics: SocketAddr,
     redis: TestRedis,
     _db: TestDb,
@@ -97,6 +98,7 @@ impl TestNode {
             layout,
             signing,
             name,
+            server,
             metrics,
             redis,
             _db: db,
@@ -106,8 +108,14 @@ impl TestNode {
 
     /// Stages `version` whose `bin/etl-server` is `script`.
     fn stage(&self, version: &str, script: &str) {
+        self.stage_with(version, script, |_| {});
+    }
+
+    /// Stages `version` whose `bin/etl-server` is `script`, after `more` added to its tree.
+    fn stage_with(&self, version: &str, script: &str, more: impl FnOnce(&Path)) {
         let tree = self.dir.path().join(format!("tree-{version}"));
         fs::create_dir_all(tree.join("bin")).expect("tree");
+        more(&tree);
         let server = tree.join("bin/etl-server");
         fs::write(&server, script).expect("script");
         fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -137,12 +145,17 @@ impl TestNode {
 
     /// Starts the real daemon, its log in `agent.log`.
     fn start_agent(&mut self, env: &[(&str, &str)]) {
+        self.start_agent_from(Path::new(env!("CARGO_BIN_EXE_fleet-agent")), env);
+    }
+
+    /// Starts the daemon from `binary`.
+    fn start_agent_from(&mut self, binary: &Path, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .expect("agent.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet-agent"));
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
             .arg("--root")
             .arg(self.layout.root())
@@ -689,4 +702,182 @@ async fn an_agent_killed_at_any_step_settles_it_when_it_starts_again() {
             String::from_utf8_lossy(&stray.stdout)
         );
     }
+}
+
+/// A committed release that carries another `bin/fleet-agent` replaces the daemon (the same
+/// process, by exec) and the deploy key's forced command, while the server keeps its pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_with_a_new_agent_replaces_the_daemon_and_keeps_the_server() {
+    let mut node = TestNode::new("agexec", "").await;
+    let agent = fs::read(env!("CARGO_BIN_EXE_fleet-agent")).expect("the agent");
+    let installed = node.layout.root().join("bin/fleet-agent");
+    fs::create_dir_all(installed.parent().expect("bin")).expect("bin");
+    fs::write(&installed, &agent).expect("install");
+    fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Another build of the agent: the same program with bytes appended (still runs).
+    let mut newer = agent.clone();
+    newer.extend_from_slice(b"\0fleet-agent 1.1.0\0");
+    node.stage("1.0.0", &good());
+    node.stage_with("1.1.0", &good(), |tree| {
+        let path = tree.join("bin/fleet-agent");
+        fs::write(&path, &newer).expect("new agent");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    });
+    node.activate_offline("1.0.0");
+    node.start_agent_from(&installed, &[]);
+    let agent_pid = node.agent.as_ref().expect("agent").id();
+    node.healthy();
+    let answer = node.ask(&["activate", "1.1.0"]);
+    assert_eq!(answer["server"], "committed", "{answer}");
+    // The daemon may be between its two images: the pid file names the server.
+    let server = node.pid_file().expect("the server's pid file");
+    assert_eq!(
+        fs::read(&installed).expect("installed"),
+        newer,
+        "the forced command is the new agent"
+    );
+    let mode = fs::metadata(&installed).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    // The new image answers (its uptime starts again) and adopted the same server.
+    let s = node.wait("the new agent answers", Duration::from_secs(20), |s| {
+        s["daemon"]["agent_uptime_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 5000)
+            && s["daemon"]["server"] == "healthy"
+            && s["daemon"]["last_step"].is_null()
+    });
+    assert_eq!(
+        s["daemon"]["agent_pid"], agent_pid,
+        "exec keeps the pid: {s}"
+    );
+    assert_eq!(pid_of(&s), server, "the server kept its pid: {s}");
+    assert_eq!(s["daemon"]["restarts"], 0, "{s}");
+    let log = node.agent_log();
+    assert_eq!(
+        log.matches("adopted the running server").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("carries a new agent"), "{log}");
+    assert!(pid_alive(agent_pid));
+}
+
+/// Redis going away does not touch supervision; the outage is logged once and heartbeats
+/// resume by themselves when it is back (a private redis-server, stopped and started again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_resume_after_a_redis_outage() {
+    let mut node = TestNode::new("agredis", "").await;
+    let port = free_port().port();
+    let start_redis = || {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server)")
+    };
+    let mut redis = start_redis();
+    let url = format!("redis://127.0.0.1:{port}");
+    fs::write(node.layout.root().join("config/secrets/redis_url"), &url).expect("secret");
+    node.stage("1.0.0", &good());
+    node.activate_offline("1.0.0");
+    node.start_agent(&[]);
+    let s = node.wait("a heartbeat", Duration::from_secs(30), |s| {
+        s["daemon"]["heartbeat_age_ms"].is_u64() && s["daemon"]["server"] == "healthy"
+    });
+    let server = pid_of(&s);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let s = node.wait("the outage is seen", Duration::from_secs(10), |s| {
+        s["daemon"]["redis_error"].is_string()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = node.status();
+    assert_eq!(
+        s2["daemon"]["server"], "healthy",
+        "supervision goes on: {s2}"
+    );
+    assert_eq!(pid_of(&s2), server);
+    assert!(s2["daemon"]["heartbeat_age_ms"].as_u64() > s["daemon"]["heartbeat_age_ms"].as_u64());
+    let log = node.agent_log();
+    assert_eq!(
+        log.matches("heartbeat to Redis failed").count(),
+        1,
+        "logged once: {log}"
+    );
+
+    let mut redis = start_redis();
+    node.wait("heartbeats resume", Duration::from_secs(15), |s| {
+        s["daemon"]["redis_error"].is_null()
+            && s["daemon"]["heartbeat_age_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms < 1000)
+    });
+    assert!(node.agent_log().contains("heartbeats resumed"));
+    let client = redis::Client::open(url.as_str()).expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let report: Option<String> = redis::cmd("GET")
+        .arg(node.redis.key(&format!("agent:{}", node.name)))
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert!(
+        report.is_some(),
+        "the heartbeat is back in the restarted Redis"
+    );
+    node.signal_agent(rustix::process::Signal::TERM);
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
+
+/// A run in progress when the step begins is not failed: the drain lets it finish before the
+/// server is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_progress_finishes_before_the_upgrade_stops_its_server() {
+    let mut node = TestNode::new("agrun", "").await;
+    node.stage("1.0.0", &good());
+    node.stage("1.1.0", &good());
+    node.activate_offline("1.0.0");
+    node.start_agent(&[]);
+    node.healthy();
+    let flow = "name: slow\nsource: { type: postgres, connection: db, query: \"SELECT pg_sleep(3) AS x\" }\ndestination: { type: jsonl, path: out/slow.jsonl }\n";
+    let (status, answer) = fleet_tests::call(node.server, "POST", "/api/flows", flow).await;
+    assert!(status == 201 || status == 200, "{status} {answer}");
+    let (status, answer) = fleet_tests::call(node.server, "POST", "/api/flows/slow/run", "").await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["run_id"].as_i64().expect("run id");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, run) = fleet_tests::call(node.server, "GET", &format!("/api/runs/{id}"), "").await;
+        if run["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never started: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let layout = node.layout.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let forwarded = fleet_agent::daemon::ask_daemon(
+            &layout,
+            &Request::parse(&["activate", "1.1.0"]).expect("request"),
+        )
+        .expect("a daemon");
+        serde_json::from_str::<Value>(&forwarded.line).expect("json")
+    })
+    .await
+    .expect("activate");
+    assert_eq!(answer["server"], "committed", "{answer}");
+    let (_, run) = fleet_tests::call(node.server, "GET", &format!("/api/runs/{id}"), "").await;
+    assert_eq!(run["state"], "succeeded", "{run}");
 }

@@ -63,7 +63,7 @@ pub struct Status {
 pub enum Reply {
     Staged(Staged),
     Switched(Switched),
-    Status(Status),
+    Status(Box<Status>),
 }
 
 impl From<Staged> for Reply {
@@ -80,6 +80,6 @@ impl From<Switched> for Reply {
 
 impl From<Status> for Reply {
     fn from(s: Status) -> Self {
-        Reply::Status(s)
+        Reply::Status(Box::new(s))
     }
 }
