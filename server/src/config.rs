@@ -170,6 +170,9 @@ pub struct Config {
     pub postgres: PostgresSettings,
     /// The connections Postgres sources may name, by name.
     pub sources: BTreeMap<String, SourceConnection>,
+    /// The release this server was started from, as its agent says in `FLEET_RELEASE` (read
+    /// once by `main`, never from the file); shown in `/health` and the node's heartbeat.
+    pub release: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -187,6 +190,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("postgres", &self.postgres)
             .field("sources", &self.sources)
+            .field("release", &self.release)
             .finish_non_exhaustive()
     }
 }
@@ -391,6 +395,7 @@ impl Config {
             cluster: file.cluster,
             load_balancing,
             weight: file.weight.unwrap_or(1),
+            release: None,
         })
     }
 

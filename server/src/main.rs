@@ -67,11 +67,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = fleet_server::Config::load(&config_path)?;
+    let mut config = fleet_server::Config::load(&config_path)?;
+    config.release = release_from_env();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    tracing::info!(node = %config.node, listen = %config.listen, "etl-server started");
+    tracing::info!(node = %config.node, listen = %config.listen, release = config.release.as_deref().unwrap_or("-"), "etl-server started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     fleet_server::run(config, listener, async move {
@@ -82,4 +83,17 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The release the agent started this server from: `FLEET_RELEASE`, read once at start; unset
+/// or empty (a server started by hand) is none.
+fn release_from_env() -> Option<String> {
+    match std::env::var("FLEET_RELEASE") {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            tracing::warn!("FLEET_RELEASE is not UTF-8: ignored");
+            None
+        }
+    }
 }

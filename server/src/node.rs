@@ -37,6 +37,7 @@ impl Node {
             draining: self.executor.draining(),
             weight: self.config.weight,
             listen: self.listen.clone(),
+            release: self.config.release.clone(),
         }
     }
 

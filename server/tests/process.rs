@@ -69,6 +69,19 @@ fn spawn_node(
     extra: &str,
     stderr: Stdio,
 ) -> Proc {
+    spawn_node_env(db, dir, node, config, extra, stderr, &[])
+}
+
+/// As `spawn_node`, with the variables `env` set (and no `FLEET_RELEASE` but one `env` gives).
+fn spawn_node_env(
+    db: &TestDb,
+    dir: &Path,
+    node: &str,
+    config: &str,
+    extra: &str,
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> Proc {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
@@ -84,6 +97,8 @@ fn spawn_node(
         .arg("--config")
         .arg(&config)
         .env("ETL_LOG", "warn")
+        .env_remove("FLEET_RELEASE")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -735,4 +750,65 @@ async fn a_second_server_with_the_same_node_name_refuses_to_start() {
     }
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["rows_written"], 3_000_000);
+}
+
+/// The agent starts `etl-server` with `FLEET_RELEASE=<version>`: the server shows it in
+/// `/health` and in its member entry of `/api/cluster`, where a server started without it (one
+/// in this process, same cluster) shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_it_was_started_from_shows_in_health_and_the_cluster() {
+    let db = TestDb::new("release_env").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = spawn_node_env(
+        &db,
+        dir.path(),
+        "node-r",
+        "node-r.toml",
+        "",
+        Stdio::inherit(),
+        &[("FLEET_RELEASE", "1.4.2")],
+    );
+    let mut serving = false;
+    for _ in 0..600 {
+        if answers_http(p.addr).await {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "etl-server did not answer on {}", p.addr);
+    let plain = common::TestServer::start_node(&db, "node-plain", "").await;
+
+    let (status, health) = fleet_tests::call(p.addr, "GET", "/health", "").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["release"], "1.4.2", "{health}");
+    let (_, health) = fleet_tests::call(plain.addr, "GET", "/health", "").await;
+    assert!(
+        health.get("release").is_some_and(|r| r.is_null()),
+        "{health}"
+    );
+
+    // Both heartbeats land within a third of the TTL; ask each node for the other too.
+    let mut cluster = serde_json::Value::Null;
+    for _ in 0..100 {
+        (_, cluster) = fleet_tests::call(plain.addr, "GET", "/api/cluster", "").await;
+        if cluster["members"].as_array().is_some_and(|m| m.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let member = |doc: &serde_json::Value, node: &str| {
+        doc["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["node"] == node).cloned())
+            .unwrap_or_else(|| panic!("{node} is not a member: {doc}"))
+    };
+    assert_eq!(member(&cluster, "node-r")["release"], "1.4.2", "{cluster}");
+    assert!(
+        member(&cluster, "node-plain")["release"].is_null(),
+        "{cluster}"
+    );
+    let (_, cluster) = fleet_tests::call(p.addr, "GET", "/api/cluster", "").await;
+    assert_eq!(member(&cluster, "node-r")["release"], "1.4.2", "{cluster}");
+    plain.stop().await.expect("the in-process server stops");
 }

@@ -20,6 +20,10 @@ pub struct Member {
     pub draining: bool,
     pub weight: u32,
     pub listen: String,
+    /// The release the node's agent started this server from (`FLEET_RELEASE`); none for a
+    /// server started by hand, and in heartbeats of servers that predate the field.
+    #[serde(default)]
+    pub release: Option<String>,
 }
 
 pub struct Membership {
@@ -208,5 +212,25 @@ impl Membership {
 
     pub async fn ping(&self) -> Result<(), ClusterError> {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heartbeat written by a server that predates `release` still reads (an unreadable one
+    /// would drop that node from the members during an upgrade).
+    #[test]
+    fn an_older_heartbeat_without_release_still_reads() {
+        let old = r#"{"node":"n1","version":"0.1.0","schema_version":3,"started":"2026-01-01T00:00:00Z","running":0,"draining":false,"weight":1,"listen":"127.0.0.1:8080"}"#;
+        let m: Member = serde_json::from_str(old).expect("reads");
+        assert_eq!(m.release, None);
+        let new = serde_json::to_string(&Member {
+            release: Some("1.2.0".into()),
+            ..m
+        })
+        .expect("json");
+        assert!(new.contains(r#""release":"1.2.0""#), "{new}");
     }
 }

@@ -387,6 +387,7 @@ async fn own_health(app: &Node) -> (bool, serde_json::Value) {
         "status": if ok { "ok" } else { "degraded" },
         "node": app.config.node,
         "version": crate::VERSION,
+        "release": app.config.release,
         "schema_version": crate::db::schema_version(),
         "database": database,
         "redis": redis,
