@@ -4,6 +4,7 @@
 # and rolled back, plus a tampered bundle that must be refused. Leaves its files in $DEMO_DIR.
 set -euo pipefail
 cd "$(dirname "$0")"
+scripts/setup.sh
 cargo build -q -p fleet-controller -p fleet-agent -p fleet-tests
 bin="${CARGO_TARGET_DIR:-target}/debug"
 fleet="$bin/fleet"

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
-use crate::support::{Run, run};
+use crate::support::{Run, run, run_env};
 
 struct Site {
     fleet: TestFleet,
@@ -86,10 +86,12 @@ fn site(nodes: usize) -> Site {
 }
 
 impl Site {
+    /// Runs `fleet ARGS -i INVENTORY`, with the controller's key (the admin tokens' source)
+    /// kept in this site's folder.
     fn fleet_cmd(&self, args: &[&str]) -> Run {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-i", &self.inv]);
-        run(&all)
+        run_env(&all, &[("FLEET_DATA_DIR", &self.fleet.dir().join("data"))])
     }
 
     fn provision(&self, extra: &[&str]) -> Run {
@@ -136,14 +138,46 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         "--check changed nothing"
     );
 
-    assert_eq!(
-        Site::results(&site.provision(&[]).ok(), "result"),
-        each("changed")
-    );
+    let first = site.provision(&[]).ok();
+    assert_eq!(Site::results(&first, "result"), each("changed"));
+    // These nodes run no systemd: no unit, and each node's report says how to start the agent.
+    for (k, n) in first.json()["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .enumerate()
+    {
+        let root = site.fleet.nodes()[k].root.display().to_string();
+        assert_eq!(
+            n["notes"],
+            serde_json::json!([format!(
+                "no systemd on the node (/run/systemd/system is missing), so no unit was installed: the node's init system must start the agent: {root}/bin/fleet-agent run --root {root}"
+            )]),
+            "{n}"
+        );
+        assert!(
+            !n["changes"].to_string().contains("fleet-agent.service"),
+            "{n}"
+        );
+    }
     assert_eq!(
         Site::results(&site.provision(&[]).ok(), "result"),
         each("unchanged")
     );
+    // As text, the line follows the table, for every node, on an unchanged run too.
+    let agent = agent_binary().to_string_lossy().into_owned();
+    let text = site
+        .fleet_cmd(&["provision", "--trust", &site.root, "--agent", &agent])
+        .ok()
+        .stdout;
+    for node in site.fleet.nodes() {
+        let root = node.root.display();
+        let line = format!(
+            "\n{}: no systemd on the node (/run/systemd/system is missing), so no unit was installed: the node's init system must start the agent: {root}/bin/fleet-agent run --root {root}\n",
+            node.name
+        );
+        assert!(text.contains(&line), "{line:?} in:\n{text}");
+    }
 
     // Config files are rendered from templates/, and their secrets kept apart, mode 0600.
     let config = site.fleet.nodes()[0].root.join("config");
@@ -171,6 +205,31 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         fs::metadata(&secret).expect("meta").permissions().mode() & 0o777,
         0o600
     );
+    // The cluster's admin token: one secret for all its nodes, which the server reads.
+    let tokens: Vec<String> = site
+        .fleet
+        .nodes()
+        .iter()
+        .map(|n| {
+            let path = n.root.join("config/secrets/admin_token");
+            assert_eq!(
+                fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+                0o600
+            );
+            fs::read_to_string(path).expect("admin token")
+        })
+        .collect();
+    let token = tokens[0].trim();
+    assert!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{token}"
+    );
+    assert!(tokens.iter().all(|t| t.trim() == token), "{tokens:?}");
+    assert_eq!(loaded.admin_token.as_deref(), Some(token));
+    assert!(
+        server.contains("admin_token_file = ") && server.contains("redis_prefix = \"fleet:\"\n"),
+        "{server}"
+    );
 
     // A changed setting: --check shows the diff and changes nothing; a run applies it.
     let text = fs::read_to_string(&site.inv).expect("inventory");
@@ -193,7 +252,7 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         "{diff}"
     );
     assert!(
-        !check.to_string().contains("127.0.0.1:5432"),
+        !check.to_string().contains("127.0.0.1:5432") && !check.to_string().contains(token),
         "a secret reached the output: {check}"
     );
     assert_eq!(

@@ -62,8 +62,14 @@ impl From<Output> for Run {
 
 /// Runs `fleet ARGS`.
 pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    run_env(args, &[])
+}
+
+/// Runs `fleet ARGS` with the variables `env` set.
+pub fn run_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &Path)]) -> Run {
     fleet()
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("the fleet binary runs")
         .into()

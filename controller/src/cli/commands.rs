@@ -185,7 +185,11 @@ pub fn provision(
         )
     })?);
     let sel = selection(&args)?;
-    // Per node: its deploy key's public half and its rendered files (or why they cannot be made).
+    // The key the clusters' admin tokens are derived from (made on first use).
+    let controller_key =
+        node::ControllerKey::load_or_create_default().map_err(anyhow::Error::from)?;
+    // Per node: its deploy key's public half and its rendered files and unit (or why they
+    // cannot be made).
     let mut prepared = std::collections::BTreeMap::new();
     for node in &sel.nodes {
         let cluster = sel
@@ -197,7 +201,9 @@ pub fn provision(
             .expect("deploy_target sets the identity");
         let public =
             node::read_deploy_pub(std::path::Path::new(&format!("{}.pub", key.display())))?;
-        let files = node::node_files(node, cluster).map_err(|e| e.to_string());
+        let files = node::node_files(node, cluster, &controller_key)
+            .and_then(|files| Ok((files, node::agent_unit(node, cluster)?)))
+            .map_err(|e| e.to_string());
         prepared.insert(node.name.clone(), (public, files));
     }
     let prepared = Arc::new(prepared);
@@ -212,13 +218,14 @@ pub fn provision(
                 let (public, files) = prepared
                     .get(&node.name)
                     .ok_or_else(|| anyhow!("{} was not prepared", node.name))?;
-                let files = files.as_ref().map_err(|e| anyhow!("{e}"))?;
+                let (files, unit) = files.as_ref().map_err(|e| anyhow!("{e}"))?;
                 node::provision(
                     &node,
                     timeouts,
                     &agent_bytes,
                     &root_json,
                     files,
+                    unit,
                     public,
                     check,
                 )
@@ -233,12 +240,29 @@ pub fn provision(
             };
             (
                 vec![result.to_owned(), p.changes.join("; ")],
-                json!({ "result": result, "changes": p.changes, "diffs": p.diffs }),
+                json!({ "result": result, "changes": p.changes, "diffs": p.diffs, "notes": p.notes }),
             )
         },
     )?;
-    // Under --check, each config file that would change follows the table as a diff.
+    // What is left to the operator follows the table, one line per node and note.
     let mut report = report;
+    let notes: Vec<String> = report.json["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| {
+            let node = n["node"].as_str().unwrap_or_default().to_owned();
+            n["notes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |t| t.as_str().map(|t| format!("{node}: {t}")))
+        })
+        .collect();
+    if !notes.is_empty() {
+        report.text = format!("{}\n\n{}", report.text, notes.join("\n"));
+    }
+    // Under --check, each config file that would change follows the table as a diff.
     let diffs: Vec<String> = report.json["nodes"]
         .as_array()
         .into_iter()

@@ -4,6 +4,8 @@
 //! and only ever written to files of mode 0600 on the node, never shown in a diff.
 
 use fleet_inventory::{Cluster, Node};
+
+use super::admin_token::ControllerKey;
 use minijinja::value::Serde;
 use minijinja::{Environment, UndefinedBehavior, context};
 
@@ -20,6 +22,15 @@ pub const TEMPLATES: [(&str, &str, &str); 2] = [
         include_str!("../../../templates/server.toml.j2"),
     ),
 ];
+
+/// The systemd unit of the agent: where provisioning installs it on a node that runs systemd.
+pub const UNIT_PATH: &str = "/etc/systemd/system/fleet-agent.service";
+
+/// The template of the agent's systemd unit.
+const UNIT_TEMPLATE: (&str, &str) = (
+    "fleet-agent.service.j2",
+    include_str!("../../../templates/fleet-agent.service.j2"),
+);
 
 /// A file provisioning keeps on a node.
 #[derive(Debug, Clone)]
@@ -60,6 +71,8 @@ pub fn render(name: &str, source: &str, ctx: minijinja::Value) -> Result<String,
         .build()
         .expect("the default delimiters are valid");
     env.set_syntax(syntax);
+    env.add_filter("systemd_quote", systemd_quote);
+    env.add_filter("systemd_escape", systemd_escape);
     let failed = |e: minijinja::Error| ConfigError::Template {
         template: name.to_owned(),
         line: e.line().unwrap_or(0),
@@ -74,8 +87,47 @@ pub fn render(name: &str, source: &str, ctx: minijinja::Value) -> Result<String,
         .map_err(failed)
 }
 
-/// Every file provisioning writes for `node`: the rendered configs and the secrets they name.
-pub fn node_files(node: &Node, cluster: &Cluster) -> Result<Vec<NodeFile>, ConfigError> {
+/// A unit file's word: `%` (a specifier) doubled, and nothing a unit file cannot hold.
+fn systemd_escape(value: String) -> Result<String, minijinja::Error> {
+    if value.chars().any(char::is_control) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("{value:?} contains a control character, which a unit file cannot hold"),
+        ));
+    }
+    Ok(value.replace('%', "%%"))
+}
+
+/// One argument of a unit file's command line or path list, double-quoted (backslashes and
+/// double quotes escaped, `%` doubled), so spaces and quotes in a path stay one argument. A `$`
+/// is refused: a command line would expand it, a path list would not.
+fn systemd_quote(value: String) -> Result<String, minijinja::Error> {
+    if value.contains('$') {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("{value:?} contains a `$`, which a unit file would expand"),
+        ));
+    }
+    let escaped = systemd_escape(value)?
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    Ok(format!("\"{escaped}\""))
+}
+
+/// The agent's systemd unit for `node`, installed at [`UNIT_PATH`] where the node runs systemd.
+pub fn agent_unit(node: &Node, cluster: &Cluster) -> Result<String, ConfigError> {
+    let ctx = context! { node => Serde(node), cluster => Serde(cluster) };
+    render(UNIT_TEMPLATE.0, UNIT_TEMPLATE.1, ctx)
+}
+
+/// Every file provisioning writes for `node` under its root: the rendered configs and the
+/// secrets they name, the cluster's admin token (derived from the controller's `key`) among
+/// them.
+pub fn node_files(
+    node: &Node,
+    cluster: &Cluster,
+    key: &ControllerKey,
+) -> Result<Vec<NodeFile>, ConfigError> {
     let ctx = context! { node => Serde(node), cluster => Serde(cluster) };
     let mut files = Vec::new();
     for (name, path, source) in TEMPLATES {
@@ -104,6 +156,12 @@ pub fn node_files(node: &Node, cluster: &Cluster) -> Result<Vec<NodeFile>, Confi
             secret: true,
         });
     }
+    files.push(NodeFile {
+        path: "config/secrets/admin_token".into(),
+        mode: "600",
+        content: format!("{}\n", key.admin_token(&cluster.customer, &cluster.name)),
+        secret: true,
+    });
     Ok(files)
 }
 
@@ -151,10 +209,186 @@ mod tests {
              weight = 1\n\
              postgres_url_file = \"/opt/etl/config/secrets/postgres_url\"\n\
              redis_url_file = \"/opt/etl/config/secrets/redis_url\"\n\
+             redis_prefix = \"fleet:\"\n\
+             admin_token_file = \"/opt/etl/config/secrets/admin_token\"\n\
              \n\
              [limits]\n\
              max_running_flows = 4\n"
         );
+    }
+
+    #[test]
+    fn the_agent_config_names_what_the_daemon_reads() {
+        let inv = acme();
+        let node = &inv.nodes()[0];
+        let cluster = inv.cluster_of(node).expect("cluster");
+        let ctx = context! { node => Serde(node), cluster => Serde(cluster) };
+        let (name, _, source) = TEMPLATES[0];
+        assert_eq!(
+            render(name, source, ctx).expect("renders"),
+            "# fleet-agent configuration for acme-prod-1.\n\
+             # Rendered by `fleet provision` from templates/agent.toml.j2: edits here are overwritten.\n\
+             node = \"acme-prod-1\"\n\
+             customer = \"acme\"\n\
+             cluster = \"prod\"\n\
+             node_root = \"/opt/etl\"\n\
+             trust_root = \"/opt/etl/trust/root.json\"\n\
+             redis_url_file = \"/opt/etl/config/secrets/redis_url\"\n\
+             server_config = \"/opt/etl/config/server.toml\"\n\
+             metrics_listen = \"127.0.0.1:9464\"\n\
+             \n\
+             [rollout]\n\
+             max_unavailable = 1\n\
+             min_healthy_secs = 10\n\
+             health_timeout_secs = 120\n\
+             \n\
+             [supervise]\n\
+             stop_grace_secs = 30\n\
+             drain_deadline_secs = 300\n"
+        );
+    }
+
+    /// An inventory of one node rooted at `root`, with `vars` (YAML flow mapping).
+    fn one_node(root: &Path, vars: &str) -> fleet_inventory::Inventory {
+        let text = format!(
+            "defaults:\n  ssh: {{ user: etl, known_hosts: ./known_hosts }}\n  node_root: {root:?}\n  vars: {vars}\n\
+             customers:\n  acme:\n    mode: customer_managed\n    clusters:\n      prod:\n\
+             \x20       redis_url: redis://127.0.0.1:6379/0\n        postgres_url: postgres://127.0.0.1/etl\n\
+             \x20       shared_storage: /srv/etl shared\n        nodes:\n          - {{ name: n1, host: 127.0.0.1 }}\n",
+            root = root.display().to_string(),
+        );
+        fleet_inventory::Inventory::from_str(&text, Path::new("/etc/fleet/one.yaml"))
+            .unwrap_or_else(|e| panic!("valid: {e}\n{text}"))
+    }
+
+    #[test]
+    fn vars_override_the_defaults_and_a_null_prefix_keeps_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inv = one_node(
+            dir.path(),
+            "{ stop_grace_secs: 5, drain_deadline_secs: 60, agent_metrics_listen: \"127.0.0.1:9999\", redis_prefix: null }",
+        );
+        let node = &inv.nodes()[0];
+        let cluster = inv.cluster_of(node).expect("cluster");
+        let key = ControllerKey::load_or_create(&dir.path().join("controller.key")).expect("key");
+        let files = node_files(node, cluster, &key).expect("files");
+        let agent = &files[0].content;
+        assert!(
+            agent.contains("metrics_listen = \"127.0.0.1:9999\"\n")
+                && agent.contains("stop_grace_secs = 5\n")
+                && agent.contains("drain_deadline_secs = 60\n"),
+            "{agent}"
+        );
+        assert!(
+            files[1].content.contains("redis_prefix = \"fleet:\"\n"),
+            "{}",
+            files[1].content
+        );
+        let unit = agent_unit(node, cluster).expect("unit");
+        assert!(unit.contains("TimeoutStopSec=35\n"), "{unit}");
+        // The admin token: a secret of the cluster, the same on every run.
+        let token = files
+            .iter()
+            .find(|f| f.path == "config/secrets/admin_token")
+            .expect("admin token");
+        assert!(token.secret && token.mode == "600");
+        assert_eq!(
+            token.content,
+            format!("{}\n", key.admin_token("acme", "prod"))
+        );
+        let again = node_files(node, cluster, &key).expect("files");
+        assert_eq!(again.len(), files.len());
+        assert!(
+            again
+                .iter()
+                .zip(&files)
+                .all(|(a, b)| a.content == b.content)
+        );
+    }
+
+    /// The unit passes `systemd-analyze verify` without a word: it exits 0 on warnings, so any
+    /// output fails the test. The node root has a space (quoting) and an executable agent
+    /// (verify checks `ExecStart`'s program).
+    #[test]
+    fn the_agent_unit_passes_systemd_analyze_verify_silently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("node root");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        let agent = root.join("bin/fleet-agent");
+        std::fs::write(&agent, "#!/bin/sh\nexit 0\n").expect("agent");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let inv = one_node(&root, "{}");
+        let node = &inv.nodes()[0];
+        let cluster = inv.cluster_of(node).expect("cluster");
+        let unit = agent_unit(node, cluster).expect("unit");
+        let quoted = format!("\"{}\"", root.display());
+        assert!(
+            unit.contains(&format!(
+                "\nExecStart={} run --root {quoted}\n",
+                format_args!("\"{}/bin/fleet-agent\"", root.display())
+            )) && unit.contains(&format!("\nReadWritePaths={quoted} \"-/srv/etl shared\"\n")),
+            "{unit}"
+        );
+        for line in [
+            "Restart=always",
+            "KillMode=mixed",
+            "TimeoutStopSec=60",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "User=etl",
+        ] {
+            assert!(unit.contains(&format!("\n{line}\n")), "{line}: {unit}");
+        }
+        let file = dir.path().join("fleet-agent.service");
+        std::fs::write(&file, &unit).expect("unit file");
+        let out = match std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "systemd-analyze is missing: install the systemd package (apt-get install -y systemd)"
+            ),
+            Err(e) => panic!("running systemd-analyze: {e}"),
+        };
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.is_empty() && stderr.is_empty(),
+            "systemd-analyze verify {}: {}\nstdout: {stdout}\nstderr: {stderr}\n{unit}",
+            file.display(),
+            out.status
+        );
+        // The check itself can fail: an agent that is not executable is reported.
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .expect("runs");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not executable"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn unit_words_are_quoted_and_what_a_unit_cannot_hold_is_refused() {
+        assert_eq!(
+            systemd_quote("/opt/a b/\"x\"\\100%".into()).expect("quoted"),
+            "\"/opt/a b/\\\"x\\\"\\\\100%%\""
+        );
+        let err = systemd_quote("/opt/$HOME".into()).expect_err("refused");
+        assert!(err.to_string().contains("a `$`"), "{err}");
+        let err = systemd_escape("a\nExecStartPre=/bin/sh".into()).expect_err("refused");
+        assert!(err.to_string().contains("control character"), "{err}");
     }
 
     #[test]
@@ -174,8 +408,10 @@ mod tests {
         let inv = acme();
         let node = &inv.nodes()[0];
         let cluster = inv.cluster_of(node).expect("cluster");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = ControllerKey::load_or_create(&dir.path().join("controller.key")).expect("key");
         // postgres_url is `env:ACME_PG_URL`, which is not set here: a clear error, no value.
-        match node_files(node, cluster) {
+        match node_files(node, cluster, &key) {
             Err(ConfigError::Secret {
                 setting: "postgres_url",
                 error,

@@ -1,14 +1,14 @@
 //! Provisioning as data: what a provisioned node holds (the layout's directories,
 //! `bin/fleet-agent`, `trust/root.json`, the config files and their secrets, the deploy key's
-//! line), the shell text of the probe that finds out what it holds, the plan of changes that
+//! line, and where systemd runs, the agent's unit enabled and started), the shell text of the probe that finds out what it holds, the plan of changes that
 //! follows from the probe, and the exact shell text of every step. Pure: nothing here opens a
 //! connection; `provision` runs the steps over one SSH session.
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use super::config::NodeFile;
-use super::shell::{remote_path, sh_quote};
+use super::config::{NodeFile, UNIT_PATH};
+use super::shell::{remote_path, sh_quote, sh_word};
 
 /// The node layout's directories, made sure of before any write.
 pub const DIRS: [&str; 8] = [
@@ -25,10 +25,17 @@ pub const DIRS: [&str; 8] = [
 /// The pinned trust root, relative to the node root.
 const TRUST_ROOT: &str = "trust/root.json";
 
+/// The agent's systemd service.
+const SERVICE: &str = "fleet-agent.service";
+
+/// Shell text that sets `$r` to what runs a command as root: nothing for root, else `sudo -n`
+/// (which fails at once rather than asking for a password).
+const AS_ROOT: &str = "r=$([ \"$(id -u)\" = 0 ] || echo sudo -n)";
+
 /// A file provisioning keeps on the node, with how to show a change to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Managed<'a> {
-    /// Relative to the node root.
+    /// Relative to the node root, or absolute (the systemd unit).
     pub path: String,
     pub mode: &'a str,
     pub bytes: &'a [u8],
@@ -82,6 +89,19 @@ pub struct Desired<'a> {
     key_line: String,
     /// The deploy key's base64 blob: any other line with it must go.
     key_blob: String,
+    /// The agent's systemd unit, at [`UNIT_PATH`], where the node runs systemd.
+    unit: Managed<'a>,
+}
+
+/// Whether the node runs systemd, and the agent's service there, as probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Systemd {
+    /// `/run/systemd/system` is missing: the node's init system must start the agent.
+    Absent,
+    /// `fleet-agent.service` is enabled and active.
+    Running,
+    /// Systemd runs, but the service is not both enabled and active.
+    Stopped,
 }
 
 /// What the probe found on the node.
@@ -89,6 +109,9 @@ pub struct Desired<'a> {
 pub struct Probe {
     /// Per managed file, in order: its sha256, `-` when absent, or `unreadable`.
     sums: Vec<String>,
+    /// The same of the systemd unit.
+    unit_sum: String,
+    systemd: Systemd,
     /// Our exact deploy key line is the only line for that key.
     key_present: bool,
     /// Layout directories that do not exist.
@@ -101,6 +124,13 @@ pub enum Change<'a> {
     CreateDirs(Vec<String>),
     Write(Managed<'a>),
     AuthorizeKey,
+    /// Write the systemd unit, reload systemd, enable the service and start it, or restart it
+    /// when it `replaces` a unit that was there.
+    InstallUnit {
+        replaces: bool,
+    },
+    /// The unit is as rendered but the service is not enabled and running: enable and start it.
+    StartAgent,
 }
 
 /// The changes a probe implies, in the order they are reported and applied.
@@ -108,12 +138,13 @@ pub enum Change<'a> {
 pub struct Plan<'a> {
     desired: &'a Desired<'a>,
     changes: Vec<Change<'a>>,
+    systemd: Systemd,
 }
 
 impl<'a> Desired<'a> {
     /// The state for a node rooted at `root`: `agent` as `bin/fleet-agent`, `root_json` as the
-    /// pinned trust root, the rendered `files`, and the `deploy_key` allowed to run the agent
-    /// only, in `authorized_keys`.
+    /// pinned trust root, the rendered `files`, the `deploy_key` allowed to run the agent
+    /// only, in `authorized_keys`, and where the node runs systemd, the agent's `unit`.
     pub fn new(
         root: &str,
         authorized_keys: &str,
@@ -121,6 +152,7 @@ impl<'a> Desired<'a> {
         agent: &'a [u8],
         root_json: &'a [u8],
         files: &'a [NodeFile],
+        unit: &'a str,
     ) -> anyhow::Result<Self> {
         let mut managed = vec![
             Managed {
@@ -148,24 +180,47 @@ impl<'a> Desired<'a> {
             authorized_keys: authorized_keys.to_owned(),
             key_line: key_line(root, deploy_key)?,
             key_blob: deploy_key.blob().to_owned(),
+            unit: Managed {
+                path: UNIT_PATH.into(),
+                mode: "644",
+                bytes: unit.as_bytes(),
+                show: Show::Diff,
+            },
         })
     }
 
     fn full(&self, path: &str) -> String {
-        format!("{}/{path}", self.root)
+        if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", self.root)
+        }
     }
 
-    /// Prints one line per managed file, whatever happens to it, then the key's state, then
-    /// what is missing. The key counts as present only if our exact line is the key's only
-    /// line: sshd uses the first line for a key, so any other (an unrestricted one) must go.
+    /// The command that runs the agent's daemon, as an init system would run it.
+    pub fn agent_command(&self) -> String {
+        format!(
+            "{} run --root {}",
+            sh_word(&self.full("bin/fleet-agent")),
+            sh_word(&self.root)
+        )
+    }
+
+    /// Prints one line per managed file, whatever happens to it, the systemd unit's last,
+    /// then whether systemd runs there (`/run/systemd/system`) and the agent's service is
+    /// enabled and active, then the key's state, then what is missing. The key counts as
+    /// present only if our exact line is the key's only line: sshd uses the first line for a
+    /// key, so any other (an unrestricted one) must go.
     pub fn probe(&self) -> Step<'static> {
         let paths: Vec<String> = self
             .files
             .iter()
+            .chain([&self.unit])
             .map(|m| sh_quote(&self.full(&m.path)))
             .collect();
         Step::new(format!(
             "for f in {paths}; do if [ -f \"$f\" ]; then s=$(sha256sum < \"$f\" 2>/dev/null | cut -d' ' -f1); echo \"${{s:-unreadable}}\"; else echo -; fi; done; \
+             if [ -d /run/systemd/system ]; then if systemctl is-enabled --quiet {SERVICE} 2>/dev/null && systemctl is-active --quiet {SERVICE} 2>/dev/null; then echo systemd running; else echo systemd stopped; fi; else echo no systemd; fi; \
              if [ -f {ak} ] && grep -qxF {line} {ak} && [ \"$(grep -cF {blob} {ak})\" = 1 ]; then echo present; else echo absent; fi; \
              for d in {dirs}; do [ -d {r}/\"$d\" ] || echo \"missing $d\"; done",
             paths = paths.join(" "),
@@ -181,14 +236,22 @@ impl<'a> Desired<'a> {
     /// Reads what the probe printed.
     pub fn read_probe(&self, out: &str) -> anyhow::Result<Probe> {
         let lines: Vec<&str> = out.lines().collect();
-        if lines.len() < self.files.len() + 1 {
+        if lines.len() < self.files.len() + 3 {
             bail!("unexpected probe output: {out:?}");
         }
         let (sums, rest) = lines.split_at(self.files.len());
+        let systemd = match rest[1] {
+            "no systemd" => Systemd::Absent,
+            "systemd running" => Systemd::Running,
+            "systemd stopped" => Systemd::Stopped,
+            _ => bail!("unexpected probe output: {out:?}"),
+        };
         Ok(Probe {
             sums: sums.iter().map(|s| (*s).to_owned()).collect(),
-            key_present: rest[0] == "present",
-            missing: rest[1..]
+            unit_sum: rest[0].to_owned(),
+            systemd,
+            key_present: rest[2] == "present",
+            missing: rest[3..]
                 .iter()
                 .filter_map(|l| l.strip_prefix("missing "))
                 .map(str::to_owned)
@@ -243,9 +306,19 @@ impl<'a> Desired<'a> {
         if !probe.key_present {
             changes.push(Change::AuthorizeKey);
         }
+        // Last: the service starts with every file it reads in place.
+        match probe.systemd {
+            Systemd::Absent => {}
+            _ if probe.unit_sum != sha256(self.unit.bytes) => changes.push(Change::InstallUnit {
+                replaces: probe.unit_sum != "-",
+            }),
+            Systemd::Stopped => changes.push(Change::StartAgent),
+            Systemd::Running => {}
+        }
         Plan {
             desired: self,
             changes,
+            systemd: probe.systemd,
         }
     }
 }
@@ -253,6 +326,18 @@ impl<'a> Desired<'a> {
 impl<'a> Plan<'a> {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+    }
+
+    /// What the operator must do that provisioning does not: on a node without systemd, start
+    /// the agent's daemon with the node's init system (the exact command).
+    pub fn notes(&self) -> Vec<String> {
+        match self.systemd {
+            Systemd::Absent => vec![format!(
+                "no systemd on the node (/run/systemd/system is missing), so no unit was installed: the node's init system must start the agent: {}",
+                self.desired.agent_command()
+            )],
+            Systemd::Running | Systemd::Stopped => Vec::new(),
+        }
     }
 
     /// One line per change, as the report shows them.
@@ -271,6 +356,13 @@ impl<'a> Plan<'a> {
                     "authorize the deploy key for the agent only in {}",
                     d.authorized_keys
                 ),
+                Change::InstallUnit { replaces: false } => {
+                    format!("install {UNIT_PATH}, enable and start {SERVICE}")
+                }
+                Change::InstallUnit { replaces: true } => {
+                    format!("update {UNIT_PATH} and restart {SERVICE}")
+                }
+                Change::StartAgent => format!("enable and start {SERVICE}"),
             })
             .collect()
     }
@@ -281,21 +373,27 @@ impl<'a> Plan<'a> {
         self.changes
             .iter()
             .filter_map(|change| match change {
-                Change::Write(m) if m.show == Show::Diff => Some((
+                Change::Write(m) if m.show == Show::Diff => Some(m),
+                Change::InstallUnit { .. } => Some(&self.desired.unit),
+                _ => None,
+            })
+            .map(|m| {
+                (
                     m,
                     Step::new(format!(
                         "cat {} 2>/dev/null || true",
                         sh_quote(&self.desired.full(&m.path))
                     )),
-                )),
-                _ => None,
+                )
             })
             .collect()
     }
 
     /// The steps that bring the node to the desired state, in order: the layout's directories
     /// (idempotent, so made sure of whenever anything changes), each file written atomically
-    /// (temporary name, then rename), then the deploy key's line. None when nothing changes.
+    /// (temporary name, then rename), then the deploy key's line, then the systemd unit
+    /// (written as root the same way, then the service enabled and started, or restarted when
+    /// its unit changed). None when nothing changes.
     pub fn steps(&self) -> Vec<Step<'a>> {
         if self.changes.is_empty() {
             return Vec::new();
@@ -328,6 +426,30 @@ impl<'a> Plan<'a> {
                     line = sh_quote(&d.key_line),
                     blob = sh_quote(&d.key_blob)
                 ))),
+                Change::InstallUnit { replaces } => {
+                    let (p, tmp) = (sh_quote(UNIT_PATH), sh_quote(&format!("{UNIT_PATH}.new")));
+                    let write = format!(
+                        "cat > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}",
+                        mode = d.unit.mode
+                    );
+                    let start = if *replaces {
+                        format!("$r systemctl enable {SERVICE} && $r systemctl restart {SERVICE}")
+                    } else {
+                        format!("$r systemctl enable --now {SERVICE}")
+                    };
+                    steps.push(Step {
+                        script: format!(
+                            "{AS_ROOT}; $r sh -c {write} && $r systemctl daemon-reload && {start}",
+                            write = sh_quote(&write)
+                        ),
+                        input: Some(d.unit.bytes),
+                        context: Some(format!("installing {UNIT_PATH}")),
+                    });
+                }
+                Change::StartAgent => steps.push(
+                    Step::new(format!("{AS_ROOT}; $r systemctl enable --now {SERVICE}"))
+                        .context(format!("starting {SERVICE}")),
+                ),
             }
         }
         steps
@@ -388,6 +510,7 @@ mod tests {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp";
     const AGENT: &[u8] = b"\x7fELF agent";
     const ROOT_JSON: &[u8] = b"{\"signed\":{}}\n";
+    const UNIT: &str = "[Service]\nExecStart=/opt/etl/bin/fleet-agent run --root /opt/etl\n";
 
     fn files() -> Vec<NodeFile> {
         vec![
@@ -418,13 +541,27 @@ mod tests {
             AGENT,
             ROOT_JSON,
             files,
+            UNIT,
         )
         .expect("desired")
     }
 
-    /// What the probe prints for a node holding `sums` (one per managed file).
+    /// What the probe prints for a node without systemd holding `sums` (one per managed file).
     fn probe_output(sums: &[String], key: &str, missing: &[&str]) -> String {
+        systemd_output(sums, "-", "no systemd", key, missing)
+    }
+
+    /// What the probe prints for a node holding `sums`, the unit `unit_sum` and `systemd`.
+    fn systemd_output(
+        sums: &[String],
+        unit_sum: &str,
+        systemd: &str,
+        key: &str,
+        missing: &[&str],
+    ) -> String {
         let mut lines: Vec<String> = sums.to_vec();
+        lines.push(unit_sum.to_owned());
+        lines.push(systemd.to_owned());
         lines.push(key.to_owned());
         lines.extend(missing.iter().map(|d| format!("missing {d}")));
         lines.join("\n") + "\n"
@@ -478,6 +615,7 @@ mod tests {
             AGENT,
             ROOT_JSON,
             &[],
+            UNIT,
         )
         .expect_err("refused");
         assert!(err.to_string().contains("control character"), "{err}");
@@ -492,8 +630,11 @@ mod tests {
             d.probe(),
             Step {
                 script: concat!(
-                    r#"for f in '/opt/etl/bin/fleet-agent' '/opt/etl/trust/root.json' '/opt/etl/config/server.toml' '/opt/etl/config/secrets/postgres_url'; "#,
+                    r#"for f in '/opt/etl/bin/fleet-agent' '/opt/etl/trust/root.json' '/opt/etl/config/server.toml' '/opt/etl/config/secrets/postgres_url' "#,
+                    r#"'/etc/systemd/system/fleet-agent.service'; "#,
                     r#"do if [ -f "$f" ]; then s=$(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1); echo "${s:-unreadable}"; else echo -; fi; done; "#,
+                    r#"if [ -d /run/systemd/system ]; then if systemctl is-enabled --quiet fleet-agent.service 2>/dev/null && systemctl is-active --quiet fleet-agent.service 2>/dev/null; "#,
+                    r#"then echo systemd running; else echo systemd stopped; fi; else echo no systemd; fi; "#,
                     r#"if [ -f "$HOME"/'.ssh/authorized_keys' ] && grep -qxF 'restrict,command="'\''/opt/etl/bin/fleet-agent'\'' --root '\''/opt/etl'\'' serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp fleet-deploy' "$HOME"/'.ssh/authorized_keys' "#,
                     r#"&& [ "$(grep -cF 'AAAAC3NzaC1lZDI1NTE5AAAAIINBR0KmRMh+mCFPsj01U4RLHayp2uIVC9tmO7KgdkTp' "$HOME"/'.ssh/authorized_keys')" = 1 ]; then echo present; else echo absent; fi; "#,
                     r#"for d in releases config config/secrets trust state chunks logs bin; do [ -d '/opt/etl'/"$d" ] || echo "missing $d"; done"#,
@@ -504,6 +645,11 @@ mod tests {
             }
         );
         let err = d.read_probe("-\n-\n").expect_err("too short");
+        assert!(err.to_string().contains("unexpected probe output"), "{err}");
+        let sums = vec!["-".to_owned(); 4];
+        let err = d
+            .read_probe(&systemd_output(&sums, "-", "upstart", "absent", &[]))
+            .expect_err("no such systemd state");
         assert!(err.to_string().contains("unexpected probe output"), "{err}");
     }
 
@@ -517,6 +663,13 @@ mod tests {
             .expect("probe");
         assert_eq!(d.pinned_root_read(&probe), None, "nothing pinned yet");
         let plan = d.plan(&probe);
+        // No systemd: no unit, and the report says how the agent must be started instead.
+        assert_eq!(
+            plan.notes(),
+            [
+                "no systemd on the node (/run/systemd/system is missing), so no unit was installed: the node's init system must start the agent: /opt/etl/bin/fleet-agent run --root /opt/etl"
+            ]
+        );
         assert_eq!(
             plan.describe(),
             [
@@ -589,6 +742,171 @@ mod tests {
         assert_eq!(plan.describe(), Vec::<String>::new());
         assert_eq!(plan.steps(), []);
         assert_eq!(plan.diff_reads(), []);
+    }
+
+    const AS_ROOT_TEXT: &str = r#"r=$([ "$(id -u)" = 0 ] || echo sudo -n); "#;
+    const WRITE_UNIT: &str = r#"$r sh -c 'cat > '\''/etc/systemd/system/fleet-agent.service.new'\'' && chmod 644 '\''/etc/systemd/system/fleet-agent.service.new'\'' && mv -f '\''/etc/systemd/system/fleet-agent.service.new'\'' '\''/etc/systemd/system/fleet-agent.service'\''' && $r systemctl daemon-reload && "#;
+
+    #[test]
+    fn under_systemd_the_unit_is_installed_enabled_and_started_last() {
+        let files = files();
+        let d = desired(&files);
+        let none = vec!["-".to_owned(); 4];
+        let probe = d
+            .read_probe(&systemd_output(
+                &none,
+                "-",
+                "systemd stopped",
+                "absent",
+                &DIRS,
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(plan.notes(), Vec::<String>::new());
+        let described = plan.describe();
+        assert_eq!(
+            described.last().map(String::as_str),
+            Some(
+                "install /etc/systemd/system/fleet-agent.service, enable and start fleet-agent.service"
+            ),
+            "{described:?}"
+        );
+        let steps = plan.steps();
+        assert_eq!(steps.len(), 7, "{steps:#?}");
+        assert_eq!(
+            steps[6],
+            Step {
+                script: format!(
+                    "{AS_ROOT_TEXT}{WRITE_UNIT}$r systemctl enable --now fleet-agent.service"
+                ),
+                input: Some(UNIT.as_bytes()),
+                context: Some("installing /etc/systemd/system/fleet-agent.service".into()),
+            }
+        );
+        // --check shows the unit as a diff, read where it is installed.
+        let reads: Vec<String> = plan
+            .diff_reads()
+            .into_iter()
+            .map(|(_, step)| step.script)
+            .collect();
+        assert_eq!(
+            reads.last().map(String::as_str),
+            Some("cat '/etc/systemd/system/fleet-agent.service' 2>/dev/null || true")
+        );
+
+        // Installed and running: nothing to do, and a second run writes nothing.
+        let probe = d
+            .read_probe(&systemd_output(
+                &current(&files),
+                &sha256(UNIT.as_bytes()),
+                "systemd running",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert!(plan.is_empty());
+        assert_eq!(plan.steps(), []);
+        assert_eq!(plan.notes(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn under_systemd_a_changed_unit_restarts_and_a_stopped_service_starts() {
+        let files = files();
+        let d = desired(&files);
+        let probe = d
+            .read_probe(&systemd_output(
+                &current(&files),
+                &sha256(b"an older unit"),
+                "systemd running",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.describe(),
+            ["update /etc/systemd/system/fleet-agent.service and restart fleet-agent.service"]
+        );
+        assert_eq!(
+            plan.steps(),
+            [
+                Step {
+                    script: MKDIRS.into(),
+                    input: None,
+                    context: None,
+                },
+                Step {
+                    script: format!(
+                        "{AS_ROOT_TEXT}{WRITE_UNIT}$r systemctl enable fleet-agent.service && $r systemctl restart fleet-agent.service"
+                    ),
+                    input: Some(UNIT.as_bytes()),
+                    context: Some("installing /etc/systemd/system/fleet-agent.service".into()),
+                },
+            ]
+        );
+
+        // The unit as rendered, the service stopped or disabled: enabled and started.
+        let probe = d
+            .read_probe(&systemd_output(
+                &current(&files),
+                &sha256(UNIT.as_bytes()),
+                "systemd stopped",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(plan.describe(), ["enable and start fleet-agent.service"]);
+        assert_eq!(plan.diff_reads(), []);
+        assert_eq!(
+            plan.steps(),
+            [
+                Step {
+                    script: MKDIRS.into(),
+                    input: None,
+                    context: None,
+                },
+                Step {
+                    script: format!("{AS_ROOT_TEXT}$r systemctl enable --now fleet-agent.service"),
+                    input: None,
+                    context: Some("starting fleet-agent.service".into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn without_systemd_no_unit_is_written_and_the_command_is_quoted_when_it_must_be() {
+        let files = files();
+        let d = desired(&files);
+        // Even a unit left over on the node: without systemd running, it is not touched.
+        let probe = d
+            .read_probe(&systemd_output(
+                &current(&files),
+                &sha256(b"an older unit"),
+                "no systemd",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert!(plan.is_empty());
+        assert_eq!(plan.notes().len(), 1);
+        let odd = Desired::new(
+            "/srv/node one",
+            "~/.ssh/authorized_keys",
+            &deploy_key(),
+            AGENT,
+            ROOT_JSON,
+            &files,
+            UNIT,
+        )
+        .expect("desired");
+        assert_eq!(
+            odd.agent_command(),
+            "'/srv/node one/bin/fleet-agent' run --root '/srv/node one'"
+        );
     }
 
     #[test]

@@ -21,19 +21,22 @@ pub fn read_deploy_pub(path: &Path) -> anyhow::Result<DeployKey> {
         .with_context(|| format!("the deploy key's public half {}", path.display()))
 }
 
-/// What provisioning found or did on a node: one line per item that differs, and for
-/// `--check`, the diff of each rendered config file that would change.
+/// What provisioning found or did on a node: one line per item that differs, for `--check`
+/// the diff of each rendered config file that would change, and what is left to the operator
+/// (on a node without systemd: how to start the agent).
 #[derive(Debug, Clone, Serialize)]
 pub struct Provisioned {
     pub changes: Vec<String>,
     pub diffs: Vec<String>,
     pub applied: bool,
+    pub notes: Vec<String>,
 }
 
 /// Brings a node to the provisioned state through the bootstrap account, over one SSH
 /// session: probe, refuse a root the node's pinned one does not vouch for, plan, then (unless
-/// `check`, or nothing differs) run the plan's steps. With `check`, each config file that
-/// would change is read and shown as a diff instead.
+/// `check`, or nothing differs) run the plan's steps, the agent's systemd `unit` installed and
+/// started where the node runs systemd. With `check`, each config file that would change is
+/// read and shown as a diff instead.
 #[allow(clippy::too_many_arguments)]
 pub async fn provision(
     node: &Node,
@@ -41,6 +44,7 @@ pub async fn provision(
     agent: &[u8],
     root_json: &[u8],
     files: &[NodeFile],
+    unit: &str,
     deploy_key: &DeployKey,
     check: bool,
 ) -> anyhow::Result<Provisioned> {
@@ -51,6 +55,7 @@ pub async fn provision(
         agent,
         root_json,
         files,
+        unit,
     )?;
     let session = Session::connect(&Target::of(node), timeouts).await?;
     let out = run(&session, &desired.probe(), timeouts.command).await?;
@@ -68,12 +73,14 @@ pub async fn provision(
         }
     }
     let changes = plan.describe();
+    let notes = plan.notes();
     if check || plan.is_empty() {
         session.close().await;
         return Ok(Provisioned {
             changes,
             diffs,
             applied: false,
+            notes,
         });
     }
     for step in plan.steps() {
@@ -84,6 +91,7 @@ pub async fn provision(
         changes,
         diffs,
         applied: true,
+        notes,
     })
 }
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Makes a Debian machine of this kind ready for the demo and the tests, the same way for
+# `./demo.sh`, `./test.sh` and `.ci/run`: installs what it lacks (openssh-server for the test
+# fleet's sshd nodes, `time` and zstd for tests and benchmarks, systemd for
+# `systemd-analyze verify` of the agent's unit) without starting any service, and starts
+# PostgreSQL and Redis when they are down. Says what it does; prints nothing when all is there.
+set -euo pipefail
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+[ -x /usr/bin/time ] || need_apt+=(time)
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (or install them yourself: apt-get install -y ${need_apt[*]})" >&2
+    exit 1
+  fi
+  apt-get update -q
+  # Keep package scripts from starting services (the system sshd on port 22 is never used).
+  policy=/usr/sbin/policy-rc.d
+  [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+fi
+
+# Postgres and Redis: the ETL server's tests and the demo's cluster use them.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  echo "setup: starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+fi
