@@ -226,14 +226,21 @@ pub enum TrustCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
-    /// Build and sign a bundle of DIR into the release store as VERSION.bundle.
+    /// Build and sign a bundle into the release store as VERSION.bundle: of a release tree
+    /// (--from), or of the tree assembled from built binaries (--bin-dir).
+    #[command(group(clap::ArgGroup::new("tree").required(true).args(["from", "bin_dir"])))]
     Build {
         /// Release version (semver, e.g. 1.4.0).
         #[arg(long, value_name = "V")]
         version: semver::Version,
-        /// Directory holding the release tree (bin/etl-server, ...).
+        /// Directory holding the release tree (bin/etl-server, bin/fleet-agent, ...).
+        #[arg(long, value_name = "TREE")]
+        from: Option<PathBuf>,
+        /// Directory holding the built etl-server and fleet-agent (e.g. target/release after
+        /// `cargo build --release -p fleet-server -p fleet-agent`): the release tree is
+        /// bin/etl-server and bin/fleet-agent, copied from there with mode 0755.
         #[arg(long, value_name = "DIR")]
-        from: PathBuf,
+        bin_dir: Option<PathBuf>,
         /// Release private key to sign the manifest with.
         #[arg(long, value_name = "KEY")]
         key: PathBuf,

@@ -532,6 +532,7 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
         ReleaseCommand::Build {
             version,
             from,
+            bin_dir,
             key,
             channel,
             expires_in,
@@ -540,6 +541,17 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
             out,
         } => {
             let key = load_secret(&key)?;
+            // Either the tree given, or one assembled from the binaries (removed once built).
+            let assembled = bin_dir
+                .as_deref()
+                .map(|dir| fleet_release::assemble(dir, &out))
+                .transpose()
+                .with_context(|| format!("assembling release {version}"))?;
+            let from = match (&assembled, from) {
+                (Some(tree), _) => tree.path().to_owned(),
+                (None, Some(from)) => from,
+                (None, None) => bail!("give --from TREE or --bin-dir DIR"),
+            };
             let defaults = fleet_release::BuildOptions::new(version.clone(), &from, &key, &out);
             let opts = fleet_release::BuildOptions {
                 channel,
