@@ -122,9 +122,11 @@ pub struct NodeArgs {
     /// Seconds to wait for each node to connect.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub connect_timeout: u64,
-    /// Seconds to wait for each command on a node.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
-    pub command_timeout: u64,
+    /// Seconds to wait for each command on a node [default: 600; 1800 for activate and
+    /// rollback, which an agent daemon answers after draining, restarting and health-gating
+    /// the server].
+    #[arg(long, value_name = "SECS")]
+    pub command_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,10 +68,10 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
                 limit,
                 parallel,
                 connect_timeout: timeout,
-                command_timeout: timeout,
+                command_timeout: Some(timeout),
             };
             per_node(
-                &selection(&args)?,
+                &selection(&args, Duration::from_secs(timeout))?,
                 progress,
                 &["NODE", "ACTION", "HOST KEY"],
                 move |node, timeouts| async move {
@@ -97,7 +97,9 @@ struct Selection {
     timeouts: ssh::Timeouts,
 }
 
-fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
+/// The selection `args` make; a command waits `default_command` for each node's answer
+/// unless `--command-timeout` says otherwise.
+fn selection(args: &NodeArgs, default_command: Duration) -> Result<Selection, Failure> {
     let inventory = load_inventory(&args.inventory)?;
     let nodes = select(&inventory, args.limit.as_deref())?
         .into_iter()
@@ -105,7 +107,9 @@ fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
         .collect();
     let timeouts = ssh::Timeouts {
         connect: Duration::from_secs(args.connect_timeout),
-        command: Duration::from_secs(args.command_timeout),
+        command: args
+            .command_timeout
+            .map_or(default_command, Duration::from_secs),
     };
     Ok(Selection {
         inventory,
@@ -184,7 +188,7 @@ pub fn provision(
             agent.display()
         )
     })?);
-    let sel = selection(&args)?;
+    let sel = selection(&args, ssh::Timeouts::default().command)?;
     // Per node: its deploy key's public half and its rendered files (or why they cannot be made).
     let mut prepared = std::collections::BTreeMap::new();
     for node in &sel.nodes {
@@ -268,7 +272,7 @@ pub fn push(
     fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
     let version = version.clone();
     per_node(
-        &selection(&args)?,
+        &selection(&args, ssh::Timeouts::default().command)?,
         progress,
         &["NODE", "RESULT"],
         move |node, timeouts| {
@@ -285,7 +289,7 @@ pub fn switch(
     progress: bool,
 ) -> Result<Report, Failure> {
     per_node(
-        &selection(&args)?,
+        &selection(&args, node::default_timeout(&request))?,
         progress,
         &["NODE", "ACTIVE", "RESULT"],
         move |node, timeouts| {
@@ -304,7 +308,7 @@ pub fn switch(
 
 pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
     per_node(
-        &selection(&args)?,
+        &selection(&args, ssh::Timeouts::default().command)?,
         progress,
         &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
         |node, timeouts| async move { node::status(&node, timeouts).await },
@@ -666,4 +670,43 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     crate::files::replace(path, bytes, 0o644).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+
+    /// The timeouts `fleet rollback -i <example inventory> EXTRA` works with.
+    fn rollback_timeouts(extra: &[&str]) -> ssh::Timeouts {
+        let inventory = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../inventory/examples/fleet.yaml"
+        );
+        let words = ["fleet", "rollback", "-i", inventory]
+            .into_iter()
+            .chain(extra.iter().copied());
+        let Command::Rollback { nodes } = Cli::try_parse_from(words).expect("parses").command
+        else {
+            panic!("not a rollback");
+        };
+        let default = node::default_timeout(&fleet_proto::Request::Rollback);
+        match selection(&nodes, default) {
+            Ok(sel) => sel.timeouts,
+            Err(f) => panic!("{:#}", f.error),
+        }
+    }
+
+    #[test]
+    fn command_timeout_overrides_the_request_default() {
+        assert_eq!(
+            rollback_timeouts(&[]).command,
+            node::default_timeout(&fleet_proto::Request::Rollback)
+        );
+        let given = rollback_timeouts(&["--command-timeout", "60"]);
+        assert_eq!(given.command, Duration::from_secs(60));
+        assert_eq!(given.connect, Duration::from_secs(10));
+    }
 }

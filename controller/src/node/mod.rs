@@ -9,6 +9,9 @@ mod plan;
 mod provision;
 mod shell;
 
-pub use agent::{AgentCallError, NodeStatus, agent, deploy_target, push, refusal, status, switch};
+pub use agent::{
+    AgentCallError, NodeStatus, agent, default_timeout, deploy_target, push, refusal, status,
+    switch,
+};
 pub use config::node_files;
 pub use provision::{Provisioned, provision, read_deploy_pub};
