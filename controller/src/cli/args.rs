@@ -56,7 +56,9 @@ pub enum Command {
         #[arg(long, value_name = "STORE")]
         store: PathBuf,
     },
-    /// Switch the nodes to staged release VERSION (the replaced one becomes `previous`).
+    /// Switch the nodes to staged release VERSION (the replaced one becomes `previous`). Where
+    /// an agent daemon runs, it drains, restarts and health-gates the server, and switches
+    /// back when the new release fails.
     Activate {
         /// The release version.
         version: semver::Version,
@@ -66,12 +68,15 @@ pub enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
-    /// Switch the nodes back to their previous release.
+    /// Switch the nodes back to their previous release (through the upgrade step where an
+    /// agent daemon runs).
     Rollback {
         #[command(flatten)]
         nodes: NodeArgs,
     },
-    /// Show each node: reachable, host key, active / previous / staged releases, free disk.
+    /// Show each node: its agent daemon, the server it supervises (state, pid, health,
+    /// restarts), the heartbeat's age, active and staged releases, free disk. --json adds the
+    /// previous release, the host key and every field of the daemon's report.
     Status {
         #[command(flatten)]
         nodes: NodeArgs,

@@ -15,8 +15,8 @@ use serde_json::json;
 use super::args::{
     HostsCommand, InventoryCommand, KeysCommand, NodeArgs, ReleaseCommand, RootKeys, TrustCommand,
 };
-use super::fanout;
 use super::report::{Failure, Report};
+use super::{fanout, rows};
 use crate::{node, ssh};
 
 pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
@@ -156,10 +156,14 @@ where
                 json.push(doc);
             }
             Err(e) => {
-                let mut cells = vec![r.node.clone(), "FAILED".to_owned(), e.clone()];
+                let mut cells = vec![r.node.clone(), e.label().to_owned(), e.error.clone()];
                 cells.resize(headers.len(), String::new());
                 rows.push(cells);
-                json.push(json!({ "node": r.node, "ok": false, "error": e }));
+                let mut doc = json!({ "node": r.node, "ok": false, "error": e.error });
+                if let (Some(code), Some(obj)) = (e.code, doc.as_object_mut()) {
+                    obj.insert("code".into(), code.as_str().into());
+                }
+                json.push(doc);
             }
         }
     }
@@ -291,17 +295,17 @@ pub fn switch(
     per_node(
         &selection(&args, node::default_timeout(&request))?,
         progress,
-        &["NODE", "ACTIVE", "RESULT"],
+        &rows::SWITCH_HEADERS,
         move |node, timeouts| {
             let request = request.clone();
             async move { node::switch(&node, &request, timeouts).await }
         },
         |s: &fleet_proto::Switched| {
-            let result = if s.changed { "switched" } else { "unchanged" };
-            (
-                vec![s.active.clone(), result.to_owned()],
-                json!({ "active": s.active, "result": result }),
-            )
+            let cells = rows::switch_cells(s);
+            let doc = json!({
+                "active": s.active, "previous": s.previous, "result": cells[1], "server": s.server
+            });
+            (cells, doc)
         },
     )
 }
@@ -310,22 +314,11 @@ pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
     per_node(
         &selection(&args, ssh::Timeouts::default().command)?,
         progress,
-        &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
+        &rows::STATUS_HEADERS,
         |node, timeouts| async move { node::status(&node, timeouts).await },
         |s: &node::NodeStatus| {
-            let none = || "-".to_owned();
             (
-                vec![
-                    s.agent.active.clone().unwrap_or_else(none),
-                    s.agent.previous.clone().unwrap_or_else(none),
-                    if s.agent.staged.is_empty() {
-                        none()
-                    } else {
-                        s.agent.staged.join(",")
-                    },
-                    format!("{:.1} GiB", s.agent.free_bytes as f64 / (1u64 << 30) as f64),
-                    s.host_key.clone(),
-                ],
+                rows::status_cells(&s.agent),
                 serde_json::to_value(s).unwrap_or_default(),
             )
         },
@@ -362,7 +355,12 @@ fn node_report<T>(
 ) -> Report {
     let failed: Vec<String> = results
         .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.node)))
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {}", r.node, e.problem()))
+        })
         .collect();
     let summary = format!(
         "{} nodes: {} ok, {} failed",
