@@ -1,11 +1,13 @@
-//! Signed releases: key files, trust roots, the bundle format, building a bundle and
-//! verifying one in a single streaming pass. Not transport or installation: the controller
+//! Signed releases: key files, trust roots, the release tree's layout and its assembly from
+//! built binaries, the bundle format, building a bundle and verifying one in a single
+//! streaming pass. Not transport or installation: the controller
 //! moves bundles and the agent installs them, both through this crate's checks.
 
 pub mod bundle;
 pub mod keys;
 pub mod manifest;
 pub mod signatures;
+pub mod tree;
 pub mod trust;
 
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 pub use bundle::{BuildOptions, StoredRelease, Verified, build, list_store, unpack, verify};
 pub use keys::{PublicKey, SecretKey, write_key_pair};
 pub use manifest::{Entry, Manifest, Payload, Timestamp};
+pub use tree::{AssembledTree, assemble};
 pub use trust::{Root, RootBody};
 
 /// Everything that can go wrong with keys, roots and bundles. Each refusal has its own
@@ -109,6 +112,8 @@ pub enum ReleaseError {
 
     #[error("{}: {reason}", path.display())]
     Source { path: PathBuf, reason: String },
+    #[error("{}: not found; build it with `{}`", path.display(), tree::BUILD_HINT)]
+    MissingBinary { path: PathBuf },
     #[error("release {version} is already in the store at {}", path.display())]
     VersionExists { version: String, path: PathBuf },
     #[error("{}: {error}", path.display())]

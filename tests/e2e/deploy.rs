@@ -109,7 +109,11 @@ impl Site {
     }
 
     fn results(run: &Run, field: &str) -> Vec<String> {
-        run.json()["nodes"]
+        Self::results_of(&run.json(), field)
+    }
+
+    fn results_of(json: &serde_json::Value, field: &str) -> Vec<String> {
+        json["nodes"]
             .as_array()
             .expect("nodes")
             .iter()
@@ -284,11 +288,53 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1.0.0\n");
 
     push("2.0.0");
-    site.fleet_cmd(&["activate", "2.0.0"]).ok();
+    // No agent daemon runs on these nodes: `current` moves, and the output says no server
+    // was restarted.
+    let activated = site.fleet_cmd(&["activate", "2.0.0"]).ok();
+    assert!(
+        activated.stdout.contains(
+            "2.0.0   switched  no agent daemon runs: current switched, no server was restarted"
+        ),
+        "{}",
+        activated.stdout
+    );
     assert_eq!(site.active(), each("2.0.0"));
     let status = site.fleet_cmd(&["status"]).ok();
-    assert!(status.stdout.contains("1.0.0,2.0.0"), "{}", status.stdout);
-    assert!(status.stdout.contains("SHA256:"), "{}", status.stdout);
+    let row = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("node-3 "))
+        .unwrap_or_else(|| panic!("a row for node-3: {}", status.stdout));
+    let cells: Vec<&str> = row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells[..8],
+        [
+            "node-3",
+            "not running",
+            "-",
+            "-",
+            "2.0.0",
+            "-",
+            "-",
+            "1.0.0,2.0.0"
+        ],
+        "{}",
+        status.stdout
+    );
+    let json = site.fleet_cmd(&["status", "--json"]).ok().json();
+    let node = &json["nodes"][2];
+    assert_eq!(node["daemon"], serde_json::Value::Null, "{json}");
+    assert_eq!(node["previous"], "1.0.0", "{json}");
+    assert!(
+        node["host_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("SHA256:")),
+        "{json}"
+    );
 
     // A downgrade is refused and changes nothing; rollback goes back explicitly.
     let refused = site.fleet_cmd(&["activate", "1.0.0"]).fails();
@@ -298,7 +344,9 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         refused.stderr
     );
     assert_eq!(site.current_link(0), Path::new("releases/2.0.0"));
-    site.fleet_cmd(&["rollback"]).ok();
+    let rolled = site.fleet_cmd(&["rollback", "--json"]).ok().json();
+    assert_eq!(Site::results_of(&rolled, "server"), each("not_restarted"));
+    assert_eq!(Site::results_of(&rolled, "previous"), each("2.0.0"));
     assert_eq!(site.active(), each("1.0.0"));
     let not_staged = site.fleet_cmd(&["activate", "3.0.0"]).fails();
     assert!(

@@ -554,3 +554,116 @@ fn errors_are_one_line_naming_the_file_once() {
         "error: /dev/null: bad root document: EOF while parsing a value at line 1 column 0\n"
     );
 }
+
+/// The manifest of the bundle at `path`, as the store lists it.
+fn manifest_of(path: &str) -> fleet_release::Manifest {
+    fleet_release::list_store(Path::new(path).parent().expect("in a store"))
+        .expect("the store lists")
+        .into_iter()
+        .map(|r| r.expect("a readable bundle"))
+        .find(|r| r.path == Path::new(path))
+        .expect("the bundle is listed")
+        .manifest
+}
+
+#[test]
+fn a_release_of_the_project_binaries_is_assembled_from_bin_dir() {
+    use fleet_release::Entry;
+
+    let k = Keys::new();
+    let bin_dir = fleet_tests::own_binaries().unwrap_or_else(|e| panic!("{e}"));
+    let built = run(&[
+        "release",
+        "build",
+        "--version",
+        "1.0.0",
+        "--bin-dir",
+        &bin_dir.to_string_lossy(),
+        "--key",
+        &k.s("keys/release.key"),
+        "--out",
+        &k.s("store"),
+        "--json",
+    ])
+    .ok()
+    .json();
+    let bundle = built["bundle"].as_str().expect("bundle path").to_owned();
+    k.verify(&bundle).ok();
+    let file = |name: &str| {
+        let bytes = fs::read(bin_dir.join(name)).expect("the binary");
+        Entry::File {
+            path: format!("bin/{name}"),
+            mode: 0o755,
+            size: bytes.len() as u64,
+            sha256: fleet_tests::sha256_hex(&bytes),
+        }
+    };
+    let expected = vec![
+        Entry::Dir {
+            path: "bin".into(),
+            mode: 0o755,
+        },
+        file("etl-server"),
+        file("fleet-agent"),
+    ];
+    assert_eq!(manifest_of(&bundle).entries, expected);
+    let mut left: Vec<String> = fs::read_dir(k.p("store"))
+        .expect("store")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [".lock", "1.0.0.bundle"],
+        "the assembled tree is gone"
+    );
+
+    // The test fixture builds the same tree through the same function.
+    let key = fleet_release::SecretKey::load(&k.p("keys/release.key")).expect("release key");
+    let own =
+        fleet_tests::build_own_release("1.1.0", &key, &k.p("store"), std::time::SystemTime::now());
+    let own = own.to_string_lossy().into_owned();
+    k.verify(&own).ok();
+    assert_eq!(manifest_of(&own).entries, expected);
+}
+
+#[test]
+fn bin_dir_names_a_missing_binary_and_how_to_build_it() {
+    let k = Keys::new();
+    let bins = k.tree("bins", &[("etl-server", b"#!/bin/sh\n")]);
+    let build = |args: &[&str]| {
+        let mut all: Vec<String> = ["release", "build", "--version", "1.0.0"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        all.extend(["--key".into(), k.s("keys/release.key")]);
+        all.extend(["--out".into(), k.s("store")]);
+        run(&all)
+    };
+    let missing = build(&["--bin-dir", &bins]).fails();
+    assert_eq!(
+        missing.stderr,
+        format!(
+            "error: assembling release 1.0.0: {bins}/fleet-agent: not found; build it with \
+             `cargo build --release -p fleet-server -p fleet-agent`\n"
+        )
+    );
+    assert!(!k.p("store").exists(), "nothing is written");
+
+    let tree = k.tree("tree", &[("bin/etl-server", b"#!/bin/sh\n")]);
+    let both = build(&["--from", &tree, "--bin-dir", &bins]);
+    assert_eq!(both.code, Some(2), "{}", both.stderr);
+    assert!(
+        both.stderr.contains("cannot be used with"),
+        "{}",
+        both.stderr
+    );
+    let neither = build(&[]);
+    assert_eq!(neither.code, Some(2), "{}", neither.stderr);
+    assert!(
+        neither.stderr.contains("--from <TREE>") && neither.stderr.contains("--bin-dir <DIR>"),
+        "{}",
+        neither.stderr
+    );
+}

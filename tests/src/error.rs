@@ -94,6 +94,13 @@ pub enum HarnessError {
     #[error("{}: {reason}", path.display())]
     PidFile { path: PathBuf, reason: String },
 
+    #[error(
+        "{}: no {} (the project's own binaries, for its releases): \
+         build them first: cargo build -p fleet-server -p fleet-agent",
+        dir.display(), missing.join(" or ")
+    )]
+    BinariesMissing { dir: PathBuf, missing: Vec<String> },
+
     #[error("sshd {pid} was still running {timeout:?} after SIGKILL")]
     StillRunning { pid: u32, timeout: Duration },
 }

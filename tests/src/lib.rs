@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Signed releases for tests (keys, a trust root, bundles) come from [`Signing`],
-//! [`release_tree`] and [`build_release`]; hostile but validly signed bundles from
+//! [`release_tree`] and [`build_release`]; releases of the project's own `etl-server` and
+//! `fleet-agent` from [`build_own_release`]; hostile but validly signed bundles from
 //! [`hand_manifest`] and [`signed_bundle`].
 //!
 //! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
@@ -45,6 +46,6 @@ pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use redis::{REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{
-    RELEASE_VALIDITY, Signing, build_release, hand_manifest, release_tree, sha256_hex,
-    signed_bundle,
+    RELEASE_VALIDITY, Signing, build_own_release, build_release, hand_manifest, own_binaries,
+    release_tree, sha256_hex, signed_bundle,
 };

@@ -1,6 +1,7 @@
 //! Signed releases for tests: a root key and a release key with the trust root naming them,
-//! release trees, bundles built from them at a chosen time, and bundles assembled by hand
-//! around any manifest and payload (hostile content, validly signed). Not the command line:
+//! release trees, bundles built from them at a chosen time, releases of the project's own
+//! `etl-server` and `fleet-agent` (assembled as `fleet release build --bin-dir` does), and
+//! bundles assembled by hand around any manifest and payload (hostile content, validly signed). Not the command line:
 //! tests that exercise `fleet keys`, `fleet trust` and `fleet release` run the binary instead.
 
 use std::fs;
@@ -13,6 +14,8 @@ use fleet_release::manifest::FORMAT;
 use fleet_release::signatures::Signature;
 use fleet_release::{BuildOptions, Entry, Manifest, Payload, Root, RootBody, SecretKey, Timestamp};
 use sha2::{Digest, Sha256};
+
+use crate::HarnessError;
 
 /// How long a release built here stays valid after it was created.
 pub const RELEASE_VALIDITY: Duration = Duration::from_secs(86_400);
@@ -68,6 +71,46 @@ pub fn build_release(
     })
     .expect("the release builds");
     bundle
+}
+
+/// The directory holding the project's own binaries for this run: the running test
+/// executable's (`target/debug/deps/..`, i.e. `target/debug`, wherever `CARGO_TARGET_DIR`
+/// put it), checked to hold `etl-server` and `fleet-agent`. `cargo test --workspace` builds
+/// both; a narrower `cargo test -p ...` may not, and then this says how to build them.
+pub fn own_binaries() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(HarnessError::io("locating the test executable"))?;
+    let mut dir = exe.parent().unwrap_or(Path::new(".")).to_owned();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let missing: Vec<String> = fleet_release::tree::BINARIES
+        .iter()
+        .filter_map(|rel| Path::new(rel).file_name())
+        .filter(|name| !dir.join(name).is_file())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(HarnessError::BinariesMissing { dir, missing })
+    }
+}
+
+/// Builds release `version` of the project's own binaries ([`own_binaries`]: `bin/etl-server`
+/// and `bin/fleet-agent`, through `fleet_release::assemble`, the function behind
+/// `fleet release build --bin-dir`) into `store`, signed by `key` as if at `created`, valid for
+/// [`RELEASE_VALIDITY`] from then; returns the bundle's path. Panics, saying how to build
+/// them, when the binaries are missing.
+pub fn build_own_release(
+    version: &str,
+    key: &SecretKey,
+    store: &Path,
+    created: SystemTime,
+) -> PathBuf {
+    let bin_dir = own_binaries().unwrap_or_else(|e| panic!("{e}"));
+    let tree = fleet_release::assemble(&bin_dir, store)
+        .unwrap_or_else(|e| panic!("assembling release {version}: {e}"));
+    build_release(version, tree.path(), key, store, created)
 }
 
 /// The lowercase hex sha256 of `bytes`, as manifests write it.

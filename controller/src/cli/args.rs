@@ -56,7 +56,9 @@ pub enum Command {
         #[arg(long, value_name = "STORE")]
         store: PathBuf,
     },
-    /// Switch the nodes to staged release VERSION (the replaced one becomes `previous`).
+    /// Switch the nodes to staged release VERSION (the replaced one becomes `previous`). Where
+    /// an agent daemon runs, it drains, restarts and health-gates the server, and switches
+    /// back when the new release fails.
     Activate {
         /// The release version.
         version: semver::Version,
@@ -66,12 +68,15 @@ pub enum Command {
         #[arg(long)]
         allow_downgrade: bool,
     },
-    /// Switch the nodes back to their previous release.
+    /// Switch the nodes back to their previous release (through the upgrade step where an
+    /// agent daemon runs).
     Rollback {
         #[command(flatten)]
         nodes: NodeArgs,
     },
-    /// Show each node: reachable, host key, active / previous / staged releases, free disk.
+    /// Show each node: its agent daemon, the server it supervises (state, pid, health,
+    /// restarts), the heartbeat's age, active and staged releases, free disk. --json adds the
+    /// previous release, the host key and every field of the daemon's report.
     Status {
         #[command(flatten)]
         nodes: NodeArgs,
@@ -122,9 +127,11 @@ pub struct NodeArgs {
     /// Seconds to wait for each node to connect.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub connect_timeout: u64,
-    /// Seconds to wait for each command on a node.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
-    pub command_timeout: u64,
+    /// Seconds to wait for each command on a node [default: 600; 1800 for activate and
+    /// rollback, which an agent daemon answers after draining, restarting and health-gating
+    /// the server].
+    #[arg(long, value_name = "SECS")]
+    pub command_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,14 +233,21 @@ pub enum TrustCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
-    /// Build and sign a bundle of DIR into the release store as VERSION.bundle.
+    /// Build and sign a bundle into the release store as VERSION.bundle: of a release tree
+    /// (--from), or of the tree assembled from built binaries (--bin-dir).
+    #[command(group(clap::ArgGroup::new("tree").required(true).args(["from", "bin_dir"])))]
     Build {
         /// Release version (semver, e.g. 1.4.0).
         #[arg(long, value_name = "V")]
         version: semver::Version,
-        /// Directory holding the release tree (bin/etl-server, ...).
+        /// Directory holding the release tree (bin/etl-server, bin/fleet-agent, ...).
+        #[arg(long, value_name = "TREE")]
+        from: Option<PathBuf>,
+        /// Directory holding the built etl-server and fleet-agent (e.g. target/release after
+        /// `cargo build --release -p fleet-server -p fleet-agent`): the release tree is
+        /// bin/etl-server and bin/fleet-agent, copied from there with mode 0755.
         #[arg(long, value_name = "DIR")]
-        from: PathBuf,
+        bin_dir: Option<PathBuf>,
         /// Release private key to sign the manifest with.
         #[arg(long, value_name = "KEY")]
         key: PathBuf,

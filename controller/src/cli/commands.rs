@@ -15,8 +15,8 @@ use serde_json::json;
 use super::args::{
     HostsCommand, InventoryCommand, KeysCommand, NodeArgs, ReleaseCommand, RootKeys, TrustCommand,
 };
-use super::fanout;
 use super::report::{Failure, Report};
+use super::{fanout, rows};
 use crate::{node, ssh};
 
 pub fn inventory(command: InventoryCommand) -> Result<Report, Failure> {
@@ -68,10 +68,10 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
                 limit,
                 parallel,
                 connect_timeout: timeout,
-                command_timeout: timeout,
+                command_timeout: Some(timeout),
             };
             per_node(
-                &selection(&args)?,
+                &selection(&args, Duration::from_secs(timeout))?,
                 progress,
                 &["NODE", "ACTION", "HOST KEY"],
                 move |node, timeouts| async move {
@@ -97,7 +97,9 @@ struct Selection {
     timeouts: ssh::Timeouts,
 }
 
-fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
+/// The selection `args` make; a command waits `default_command` for each node's answer
+/// unless `--command-timeout` says otherwise.
+fn selection(args: &NodeArgs, default_command: Duration) -> Result<Selection, Failure> {
     let inventory = load_inventory(&args.inventory)?;
     let nodes = select(&inventory, args.limit.as_deref())?
         .into_iter()
@@ -105,7 +107,9 @@ fn selection(args: &NodeArgs) -> Result<Selection, Failure> {
         .collect();
     let timeouts = ssh::Timeouts {
         connect: Duration::from_secs(args.connect_timeout),
-        command: Duration::from_secs(args.command_timeout),
+        command: args
+            .command_timeout
+            .map_or(default_command, Duration::from_secs),
     };
     Ok(Selection {
         inventory,
@@ -152,10 +156,14 @@ where
                 json.push(doc);
             }
             Err(e) => {
-                let mut cells = vec![r.node.clone(), "FAILED".to_owned(), e.clone()];
+                let mut cells = vec![r.node.clone(), e.label().to_owned(), e.error.clone()];
                 cells.resize(headers.len(), String::new());
                 rows.push(cells);
-                json.push(json!({ "node": r.node, "ok": false, "error": e }));
+                let mut doc = json!({ "node": r.node, "ok": false, "error": e.error });
+                if let (Some(code), Some(obj)) = (e.code, doc.as_object_mut()) {
+                    obj.insert("code".into(), code.as_str().into());
+                }
+                json.push(doc);
             }
         }
     }
@@ -184,7 +192,7 @@ pub fn provision(
             agent.display()
         )
     })?);
-    let sel = selection(&args)?;
+    let sel = selection(&args, ssh::Timeouts::default().command)?;
     // The key the clusters' admin tokens are derived from (made on first use).
     let controller_key =
         node::ControllerKey::load_or_create_default().map_err(anyhow::Error::from)?;
@@ -292,7 +300,7 @@ pub fn push(
     fs::metadata(&bundle).with_context(|| format!("release {version}: {}", bundle.display()))?;
     let version = version.clone();
     per_node(
-        &selection(&args)?,
+        &selection(&args, ssh::Timeouts::default().command)?,
         progress,
         &["NODE", "RESULT"],
         move |node, timeouts| {
@@ -309,43 +317,32 @@ pub fn switch(
     progress: bool,
 ) -> Result<Report, Failure> {
     per_node(
-        &selection(&args)?,
+        &selection(&args, node::default_timeout(&request))?,
         progress,
-        &["NODE", "ACTIVE", "RESULT"],
+        &rows::SWITCH_HEADERS,
         move |node, timeouts| {
             let request = request.clone();
             async move { node::switch(&node, &request, timeouts).await }
         },
         |s: &fleet_proto::Switched| {
-            let result = if s.changed { "switched" } else { "unchanged" };
-            (
-                vec![s.active.clone(), result.to_owned()],
-                json!({ "active": s.active, "result": result }),
-            )
+            let cells = rows::switch_cells(s);
+            let doc = json!({
+                "active": s.active, "previous": s.previous, "result": cells[1], "server": s.server
+            });
+            (cells, doc)
         },
     )
 }
 
 pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
     per_node(
-        &selection(&args)?,
+        &selection(&args, ssh::Timeouts::default().command)?,
         progress,
-        &["NODE", "ACTIVE", "PREVIOUS", "STAGED", "FREE", "HOST KEY"],
+        &rows::STATUS_HEADERS,
         |node, timeouts| async move { node::status(&node, timeouts).await },
         |s: &node::NodeStatus| {
-            let none = || "-".to_owned();
             (
-                vec![
-                    s.agent.active.clone().unwrap_or_else(none),
-                    s.agent.previous.clone().unwrap_or_else(none),
-                    if s.agent.staged.is_empty() {
-                        none()
-                    } else {
-                        s.agent.staged.join(",")
-                    },
-                    format!("{:.1} GiB", s.agent.free_bytes as f64 / (1u64 << 30) as f64),
-                    s.host_key.clone(),
-                ],
+                rows::status_cells(&s.agent),
                 serde_json::to_value(s).unwrap_or_default(),
             )
         },
@@ -382,7 +379,12 @@ fn node_report<T>(
 ) -> Report {
     let failed: Vec<String> = results
         .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.node)))
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {}", r.node, e.problem()))
+        })
         .collect();
     let summary = format!(
         "{} nodes: {} ok, {} failed",
@@ -556,6 +558,7 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
         ReleaseCommand::Build {
             version,
             from,
+            bin_dir,
             key,
             channel,
             expires_in,
@@ -564,6 +567,17 @@ pub fn release(command: ReleaseCommand) -> Result<Report> {
             out,
         } => {
             let key = load_secret(&key)?;
+            // Either the tree given, or one assembled from the binaries (removed once built).
+            let assembled = bin_dir
+                .as_deref()
+                .map(|dir| fleet_release::assemble(dir, &out))
+                .transpose()
+                .with_context(|| format!("assembling release {version}"))?;
+            let from = match (&assembled, from) {
+                (Some(tree), _) => tree.path().to_owned(),
+                (None, Some(from)) => from,
+                (None, None) => bail!("give --from TREE or --bin-dir DIR"),
+            };
             let defaults = fleet_release::BuildOptions::new(version.clone(), &from, &key, &out);
             let opts = fleet_release::BuildOptions {
                 channel,
@@ -678,4 +692,43 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     crate::files::replace(path, bytes, 0o644).with_context(|| format!("{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+
+    /// The timeouts `fleet rollback -i <example inventory> EXTRA` works with.
+    fn rollback_timeouts(extra: &[&str]) -> ssh::Timeouts {
+        let inventory = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../inventory/examples/fleet.yaml"
+        );
+        let words = ["fleet", "rollback", "-i", inventory]
+            .into_iter()
+            .chain(extra.iter().copied());
+        let Command::Rollback { nodes } = Cli::try_parse_from(words).expect("parses").command
+        else {
+            panic!("not a rollback");
+        };
+        let default = node::default_timeout(&fleet_proto::Request::Rollback);
+        match selection(&nodes, default) {
+            Ok(sel) => sel.timeouts,
+            Err(f) => panic!("{:#}", f.error),
+        }
+    }
+
+    #[test]
+    fn command_timeout_overrides_the_request_default() {
+        assert_eq!(
+            rollback_timeouts(&[]).command,
+            node::default_timeout(&fleet_proto::Request::Rollback)
+        );
+        let given = rollback_timeouts(&["--command-timeout", "60"]);
+        assert_eq!(given.command, Duration::from_secs(60));
+        assert_eq!(given.connect, Duration::from_secs(10));
+    }
 }

@@ -1,12 +1,13 @@
 //! The `fleet` command line: its definition (`args`), the work behind each command
-//! (`commands`), per-node fan-out with progress lines and summary tables (`fanout`), and the
-//! reports they hand back (`report`); here, the dispatcher that prints a report and picks the
+//! (`commands`), per-node fan-out with progress lines and summary tables (`fanout`), the cells
+//! a node's answer fills in those tables (`rows`), and the reports they hand back (`report`); here, the dispatcher that prints a report and picks the
 //! exit code. Not the work on a node (`node`) and not the transport (`ssh`).
 
 mod args;
 mod commands;
 mod fanout;
 mod report;
+mod rows;
 
 use std::process::ExitCode;
 

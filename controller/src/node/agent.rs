@@ -13,6 +13,21 @@ use serde::Serialize;
 
 use crate::ssh::{Input, Session, SshError, Target, Timeouts, fingerprint};
 
+/// How long `activate` and `rollback` wait for a node's answer unless told otherwise. With an
+/// agent daemon running, the node answers only after the whole upgrade step: the server's
+/// drain (up to the deadline its config gives), its stop, the new server's start and the
+/// health gate (up to `health_timeout_secs`), which together take minutes.
+pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long to wait for the agent's answer to `request` unless the operator says otherwise:
+/// [`SWITCH_TIMEOUT`] for `activate` and `rollback`, the transport's default for the rest.
+pub fn default_timeout(request: &Request) -> Duration {
+    match request {
+        Request::Activate { .. } | Request::Rollback => SWITCH_TIMEOUT,
+        _ => Timeouts::default().command,
+    }
+}
+
 /// The target for the deploy key (restricted to the agent once provisioned).
 pub fn deploy_target(node: &Node) -> anyhow::Result<Target> {
     let mut target = Target::of(node);
@@ -155,6 +170,21 @@ pub async fn switch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_step_is_waited_for_at_least_fifteen_minutes() {
+        let activate = Request::Activate {
+            version: "1.1.0".parse().expect("semver"),
+            allow_downgrade: false,
+        };
+        for request in [activate, Request::Rollback] {
+            assert!(
+                default_timeout(&request) >= Duration::from_secs(15 * 60),
+                "{request}"
+            );
+        }
+        assert_eq!(default_timeout(&Request::Status), Duration::from_secs(600));
+    }
 
     #[test]
     fn a_refusal_keeps_its_code_through_context() {

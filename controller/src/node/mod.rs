@@ -12,6 +12,9 @@ mod provision;
 mod shell;
 
 pub use admin_token::ControllerKey;
-pub use agent::{AgentCallError, NodeStatus, agent, deploy_target, push, refusal, status, switch};
+pub use agent::{
+    AgentCallError, NodeStatus, agent, default_timeout, deploy_target, push, refusal, status,
+    switch,
+};
 pub use config::{agent_unit, node_files};
 pub use provision::{Provisioned, provision, read_deploy_pub};
