@@ -276,7 +276,7 @@ async fn a_killed_server_is_restarted_and_reported() {
     assert!(!second.status.success(), "{said}");
     let agent_pid = node.agent.as_ref().expect("agent").id();
     assert!(
-        said.contains(&format!("another fleet-agent daemon runs for"))
+        said.contains("another fleet-agent daemon runs for")
             && said.contains(&format!("(pid {agent_pid})")),
         "{said}"
     );

@@ -400,7 +400,7 @@ mod tests {
                 "unknown field `bogus`",
             ),
             (
-                format!("node = \"n1\"\nnode_root = \"/elsewhere\"\n"),
+                "node = \"n1\"\nnode_root = \"/elsewhere\"\n".to_string(),
                 "node_root: is /elsewhere",
             ),
             (

@@ -337,17 +337,33 @@ impl Supervisor {
     }
 }
 
-/// Polls the server's `/health` every interval while one runs, and records the answers.
+/// While a started server has not answered yet, `/health` is asked this often (the upgrade
+/// step's gate starts counting at its first good answer).
+const STARTING_POLL: Duration = Duration::from_millis(100);
+
+/// Polls the server's `/health` every interval while one runs (every [`STARTING_POLL`] until
+/// its first good answer), and records the answers.
 pub async fn watch_health(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     let supervise = &daemon.config.supervise;
-    let mut tick = tokio::time::interval(supervise.health_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        let Some(generation) = daemon.snapshot().server.as_ref().map(|s| s.generation) else {
+        let (generation, starting) = {
+            let s = daemon.snapshot();
+            (
+                s.server.as_ref().map(|s| s.generation),
+                s.server.is_some() && !s.ever_healthy,
+            )
+        };
+        wait = if starting {
+            STARTING_POLL.min(supervise.health_interval())
+        } else {
+            supervise.health_interval()
+        };
+        let Some(generation) = generation else {
             continue;
         };
         let started = Instant::now();

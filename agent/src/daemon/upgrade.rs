@@ -23,7 +23,7 @@ use super::{Daemon, blocking, http};
 use crate::{AgentError, Layout, ops};
 
 /// How often the gate looks at the server's state.
-const GATE_POLL: Duration = Duration::from_millis(200);
+const GATE_POLL: Duration = Duration::from_millis(50);
 /// One drain request waits this long for its answer (the server answers within a minute).
 const DRAIN_REQUEST: Duration = Duration::from_secs(90);
 
