@@ -46,6 +46,12 @@ pub(crate) async fn heartbeat(app: Arc<Node>) {
         if app.stop.is_cancelled() && app.executor.running() == 0 {
             return;
         }
-        tokio::time::sleep(HEARTBEAT_TTL / 3).await;
+        // A shutdown wakes it at once (it then ends, unless runs still execute); once shutting
+        // down it beats every third of the TTL until the last run ends.
+        let stopping = app.stop.is_cancelled();
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_TTL / 3) => {}
+            () = app.stop.cancelled(), if !stopping => {}
+        }
     }
 }
