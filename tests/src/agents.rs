@@ -59,6 +59,8 @@ pub(crate) fn spawn(name: &str, root: &Path, log: &Path) -> Result<Child, Harnes
         .arg("run")
         .arg("--root")
         .arg(root)
+        // Plain text in the log file, as under an init system's journal.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         // Never the caller's stdout: `$(fleet-testfleet agents start ...)` would wait for it.
         .stdout(Stdio::from(out))
