@@ -2,7 +2,8 @@
 # Makes a Debian machine of this kind ready for the demo and the tests, the same way for
 # `./demo.sh`, `./test.sh` and `.ci/run`: installs what it lacks (openssh-server for the test
 # fleet's sshd nodes, `time` and zstd for tests and benchmarks, systemd for
-# `systemd-analyze verify` of the agent's unit) without starting any service, and starts
+# `systemd-analyze verify` of the agent's unit, curl and jq for the demo's calls to the nodes'
+# API) without starting any service, and starts
 # PostgreSQL and Redis when they are down. Says what it does; prints nothing when all is there.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-s
 [ -x /usr/bin/time ] || need_apt+=(time)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -231,7 +231,13 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
     assert!(tokens.iter().all(|t| t.trim() == token), "{tokens:?}");
     assert_eq!(loaded.admin_token.as_deref(), Some(token));
     assert!(
-        server.contains("admin_token_file = ") && server.contains("redis_prefix = \"fleet:\"\n"),
+        server.contains("admin_token_file = ")
+            && server.contains(&format!("redis_prefix = {:?}\n", site.fleet.redis_prefix())),
+        "{server}"
+    );
+    // Each node's server on its own address, so the fleets of parallel tests never clash.
+    assert!(
+        server.contains(&format!("listen = \"{}\"\n", site.fleet.nodes()[0].api)),
         "{server}"
     );
 

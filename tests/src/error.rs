@@ -103,6 +103,33 @@ pub enum HarnessError {
 
     #[error("sshd {pid} was still running {timeout:?} after SIGKILL")]
     StillRunning { pid: u32, timeout: Duration },
+
+    #[error("{node}: no agent at {}: provision the node first (fleet provision)", path.display())]
+    AgentMissing { node: String, path: PathBuf },
+
+    #[error("{node}: fleet-agent run exited before its control socket answered ({status}); {}: {tail}", log.display())]
+    AgentExited {
+        node: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "{node}: fleet-agent run's control socket accepted no connection within {timeout:?}; {}: {tail}",
+        log.display()
+    )]
+    AgentNotReady {
+        node: String,
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "agent {pid} was still running {timeout:?} after SIGTERM: killed (SIGKILL); its etl-server may be left running"
+    )]
+    AgentStuck { pid: u32, timeout: Duration },
 }
 
 impl HarnessError {

@@ -1,6 +1,8 @@
 //! `TestFleet`: N private sshd nodes on one locked loopback block, with the client key, the
-//! known_hosts lines and an inventory to reach them; not one node's files and process (see
-//! `node`) nor stopping a fleet another process kept (see `kept`).
+//! known_hosts lines and an inventory to reach them (each node's server and agent on its own
+//! address, the cluster's Redis prefix the fleet's own), and the nodes' agent daemons once
+//! provisioned; not one node's files and process (see `node`), an agent process (see
+//! `agents`) nor stopping a fleet another process kept (see `kept`).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -12,10 +14,19 @@ use std::time::Instant;
 
 use tempfile::TempDir;
 
+use crate::agents;
 use crate::block::{self, Block};
 use crate::error::HarnessError;
 use crate::kept;
 use crate::node::{self, NodeFiles};
+use crate::unique::unique_name;
+
+/// The cluster's `postgres_url` unless the options say otherwise.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The port each node's `etl-server` listens on, on the node's own address (its `listen`).
+pub const SERVER_PORT: u16 = 8080;
+/// The port each node's agent serves its metrics on, on the node's own address.
+pub const AGENT_METRICS_PORT: u16 = 9464;
 
 /// What kind of fleet to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +41,12 @@ pub struct FleetOptions {
     pub customer: String,
     /// The inventory's cluster name.
     pub cluster: String,
+    /// The cluster's `postgres_url`: the database the nodes' servers share (default: the
+    /// `postgres` database of the local Postgres; a test running servers gives its own).
+    pub postgres_url: String,
+    /// The cluster's `rollout.min_healthy_secs`: how long a new server must stay healthy in
+    /// the upgrade step (short, so tests are quick).
+    pub min_healthy_secs: u64,
 }
 
 impl Default for FleetOptions {
@@ -40,6 +57,8 @@ impl Default for FleetOptions {
             user: current_user(),
             customer: "test".to_string(),
             cluster: "local".to_string(),
+            postgres_url: DEFAULT_POSTGRES_URL.to_string(),
+            min_healthy_secs: 2,
         }
     }
 }
@@ -84,6 +103,12 @@ pub struct TestNode {
     pub host_key_pub: String,
     /// sshd's stderr (`-e`, LogLevel VERBOSE), appended across restarts.
     pub log: PathBuf,
+    /// Where the node's `etl-server` listens once its agent runs it (the inventory's `listen`,
+    /// [`SERVER_PORT`] on the node's address).
+    pub api: SocketAddrV4,
+    /// The output of the node's agent daemon (`start_agents`), appended across starts; the
+    /// server's own output is in `root/logs/`.
+    pub agent_log: PathBuf,
 }
 
 impl TestNode {
@@ -108,6 +133,10 @@ pub struct TestFleet {
     files: Vec<NodeFiles>,
     /// `children[k]` is node k's sshd while it runs.
     children: Vec<Option<Child>>,
+    /// `agents[k]` is node k's `fleet-agent run` while it runs.
+    agents: Vec<Option<Child>>,
+    /// The cluster's `redis_prefix`, unique to this fleet.
+    redis_prefix: String,
 }
 
 impl TestFleet {
@@ -188,6 +217,8 @@ impl TestFleet {
                 dir: f.dir.clone(),
                 host_key_pub: node::read_public_key(&f.host_key_pub())?,
                 log: f.log.clone(),
+                api: SocketAddrV4::new(block.addr(k), SERVER_PORT),
+                agent_log: f.dir.join("agent.log"),
             });
         }
         let shared = dir.join("shared");
@@ -207,6 +238,8 @@ impl TestFleet {
             nodes,
             files,
             children: (0..count).map(|_| None).collect(),
+            agents: (0..count).map(|_| None).collect(),
+            redis_prefix: format!("{}:", unique_name("testfleet")),
         };
         // Start every sshd before waiting for any, so large fleets start in parallel. On error
         // `fleet` drops and kills whatever was started.
@@ -250,6 +283,12 @@ impl TestFleet {
     /// The options the fleet was started with.
     pub fn options(&self) -> &FleetOptions {
         &self.opts
+    }
+
+    /// The cluster's Redis key prefix (`vars.redis_prefix`), unique to this fleet, so the
+    /// servers and agents of two fleets never share keys.
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
     }
 
     /// The PIDs of the sshd that are running now, node order.
@@ -302,20 +341,32 @@ impl TestFleet {
             q(&self.opts.cluster)
         );
         let _ = writeln!(y, "        redis_url: \"redis://127.0.0.1:6379/0\"");
+        let _ = writeln!(y, "        postgres_url: {}", q(&self.opts.postgres_url));
+        let _ = writeln!(y, "        shared_storage: {}", p(&self.dir.join("shared")));
         let _ = writeln!(
             y,
-            "        postgres_url: \"postgres://postgres@127.0.0.1:5432/postgres\""
+            "        rollout: {{ min_healthy_secs: {} }}",
+            self.opts.min_healthy_secs
         );
-        let _ = writeln!(y, "        shared_storage: {}", p(&self.dir.join("shared")));
+        // The cluster's keys in the shared Redis are this fleet's alone.
+        let _ = writeln!(
+            y,
+            "        vars: {{ redis_prefix: {} }}",
+            q(&self.redis_prefix)
+        );
         let _ = writeln!(y, "        nodes:");
         for n in &self.nodes {
+            // Each node's server and agent metrics on the node's own address: the nodes of all
+            // fleets on this machine can run at once.
             let _ = writeln!(
                 y,
-                "          - {{ name: {}, host: {}, node_root: {}, ssh: {{ authorized_keys: {} }} }}",
+                "          - {{ name: {}, host: {}, node_root: {}, ssh: {{ authorized_keys: {} }}, vars: {{ listen: {}, agent_metrics_listen: {} }} }}",
                 q(&n.name),
                 q(&n.addr.to_string()),
                 p(&n.root),
-                p(&n.dir.join("authorized_keys"))
+                p(&n.dir.join("authorized_keys")),
+                q(&n.api.to_string()),
+                q(&SocketAddrV4::new(n.addr, AGENT_METRICS_PORT).to_string())
             );
         }
         y
@@ -391,11 +442,81 @@ impl TestFleet {
         self.start_node(k)
     }
 
-    /// Leaves every sshd running and the folder on disk, returning the folder. Its `pids` file
-    /// lists the sshd for `stop_kept`; the address block stays locked while they run.
+    /// Starts every node's agent daemon as an init system would: `<root>/bin/fleet-agent run
+    /// --root <root>` (the binary provisioning installed), output appended to the node's
+    /// `agent_log`; returns once each control socket accepts connections. The agents' PIDs are
+    /// in the folder's `agent-pids`; `stop_agents` (or dropping the fleet) stops them. Nodes
+    /// whose agent runs are left alone.
+    pub fn start_agents(&mut self) -> Result<(), HarnessError> {
+        for k in 0..self.nodes.len() {
+            if self.agents[k].is_none() {
+                let n = &self.nodes[k];
+                self.agents[k] = Some(agents::spawn(&n.name, &n.root, &n.agent_log)?);
+            }
+        }
+        let deadline = Instant::now() + agents::AGENT_READY_TIMEOUT;
+        for (n, slot) in self.nodes.iter().zip(self.agents.iter_mut()) {
+            if let Some(child) = slot.as_mut() {
+                agents::wait_ready(
+                    &n.name,
+                    &n.root,
+                    || agents::exit_text(child),
+                    &n.agent_log,
+                    deadline,
+                )?;
+            }
+        }
+        self.write_agent_pids()
+    }
+
+    /// Stops every agent `start_agents` started: SIGTERM (each stops its server first), then
+    /// waits for it; the first failure is returned after every agent was asked.
+    pub fn stop_agents(&mut self) -> Result<(), HarnessError> {
+        let mut first = None;
+        for slot in &mut self.agents {
+            if let Some(mut child) = slot.take()
+                && let Err(e) = agents::stop(&mut child)
+            {
+                first.get_or_insert(e);
+            }
+        }
+        let written = self.write_agent_pids();
+        match first {
+            Some(e) => Err(e),
+            None => written,
+        }
+    }
+
+    /// The PIDs of the agents that run now (started by `start_agents`), node order.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.iter().flatten().map(Child::id).collect()
+    }
+
+    /// The last `lines` lines of every node's agent log and server log (`root/logs/`), for a
+    /// failure message.
+    pub fn agent_logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            for log in [n.agent_log.clone(), n.root.join("logs/etl-server.log")] {
+                let _ = writeln!(
+                    out,
+                    "--- {} {}:\n{}",
+                    n.name,
+                    log.display(),
+                    agents::tail(&log, lines)
+                );
+            }
+        }
+        out
+    }
+
+    /// Leaves every sshd (and agent) running and the folder on disk, returning the folder. Its
+    /// `pids` file lists the sshd for `stop_kept`, `agent-pids` the agents for
+    /// `stop_kept_agents`; the address block stays locked while the sshd run.
     pub fn keep(mut self) -> PathBuf {
         // Dropping a `Child` neither kills nor waits for it.
         self.children.clear();
+        self.agents.clear();
         if let Some(temp) = self.temp.take() {
             let _ = temp.keep();
         }
@@ -424,10 +545,20 @@ impl TestFleet {
     fn write_pids(&self) -> Result<(), HarnessError> {
         kept::write_pids(&self.dir, &self.pids())
     }
+
+    fn write_agent_pids(&self) -> Result<(), HarnessError> {
+        kept::write_pid_file(&self.dir.join(agents::AGENT_PIDS_FILE), &self.agent_pids())
+    }
 }
 
 impl Drop for TestFleet {
     fn drop(&mut self) {
+        // The agents first: each stops its server, and nothing may outlive the fleet.
+        for slot in &mut self.agents {
+            if let Some(mut child) = slot.take() {
+                let _ = agents::stop(&mut child);
+            }
+        }
         for (k, slot) in self.children.iter_mut().enumerate() {
             if let Some(mut child) = slot.take() {
                 // Nothing better to do with a failure while dropping; the PID is reaped or gone.
@@ -463,6 +594,7 @@ fn check_options(opts: &FleetOptions) -> Result<(), HarnessError> {
         ("user", &opts.user),
         ("customer", &opts.customer),
         ("cluster", &opts.cluster),
+        ("postgres_url", &opts.postgres_url),
     ] {
         if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return bad(format!(

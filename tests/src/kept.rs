@@ -1,6 +1,6 @@
 //! Fleets that outlive their process (`TestFleet::keep`, `fleet-testfleet start`): the `pids`
 //! file and `stop_kept`, which kills exactly those sshd and nothing that merely reuses a PID;
-//! not starting fleets (see `fleet`).
+//! not starting fleets (see `fleet`) nor their agents (see `agents`).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -19,12 +19,18 @@ const PIDS_CAP: u64 = 64 * 1024;
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn write_pids(dir: &Path, pids: &[u32]) -> Result<(), HarnessError> {
-    let path = dir.join(PIDS_FILE);
+    write_pid_file(&dir.join(PIDS_FILE), pids)
+}
+
+/// Writes `pids`, one a line, to `path` (this file and the agents' one).
+pub(crate) fn write_pid_file(path: &Path, pids: &[u32]) -> Result<(), HarnessError> {
     let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
-    // Written whole then renamed, so `stop_kept` never reads half a list.
-    let tmp = dir.join(".pids.tmp");
+    // Written whole then renamed, so a stop never reads half a list.
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     fs::write(&tmp, text)
-        .and_then(|()| fs::rename(&tmp, &path))
+        .and_then(|()| fs::rename(&tmp, path))
         .map_err(HarnessError::io(format!("write {}", path.display())))
 }
 
@@ -82,7 +88,7 @@ pub fn stop_kept(dir: &Path) -> Result<Vec<u32>, HarnessError> {
     Ok(killed)
 }
 
-fn read_pids(path: &Path) -> Result<Vec<u32>, HarnessError> {
+pub(crate) fn read_pids(path: &Path) -> Result<Vec<u32>, HarnessError> {
     let bad = |reason: String| HarnessError::PidFile {
         path: path.to_path_buf(),
         reason,
@@ -117,7 +123,7 @@ fn node_configs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// `true` when `pid` is alive and its command line contains `needle`.
-fn runs_in(pid: u32, needle: &str) -> bool {
+pub(crate) fn runs_in(pid: u32, needle: &str) -> bool {
     let path = PathBuf::from(format!("/proc/{pid}/cmdline"));
     match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes)

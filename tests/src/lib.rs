@@ -21,11 +21,15 @@
 //! [`hand_manifest`] and [`signed_bundle`].
 //!
 //! Each fleet stops exactly the sshd it started (kill and wait on its `Child`, also in `Drop`);
-//! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`.
+//! a fleet kept for another process (`TestFleet::keep`) is stopped with `stop_kept`. Once
+//! provisioned, its nodes' agent daemons are started as an init system would
+//! (`TestFleet::start_agents`, or `start_kept_agents` for a kept fleet) and stopped with
+//! SIGTERM (`stop_agents`, on drop, or `stop_kept_agents`).
 //!
 //! It also holds what the tests of several packages share: a Postgres database per test
 //! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`).
 
+mod agents;
 mod block;
 mod error;
 mod fleet;
@@ -37,9 +41,14 @@ mod redis;
 mod release_fixture;
 mod unique;
 
+pub use agents::{
+    AGENT_PIDS_FILE, AGENT_READY_TIMEOUT, AGENT_STOP_TIMEOUT, start_kept_agents, stop_kept_agents,
+};
 pub use block::{MAX_NODES, lock_dir};
 pub use error::HarnessError;
-pub use fleet::{FleetOptions, TestFleet, TestNode};
+pub use fleet::{
+    AGENT_METRICS_PORT, DEFAULT_POSTGRES_URL, FleetOptions, SERVER_PORT, TestFleet, TestNode,
+};
 pub use http::{call, call_raw, call_with_headers};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};

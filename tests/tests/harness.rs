@@ -134,7 +134,15 @@ fn the_inventory_loads_with_fleet_inventory() {
             Some(fleet.client_key())
         );
         assert_eq!(resolved.ssh.known_hosts, known_hosts);
+        // Every node's server and agent metrics on its own address; the fleet's Redis prefix.
+        assert_eq!(resolved.vars["listen"], node.api.to_string());
+        assert_eq!(
+            resolved.vars["agent_metrics_listen"],
+            format!("{}:{}", node.addr, fleet_tests::AGENT_METRICS_PORT)
+        );
+        assert_eq!(resolved.vars["redis_prefix"], fleet.redis_prefix());
     }
+    assert_eq!(cluster.rollout.min_healthy_secs, 2);
 }
 
 #[test]
