@@ -78,6 +78,9 @@ pub(crate) struct Daemon {
     orders: mpsc::Sender<Order>,
     /// One upgrade step at a time (and none while the journal is being recovered).
     pub step: Arc<tokio::sync::Mutex<()>>,
+    /// Poked by the supervisor when a server starts or is adopted: the health poll looks at
+    /// once instead of finishing the wait it computed for the server before.
+    pub server_started: tokio::sync::Notify,
     /// Set before a shutdown that replaces the daemon: the server is left running.
     pub keep_server: AtomicBool,
     /// Set by a committed step whose release carries another agent binary.
@@ -215,6 +218,7 @@ pub async fn run(
         snapshot: Mutex::new(Snapshot::default()),
         orders,
         step: Arc::new(tokio::sync::Mutex::new(())),
+        server_started: tokio::sync::Notify::new(),
         keep_server: AtomicBool::new(false),
         replace_with: Mutex::new(None),
         shutdown: token.clone(),

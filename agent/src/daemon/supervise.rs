@@ -215,6 +215,7 @@ impl Supervisor {
         s.want_running = true;
         drop(s);
         self.server = Some(server);
+        self.daemon.server_started.notify_one();
     }
 
     /// Starts the release `current` names; a failure to start counts as an exit.
@@ -350,6 +351,7 @@ pub async fn watch_health(daemon: Arc<Daemon>, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            () = daemon.server_started.notified() => {}
         }
         let (generation, starting) = {
             let s = daemon.snapshot();

@@ -397,7 +397,10 @@ async fn gate(daemon: &Daemon, release: &str, exits: u64) -> Result<(), String> 
         if healthy_for.is_some_and(|h| h >= min) {
             match member(daemon, release).await {
                 Ok(()) => return Ok(()),
-                Err(why) => waiting_for = why,
+                Err(why) => {
+                    tracing::debug!("gate: healthy long enough, but {why}");
+                    waiting_for = why;
+                }
             }
         }
         if Instant::now() >= deadline {
