@@ -183,14 +183,7 @@ impl Layout {
     pub(crate) fn lock(&self) -> Result<Lock, AgentError> {
         self.ensure()?;
         let path = self.lock_file();
-        // Not truncated on open: while another operation holds it, it names that holder.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
+        let file = open_lock_file(&path)?;
         let deadline = Instant::now() + self.lock_wait;
         loop {
             match file.try_lock() {
@@ -277,6 +270,18 @@ impl Layout {
         fs::rename(&tmp, path).map_err(io(path))?;
         sync_dir(dir)
     }
+}
+
+/// Opens (creating) a lock file for reading and writing, not truncated: while another
+/// process holds it, it names that holder.
+pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, AgentError> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io(path))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), AgentError> {

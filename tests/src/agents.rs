@@ -6,7 +6,7 @@
 //! (see the `fleet-agent` package) nor the sshd of the nodes (see `node` and `kept`).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -286,15 +286,7 @@ pub fn stop_kept_agents(dir: &Path) -> Result<Vec<u32>, HarnessError> {
 /// The last `lines` lines of a log (at most its last 64 KiB), for a test's failure message.
 pub(crate) fn tail(path: &Path, lines: usize) -> String {
     const TAIL_BYTES: u64 = 64 * 1024;
-    let read = || -> io::Result<String> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    match read() {
+    match node::last_bytes(path, TAIL_BYTES) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
             all[all.len().saturating_sub(lines)..].join("\n")

@@ -353,19 +353,21 @@ pub(crate) fn kill(name: &str, child: &mut Child) -> Result<(), HarnessError> {
         .map_err(HarnessError::io(format!("{name}: wait for sshd")))
 }
 
+/// The last `max` bytes of a file, as text (invalid UTF-8 replaced).
+pub(crate) fn last_bytes(path: &Path, max: u64) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The last lines of a log, joined with ` | ` so an error stays on one line.
 pub(crate) fn log_tail(log: &Path) -> String {
     const TAIL_BYTES: u64 = 4096;
     const TAIL_LINES: usize = 8;
-    let read = || -> io::Result<String> {
-        let mut file = File::open(log)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    match read() {
+    match last_bytes(log, TAIL_BYTES) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let start = lines.len().saturating_sub(TAIL_LINES);

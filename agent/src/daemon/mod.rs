@@ -164,13 +164,7 @@ impl DaemonLock {
     fn take(layout: &Layout) -> Result<DaemonLock, DaemonError> {
         use std::io::{Read, Write};
         let path = layout.state().join("daemon.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
+        let mut file = crate::layout::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => {
                 file.set_len(0).map_err(io(&path))?;
