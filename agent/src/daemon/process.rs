@@ -108,6 +108,11 @@ impl Server {
                 pidfd,
             })),
             None => {
+                // A server that ended while this agent exec'd itself is still its child, a
+                // zombie: reap it (a pid that is not our child is not touched by this).
+                if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+                    let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+                }
                 if start_time(pid).is_ok() {
                     tracing::warn!(
                         pid,
