@@ -1,8 +1,9 @@
 //! The agent's systemd unit on a node that runs real systemd: a container booted with
 //! `systemd-nspawn -b` (systemd as PID 1, `fleet_tests::NspawnNode`) provisioned by the
 //! `fleet` binary as root, then checked over SSH: the unit installed, enabled and active, its
-//! main process `fleet-agent run`, the daemon answering `fleet status`, and a second provision
-//! that changes nothing.
+//! main process `fleet-agent run`, the daemon answering `fleet status`, a release of the
+//! project's own binaries activated and its server healthy inside the unit's sandbox, and a
+//! second provision that changes nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -90,7 +91,7 @@ fn provision_installs_enables_and_starts_the_agent_unit_under_real_systemd() {
     let q = |v: &str| Value::from(v).to_string();
     let text = format!(
         "defaults:\n  ssh:\n    user: root\n    port: {port}\n    identity_file: {id}\n    deploy_identity_file: {deploy}\n    known_hosts: {kh}\n\
-         customers:\n  test:\n    mode: dedicated\n    clusters:\n      local:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: {pg}\n        shared_storage: {shared}\n        vars: {{ redis_prefix: {prefix} }}\n        nodes:\n          - {{ name: {NODE}, host: {host}, node_root: {NODE_ROOT}, vars: {{ listen: {listen}, agent_metrics_listen: {metrics} }} }}\n",
+         customers:\n  test:\n    mode: dedicated\n    clusters:\n      local:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: {pg}\n        shared_storage: {shared}\n        rollout: {{ min_healthy_secs: 2 }}\n        vars: {{ redis_prefix: {prefix} }}\n        nodes:\n          - {{ name: {NODE}, host: {host}, node_root: {NODE_ROOT}, vars: {{ listen: {listen}, agent_metrics_listen: {metrics} }} }}\n",
         port = node.port,
         id = q(&s(&bootstrap)),
         deploy = q(&s(&dir.path().join("deploy_ed25519"))),
@@ -219,6 +220,40 @@ fn scenario(site: &Site) {
         daemon = site.fleet(&["status", "--json"]).ok().json()["nodes"][0]["daemon"].clone();
     }
     assert_eq!(daemon["redis_error"], Value::Null, "{daemon}");
+
+    // A release of the project's own binaries: the daemon runs its server under the unit's
+    // hardening (its sandbox is the server's too) and the server comes up healthy.
+    let bin_dir = own_binaries().unwrap_or_else(|e| panic!("{e}"));
+    let store = s(&site.path("store"));
+    run(&[
+        "release",
+        "build",
+        "--version",
+        "1.0.0",
+        "--bin-dir",
+        &s(&bin_dir),
+        "--key",
+        &s(&keys.join("release.key")),
+        "--out",
+        &store,
+    ])
+    .ok();
+    site.fleet(&["push", "1.0.0", "--store", &store]).ok();
+    let activated = site.fleet(&["activate", "1.0.0", "--json"]).ok().json();
+    assert_eq!(activated["nodes"][0]["server"], "committed", "{activated}");
+    let status = site.fleet(&["status", "--json"]).ok().json();
+    let node = &status["nodes"][0];
+    assert_eq!(node["active"], "1.0.0", "{status}");
+    assert_eq!(node["daemon"]["server"], "healthy", "{status}");
+    assert_eq!(node["daemon"]["server_release"], "1.0.0", "{status}");
+    assert_eq!(node["daemon"]["agent_pid"].to_string(), pid, "{status}");
+    // The server is in the unit's control group: systemd would stop it with the agent.
+    let server_pid = node["daemon"]["server_pid"].to_string();
+    let cgroup = site.on_node(&format!("cat /proc/{server_pid}/cgroup"));
+    assert!(
+        cgroup.contains("/system.slice/fleet-agent.service"),
+        "server {server_pid}: {cgroup}"
+    );
 
     // A second run finds everything in place: nothing written, the unit unchanged.
     let again = site
