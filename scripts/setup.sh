@@ -2,9 +2,11 @@
 # Makes a Debian machine of this kind ready for the demo and the tests, the same way for
 # `./demo.sh`, `./test.sh` and `.ci/run`: installs what it lacks (openssh-server for the test
 # fleet's sshd nodes, `time` and zstd for tests and benchmarks, systemd for
-# `systemd-analyze verify` of the agent's unit, curl and jq for the demo's calls to the nodes'
-# API) without starting any service, and starts
-# PostgreSQL and Redis when they are down. Says what it does; prints nothing when all is there.
+# `systemd-analyze verify` of the agent's unit, debootstrap and systemd-container for the test
+# that provisions a node booted with real systemd in `systemd-nspawn`, curl and jq for the
+# demo's calls to the nodes' API) without starting any service, builds that node's cached root
+# filesystem once (scripts/nspawn-rootfs.sh), and starts PostgreSQL and Redis when they are
+# down. Says what it does; prints nothing when all is there.
 set -euo pipefail
 
 need_apt=()
@@ -12,6 +14,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-s
 [ -x /usr/bin/time ] || need_apt+=(time)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,6 +30,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
 fi
+
+# The root filesystem of the node the systemd test boots (cached in /var/tmp: built once).
+"$(dirname "$0")/nspawn-rootfs.sh"
 
 # Postgres and Redis: the ETL server's tests and the demo's cluster use them.
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then

@@ -6,3 +6,4 @@ mod inventory;
 mod release;
 mod ssh;
 mod support;
+mod systemd;

@@ -130,6 +130,40 @@ pub enum HarnessError {
         "agent {pid} was still running {timeout:?} after SIGTERM: killed (SIGKILL); its etl-server may be left running"
     )]
     AgentStuck { pid: u32, timeout: Duration },
+
+    #[error("a systemd-nspawn node cannot boot: {0}")]
+    NspawnUnavailable(String),
+
+    #[error("container {machine}: systemd-nspawn exited before its sshd accepted connections ({status}); {}: {tail}", log.display())]
+    ContainerExited {
+        machine: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "container {machine}: its sshd at {addr} accepted no connection within {timeout:?}; {}: {tail}",
+        log.display()
+    )]
+    ContainerNotReady {
+        machine: String,
+        addr: SocketAddrV4,
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "container {machine}: still running {timeout:?} after SIGTERM to its systemd-nspawn: killed (SIGKILL); {}: {tail}",
+        log.display()
+    )]
+    ContainerStuck {
+        machine: String,
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
 }
 
 impl HarnessError {

@@ -27,7 +27,8 @@
 //! SIGTERM (`stop_agents`, on drop, or `stop_kept_agents`).
 //!
 //! It also holds what the tests of several packages share: a Postgres database per test
-//! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`).
+//! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`),
+//! and a node booted with real systemd in `systemd-nspawn` (`NspawnNode`), for the agent's unit.
 
 mod agents;
 mod block;
@@ -36,6 +37,7 @@ mod fleet;
 mod http;
 mod kept;
 mod node;
+mod nspawn;
 mod postgres;
 mod redis;
 mod release_fixture;
@@ -52,6 +54,9 @@ pub use fleet::{
 pub use http::{call, call_raw, call_with_headers};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
+pub use nspawn::{
+    BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
+};
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use redis::{REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{

@@ -1,0 +1,273 @@
+//! A node booted with real systemd as PID 1: `systemd-nspawn -b` on a throwaway overlay
+//! (`--volatile=overlay`) of the cached Debian root filesystem `scripts/nspawn-rootfs.sh`
+//! builds, sharing this machine's network (so the host's Postgres and Redis on 127.0.0.1
+//! answer inside), its sshd on the first address of a locked loopback block, port 2222, taking
+//! root logins with the key it was booted for; stopped by SIGTERM to the `systemd-nspawn` it
+//! started (the container powers off); not the test fleet's plain sshd nodes (see `fleet`).
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::block::{self, Block};
+use crate::error::HarnessError;
+use crate::node;
+use crate::unique::unique_name;
+
+/// Boots the containers.
+pub const NSPAWN: &str = "/usr/bin/systemd-nspawn";
+/// Where the cached root filesystem is, unless `FLEET_NSPAWN_ROOTFS` says otherwise.
+pub const DEFAULT_NSPAWN_ROOTFS: &str = "/var/tmp/fleet-nspawn-bookworm";
+/// The marker `scripts/nspawn-rootfs.sh` writes last into a complete root filesystem.
+const ROOTFS_MARKER: &str = "etc/fleet-nspawn-rootfs";
+/// How to build it.
+const PREPARE: &str = "scripts/nspawn-rootfs.sh (or scripts/setup.sh) as root";
+/// The port the container's sshd listens on, on its own address.
+pub const NSPAWN_SSH_PORT: u16 = 2222;
+/// How long the container may take from `systemd-nspawn` to an sshd accepting connections
+/// (under a second on an idle machine).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long it may take to power off after SIGTERM before `systemd-nspawn` is killed.
+pub const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+/// A booted container; dropping it powers it off.
+#[derive(Debug)]
+pub struct NspawnNode {
+    /// The machine name, unique to this boot (also the container's hostname).
+    pub machine: String,
+    /// Its sshd's address, the first of the block this node holds.
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// The container's console output (systemd's boot and shutdown messages).
+    pub console_log: PathBuf,
+    child: Option<Child>,
+    /// Held while the container lives, so no fleet takes its address.
+    _block: Block,
+}
+
+impl NspawnNode {
+    /// The cached root filesystem: `$FLEET_NSPAWN_ROOTFS`, else [`DEFAULT_NSPAWN_ROOTFS`].
+    pub fn rootfs() -> PathBuf {
+        std::env::var_os("FLEET_NSPAWN_ROOTFS")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_NSPAWN_ROOTFS), PathBuf::from)
+    }
+
+    /// Boots a container whose root logs in with the key in `authorized_key` (a `.pub` file);
+    /// its files (sshd drop-in, the key, the console log) go to `dir`, which is created. On
+    /// return its sshd accepts connections.
+    pub fn boot(dir: &Path, authorized_key: &Path) -> Result<NspawnNode, HarnessError> {
+        check_ready_to_boot()?;
+        let rootfs = Self::rootfs();
+        let keys = dir.join("keys");
+        fs::create_dir_all(&keys)
+            .map_err(HarnessError::io(format!("create {}", keys.display())))?;
+        let key = node::read_public_key(authorized_key)?;
+        write(&keys.join("bootstrap_keys"), &format!("{key}\n"))?;
+
+        let block = block::allocate(1, NSPAWN_SSH_PORT, dir)?;
+        let addr = block.addr(0);
+        // Read after the system's own config, which Debian includes first: the first value of
+        // an option wins, so these do. Never port 22: only this address and port.
+        let sshd_conf = dir.join("sshd-fleet-test.conf");
+        write(
+            &sshd_conf,
+            &format!(
+                "# Written by fleet-tests for one container.\nPort {NSPAWN_SSH_PORT}\nListenAddress {addr}:{NSPAWN_SSH_PORT}\n\
+                 PermitRootLogin prohibit-password\n\
+                 AuthorizedKeysFile .ssh/authorized_keys /etc/fleet-test/bootstrap_keys\n"
+            ),
+        )?;
+        let machine = unique_name("fleet").replace('_', "-");
+        let console_log = dir.join("console.log");
+        let log = File::create(&console_log).map_err(HarnessError::io(format!(
+            "create {}",
+            console_log.display()
+        )))?;
+        let log2 = log
+            .try_clone()
+            .map_err(HarnessError::io("duplicate the console log"))?;
+        let mut bind_conf = std::ffi::OsString::from("--bind-ro=");
+        bind_conf.push(&sshd_conf);
+        bind_conf.push(":/etc/ssh/sshd_config.d/fleet-test.conf");
+        let mut bind_keys = std::ffi::OsString::from("--bind-ro=");
+        bind_keys.push(&keys);
+        bind_keys.push(":/etc/fleet-test");
+        let child = Command::new(NSPAWN)
+            .arg("--directory")
+            .arg(&rootfs)
+            .arg(format!("--machine={machine}"))
+            // No machined or host systemd here: nothing to register with, no scope to make.
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "--settings=no",
+                "--link-journal=no",
+                "--volatile=overlay",
+            ])
+            .arg(bind_conf)
+            .arg(bind_keys)
+            .arg("--boot")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(HarnessError::io(format!("start {NSPAWN}")))?;
+        let mut node = NspawnNode {
+            machine,
+            addr,
+            port: NSPAWN_SSH_PORT,
+            console_log,
+            child: Some(child),
+            _block: block,
+        };
+        node.wait_ready()?;
+        Ok(node)
+    }
+
+    /// `addr:port` of its sshd.
+    pub fn socket_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr, self.port)
+    }
+
+    /// An OpenSSH client logging in as root with `identity`, checking the host key strictly
+    /// against `known_hosts` only; append the remote command.
+    pub fn ssh_command(&self, identity: &Path, known_hosts: &Path) -> Command {
+        let mut cmd = Command::new(node::SSH);
+        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=error"])
+            .arg("-i")
+            .arg(identity)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("root@{}", self.addr))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Powers the container off (SIGTERM to its `systemd-nspawn`, which asks systemd to shut
+    /// down) and waits for it; past [`POWEROFF_TIMEOUT`], SIGKILL and an error.
+    pub fn poweroff(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child.id();
+        if child
+            .try_wait()
+            .map_err(HarnessError::io(format!("check {NSPAWN} {pid}")))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        if let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            // Only ESRCH can fail here, which the wait below reports as done.
+            let _ = kill_process(target, Signal::TERM);
+        }
+        let deadline = Instant::now() + POWEROFF_TIMEOUT;
+        loop {
+            if child
+                .try_wait()
+                .map_err(HarnessError::io(format!("wait for {NSPAWN} {pid}")))?
+                .is_some()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HarnessError::ContainerStuck {
+                    machine: self.machine.clone(),
+                    timeout: POWEROFF_TIMEOUT,
+                    log: self.console_log.clone(),
+                    tail: node::log_tail(&self.console_log),
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The console's last lines, for a failing test's message.
+    pub fn console_tail(&self) -> String {
+        node::log_tail(&self.console_log)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let addr = SocketAddr::V4(self.socket_addr());
+        loop {
+            let child = self.child.as_mut().expect("booted");
+            if let Some(status) = child
+                .try_wait()
+                .map_err(HarnessError::io(format!("check {NSPAWN}")))?
+            {
+                self.child = None;
+                return Err(HarnessError::ContainerExited {
+                    machine: self.machine.clone(),
+                    status: status.to_string(),
+                    log: self.console_log.clone(),
+                    tail: node::log_tail(&self.console_log),
+                });
+            }
+            if TcpStream::connect_timeout(&addr, POLL).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let error = HarnessError::ContainerNotReady {
+                    machine: self.machine.clone(),
+                    addr: self.socket_addr(),
+                    timeout: BOOT_TIMEOUT,
+                    log: self.console_log.clone(),
+                    tail: node::log_tail(&self.console_log),
+                };
+                let _ = self.poweroff();
+                return Err(error);
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for NspawnNode {
+    fn drop(&mut self) {
+        if let Err(e) = self.poweroff() {
+            eprintln!("fleet-tests: {e}");
+        }
+    }
+}
+
+/// Root, `systemd-nspawn` and a complete cached root filesystem, or how to get them.
+fn check_ready_to_boot() -> Result<(), HarnessError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(HarnessError::NspawnUnavailable(
+            "systemd-nspawn needs root: run the test as root".into(),
+        ));
+    }
+    if !Path::new(NSPAWN).exists() {
+        return Err(HarnessError::NspawnUnavailable(format!(
+            "{NSPAWN} not found: apt-get install -y systemd-container (scripts/setup.sh does)"
+        )));
+    }
+    let rootfs = NspawnNode::rootfs();
+    match fs::metadata(rootfs.join(ROOTFS_MARKER)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(HarnessError::NspawnUnavailable(format!(
+                "{} is not a complete root filesystem (no {ROOTFS_MARKER}): build it with {PREPARE}",
+                rootfs.display()
+            )))
+        }
+        Err(e) => Err(HarnessError::io(format!("read {}", rootfs.display()))(e)),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
+    fs::write(path, text).map_err(HarnessError::io(format!("write {}", path.display())))
+}
