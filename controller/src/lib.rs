@@ -11,10 +11,14 @@ mod cli;
 mod files;
 mod node;
 mod ssh;
+mod store;
 
 pub use cli::{Cli, init_logging, run};
 pub use node::{AgentCallError, NodeStatus, Provisioned, agent, deploy_target, refusal};
 pub use ssh::{
     Enrolled, Input, KnownHostsError, OUTPUT_CAP, Output, PASSPHRASE_ENV, Session, SshError,
     Target, Timeouts, fetch_host_key, trust_host_key,
+};
+pub use store::{
+    AuditEntry, AuditRow, NodeOutcome, Rollout, StateLocation, Store, StoreError, Tamper, data_dir,
 };

@@ -1,0 +1,273 @@
+//! The state store's conformance suite: every test runs against a SQLite file and against a
+//! Postgres database of its own (the machine's Postgres, `fleet_tests::TestDb`), through the
+//! same `Store` calls. Tampering is done with plain SQL on the same database, as someone with
+//! write access to it would.
+
+use fleet_controller::{AuditEntry, NodeOutcome, StateLocation, Store, StoreError, Tamper};
+
+/// Runs `$body(store)` once on SQLite and once on Postgres, as two tests.
+macro_rules! on_both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let location = StateLocation::Sqlite(dir.path().join("state.db"));
+                let store = Store::open(&location).await.expect("open sqlite");
+                ($body)(store.clone(), location).await;
+                store.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = fleet_tests::TestDb::new(stringify!($name)).await;
+                let location = StateLocation::Postgres(db.url.clone());
+                let store = Store::open(&location).await.expect("open postgres");
+                ($body)(store.clone(), location).await;
+                store.close().await;
+            }
+        }
+    };
+}
+
+fn entry(n: i64) -> AuditEntry {
+    AuditEntry {
+        at_ms: 1_000 * n,
+        os_user: "ops".into(),
+        key_fingerprints: vec!["SHA256:abc".into()],
+        command: "activate".into(),
+        args: vec![
+            "activate".into(),
+            format!("1.{n}.0"),
+            "-i".into(),
+            "fleet.yaml".into(),
+        ],
+        nodes: vec![
+            ("node-1".into(), "ok".into()),
+            ("node-2".into(), format!("failed {n}")),
+        ],
+        digests: vec![format!("{n:064x}")],
+        result: "ok".into(),
+    }
+}
+
+async fn three_rows(store: &Store) {
+    for n in 1..=3 {
+        let row = store.append_audit(&entry(n)).await.expect("append");
+        assert_eq!(row.id, n);
+    }
+}
+
+/// Plain SQL on the store's database.
+async fn exec(store: &Store, sql: &str) {
+    match store {
+        Store::Sqlite(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .expect("sql");
+        }
+        Store::Postgres(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .expect("sql");
+        }
+    }
+}
+
+on_both!(
+    the_audit_chain_reads_back_and_verifies,
+    |store: Store, location: StateLocation| async move {
+        three_rows(&store).await;
+        let rows = store.audit(None).await.expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].entry, entry(2));
+        assert_eq!(rows[1].prev_hash, rows[0].hash);
+        assert_eq!(store.audit(Some(2_000)).await.expect("since").len(), 2);
+        assert_eq!(store.verify_audit().await.expect("verify"), (3, None));
+        // Reopening migrates nothing again and keeps the chain.
+        let again = Store::open(&location).await.expect("reopen");
+        assert_eq!(again.verify_audit().await.expect("verify"), (3, None));
+        assert_eq!(again.append_audit(&entry(4)).await.expect("append").id, 4);
+    }
+);
+
+on_both!(
+    an_edited_row_is_named,
+    |store: Store, _l: StateLocation| async move {
+        three_rows(&store).await;
+        exec(
+            &store,
+            "UPDATE audit SET result = 'failed: nothing' WHERE id = 2",
+        )
+        .await;
+        let (_, tamper) = store.verify_audit().await.expect("verify");
+        assert_eq!(tamper, Some(Tamper::Edited { id: 2 }));
+        assert!(
+            tamper
+                .expect("tamper")
+                .to_string()
+                .contains("audit row 2 was edited")
+        );
+    }
+);
+
+on_both!(
+    a_deleted_row_is_named,
+    |store: Store, _l: StateLocation| async move {
+        three_rows(&store).await;
+        exec(&store, "DELETE FROM audit WHERE id = 2").await;
+        let (_, tamper) = store.verify_audit().await.expect("verify");
+        assert_eq!(
+            tamper,
+            Some(Tamper::Broken {
+                id: 3,
+                after: Some(1)
+            })
+        );
+        exec(&store, "DELETE FROM audit WHERE id = 1").await;
+        let (_, tamper) = store.verify_audit().await.expect("verify");
+        assert_eq!(tamper, Some(Tamper::Broken { id: 3, after: None }));
+    }
+);
+
+on_both!(
+    swapped_rows_are_named,
+    |store: Store, _l: StateLocation| async move {
+        three_rows(&store).await;
+        // Rows 2 and 3 exchange places: each keeps its content and hashes under the other's id.
+        exec(&store, "UPDATE audit SET id = 100 WHERE id = 2").await;
+        exec(&store, "UPDATE audit SET id = 2 WHERE id = 3").await;
+        exec(&store, "UPDATE audit SET id = 3 WHERE id = 100").await;
+        let (_, tamper) = store.verify_audit().await.expect("verify");
+        assert_eq!(tamper, Some(Tamper::Edited { id: 2 }));
+    }
+);
+
+on_both!(
+    concurrent_appends_keep_one_chain,
+    |store: Store, _l: StateLocation| async move {
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..5 {
+                    store
+                        .append_audit(&entry(t * 10 + n))
+                        .await
+                        .expect("append");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let rows = store.audit(None).await.expect("rows");
+        assert_eq!(
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(store.verify_audit().await.expect("verify"), (20, None));
+    }
+);
+
+on_both!(
+    one_rollout_in_flight_per_cluster,
+    |store: Store, _l: StateLocation| async move {
+        store
+            .start_rollout("r1", "acme/prod", "2.0.0")
+            .await
+            .expect("first");
+        match store.start_rollout("r2", "acme/prod", "2.0.0").await {
+            Err(StoreError::RolloutInFlight { cluster, rollout }) => {
+                assert_eq!((cluster.as_str(), rollout.as_str()), ("acme/prod", "r1"));
+            }
+            other => panic!("a second rollout on the cluster: {other:?}"),
+        }
+        store
+            .start_rollout("r3", "acme/test", "2.0.0")
+            .await
+            .expect("another cluster");
+        store.end_rollout("r1", "committed").await.expect("end");
+        let r1 = store.rollout("r1").await.expect("read").expect("r1");
+        assert_eq!(r1.state, "committed");
+        assert!(r1.ended_ms.is_some());
+        store
+            .start_rollout("r2", "acme/prod", "2.0.0")
+            .await
+            .expect("the cluster is free again");
+
+        // Two at once on a free cluster: exactly one proceeds.
+        let (a, b) = tokio::join!(
+            store.start_rollout("r4", "beta/prod", "1.0.0"),
+            store.start_rollout("r5", "beta/prod", "1.0.0")
+        );
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "{a:?} {b:?}"
+        );
+    }
+);
+
+on_both!(
+    node_outcomes_and_status_snapshots,
+    |store: Store, _l: StateLocation| async move {
+        store
+            .start_rollout("r1", "acme/prod", "2.0.0")
+            .await
+            .expect("rollout");
+        let outcome = |node: &str, outcome: Option<&str>, step: &str| NodeOutcome {
+            node: node.into(),
+            outcome: outcome.map(str::to_owned),
+            step: Some(step.into()),
+            reason: None,
+            updated_ms: 5,
+        };
+        store
+            .set_node_outcome("r1", &outcome("n2", None, "gate"))
+            .await
+            .expect("set");
+        store
+            .set_node_outcome("r1", &outcome("n1", Some("committed"), "commit"))
+            .await
+            .expect("set");
+        store
+            .set_node_outcome("r1", &outcome("n2", Some("rolled_back"), "rollback"))
+            .await
+            .expect("update");
+        let outcomes = store.node_outcomes("r1").await.expect("read");
+        assert_eq!(
+            outcomes,
+            vec![
+                outcome("n1", Some("committed"), "commit"),
+                outcome("n2", Some("rolled_back"), "rollback"),
+            ]
+        );
+        assert_eq!(store.node_status("n1").await.expect("none"), None);
+        let status = serde_json::json!({ "active": "2.0.0", "daemon": { "server": "healthy" } });
+        store.save_node_status("n1", &status).await.expect("save");
+        store
+            .save_node_status("n1", &status)
+            .await
+            .expect("save again");
+        let (_, read) = store.node_status("n1").await.expect("read").expect("saved");
+        assert_eq!(read, status);
+    }
+);
+
+/// A Postgres URL's password never shows in the store's errors or its location.
+#[tokio::test]
+async fn a_postgres_password_is_never_shown() {
+    let location = StateLocation::Postgres("postgres://fleet:hunter2@127.0.0.1:1/state".into());
+    assert!(!location.to_string().contains("hunter2"), "{location}");
+    let err = match Store::open(&location).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e.to_string(),
+    };
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("state store"), "{err}");
+}
