@@ -361,6 +361,93 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         not_staged.stderr
     );
     assert_eq!(site.active(), each("1.0.0"));
+    audit_log_records_every_change(&site);
+}
+
+/// Every command above that changed nodes left one audit row (who, which key, the command
+/// line, each node's result, the pushed manifest's digest); the chain verifies, and a row
+/// edited in the SQLite file afterwards is named by `fleet audit verify`.
+fn audit_log_records_every_change(site: &Site) {
+    let data = site.fleet.dir().join("data");
+    let env = [("FLEET_DATA_DIR", data.as_path())];
+    let audit = run_env(&["audit", "--json"], &env).ok().json();
+    let rows = audit["rows"].as_array().expect("rows").clone();
+    let commands: Vec<&str> = rows.iter().filter_map(|r| r["command"].as_str()).collect();
+    for wanted in ["provision", "push", "activate", "rollback"] {
+        assert!(
+            commands.contains(&wanted),
+            "{wanted} not audited: {commands:?}"
+        );
+    }
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["args"][0] == "status" || r["args"].to_string().contains("--check")),
+        "status and provision --check change nothing and leave no row: {commands:?}"
+    );
+    let push = rows
+        .iter()
+        .find(|r| r["command"] == "push")
+        .expect("a push row");
+    assert_eq!(push["nodes"].as_array().map(Vec::len), Some(5), "{push}");
+    assert!(
+        push["digests"][0].as_str().is_some_and(|d| d.len() == 64),
+        "the manifest's sha256: {push}"
+    );
+    assert!(
+        push["key_fingerprints"][0]
+            .as_str()
+            .is_some_and(|k| k.starts_with("SHA256:")),
+        "{push}"
+    );
+    assert!(
+        push["os_user"].as_str().is_some_and(|u| !u.is_empty()),
+        "{push}"
+    );
+    let refused = rows
+        .iter()
+        .find(|r| {
+            r["command"] == "activate"
+                && r["result"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("failed"))
+        })
+        .expect("the refused downgrade is recorded as failed");
+    assert!(refused["args"].to_string().contains("1.0.0"), "{refused}");
+
+    let verified = run_env(&["audit", "verify"], &env).ok();
+    assert!(
+        verified.stdout.contains("the chain is intact"),
+        "{}",
+        verified.stdout
+    );
+
+    // Someone with write access to the file makes the refused activation look fine.
+    let id = refused["id"].as_i64().expect("id");
+    let db = data.join("state.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .expect("the state file");
+            sqlx::query("UPDATE audit SET result = 'ok' WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .expect("edit");
+            pool.close().await;
+        });
+    let caught = run_env(&["audit", "verify"], &env).fails();
+    assert!(
+        caught
+            .stderr
+            .contains(&format!("audit row {id} was edited")),
+        "{}",
+        caught.stderr
+    );
 }
 
 #[test]

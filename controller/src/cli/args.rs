@@ -20,10 +20,18 @@ pub struct Cli {
     /// Write logs on stderr as JSON lines.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// The controller's state (audit log, rollouts): a SQLite file, or a postgres:// URL
+    /// [default: $FLEET_STATE, else state.db in $FLEET_DATA_DIR, $XDG_DATA_HOME/fleet or
+    /// ~/.local/share/fleet].
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The audit log: every command that changed nodes (provision, push, activate,
+    /// rollback): who, with which key, what, where, which release, when, the result.
+    Audit(AuditArgs),
     /// Check and list the inventory: the YAML file describing customers, clusters and nodes.
     #[command(subcommand)]
     Inventory(InventoryCommand),
@@ -113,7 +121,7 @@ pub enum InventoryCommand {
 }
 
 /// Which nodes, how many at once, how long to wait.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
     /// The inventory YAML file.
     #[arg(short, long, value_name = "FILE")]
@@ -291,4 +299,19 @@ mod tests {
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only rows since this time (2026-11-30T10:00:00Z) or this long ago (2h, 7days).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain: name the first row that was edited, deleted or moved (exit 1).
+    Verify,
 }

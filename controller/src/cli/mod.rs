@@ -4,6 +4,7 @@
 //! exit code. Not the work on a node (`node`) and not the transport (`ssh`).
 
 mod args;
+mod audit;
 mod commands;
 mod fanout;
 mod report;
@@ -40,7 +41,16 @@ pub fn init_logging(cli: &Cli) {
 /// Runs a parsed command line, prints its report or error, and returns the exit code:
 /// 0 on success, 1 on failure (clap exits with 2 on a usage error before this).
 pub fn run(cli: Cli) -> ExitCode {
+    let state = cli.state.clone();
+    let mut audit_failure = None;
+    let mut audited = |changed: audit::Changed<'_>, outcome: Result<report::Report, Failure>| {
+        if let Err(e) = audit::record(state.as_deref(), &changed, &outcome) {
+            audit_failure = Some(format!("{e:#}"));
+        }
+        outcome
+    };
     let outcome = match cli.command {
+        Command::Audit(args) => audit::audit(cli.state.as_deref(), args),
         Command::Inventory(c) => commands::inventory(c),
         Command::Hosts(c) => commands::hosts(c, !cli.json),
         Command::Provision {
@@ -48,12 +58,35 @@ pub fn run(cli: Cli) -> ExitCode {
             trust,
             agent,
             check,
-        } => commands::provision(nodes, &trust, agent, check, !cli.json),
+        } => {
+            let outcome = commands::provision(nodes.clone(), &trust, agent, check, !cli.json);
+            if check {
+                outcome
+            } else {
+                let changed = audit::Changed {
+                    command: "provision",
+                    nodes: &nodes,
+                    bootstrap: true,
+                    bundle: None,
+                };
+                audited(changed, outcome)
+            }
+        }
         Command::Push {
             version,
             nodes,
             store,
-        } => commands::push(nodes, &version, &store, !cli.json),
+        } => {
+            let outcome = commands::push(nodes.clone(), &version, &store, !cli.json);
+            let bundle = store.join(format!("{version}.bundle"));
+            let changed = audit::Changed {
+                command: "push",
+                nodes: &nodes,
+                bootstrap: false,
+                bundle: Some(&bundle),
+            };
+            audited(changed, outcome)
+        }
         Command::Activate {
             version,
             nodes,
@@ -63,13 +96,44 @@ pub fn run(cli: Cli) -> ExitCode {
                 version,
                 allow_downgrade,
             };
-            commands::switch(nodes, request, !cli.json)
+            let outcome = commands::switch(nodes.clone(), request, !cli.json);
+            let changed = audit::Changed {
+                command: "activate",
+                nodes: &nodes,
+                bootstrap: false,
+                bundle: None,
+            };
+            audited(changed, outcome)
         }
-        Command::Rollback { nodes } => commands::switch(nodes, Request::Rollback, !cli.json),
+        Command::Rollback { nodes } => {
+            let outcome = commands::switch(nodes.clone(), Request::Rollback, !cli.json);
+            let changed = audit::Changed {
+                command: "rollback",
+                nodes: &nodes,
+                bootstrap: false,
+                bundle: None,
+            };
+            audited(changed, outcome)
+        }
         Command::Status { nodes } => commands::status(nodes, !cli.json),
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),
+    };
+    // A change that could not be recorded is a failure of the command: the operator must know.
+    let outcome = match (outcome, audit_failure) {
+        (Ok(report), Some(e)) => {
+            let mut problems = report.problems.clone();
+            problems.push(format!("the change was made but not recorded: {e}"));
+            Ok(report.with_problems(problems))
+        }
+        (Err(mut failure), Some(e)) => {
+            failure
+                .lines
+                .push(format!("error: the attempt was not recorded: {e}"));
+            Err(failure)
+        }
+        (outcome, None) => outcome,
     };
     match outcome {
         Ok(report) => {

@@ -10,4 +10,5 @@ pub use hosts::{Enrolled, trust_host_key};
 pub use known_hosts::{KnownHostsError, fingerprint};
 pub use transport::{
     Input, OUTPUT_CAP, Output, PASSPHRASE_ENV, Session, SshError, Target, Timeouts, fetch_host_key,
+    key_fingerprint,
 };

@@ -685,6 +685,21 @@ fn no_key<T>(result: &Result<T, russh::Error>, node: String, addr: String) -> Ss
     }
 }
 
+/// The SHA256 fingerprint of the key in `path` (from `path.pub` when it is there, else from
+/// the private key, unlocked with the passphrase from the environment), or why it cannot be
+/// read; for the audit log, which names the key a change was made with.
+pub fn key_fingerprint(path: &Path) -> String {
+    let mut public = path.as_os_str().to_owned();
+    public.push(".pub");
+    if let Ok(key) = russh::keys::load_public_key(std::path::PathBuf::from(public)) {
+        return crate::ssh::fingerprint(&key);
+    }
+    match load_identity("", path) {
+        Ok(key) => crate::ssh::fingerprint(key.public_key()),
+        Err(_) => format!("unreadable key {}", path.display()),
+    }
+}
+
 fn load_identity(node: &str, path: &Path) -> Result<russh::keys::PrivateKey, SshError> {
     let passphrase = std::env::var(PASSPHRASE_ENV).ok();
     russh::keys::load_secret_key(path, passphrase.as_deref()).map_err(|e| SshError::Identity {
