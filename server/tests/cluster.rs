@@ -640,8 +640,9 @@ async fn spans(pool: &sqlx::PgPool, flow: &str) -> Vec<Span> {
 }
 
 /// `concurrency: 1`, cluster-wide: of two runs asked for at once and dispatched to two nodes,
-/// the second stays queued while the first runs (checked at every sample until the first
-/// ends), then runs; by the database's timestamps it started after the first finished.
+/// the other is never running while the first is (checked at every sample until the first
+/// ends: it is queued, or already finished when it went first); by the database's timestamps
+/// one started after the other finished, in whichever order the nodes took them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
     let db = TestDb::new("concurrency").await;
@@ -675,7 +676,7 @@ async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
                     .call("GET", &format!("/api/runs/{}", ids[0]), "")
                     .await;
                 if a2["state"] == "running" {
-                    assert_eq!(b["state"], "queued", "both run at once: {a2} {b}");
+                    assert_ne!(b["state"], "running", "both run at once: {a2} {b}");
                 }
             }
             Some("queued") => {}
@@ -691,8 +692,8 @@ async fn a_concurrency_one_flow_runs_one_at_a_time_across_the_cluster() {
     let pool = db.pool().await;
     let s = spans(&pool, "single").await;
     assert!(
-        s[1].2 >= s[0].3,
-        "the second started after the first finished: {s:?}"
+        s[1].2 >= s[0].3 || s[0].2 >= s[1].3,
+        "one started after the other finished: {s:?}"
     );
     for s in servers {
         s.stop().await.expect("stop");
