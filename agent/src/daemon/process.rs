@@ -57,7 +57,9 @@ impl Server {
         // `waitid` on that reaps it (dropping a `Child` neither waits nor kills).
         let pid = child.id();
         let pidfd = open_pidfd(pid).map_err(io(format!("/proc/{pid}")))?;
-        let started = start_time(pid).map_err(io(format!("/proc/{pid}/stat")))?;
+        // A server that exited at once is a zombie by now, still unreaped: its start time is
+        // read all the same, and its pidfd reports the exit.
+        let (started, _) = stat_start_time(pid).map_err(io(format!("/proc/{pid}/stat")))?;
         let record = format!("{pid} {started} {release}\n");
         layout.write_atomic(&pid_file(layout), record.as_bytes())?;
         Ok(Server {
@@ -222,8 +224,16 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of `/proc/<pid>/stat`);
-/// an error when it does not run or is a zombie (ended, not yet reaped).
+/// an error when it does not run or is a zombie (ended, not yet reaped): what adoption asks.
 pub fn start_time(pid: u32) -> std::io::Result<u64> {
+    match stat_start_time(pid)? {
+        (_, true) => Err(std::io::Error::other("a zombie")),
+        (started, false) => Ok(started),
+    }
+}
+
+/// The start time of process `pid` and whether it is a zombie.
+fn stat_start_time(pid: u32) -> std::io::Result<(u64, bool)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces and parentheses: fields are counted after
     // its last `)`.
@@ -233,12 +243,11 @@ pub fn start_time(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state); field 22 is index 19.
-    if fields.first() == Some(&"Z") {
-        return Err(std::io::Error::other("a zombie"));
-    }
+    let zombie = fields.first() == Some(&"Z");
     fields
         .get(19)
         .and_then(|f| f.parse().ok())
+        .map(|started| (started, zombie))
         .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))
 }
 
