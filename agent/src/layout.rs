@@ -139,6 +139,28 @@ impl Layout {
             .join("manifests")
             .join(format!("{version}.json"))
     }
+    /// The sha256 (lowercase hex) of the exact signed manifest bytes of a staged release,
+    /// `state/manifests/<version>.sha256`: the digest rollout orders name a release by. Written
+    /// before the manifest, so a staged release (its manifest there) always has it.
+    pub fn manifest_digest(&self, version: &str) -> PathBuf {
+        self.state()
+            .join("manifests")
+            .join(format!("{version}.sha256"))
+    }
+    /// The highest rollout order or control sequence this node accepted,
+    /// `state/order-sequence`: only ever raised.
+    pub fn order_sequence(&self) -> PathBuf {
+        self.state().join("order-sequence")
+    }
+    /// The rollout orders this node accepted, one record per rollout, `state/orders/`.
+    pub fn orders(&self) -> PathBuf {
+        self.state().join("orders")
+    }
+    /// The record of rollout `rollout` on this node (`state/orders/<rollout>.json`): the
+    /// release active when the rollout began and the last order of it accepted.
+    pub fn order_record(&self, rollout: &str) -> PathBuf {
+        self.orders().join(format!("{rollout}.json"))
+    }
     /// The highest release counter this node has activated, `state/counter`.
     pub fn counter(&self) -> PathBuf {
         self.state().join("counter")
@@ -168,6 +190,7 @@ impl Layout {
             self.releases(),
             self.staging(),
             self.state().join("manifests"),
+            self.orders(),
             self.root.join("trust"),
         ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;

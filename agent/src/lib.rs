@@ -12,6 +12,7 @@ mod idle;
 mod installed;
 mod layout;
 mod ops;
+mod orders;
 mod serve;
 
 use std::path::PathBuf;
@@ -20,6 +21,10 @@ pub use fleet_proto::{Answer, Code, Refusal, Reply, Request, Staged, Status, Swi
 pub use idle::{Deadline, IdleTimeout, RECEIVE_DEADLINE, STDIN_IDLE_TIMEOUT, stdin};
 pub use layout::{Holder, LOCK_WAIT, Layout};
 pub use ops::{activate, rollback, stage, status};
+pub use orders::{
+    AcceptedControl, AcceptedOrder, OrderRecord, accept_control, accept_order, order_record,
+    order_sequence,
+};
 pub use serve::{answer, answer_line, invocation, respond};
 
 /// The agent's version, compared with a release's minimum agent version.
@@ -81,6 +86,50 @@ pub enum AgentError {
     Busy { waited: u64, holder: Option<Holder> },
     #[error("no previous release to roll back to")]
     NoPrevious,
+    #[error("rollout order refused: {0}")]
+    BadOrder(fleet_release::ReleaseError),
+    #[error("rollout order refused: {0}")]
+    OrderSignature(fleet_release::ReleaseError),
+    #[error("rollout order refused: {0}")]
+    NotOrderKey(fleet_release::ReleaseError),
+    #[error("rollout order refused: {0}; ask for a new one")]
+    OrderExpired(fleet_release::ReleaseError),
+    #[error(
+        "{what} refused: sequence {sequence} is not above {floor}, the highest this node accepted (a replay?)"
+    )]
+    OrderReplayed {
+        what: &'static str,
+        sequence: u64,
+        floor: u64,
+    },
+    #[error("{what} refused: it is for cluster {ordered}, this node is in {node}")]
+    WrongCluster {
+        what: &'static str,
+        ordered: String,
+        node: String,
+    },
+    #[error(
+        "rollout order refused: rollout {rollout} does not name this node ({node}) among its targets"
+    )]
+    NotTargeted { rollout: String, node: String },
+    #[error("rollout order refused: release {version} is not staged on this node; push it first")]
+    OrderNotStaged { version: String },
+    #[error(
+        "rollout order refused: release {version} is staged here with manifest digest {staged}, the order names {ordered}; push the release the order was made for"
+    )]
+    DigestMismatch {
+        version: String,
+        ordered: String,
+        staged: String,
+    },
+    #[error(
+        "rollout order refused: release {wanted} is older than {floor}, the release active when rollout {rollout} began (only that rollout's rollback may go below it)"
+    )]
+    OrderDowngrade {
+        rollout: String,
+        wanted: String,
+        floor: String,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("node layout: {0}")]
@@ -105,6 +154,16 @@ impl AgentError {
             AgentError::Downgrade { .. } => Code::Downgrade,
             AgentError::Busy { .. } => Code::Busy,
             AgentError::NoPrevious => Code::NoPrevious,
+            AgentError::BadOrder(_) => Code::BadOrder,
+            AgentError::OrderSignature(_) => Code::OrderSignature,
+            AgentError::NotOrderKey(_) => Code::NotOrderKey,
+            AgentError::OrderExpired(_) => Code::OrderExpired,
+            AgentError::OrderReplayed { .. } => Code::OrderReplayed,
+            AgentError::WrongCluster { .. } => Code::WrongCluster,
+            AgentError::NotTargeted { .. } => Code::NotTargeted,
+            AgentError::OrderNotStaged { .. } => Code::NotStaged,
+            AgentError::DigestMismatch { .. } => Code::DigestMismatch,
+            AgentError::OrderDowngrade { .. } => Code::OrderDowngrade,
             AgentError::BadRequest(_) => Code::BadRequest,
             AgentError::Layout(_) => Code::Layout,
         }
@@ -246,6 +305,65 @@ mod tests {
                 Code::Busy,
             ),
             (AgentError::NoPrevious, Code::NoPrevious),
+            (
+                AgentError::BadOrder(ReleaseError::BadOrder(s())),
+                Code::BadOrder,
+            ),
+            (
+                AgentError::OrderSignature(ReleaseError::MissingSignature { what: "x" }),
+                Code::OrderSignature,
+            ),
+            (
+                AgentError::NotOrderKey(ReleaseError::NoOrderKeys { what: "x" }),
+                Code::NotOrderKey,
+            ),
+            (
+                AgentError::OrderExpired(ReleaseError::OrderExpired {
+                    what: "x",
+                    expires: fleet_release::Timestamp::now(),
+                }),
+                Code::OrderExpired,
+            ),
+            (
+                AgentError::OrderReplayed {
+                    what: "x",
+                    sequence: 1,
+                    floor: 1,
+                },
+                Code::OrderReplayed,
+            ),
+            (
+                AgentError::WrongCluster {
+                    what: "x",
+                    ordered: s(),
+                    node: s(),
+                },
+                Code::WrongCluster,
+            ),
+            (
+                AgentError::NotTargeted {
+                    rollout: s(),
+                    node: s(),
+                },
+                Code::NotTargeted,
+            ),
+            (AgentError::OrderNotStaged { version: s() }, Code::NotStaged),
+            (
+                AgentError::DigestMismatch {
+                    version: s(),
+                    ordered: s(),
+                    staged: s(),
+                },
+                Code::DigestMismatch,
+            ),
+            (
+                AgentError::OrderDowngrade {
+                    rollout: s(),
+                    wanted: s(),
+                    floor: s(),
+                },
+                Code::OrderDowngrade,
+            ),
             (AgentError::BadRequest(s()), Code::BadRequest),
             (AgentError::Layout(s()), Code::Layout),
         ];

@@ -28,8 +28,10 @@ use crate::{AgentError, VERSION, io};
 /// crash between any two leaves a node that works as before: the created-time floor is raised
 /// (never lowered); the verified tree takes the
 /// place of `releases/<version>` in one rename (an exchange when a tree without a manifest is
-/// there: the old tree is deleted only after the new one is in place); the manifest is written
-/// last, and only then does the release count as staged. On a refusal nothing changes outside
+/// there: the old tree is deleted only after the new one is in place); the sha256 of the exact
+/// signed manifest bytes (`state/manifests/<version>.sha256`, the digest rollout orders name)
+/// is written next, and the manifest last: only then does the release count as staged, and a
+/// staged release always has its digest. On a refusal nothing changes outside
 /// staging, which is cleared.
 pub fn stage(
     layout: &Layout,
@@ -43,8 +45,11 @@ pub fn stage(
     finish_switch(layout)?;
     // A staged release whose tree still matches its manifest is kept; one changed since is
     // staged again.
+    // One staged before its digest was kept (an older agent) is staged again, so that rollout
+    // orders can name it.
     if staged_manifest(layout, version)?
         .is_some_and(|manifest| check_tree(&layout.release(version), &manifest).is_ok())
+        && layout.manifest_digest(version).is_file()
     {
         return Ok(Staged {
             version: version.into(),
@@ -59,7 +64,7 @@ pub fn stage(
     let tree = layout.staging().join(format!("{version}.tree"));
     let mut input = Deadline::new(input, layout.receive_deadline());
     let outcome = receive_and_unpack(layout, wanted, &mut input, &bundle, &tree, now)
-        .and_then(|manifest| install(layout, version, &tree, &manifest));
+        .and_then(|(manifest, digest)| install(layout, version, &tree, &manifest, &digest));
     // Staging is cleared again by the next stage; a failure here must not hide the outcome.
     let _ = clear_staging(layout);
     outcome
@@ -72,6 +77,7 @@ fn install(
     version: &str,
     tree: &std::path::Path,
     manifest: &Manifest,
+    digest: &str,
 ) -> Result<Staged, AgentError> {
     raise_created_floor(layout, manifest.created)?;
     let release = layout.release(version);
@@ -94,6 +100,10 @@ fn install(
         fs::rename(tree, &release).map_err(io(&release))?;
     }
     sync_dir(&layout.releases())?;
+    layout.write_atomic(
+        &layout.manifest_digest(version),
+        format!("{digest}\n").as_bytes(),
+    )?;
     let bytes =
         serde_json::to_vec_pretty(manifest).map_err(|e| AgentError::Layout(e.to_string()))?;
     layout.write_atomic(&layout.manifest(version), &bytes)?;
@@ -112,7 +122,7 @@ fn receive_and_unpack(
     bundle: &std::path::Path,
     tree: &std::path::Path,
     now: SystemTime,
-) -> Result<Manifest, AgentError> {
+) -> Result<(Manifest, String), AgentError> {
     // The payload is hashed as it arrives (one write, no second read for the digest).
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -130,7 +140,7 @@ fn receive_and_unpack(
     file.sync_all().map_err(io(bundle))?;
     std::io::Seek::rewind(&mut file).map_err(io(bundle))?;
     let verified = fleet_release::bundle::unpack_measured(file, &measured, &root, now, tree)?;
-    let manifest = verified.manifest;
+    let (manifest, digest) = (verified.manifest, verified.manifest_sha256);
     if manifest.version != *wanted {
         return Err(AgentError::WrongVersion {
             wanted: wanted.to_string(),
@@ -169,7 +179,7 @@ fn receive_and_unpack(
             needed: manifest.min_agent_version.to_string(),
         });
     }
-    Ok(manifest)
+    Ok((manifest, digest))
 }
 
 fn clear_staging(layout: &Layout) -> Result<(), AgentError> {
@@ -364,7 +374,7 @@ fn installed_counter(layout: &Layout) -> Result<u64, AgentError> {
 }
 
 /// A number the agent keeps in a file of `state/`; `None` when the file is not there yet.
-fn read_number(path: &std::path::Path) -> Result<Option<u64>, AgentError> {
+pub(crate) fn read_number(path: &std::path::Path) -> Result<Option<u64>, AgentError> {
     match fs::read_to_string(path) {
         Ok(text) => {
             text.trim().parse().map(Some).map_err(|_| {
@@ -377,7 +387,7 @@ fn read_number(path: &std::path::Path) -> Result<Option<u64>, AgentError> {
 }
 
 /// Whether `releases/<version>` is a staged release: its tree and its manifest are there.
-fn is_staged(layout: &Layout, version: &str) -> bool {
+pub(crate) fn is_staged(layout: &Layout, version: &str) -> bool {
     layout.release(version).is_dir() && layout.manifest(version).is_file()
 }
 

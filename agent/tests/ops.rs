@@ -694,11 +694,16 @@ fn counter(layout: &Layout) -> u64 {
         .unwrap_or(0)
 }
 
-/// A release the node counts as staged, with the bytes it was built with.
+/// A release the node counts as staged, with the bytes it was built with and the digest
+/// rollout orders name it by.
 fn assert_complete(layout: &Layout, version: &str, context: &str) {
     assert!(
         layout.manifest(version).is_file(),
         "{context}: {version} has no manifest"
+    );
+    assert!(
+        layout.manifest_digest(version).is_file(),
+        "{context}: {version} is staged without its manifest digest"
     );
     assert_tree(layout, version, context);
 }

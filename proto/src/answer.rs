@@ -49,6 +49,28 @@ pub enum Code {
     /// The agent daemon went away while it ran the request (it finishes or undoes an upgrade
     /// step when it starts again): ask `status`.
     DaemonLost,
+    /// A rollout order or control that does not read as one (malformed, too large, rules
+    /// broken).
+    BadOrder,
+    /// A rollout order or control without a signature, or with one that does not verify.
+    OrderSignature,
+    /// A rollout order or control not signed by the pinned root's order keys (a release key,
+    /// a root key, or a key the root does not name).
+    NotOrderKey,
+    /// A rollout order or control past its expiry.
+    OrderExpired,
+    /// A rollout order or control whose sequence is not above the highest this node accepted:
+    /// a replay.
+    OrderReplayed,
+    /// A rollout order or control for another cluster than this node's.
+    WrongCluster,
+    /// A rollout order that does not name this node among its targets.
+    NotTargeted,
+    /// A rollout order naming a release staged here with another manifest digest.
+    DigestMismatch,
+    /// A rollout order whose target is older than the release active when its rollout began
+    /// (and it is not that rollout's rollback).
+    OrderDowngrade,
     /// A code this build does not know (a newer agent), or none (an agent older than codes).
     #[default]
     #[serde(other)]
@@ -56,7 +78,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 26] = [
         Code::Busy,
         Code::Input,
         Code::BadRequest,
@@ -73,6 +95,15 @@ impl Code {
         Code::RolledBack,
         Code::RollbackFailed,
         Code::DaemonLost,
+        Code::BadOrder,
+        Code::OrderSignature,
+        Code::NotOrderKey,
+        Code::OrderExpired,
+        Code::OrderReplayed,
+        Code::WrongCluster,
+        Code::NotTargeted,
+        Code::DigestMismatch,
+        Code::OrderDowngrade,
         Code::Other,
     ];
 
@@ -95,6 +126,15 @@ impl Code {
             Code::RolledBack => "rolled_back",
             Code::RollbackFailed => "rollback_failed",
             Code::DaemonLost => "daemon_lost",
+            Code::BadOrder => "bad_order",
+            Code::OrderSignature => "order_signature",
+            Code::NotOrderKey => "not_order_key",
+            Code::OrderExpired => "order_expired",
+            Code::OrderReplayed => "order_replayed",
+            Code::WrongCluster => "wrong_cluster",
+            Code::NotTargeted => "not_targeted",
+            Code::DigestMismatch => "digest_mismatch",
+            Code::OrderDowngrade => "order_downgrade",
             Code::Other => "other",
         }
     }
@@ -307,7 +347,7 @@ mod tests {
             .collect();
         assert_eq!(
             names.join(","),
-            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","other""#
+            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","bad_order","order_signature","not_order_key","order_expired","order_replayed","wrong_cluster","not_targeted","digest_mismatch","order_downgrade","other""#
         );
         let retried: Vec<Code> = Code::ALL.into_iter().filter(|c| c.is_retryable()).collect();
         assert_eq!(retried, [Code::Busy, Code::Input]);

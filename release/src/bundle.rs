@@ -109,10 +109,19 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ReleaseError> {
     })
 }
 
+/// The digest a rollout order names a release by: the sha256, in lowercase hex, of the exact
+/// manifest bytes its signatures cover (never of a re-serialized manifest).
+pub fn manifest_digest(manifest_bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(manifest_bytes))
+}
+
 /// What a successful verification established.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
     pub manifest: Manifest,
+    /// The sha256 (lowercase hex) of the exact signed manifest bytes: what a rollout order
+    /// names as the release's digest ([`manifest_digest`]).
+    pub manifest_sha256: String,
     /// The release keys whose signatures counted.
     pub signers: Vec<PublicKey>,
     pub files: usize,
@@ -228,6 +237,7 @@ fn check<R: Read + Seek>(
     Ok(Verified {
         files: manifest.file_count(),
         bytes: manifest.total_size(),
+        manifest_sha256: manifest_digest(&header.manifest_bytes),
         manifest,
         signers,
     })

@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod keys;
 pub mod manifest;
+pub mod order;
 pub mod signatures;
 pub mod tree;
 pub mod trust;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 pub use bundle::{BuildOptions, StoredRelease, Verified, build, list_store, unpack, verify};
 pub use keys::{PublicKey, SecretKey, write_key_pair};
 pub use manifest::{Entry, Manifest, Payload, Timestamp};
+pub use order::{Action, Control, Order, SignedControl, SignedOrder};
 pub use tree::{AssembledTree, assemble};
 pub use trust::{Root, RootBody};
 
@@ -74,6 +76,21 @@ pub enum ReleaseError {
         what: &'static str,
         valid: usize,
         needed: u32,
+    },
+    #[error("bad rollout order: {0}")]
+    BadOrder(String),
+    #[error("{what}: signed by a {role} key, not an order key ({key})")]
+    NotOrderKey {
+        what: &'static str,
+        role: &'static str,
+        key: PublicKey,
+    },
+    #[error("{what}: the trust root names no order keys, so it accepts no order")]
+    NoOrderKeys { what: &'static str },
+    #[error("{what} expired at {expires}")]
+    OrderExpired {
+        what: &'static str,
+        expires: Timestamp,
     },
     #[error("bad manifest: {0}")]
     BadManifest(String),

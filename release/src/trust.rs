@@ -1,5 +1,5 @@
-//! The trust root: a small signed document naming the root keys (with a threshold) and the
-//! release keys a node accepts. Not a distribution channel: how a root reaches a node is the
+//! The trust root: a small signed document naming the root keys (with a threshold), the
+//! release keys a node accepts, and the order keys whose rollout orders it accepts. Not a distribution channel: how a root reaches a node is the
 //! controller's and the installer's business; this module only decides what to believe.
 
 use std::collections::BTreeSet;
@@ -30,6 +30,18 @@ pub struct RootBody {
     pub root_threshold: u32,
     pub release_keys: Vec<PublicKey>,
     pub release_threshold: u32,
+    /// Keys that sign rollout orders and controls ([`crate::order`]). Absent from roots made
+    /// before order keys existed: those still parse and verify byte for byte (signatures are
+    /// over the exact bytes) and accept no order. Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order_keys: Vec<PublicKey>,
+    /// How many order keys must sign an order; 0 exactly when there are no order keys.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub order_threshold: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl RootBody {
@@ -47,6 +59,24 @@ impl RootBody {
             root_threshold,
             release_keys,
             release_threshold,
+            order_keys: Vec::new(),
+            order_threshold: 0,
+        };
+        body.check()?;
+        Ok(body)
+    }
+
+    /// The same body naming `keys` as its order keys, `threshold` of which must sign an order
+    /// (an empty list with threshold 0 names none).
+    pub fn with_order_keys(
+        self,
+        keys: Vec<PublicKey>,
+        threshold: u32,
+    ) -> Result<Self, ReleaseError> {
+        let body = Self {
+            order_keys: keys,
+            order_threshold: threshold,
+            ..self
         };
         body.check()?;
         Ok(body)
@@ -60,12 +90,19 @@ impl RootBody {
         if self.version == 0 {
             return bad("`version` starts at 1".into());
         }
-        for (name, keys, threshold) in [
+        let roles = [
             ("root", &self.root_keys, self.root_threshold),
             ("release", &self.release_keys, self.release_threshold),
-        ] {
+            ("order", &self.order_keys, self.order_threshold),
+        ];
+        for (name, keys, threshold) in roles {
             if keys.iter().collect::<BTreeSet<_>>().len() != keys.len() {
                 return bad(format!("a {name} key is listed twice"));
+            }
+            // A root may name no order keys (it then accepts no order); the other roles are
+            // required.
+            if name == "order" && keys.is_empty() && threshold == 0 {
+                continue;
             }
             if threshold == 0 || threshold as usize > keys.len() {
                 return bad(format!(
@@ -74,16 +111,22 @@ impl RootBody {
                 ));
             }
         }
-        // Only release keys sign releases, and a release key must not vouch for keys: a key
-        // holding both roles would let one stolen key install code.
-        if let Some(key) = self
-            .root_keys
-            .iter()
-            .find(|k| self.release_keys.contains(k))
-        {
-            return bad(format!(
-                "key {key} is both a root key and a release key; each key holds one role"
-            ));
+        // Each key holds one role: a release key must not vouch for keys, and an online order
+        // key must neither introduce code nor vouch for keys, so that no single stolen key
+        // installs code.
+        for (i, (a, a_keys, _)) in roles.iter().enumerate() {
+            for (b, b_keys, _) in &roles[i + 1..] {
+                if let Some(key) = a_keys.iter().find(|k| b_keys.contains(k)) {
+                    return bad(format!(
+                        "key {key} is both a {a} key and a{} {b} key; each key holds one role",
+                        if b.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                            "n"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -362,6 +362,90 @@ fn trust_rotation_through_the_command_line() {
     );
 }
 
+/// Order keys: a third role in the root, kept by a rotation unless dropped, never shared with
+/// another role.
+#[test]
+fn order_keys_through_the_command_line() {
+    let k = Keys::new();
+    run(&["keys", "generate", "--out", &k.s("keys"), "--name", "order"]).ok();
+    let order = fleet_release::PublicKey::load(&k.p("keys/order.pub")).expect("order key");
+    let init = run(&[
+        "trust",
+        "init",
+        "--root-key",
+        &k.s("keys/root.pub"),
+        "--release-key",
+        &k.s("keys/release.pub"),
+        "--order-key",
+        &k.s("keys/order.pub"),
+        "--sign",
+        &k.s("keys/root.key"),
+        "--out",
+        &k.s("root-orders.json"),
+    ])
+    .ok();
+    assert!(init.stdout.contains("1 of 1 order keys"), "{}", init.stdout);
+    let root = fleet_release::Root::load(&k.p("root-orders.json")).expect("a valid root");
+    assert_eq!(
+        (root.body().order_keys.clone(), root.body().order_threshold),
+        (vec![order], 1)
+    );
+    // A root without order keys is written as before: no order fields at all.
+    let plain = fs::read_to_string(k.p("root.json")).expect("root.json");
+    assert!(!plain.contains("order_"), "{plain}");
+
+    let two_roles = run(&[
+        "trust",
+        "init",
+        "--root-key",
+        &k.s("keys/root.pub"),
+        "--release-key",
+        &k.s("keys/release.pub"),
+        "--order-key",
+        &k.s("keys/release.pub"),
+        "--out",
+        &k.s("root-bad.json"),
+    ])
+    .fails();
+    assert!(
+        two_roles
+            .stderr
+            .contains("is both a release key and an order key"),
+        "{}",
+        two_roles.stderr
+    );
+
+    // A rotation keeps the order keys unless told to drop them.
+    run(&[
+        "trust",
+        "rotate",
+        "--current",
+        &k.s("root-orders.json"),
+        "--sign",
+        &k.s("keys/root.key"),
+        "--out",
+        &k.s("root-orders-v2.json"),
+    ])
+    .ok();
+    let v2 = fleet_release::Root::load(&k.p("root-orders-v2.json")).expect("v2");
+    assert_eq!(v2.body().order_keys, vec![order]);
+    run(&[
+        "trust",
+        "rotate",
+        "--current",
+        &k.s("root-orders-v2.json"),
+        "--no-order-keys",
+        "--sign",
+        &k.s("keys/root.key"),
+        "--out",
+        &k.s("root-orders-v3.json"),
+    ])
+    .ok();
+    let v3 = fleet_release::Root::load(&k.p("root-orders-v3.json")).expect("v3");
+    assert!(v3.body().order_keys.is_empty());
+    assert_eq!(v3.body().order_threshold, 0);
+}
+
 #[test]
 fn expired_release_is_refused() {
     use std::time::{Duration, SystemTime};

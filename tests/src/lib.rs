@@ -60,6 +60,6 @@ pub use nspawn::{
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use redis::{REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{
-    RELEASE_VALIDITY, Signing, build_own_release, build_release, hand_manifest, own_binaries,
-    release_tree, sha256_hex, signed_bundle,
+    RELEASE_VALIDITY, Signing, build_own_release, build_release, bundle_manifest_digest,
+    hand_manifest, own_binaries, release_tree, sha256_hex, sign_order, signed_bundle, test_order,
 };

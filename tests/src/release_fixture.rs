@@ -1,4 +1,5 @@
-//! Signed releases for tests: a root key and a release key with the trust root naming them,
+//! Signed releases for tests: a root key, a release key and an order key with the trust root
+//! naming them, rollout orders and controls signed by any key,
 //! release trees, bundles built from them at a chosen time, releases of the project's own
 //! `etl-server` and `fleet-agent` (assembled as `fleet release build --bin-dir` does), and
 //! bundles assembled by hand around any manifest and payload (hostile content, validly signed). Not the command line:
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use fleet_release::bundle::{Header, MANIFEST_DOMAIN};
 use fleet_release::manifest::FORMAT;
+use fleet_release::order::{Control, Order, SignedControl, SignedOrder};
 use fleet_release::signatures::Signature;
 use fleet_release::{BuildOptions, Entry, Manifest, Payload, Root, RootBody, SecretKey, Timestamp};
 use sha2::{Digest, Sha256};
@@ -20,11 +22,12 @@ use crate::HarnessError;
 /// How long a release built here stays valid after it was created.
 pub const RELEASE_VALIDITY: Duration = Duration::from_secs(86_400);
 
-/// A root key, a release key, and the trust root (threshold 1 of each) that the root key
-/// signed, naming both.
+/// A root key, a release key, an order key, and the trust root (threshold 1 of each) that
+/// the root key signed, naming all three.
 pub struct Signing {
     pub root_key: SecretKey,
     pub release_key: SecretKey,
+    pub order_key: SecretKey,
     pub root: Root,
 }
 
@@ -32,15 +35,75 @@ impl Signing {
     pub fn generate() -> Self {
         let root_key = SecretKey::generate().expect("a root key");
         let release_key = SecretKey::generate().expect("a release key");
+        let order_key = SecretKey::generate().expect("an order key");
         let body = RootBody::new(1, vec![root_key.public()], 1, vec![release_key.public()], 1)
+            .and_then(|body| body.with_order_keys(vec![order_key.public()], 1))
             .expect("a root body with one key of each role");
         let mut root = Root::unsigned(body).expect("an unsigned root");
         root.sign(&root_key);
         Self {
             root_key,
             release_key,
+            order_key,
             root,
         }
+    }
+
+    /// `order` signed by the order key, as the node reads it.
+    pub fn order(&self, order: Order) -> Vec<u8> {
+        sign_order(order, &self.order_key)
+    }
+
+    /// `control` signed by the order key, as the node reads it.
+    pub fn control(&self, control: Control) -> Vec<u8> {
+        let mut signed = SignedControl::unsigned(control).expect("a control within the rules");
+        signed.sign(&self.order_key);
+        signed.to_json().into_bytes()
+    }
+}
+
+/// `order` signed by `key` (whatever role it holds), as the node reads it.
+pub fn sign_order(order: Order, key: &SecretKey) -> Vec<u8> {
+    let mut signed = SignedOrder::unsigned(order).expect("an order within the rules");
+    signed.sign(key);
+    signed.to_json().into_bytes()
+}
+
+/// The digest an order names the release of `bundle` by: the sha256 of its exact signed
+/// manifest bytes.
+pub fn bundle_manifest_digest(bundle: &Path) -> String {
+    let mut file = fs::File::open(bundle).expect("open the bundle");
+    let header = fleet_release::bundle::read_header(&mut file).expect("a bundle header");
+    fleet_release::bundle::manifest_digest(&header.manifest_bytes)
+}
+
+/// An order of rollout `rollout` for cluster `acme/prod`, moving `targets` to `version` (with
+/// manifest digest `digest`) under sequence `sequence`, created now and valid ten minutes.
+pub fn test_order(
+    rollout: &str,
+    version: &str,
+    digest: &str,
+    targets: &[&str],
+    sequence: u64,
+) -> Order {
+    let created = Timestamp::now();
+    Order {
+        format: fleet_release::order::FORMAT,
+        rollout: rollout.into(),
+        cluster: "acme/prod".into(),
+        version: version.parse().expect("a semver version"),
+        manifest_sha256: digest.into(),
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+        canary: Vec::new(),
+        max_unavailable: 1,
+        min_healthy_secs: 5,
+        health_timeout_secs: 60,
+        smoke_flow: None,
+        rollback_of: None,
+        deadline: created.plus(Duration::from_secs(3600)),
+        sequence,
+        created,
+        expires: created.plus(Duration::from_secs(600)),
     }
 }
 

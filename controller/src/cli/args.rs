@@ -193,6 +193,13 @@ pub struct RootKeys {
     /// How many release keys must sign a manifest.
     #[arg(long, value_name = "N")]
     pub release_threshold: Option<u32>,
+    /// An order public key: the controller's online key that signs rollout orders and
+    /// controls (repeat for several; a root without one accepts no order).
+    #[arg(long = "order-key", value_name = "PUB")]
+    pub order_keys: Vec<PathBuf>,
+    /// How many order keys must sign an order (default 1 when order keys are given).
+    #[arg(long, value_name = "N")]
+    pub order_threshold: Option<u32>,
     /// Sign with this private key (repeat for several).
     #[arg(long = "sign", value_name = "KEY")]
     pub sign: Vec<PathBuf>,
@@ -216,6 +223,9 @@ pub enum TrustCommand {
         current: PathBuf,
         #[command(flatten)]
         keys: RootKeys,
+        /// Name no order keys in the new root (it then accepts no order).
+        #[arg(long, conflicts_with_all = ["order_keys", "order_threshold"])]
+        no_order_keys: bool,
         /// Where to write the new root document (never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,

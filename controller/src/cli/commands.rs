@@ -441,7 +441,7 @@ pub fn keys(command: KeysCommand) -> Result<Report> {
 pub fn trust(command: TrustCommand) -> Result<Report> {
     match command {
         TrustCommand::Init { keys, out } => {
-            let body = root_body(1, &keys, None)?;
+            let body = root_body(1, &keys, None, false)?;
             let mut root = Root::unsigned(body)?;
             sign_all(&mut root, &keys.sign)?;
             let status = match root.verify_self() {
@@ -451,9 +451,19 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
             write_new(&out, root.to_json().as_bytes())?;
             Ok(root_report(&out, &root, &status))
         }
-        TrustCommand::Rotate { current, keys, out } => {
+        TrustCommand::Rotate {
+            current,
+            keys,
+            no_order_keys,
+            out,
+        } => {
             let current = Root::load(&current)?;
-            let body = root_body(current.next_version()?, &keys, Some(current.body()))?;
+            let body = root_body(
+                current.next_version()?,
+                &keys,
+                Some(current.body()),
+                no_order_keys,
+            )?;
             let mut next = Root::unsigned(body)?;
             sign_all(&mut next, &keys.sign)?;
             let status = match current.verify_successor(&next) {
@@ -491,7 +501,14 @@ pub fn trust(command: TrustCommand) -> Result<Report> {
     }
 }
 
-fn root_body(version: u64, keys: &RootKeys, base: Option<&RootBody>) -> Result<RootBody> {
+/// The body of a new root: keys given on the command line, else (rotating) those of `base`;
+/// `drop_order` names no order keys whatever `base` named.
+fn root_body(
+    version: u64,
+    keys: &RootKeys,
+    base: Option<&RootBody>,
+    drop_order: bool,
+) -> Result<RootBody> {
     let load_all = |paths: &[std::path::PathBuf]| -> Result<Vec<PublicKey>> {
         paths
             .iter()
@@ -516,13 +533,28 @@ fn root_body(version: u64, keys: &RootKeys, base: Option<&RootBody>) -> Result<R
         .release_threshold
         .or(base.map(|b| b.release_threshold))
         .unwrap_or(1);
+    let order_keys = match (keys.order_keys.is_empty(), base) {
+        _ if drop_order => Vec::new(),
+        (true, Some(b)) => b.order_keys.clone(),
+        (true, None) => Vec::new(),
+        (false, _) => load_all(&keys.order_keys)?,
+    };
+    let order_threshold = match keys.order_threshold {
+        Some(n) => n,
+        None if order_keys.is_empty() => 0,
+        None => base
+            .map(|b| b.order_threshold)
+            .filter(|&n| n > 0 && !drop_order)
+            .unwrap_or(1),
+    };
     Ok(RootBody::new(
         version,
         root_keys,
         root_threshold,
         release_keys,
         release_threshold,
-    )?)
+    )?
+    .with_order_keys(order_keys, order_threshold)?)
 }
 
 fn sign_all(root: &mut Root, keys: &[std::path::PathBuf]) -> Result<()> {
@@ -540,13 +572,15 @@ fn root_report(path: &Path, root: &Root, status: &str) -> Report {
     let b = root.body();
     Report::new(
         format!(
-            "{}: root version {}, {} of {} root keys, {} of {} release keys, {} signature(s): {status}",
+            "{}: root version {}, {} of {} root keys, {} of {} release keys, {} of {} order keys, {} signature(s): {status}",
             path.display(),
             b.version,
             b.root_threshold,
             b.root_keys.len(),
             b.release_threshold,
             b.release_keys.len(),
+            b.order_threshold,
+            b.order_keys.len(),
             root.signatures().len()
         ),
         json!({ "ok": true, "file": path, "status": status, "root": b, "signed_by": root.signatures().iter().map(|s| s.key).collect::<Vec<_>>() }),
