@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::{FleetOptions, TestDb, TestFleet, call, own_binaries};
 use serde_json::Value;
 
-use crate::support::{Run, run, run_env};
+use crate::support::{Run, run, run_env, trust_root};
 
 /// The fleet, its files, and a runtime for the HTTP calls.
 struct Cluster {
@@ -130,23 +130,8 @@ fn agents_run_a_real_cluster_upgrade_it_node_by_node_and_roll_one_back() {
 
 fn scenario(c: &mut Cluster, keys: &Path) {
     let bin_dir = own_binaries().unwrap_or_else(|e| panic!("{e}"));
-    for name in ["root", "release"] {
-        run(&["keys", "generate", "--out", &s(keys), "--name", name]).ok();
-    }
     let root = c.fleet.dir().join("root.json");
-    run(&[
-        "trust",
-        "init",
-        "--root-key",
-        &s(&keys.join("root.pub")),
-        "--release-key",
-        &s(&keys.join("release.pub")),
-        "--sign",
-        &s(&keys.join("root.key")),
-        "--out",
-        &s(&root),
-    ])
-    .ok();
+    trust_root(keys, &root);
     c.fleet_cmd(&["hosts", "trust"]).ok();
     c.fleet_cmd(&[
         "provision",

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
-use crate::support::{Run, run, run_env};
+use crate::support::{Run, run, run_env, trust_root};
 
 struct Site {
     fleet: TestFleet,
@@ -41,23 +41,8 @@ fn site(nodes: usize) -> Site {
         .expect("inventory");
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let keys = dir.join("keys");
-    for name in ["root", "release"] {
-        run(&["keys", "generate", "--out", &s(&keys), "--name", name]).ok();
-    }
     let root = dir.join("root.json");
-    run(&[
-        "trust",
-        "init",
-        "--root-key",
-        &s(&keys.join("root.pub")),
-        "--release-key",
-        &s(&keys.join("release.pub")),
-        "--sign",
-        &s(&keys.join("root.key")),
-        "--out",
-        &s(&root),
-    ])
-    .ok();
+    trust_root(&keys, &root);
     let store = dir.join("store");
     for v in ["1.0.0", "2.0.0"] {
         let tree = release_tree(&dir, v);

@@ -81,3 +81,25 @@ pub fn repo() -> &'static Path {
         .parent()
         .expect("the controller crate sits in the repository")
 }
+
+/// Generates a root key and a release key in `keys/` and writes the trust root naming them
+/// (signed by the root key) to `root`, through the `fleet` command line.
+pub fn trust_root(keys: &Path, root: &Path) {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    for name in ["root", "release"] {
+        run(&["keys", "generate", "--out", &s(keys), "--name", name]).ok();
+    }
+    run(&[
+        "trust",
+        "init",
+        "--root-key",
+        &s(&keys.join("root.pub")),
+        "--release-key",
+        &s(&keys.join("release.pub")),
+        "--sign",
+        &s(&keys.join("root.key")),
+        "--out",
+        &s(root),
+    ])
+    .ok();
+}

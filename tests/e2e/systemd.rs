@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::{NspawnNode, SSH_KEYGEN, TestDb, TestRedis, own_binaries};
 use serde_json::Value;
 
-use crate::support::{Run, run, run_env};
+use crate::support::{Run, run, run_env, trust_root};
 
 /// Where provisioning puts the node inside the container.
 const NODE_ROOT: &str = "/opt/fleet";
@@ -124,23 +124,8 @@ fn provision_installs_enables_and_starts_the_agent_unit_under_real_systemd() {
 
 fn scenario(site: &Site) {
     let keys = site.path("keys");
-    for name in ["root", "release"] {
-        run(&["keys", "generate", "--out", &s(&keys), "--name", name]).ok();
-    }
     let root = site.path("root.json");
-    run(&[
-        "trust",
-        "init",
-        "--root-key",
-        &s(&keys.join("root.pub")),
-        "--release-key",
-        &s(&keys.join("release.pub")),
-        "--sign",
-        &s(&keys.join("root.key")),
-        "--out",
-        &s(&root),
-    ])
-    .ok();
+    trust_root(&keys, &root);
     site.fleet(&["hosts", "trust"]).ok();
     // The node runs systemd as PID 1: what the provision probe looks for is there.
     assert_eq!(
