@@ -131,6 +131,9 @@ pub enum Change<'a> {
     },
     /// The unit is as rendered but the service is not enabled and running: enable and start it.
     StartAgent,
+    /// The unit is as rendered and the service runs, but a file it reads was written (its
+    /// binary, its config, a secret): restart it so it runs what was installed.
+    RestartAgent,
 }
 
 /// The changes a probe implies, in the order they are reported and applied.
@@ -307,12 +310,14 @@ impl<'a> Desired<'a> {
             changes.push(Change::AuthorizeKey);
         }
         // Last: the service starts with every file it reads in place.
+        let wrote = changes.iter().any(|c| matches!(c, Change::Write(_)));
         match probe.systemd {
             Systemd::Absent => {}
             _ if probe.unit_sum != sha256(self.unit.bytes) => changes.push(Change::InstallUnit {
                 replaces: probe.unit_sum != "-",
             }),
             Systemd::Stopped => changes.push(Change::StartAgent),
+            Systemd::Running if wrote => changes.push(Change::RestartAgent),
             Systemd::Running => {}
         }
         Plan {
@@ -363,6 +368,9 @@ impl<'a> Plan<'a> {
                     format!("update {UNIT_PATH} and restart {SERVICE}")
                 }
                 Change::StartAgent => format!("enable and start {SERVICE}"),
+                Change::RestartAgent => {
+                    format!("restart {SERVICE} (a file it reads changed)")
+                }
             })
             .collect()
     }
@@ -449,6 +457,10 @@ impl<'a> Plan<'a> {
                 Change::StartAgent => steps.push(
                     Step::new(format!("{AS_ROOT}; $r systemctl enable --now {SERVICE}"))
                         .context(format!("starting {SERVICE}")),
+                ),
+                Change::RestartAgent => steps.push(
+                    Step::new(format!("{AS_ROOT}; $r systemctl restart {SERVICE}"))
+                        .context(format!("restarting {SERVICE}")),
                 ),
             }
         }
@@ -874,6 +886,53 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// The unit unchanged and the service running, but a file it reads rewritten (here the
+    /// server's config): the file first, then the service restarted so it runs what was
+    /// installed; nothing rewritten, nothing restarted.
+    #[test]
+    fn under_systemd_a_rewritten_file_restarts_the_running_agent() {
+        let files = files();
+        let d = desired(&files);
+        let mut sums = current(&files);
+        sums[2] = sha256(b"node = \"n1\"\nmax_running_flows = 2\n");
+        let probe = d
+            .read_probe(&systemd_output(
+                &sums,
+                &sha256(UNIT.as_bytes()),
+                "systemd running",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        let plan = d.plan(&probe);
+        assert_eq!(
+            plan.describe(),
+            [
+                "write config/server.toml",
+                "restart fleet-agent.service (a file it reads changed)"
+            ]
+        );
+        let steps = plan.steps();
+        assert_eq!(
+            steps.last(),
+            Some(&Step {
+                script: format!("{AS_ROOT_TEXT}$r systemctl restart fleet-agent.service"),
+                input: None,
+                context: Some("restarting fleet-agent.service".into()),
+            })
+        );
+        let unchanged = d
+            .read_probe(&systemd_output(
+                &current(&files),
+                &sha256(UNIT.as_bytes()),
+                "systemd running",
+                "present",
+                &[],
+            ))
+            .expect("probe");
+        assert!(d.plan(&unchanged).is_empty());
     }
 
     #[test]
