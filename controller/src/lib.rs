@@ -20,5 +20,5 @@ pub use ssh::{
     Target, Timeouts, fetch_host_key, trust_host_key,
 };
 pub use store::{
-    AuditEntry, AuditRow, NodeOutcome, Rollout, StateLocation, Store, StoreError, Tamper, data_dir,
+    AuditEntry, AuditRow, NodeOutcome, Rollout, StateLocation, Store, StoreError, Tamper,
 };

@@ -79,11 +79,7 @@ pub fn record(
 }
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(f))
+    Ok(super::commands::runtime()?.block_on(f))
 }
 
 /// The user running this command: the name `/etc/passwd` gives its uid, else `$USER`, else

@@ -362,11 +362,11 @@ fn select<'a>(
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?)
+        .context("starting the async runtime")
 }
 
 /// A per-node summary: the table, the JSON list, and one problem per failed node (so the

@@ -58,15 +58,8 @@ pub fn key_path(
     xdg_data_home: Option<OsString>,
     home: Option<OsString>,
 ) -> Result<PathBuf, KeyError> {
-    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = set(fleet_data_dir) {
-        return Ok(dir.join(KEY_FILE));
-    }
-    if let Some(dir) = set(xdg_data_home).filter(|d| d.is_absolute()) {
-        return Ok(dir.join("fleet").join(KEY_FILE));
-    }
-    set(home)
-        .map(|h| h.join(".local/share/fleet").join(KEY_FILE))
+    crate::files::data_dir_from(fleet_data_dir, xdg_data_home, home)
+        .map(|dir| dir.join(KEY_FILE))
         .ok_or(KeyError::NoDataDir)
 }
 

@@ -58,8 +58,7 @@ impl std::fmt::Debug for StateLocation {
 
 impl StateLocation {
     /// `--state` (or `FLEET_STATE`): a `postgres://` URL or a file path; none: `state.db` in
-    /// the data directory (`$FLEET_DATA_DIR`, else `$XDG_DATA_HOME/fleet`, else
-    /// `~/.local/share/fleet`).
+    /// the controller's data directory (`crate::files::data_dir`).
     pub fn from_setting(setting: Option<&str>) -> Result<StateLocation, StoreError> {
         let setting = setting
             .map(str::to_owned)
@@ -69,23 +68,13 @@ impl StateLocation {
                 StateLocation::Postgres(s)
             }
             Some(s) => StateLocation::Sqlite(PathBuf::from(s)),
-            None => StateLocation::Sqlite(data_dir()?.join("state.db")),
+            None => StateLocation::Sqlite(
+                crate::files::data_dir()
+                    .ok_or(StoreError::NoDataDir)?
+                    .join("state.db"),
+            ),
         })
     }
-}
-
-/// The controller's data directory (also where its key lives).
-pub fn data_dir() -> Result<PathBuf, StoreError> {
-    if let Some(dir) = std::env::var_os("FLEET_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("fleet"));
-    }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| PathBuf::from(home).join(".local/share/fleet"))
-        .ok_or(StoreError::NoDataDir)
 }
 
 #[derive(Debug, thiserror::Error)]
