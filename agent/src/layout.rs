@@ -284,10 +284,25 @@ impl Layout {
 
     /// Writes a file atomically (temporary name, fsync, rename, directory fsync).
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+        self.write_atomic_mode(path, bytes, None)
+    }
+
+    /// [`Layout::write_atomic`], the file given `mode` before it takes its name (an executable
+    /// is never found half-made or not yet executable).
+    pub fn write_atomic_mode(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), AgentError> {
         let dir = path.parent().unwrap_or(&self.root);
         let tmp = path.with_extension("tmp");
         let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(bytes)
+            .and_then(|()| match mode {
+                Some(mode) => file.set_permissions(fs::Permissions::from_mode(mode)),
+                None => Ok(()),
+            })
             .and_then(|()| file.sync_all())
             .map_err(io(&tmp))?;
         fs::rename(&tmp, path).map_err(io(path))?;

@@ -16,17 +16,11 @@ use fleet_agent::{Layout, Request};
 use fleet_tests::{Signing, TestDb, TestRedis, build_release};
 use serde_json::Value;
 
-/// The workspace's `etl-server`, beside this test's executable (`target/debug/deps/..`).
+/// The workspace's `etl-server`, beside this test's executable.
 fn etl_server() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
-    let server = dir.join("etl-server");
-    assert!(
-        server.is_file(),
-        "{} is missing: build it first (cargo build -p fleet-server)",
-        server.display()
-    );
-    server
+    fleet_tests::own_binaries()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("etl-server")
 }
 
 fn free_port() -> SocketAddr {

@@ -17,13 +17,9 @@ const FILE_CAP: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{}: larger than {FILE_CAP} bytes", path.display())]
-    TooLarge { path: PathBuf },
+    /// Not readable, or larger than the cap (the message names the file).
+    #[error("{0}")]
+    Read(fleet_release::ReleaseError),
     #[error("{}: {error}", path.display())]
     Parse { path: PathBuf, error: String },
     #[error("{}: {key}: {problem}", path.display())]
@@ -301,24 +297,12 @@ impl DaemonConfig {
 }
 
 fn read_capped(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|error| ConfigError::Read {
+    let bytes = fleet_release::trust::read_capped(path, FILE_CAP, "config or secret file")
+        .map_err(ConfigError::Read)?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
         path: path.to_owned(),
-        error,
-    })?;
-    let mut text = String::new();
-    file.take(FILE_CAP + 1)
-        .read_to_string(&mut text)
-        .map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-    if text.len() as u64 > FILE_CAP {
-        return Err(ConfigError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    Ok(text)
+        error: "not UTF-8 text".into(),
+    })
 }
 
 /// A secret file's content, trimmed; its text never reaches an error.

@@ -147,6 +147,14 @@ impl Daemon {
     }
 }
 
+/// Milliseconds since the Unix epoch (wall clock), for what the daemon writes down.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Runs blocking file work (the `ops` functions, which may wait for the node's lock) off the
 /// daemon's one thread.
 pub(crate) async fn blocking<T: Send + 'static>(

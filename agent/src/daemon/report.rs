@@ -6,7 +6,7 @@
 //! Redis URL holds a password and is never logged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use fleet_proto::NodeReport;
 use tokio_util::sync::CancellationToken;
@@ -78,10 +78,7 @@ async fn beat(
     let status = daemon.status().await.map_err(|e| e.to_string())?;
     let report = NodeReport {
         status,
-        reported_at_unix_ms: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
+        reported_at_unix_ms: super::unix_ms(),
     };
     let value = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     if conn.is_none() {

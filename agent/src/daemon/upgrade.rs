@@ -13,7 +13,7 @@
 //! server, so there is never a second one, and `current` only ever names `from` or `to`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use fleet_proto::{Code, Refusal, SwitchOutcome, Switched};
 use serde::{Deserialize, Serialize};
@@ -136,13 +136,6 @@ fn crash_point(step: Step) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Runs the whole step for `goal`; one at a time (a second is refused `busy`).
 pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
     let Ok(_guard) = daemon.step.clone().try_lock_owned() else {
@@ -186,7 +179,7 @@ pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
         to,
         step: Step::Drain,
         reason: None,
-        started_unix_ms: now_ms(),
+        started_unix_ms: super::unix_ms(),
     };
     let started = Instant::now();
     journal.enter(daemon, Step::Drain).await?;
@@ -548,7 +541,6 @@ async fn replace_agent_if_new(daemon: &Daemon, release: &str) {
 /// Copies `releases/<release>/bin/fleet-agent` over `bin/fleet-agent` (temporary name, fsync,
 /// rename) when they differ; `Some(path)` when it did.
 fn install_agent(layout: &Layout, release: &str) -> Result<Option<std::path::PathBuf>, AgentError> {
-    use std::os::unix::fs::PermissionsExt;
     let new = layout.release(release).join("bin").join("fleet-agent");
     let Ok(bytes) = std::fs::read(&new) else {
         return Ok(None);
@@ -560,16 +552,6 @@ fn install_agent(layout: &Layout, release: &str) -> Result<Option<std::path::Pat
     let dir = layout.root().join("bin");
     std::fs::create_dir_all(&dir).map_err(crate::io(&dir))?;
     // Executable before it takes the name: the forced command never finds a half-made file.
-    let tmp = dir.join(".fleet-agent.new");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-        file.sync_all()
-    };
-    write().map_err(crate::io(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(crate::io(&target))?;
-    crate::layout::sync_dir(&dir)?;
+    layout.write_atomic_mode(&target, &bytes, Some(0o755))?;
     Ok(Some(target))
 }
