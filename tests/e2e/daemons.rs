@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::{FleetOptions, TestDb, TestFleet, call, own_binaries};
 use serde_json::Value;
 
-use crate::support::{Run, run, run_env, trust_root};
+use crate::support::{Run, run, run_on, trust_root};
 
 /// The fleet, its files, and a runtime for the HTTP calls.
 struct Cluster {
@@ -30,9 +30,7 @@ fn s(p: &Path) -> String {
 impl Cluster {
     /// `fleet ARGS -i INVENTORY`, the controller's key in the fleet's folder.
     fn fleet_cmd(&self, args: &[&str]) -> Run {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-i", &self.inv]);
-        run_env(&all, &[("FLEET_DATA_DIR", &self.fleet.dir().join("data"))])
+        run_on(&self.inv, &self.fleet.dir().join("data"), args)
     }
 
     /// `fleet ARGS --json -i INVENTORY`, which must succeed; its JSON.

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
-use crate::support::{Run, run, run_env, trust_root};
+use crate::support::{Run, run, run_env, run_on, trust_root};
 
 struct Site {
     fleet: TestFleet,
@@ -74,9 +74,7 @@ impl Site {
     /// Runs `fleet ARGS -i INVENTORY`, with the controller's key (the admin tokens' source)
     /// kept in this site's folder.
     fn fleet_cmd(&self, args: &[&str]) -> Run {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["-i", &self.inv]);
-        run_env(&all, &[("FLEET_DATA_DIR", &self.fleet.dir().join("data"))])
+        run_on(&self.inv, &self.fleet.dir().join("data"), args)
     }
 
     fn provision(&self, extra: &[&str]) -> Run {

@@ -82,6 +82,13 @@ pub fn repo() -> &'static Path {
         .expect("the controller crate sits in the repository")
 }
 
+/// `fleet ARGS -i INVENTORY` with the controller's data (its key, its state) in `data`.
+pub fn run_on(inventory: &str, data: &Path, args: &[&str]) -> Run {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-i", inventory]);
+    run_env(&all, &[("FLEET_DATA_DIR", data)])
+}
+
 /// Generates a root key and a release key in `keys/` and writes the trust root naming them
 /// (signed by the root key) to `root`, through the `fleet` command line.
 pub fn trust_root(keys: &Path, root: &Path) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::{NspawnNode, SSH_KEYGEN, TestDb, TestRedis, own_binaries};
 use serde_json::Value;
 
-use crate::support::{Run, run, run_env, trust_root};
+use crate::support::{Run, run, run_on, trust_root};
 
 /// Where provisioning puts the node inside the container.
 const NODE_ROOT: &str = "/opt/fleet";
@@ -45,9 +45,7 @@ impl Site {
     }
 
     fn fleet(&self, args: &[&str]) -> Run {
-        let mut all = args.to_vec();
-        all.extend(["-i", &self.inv]);
-        run_env(&all, &[("FLEET_DATA_DIR", &self.path("data"))])
+        run_on(&self.inv, &self.path("data"), args)
     }
 
     /// Runs `script` on the node as root with the bootstrap key; its trimmed stdout.

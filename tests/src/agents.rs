@@ -117,36 +117,52 @@ fn terminate(pid: u32, signal: Signal) -> Result<bool, HarnessError> {
     }
 }
 
-/// Stops an agent this process started: SIGTERM, then waits for it (and reaps it) at most
-/// [`AGENT_STOP_TIMEOUT`]; past that, SIGKILL and an error (its server may be left running).
-pub(crate) fn stop(child: &mut Child) -> Result<(), HarnessError> {
+/// Stops a child this process started: SIGTERM, then waits for it (and reaps it) at most
+/// `timeout`; past that, SIGKILL, and `Ok(false)` says it had to be killed. `what` names it in
+/// errors.
+pub(crate) fn terminate_child(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+) -> Result<bool, HarnessError> {
     let pid = child.id();
     if child
         .try_wait()
-        .map_err(HarnessError::io(format!("check agent {pid}")))?
+        .map_err(HarnessError::io(format!("check {what} {pid}")))?
         .is_some()
     {
-        return Ok(());
+        return Ok(true);
     }
     terminate(pid, Signal::TERM)?;
-    let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         if child
             .try_wait()
-            .map_err(HarnessError::io(format!("wait for agent {pid}")))?
+            .map_err(HarnessError::io(format!("wait for {what} {pid}")))?
             .is_some()
         {
-            return Ok(());
+            return Ok(true);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(HarnessError::AgentStuck {
-                pid,
-                timeout: AGENT_STOP_TIMEOUT,
-            });
+            return Ok(false);
         }
         thread::sleep(POLL);
+    }
+}
+
+/// Stops an agent this process started: SIGTERM, then waits for it (and reaps it) at most
+/// [`AGENT_STOP_TIMEOUT`]; past that, SIGKILL and an error (its server may be left running).
+pub(crate) fn stop(child: &mut Child) -> Result<(), HarnessError> {
+    let pid = child.id();
+    if terminate_child(child, AGENT_STOP_TIMEOUT, "agent")? {
+        Ok(())
+    } else {
+        Err(HarnessError::AgentStuck {
+            pid,
+            timeout: AGENT_STOP_TIMEOUT,
+        })
     }
 }
 

@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, kill_process};
 
 use crate::block::{self, Block};
 use crate::error::HarnessError;
@@ -159,38 +158,16 @@ impl NspawnNode {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let pid = child.id();
-        if child
-            .try_wait()
-            .map_err(HarnessError::io(format!("check {NSPAWN} {pid}")))?
-            .is_some()
-        {
-            return Ok(());
-        }
-        if let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-            // Only ESRCH can fail here, which the wait below reports as done.
-            let _ = kill_process(target, Signal::TERM);
-        }
-        let deadline = Instant::now() + POWEROFF_TIMEOUT;
-        loop {
-            if child
-                .try_wait()
-                .map_err(HarnessError::io(format!("wait for {NSPAWN} {pid}")))?
-                .is_some()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HarnessError::ContainerStuck {
-                    machine: self.machine.clone(),
-                    timeout: POWEROFF_TIMEOUT,
-                    log: self.console_log.clone(),
-                    tail: node::log_tail(&self.console_log),
-                });
-            }
-            thread::sleep(POLL);
+        // SIGTERM to `systemd-nspawn` asks systemd to shut down.
+        if crate::agents::terminate_child(&mut child, POWEROFF_TIMEOUT, NSPAWN)? {
+            Ok(())
+        } else {
+            Err(HarnessError::ContainerStuck {
+                machine: self.machine.clone(),
+                timeout: POWEROFF_TIMEOUT,
+                log: self.console_log.clone(),
+                tail: node::log_tail(&self.console_log),
+            })
         }
     }
 
