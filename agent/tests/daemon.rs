@@ -5,6 +5,8 @@
 //! workspace's `etl-server` (the process keeps the script's pid, so the agent supervises the
 //! real server); broken releases are scripts that exit, hang or ignore SIGTERM.
 
+mod common;
+
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -54,12 +56,12 @@ impl TestNode {
     async fn new(label: &str, agent_extra: &str) -> TestNode {
         let db = TestDb::new(label).await;
         let redis = TestRedis::new(label);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("node");
-        let layout = Layout::new(&root);
-        layout.ensure().expect("layout");
-        let signing = Signing::generate();
-        fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
+        let common::Node {
+            dir,
+            signing,
+            layout,
+        } = common::node();
+        let root = layout.root().to_owned();
         let (server, metrics) = (free_port(), free_port());
         let name = format!("{label}-node");
         let secrets = root.join("config/secrets");

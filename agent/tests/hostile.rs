@@ -4,6 +4,9 @@
 //! was outside `state/staging` (releases, `current`, `previous`, the counter, the trust root)
 //! with staging left empty.
 
+mod common;
+use common::Node;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -11,11 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use fleet_agent::{AgentError, Answer, Code, Layout, Request};
+use fleet_agent::{AgentError, Answer, Code, Request};
 use fleet_release::{BuildOptions, Entry, ReleaseError};
 use fleet_tests::{
-    RELEASE_VALIDITY, Signing, build_release, hand_manifest, release_tree, sha256_hex,
-    signed_bundle,
+    RELEASE_VALIDITY, build_release, hand_manifest, release_tree, sha256_hex, signed_bundle,
 };
 
 /// The version every hostile bundle claims, with a counter above the node's.
@@ -26,19 +28,10 @@ const SERVER: &[u8] = b"#!/bin/sh\necho 3.0.0\n";
 /// What a compression bomb unpacks to: over a thousand times its compressed size.
 const BOMB: u64 = 64 << 20;
 
-struct Node {
-    dir: tempfile::TempDir,
-    signing: Signing,
-    layout: Layout,
-}
-
 /// A node running 2.0.0 with 1.0.0 as `previous`, both staged the ordinary way.
 fn node() -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signing = Signing::generate();
-    let layout = Layout::new(dir.path().join("node"));
-    layout.ensure().expect("layout");
-    fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
+    let node = common::node();
+    let (dir, signing, layout) = (&node.dir, &node.signing, &node.layout);
     let store = dir.path().join("store");
     for version in ["1.0.0", "2.0.0"] {
         let tree = release_tree(dir.path(), version);
@@ -51,20 +44,16 @@ fn node() -> Node {
         );
         let bytes = fs::read(bundle).expect("bundle");
         fleet_agent::stage(
-            &layout,
+            layout,
             &version.parse().expect("version"),
             &mut bytes.as_slice(),
             SystemTime::now(),
         )
         .expect("stages");
-        fleet_agent::activate(&layout, &version.parse().expect("version"), false)
+        fleet_agent::activate(layout, &version.parse().expect("version"), false)
             .expect("activates");
     }
-    Node {
-        dir,
-        signing,
-        layout,
-    }
+    node
 }
 
 impl Node {

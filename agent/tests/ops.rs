@@ -1,5 +1,8 @@
 //! The agent's operations on a real node root, with real signed bundles.
 
+mod common;
+use common::{Node, node};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -7,30 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use fleet_agent::{AgentError, Answer, Code, Layout, Reply, Request};
 use fleet_release::{ReleaseError, SecretKey};
-use fleet_tests::{Signing, build_release, release_tree};
-
-struct Node {
-    dir: tempfile::TempDir,
-    signing: Signing,
-    layout: Layout,
-}
+use fleet_tests::{build_release, release_tree};
 
 /// A version as a request carries it.
 fn v(text: &str) -> semver::Version {
     text.parse().expect("a version")
-}
-
-fn node() -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signing = Signing::generate();
-    let layout = Layout::new(dir.path().join("node"));
-    layout.ensure().expect("layout");
-    fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
-    Node {
-        dir,
-        signing,
-        layout,
-    }
 }
 
 impl Node {

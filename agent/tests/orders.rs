@@ -1,6 +1,9 @@
 //! Rollout orders and controls on a real node root: every refusal with its message and code,
 //! the sequence floor kept across calls, the order records, and the rollback exception.
 
+mod common;
+use common::{Node, node};
+
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -8,31 +11,10 @@ use std::time::{Duration, SystemTime};
 use fleet_agent::{AgentError, Code, Layout, Refusal};
 use fleet_release::Timestamp;
 use fleet_release::order::{Action, Control, Order, SignedOrder};
-use fleet_tests::{
-    Signing, build_release, bundle_manifest_digest, release_tree, sign_order, test_order,
-};
+use fleet_tests::{build_release, bundle_manifest_digest, release_tree, sign_order, test_order};
 
 const NODE: &str = "n1";
 const CLUSTER: &str = "acme/prod";
-
-struct Node {
-    dir: tempfile::TempDir,
-    signing: Signing,
-    layout: Layout,
-}
-
-fn node() -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signing = Signing::generate();
-    let layout = Layout::new(dir.path().join("node"));
-    layout.ensure().expect("layout");
-    fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
-    Node {
-        dir,
-        signing,
-        layout,
-    }
-}
 
 impl Node {
     /// Builds and stages `version`; answers its manifest digest.

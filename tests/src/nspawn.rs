@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-
 use crate::block::{self, Block};
 use crate::error::HarnessError;
 use crate::node;
