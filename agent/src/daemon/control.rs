@@ -15,7 +15,6 @@ use fleet_proto::{Answer, Code, Refusal, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::{Daemon, upgrade};
 use crate::{AgentError, Layout, answer_line, io};
@@ -56,20 +55,12 @@ pub async fn serve(
             return;
         }
     };
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting on the control socket");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let daemon = daemon.clone();
-        tokio::spawn(
+    super::accept_each(
+        "the control socket",
+        &shutdown,
+        || listener.accept(),
+        |stream| {
+            let daemon = daemon.clone();
             async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -104,9 +95,9 @@ pub async fn serve(
                     daemon.shutdown.cancel();
                 }
             }
-            .in_current_span(),
-        );
-    }
+        },
+    )
+    .await;
 }
 
 async fn handle(daemon: &Daemon, line: &str) -> Answer<Reply> {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use fleet_proto::ServerState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::Daemon;
 
@@ -30,20 +29,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting on the metrics listener");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    super::accept_each("the metrics listener", &shutdown, || listener.accept(), |mut stream| {
         let daemon = daemon.clone();
-        tokio::spawn(async move {
+        async move {
             let mut head = Vec::new();
             let read = tokio::time::timeout(READ_TIMEOUT, async {
                 let mut buf = [0u8; 1024];
@@ -73,8 +61,8 @@ pub async fn serve(
             };
             let _ = stream.write_all(answer.as_bytes()).await;
         }
-        .in_current_span());
-    }
+    })
+    .await;
 }
 
 /// A label value with `\`, `"` and newlines escaped.

@@ -155,6 +155,33 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Accepts connections until `shutdown` and answers each with `handle` on a task of its own;
+/// a failed accept is logged (naming `what`) and retried after a pause.
+pub(crate) async fn accept_each<S, Peer, Accept, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    accept: impl Fn() -> Accept,
+    handle: impl Fn(S) -> Fut,
+) where
+    Accept: Future<Output = std::io::Result<(S, Peer)>>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on {what}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(handle(stream).in_current_span());
+    }
+}
+
 /// Runs blocking file work (the `ops` functions, which may wait for the node's lock) off the
 /// daemon's one thread.
 pub(crate) async fn blocking<T: Send + 'static>(
