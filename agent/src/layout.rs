@@ -161,6 +161,15 @@ impl Layout {
     pub fn order_record(&self, rollout: &str) -> PathBuf {
         self.orders().join(format!("{rollout}.json"))
     }
+    /// The last control of `rollout` this node accepted, `state/orders/<rollout>.control`.
+    pub fn control_record(&self, rollout: &str) -> PathBuf {
+        self.orders().join(format!("{rollout}.control"))
+    }
+    /// This node's progress in `rollout` (written by the daemon alone),
+    /// `state/orders/<rollout>.progress`.
+    pub fn rollout_progress(&self, rollout: &str) -> PathBuf {
+        self.orders().join(format!("{rollout}.progress"))
+    }
     /// The highest release counter this node has activated, `state/counter`.
     pub fn counter(&self) -> PathBuf {
         self.state().join("counter")

@@ -22,8 +22,9 @@ pub use idle::{Deadline, IdleTimeout, RECEIVE_DEADLINE, STDIN_IDLE_TIMEOUT, stdi
 pub use layout::{Holder, LOCK_WAIT, Layout};
 pub use ops::{activate, rollback, stage, status};
 pub use orders::{
-    AcceptedControl, AcceptedOrder, OrderRecord, accept_control, accept_order, order_record,
-    order_sequence,
+    AcceptedControl, AcceptedOrder, ControlRecord, OrderRecord, accept_control, accept_order,
+    accepted_rollouts, control_record, disk_report, order_record, order_sequence, read_progress,
+    upgrade_sequence, write_progress,
 };
 pub use serve::{answer, answer_line, invocation, respond};
 
@@ -130,10 +131,22 @@ pub enum AgentError {
         wanted: String,
         floor: String,
     },
+    #[error("this node took no order of rollout {rollout}")]
+    UnknownRollout { rollout: String },
+    #[error("this node is not set up for rollouts: {0}; run `fleet provision`")]
+    NotConfigured(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("node layout: {0}")]
     Layout(String),
+}
+
+/// Milliseconds since the Unix epoch (wall clock), for what the agent writes down.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl AgentError {
@@ -164,6 +177,8 @@ impl AgentError {
             AgentError::OrderNotStaged { .. } => Code::NotStaged,
             AgentError::DigestMismatch { .. } => Code::DigestMismatch,
             AgentError::OrderDowngrade { .. } => Code::OrderDowngrade,
+            AgentError::UnknownRollout { .. } => Code::UnknownRollout,
+            AgentError::NotConfigured(_) => Code::NotConfigured,
             AgentError::BadRequest(_) => Code::BadRequest,
             AgentError::Layout(_) => Code::Layout,
         }
@@ -364,6 +379,11 @@ mod tests {
                 },
                 Code::OrderDowngrade,
             ),
+            (
+                AgentError::UnknownRollout { rollout: s() },
+                Code::UnknownRollout,
+            ),
+            (AgentError::NotConfigured(s()), Code::NotConfigured),
             (AgentError::BadRequest(s()), Code::BadRequest),
             (AgentError::Layout(s()), Code::Layout),
         ];

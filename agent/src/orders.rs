@@ -40,7 +40,19 @@ pub struct AcceptedOrder {
 #[derive(Debug, Clone)]
 pub struct AcceptedControl {
     pub control: Control,
+    /// The signed document as accepted.
+    pub document: String,
     pub signers: Vec<PublicKey>,
+}
+
+/// What `state/orders/<rollout>.control` holds: the last control of the rollout accepted here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRecord {
+    pub action: fleet_release::order::Action,
+    pub sequence: u64,
+    /// The signed document as accepted.
+    pub document: String,
 }
 
 /// What `state/orders/<rollout>.json` holds.
@@ -52,6 +64,8 @@ pub struct OrderRecord {
     pub active_at_start: Option<String>,
     /// The sequence of the last order of the rollout accepted here.
     pub sequence: u64,
+    /// That order, as verified when it was accepted.
+    pub order: Order,
     /// That order, the signed document as accepted.
     pub document: String,
 }
@@ -103,12 +117,10 @@ pub fn accept_order(
         rollout: order.rollout.clone(),
         active_at_start: active_at_start.clone(),
         sequence: order.sequence,
+        order: order.clone(),
         document: document.clone(),
     };
-    let mut text =
-        serde_json::to_vec_pretty(&record).map_err(|e| AgentError::Layout(e.to_string()))?;
-    text.push(b'\n');
-    layout.write_atomic(&layout.order_record(&order.rollout), &text)?;
+    write_json(layout, &layout.order_record(&order.rollout), &record)?;
     Ok(AcceptedOrder {
         order,
         document,
@@ -119,7 +131,8 @@ pub fn accept_order(
 
 /// Accepts the signed rollout control `bytes` for cluster `cluster` at time `now`, or refuses
 /// it with the same checks as an order's signature, keys, expiry, sequence (shared with
-/// orders) and cluster. Holds the node's lock; raises the sequence floor.
+/// orders) and cluster. Holds the node's lock; raises the sequence floor, then records the
+/// control (`state/orders/<rollout>.control`, one atomic write).
 pub fn accept_control(
     layout: &Layout,
     cluster: &str,
@@ -138,9 +151,17 @@ pub fn accept_control(
         });
     }
     check_sequence(layout, "rollout control", control.sequence)?;
+    let document = verified.document.to_json();
     raise_sequence(layout, control.sequence)?;
+    let record = ControlRecord {
+        action: control.action,
+        sequence: control.sequence,
+        document: document.clone(),
+    };
+    write_json(layout, &layout.control_record(&control.rollout), &record)?;
     Ok(AcceptedControl {
         control,
+        document,
         signers: verified.signers,
     })
 }
@@ -149,6 +170,109 @@ pub fn accept_control(
 pub fn order_record(layout: &Layout, rollout: &str) -> Result<Option<OrderRecord>, AgentError> {
     fleet_release::order::check_rollout(rollout).map_err(refused)?;
     read_record(layout, rollout)
+}
+
+/// The last control of rollout `rollout` this node accepted, if any.
+pub fn control_record(layout: &Layout, rollout: &str) -> Result<Option<ControlRecord>, AgentError> {
+    fleet_release::order::check_rollout(rollout).map_err(refused)?;
+    read_json(&layout.control_record(rollout))
+}
+
+/// This node's own progress in rollout `rollout`, as its daemon last wrote it.
+pub fn read_progress(
+    layout: &Layout,
+    rollout: &str,
+) -> Result<Option<fleet_proto::NodeProgress>, AgentError> {
+    fleet_release::order::check_rollout(rollout).map_err(refused)?;
+    read_json(&layout.rollout_progress(rollout))
+}
+
+/// Writes this node's progress in its rollout (the daemon's, one atomic write).
+pub fn write_progress(
+    layout: &Layout,
+    rollout: &str,
+    progress: &fleet_proto::NodeProgress,
+) -> Result<(), AgentError> {
+    write_json(layout, &layout.rollout_progress(rollout), progress)
+}
+
+/// The ids of the rollouts this node accepted an order of, by name.
+pub fn accepted_rollouts(layout: &Layout) -> Result<Vec<String>, AgentError> {
+    let dir = layout.orders();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(&dir))?;
+        let name = entry.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json"))
+            && fleet_proto::is_rollout_id(id)
+        {
+            ids.push(id.to_owned());
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// The order's targets in the order they go: the canaries first, then the rest as listed.
+pub fn upgrade_sequence(order: &Order) -> Vec<String> {
+    let mut nodes = order.canary.clone();
+    nodes.extend(
+        order
+            .targets
+            .iter()
+            .filter(|t| !order.canary.contains(t))
+            .cloned(),
+    );
+    nodes
+}
+
+/// This node's report on rollout `rollout` read from its records alone, as answered when no
+/// daemon runs: its own progress as last written, the other targets unknown.
+pub fn disk_report(
+    layout: &Layout,
+    node: &str,
+    rollout: &str,
+) -> Result<fleet_proto::RolloutReport, AgentError> {
+    let record = order_record(layout, rollout)?.ok_or_else(|| AgentError::UnknownRollout {
+        rollout: rollout.into(),
+    })?;
+    let own = read_progress(layout, rollout)?;
+    let asked = control_record(layout, rollout)?.map(|c| asked(c.action));
+    let nodes = upgrade_sequence(&record.order)
+        .into_iter()
+        .map(|n| match &own {
+            Some(p) if n == node => p.clone(),
+            _ => fleet_proto::NodeProgress::new(n),
+        })
+        .collect();
+    Ok(fleet_proto::RolloutReport {
+        rollout: rollout.into(),
+        cluster: record.order.cluster.clone(),
+        version: record.order.version.to_string(),
+        reported_by: node.into(),
+        nodes,
+        asked,
+        halted: None,
+        redis_error: None,
+        daemon: false,
+        reported_at_unix_ms: crate::unix_ms(),
+    })
+}
+
+/// A control's action as the report names it.
+pub fn asked(action: fleet_release::order::Action) -> fleet_proto::Asked {
+    use fleet_release::order::Action;
+    match action {
+        Action::Pause => fleet_proto::Asked::Pause,
+        Action::Resume => fleet_proto::Asked::Resume,
+        Action::Abort => fleet_proto::Asked::Abort,
+        Action::AbortRollback => fleet_proto::Asked::AbortRollback,
+    }
 }
 
 /// The highest order or control sequence this node accepted (0 before the first).
@@ -239,12 +363,28 @@ fn check_downgrade(
 }
 
 fn read_record(layout: &Layout, rollout: &str) -> Result<Option<OrderRecord>, AgentError> {
-    let path = layout.order_record(rollout);
-    match fs::read(&path) {
+    read_json(&layout.order_record(rollout))
+}
+
+fn write_json<T: Serialize>(
+    layout: &Layout,
+    path: &std::path::Path,
+    value: &T,
+) -> Result<(), AgentError> {
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|e| AgentError::Layout(e.to_string()))?;
+    text.push(b'\n');
+    layout.write_atomic(path, &text)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<Option<T>, AgentError> {
+    match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| AgentError::Layout(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path)(e)),
+        Err(e) => Err(io(path)(e)),
     }
 }

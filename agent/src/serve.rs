@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use fleet_proto::{Answer, Reply, Request};
 
-use crate::{AgentError, Layout, ops};
+use crate::{AgentError, Layout, ops, orders};
 
 /// What the command line asks: `--root DIR serve` takes the request from the deploy key's
 /// original command (`ssh_original_command`), `--root DIR WORDS...` from the words.
@@ -62,23 +62,79 @@ fn reply<R: Read>(
         } => ops::activate(layout, &version, allow_downgrade)?.into(),
         Request::Rollback => ops::rollback(layout)?.into(),
         Request::Status => ops::status(layout)?.into(),
+        Request::Order => {
+            let (node, cluster) = identity(layout)?;
+            let bytes = read_document(open_input)?;
+            let accepted = orders::accept_order(layout, &node, &cluster, &bytes, now)?;
+            orders::disk_report(layout, &node, &accepted.order.rollout)?.into()
+        }
+        Request::Control => {
+            let (node, cluster) = identity(layout)?;
+            let bytes = read_document(open_input)?;
+            let accepted = orders::accept_control(layout, &cluster, &bytes, now)?;
+            orders::disk_report(layout, &node, &accepted.control.rollout)?.into()
+        }
+        Request::Rollout { id } => {
+            let (node, _) = identity(layout)?;
+            orders::disk_report(layout, &node, &id)?.into()
+        }
     })
 }
 
+/// The node's name and its cluster (`customer/cluster`), from `config/agent.toml`.
+pub fn identity(layout: &Layout) -> Result<(String, String), AgentError> {
+    let config = crate::daemon::DaemonConfig::load(layout.root())
+        .map_err(|e| AgentError::NotConfigured(e.to_string()))?;
+    match (config.customer, config.cluster) {
+        (Some(customer), Some(cluster)) => Ok((config.node, format!("{customer}/{cluster}"))),
+        _ => Err(AgentError::NotConfigured(format!(
+            "{} names no customer and cluster",
+            crate::daemon::DaemonConfig::path(layout.root()).display()
+        ))),
+    }
+}
+
+/// A signed order or control from stdin, read up to one byte past the cap (which the check
+/// of the document refuses with its size).
+fn read_document<R: Read>(
+    open_input: impl FnOnce() -> std::io::Result<R>,
+) -> Result<Vec<u8>, AgentError> {
+    let input = open_input().map_err(AgentError::Stdin)?;
+    let mut bytes = Vec::new();
+    input
+        .take(fleet_release::order::ORDER_CAP + 1)
+        .read_to_end(&mut bytes)
+        .map_err(AgentError::Stdin)?;
+    Ok(bytes)
+}
+
 /// The line to print for `request`: the daemon's answer when one runs on the node and the
-/// request is one it takes (`status`, `activate`, `rollback`), otherwise [`answer`]'s.
+/// request is one it takes (`status`, `activate`, `rollback`, `rollout ID`), otherwise
+/// [`answer`]'s. An order or control is taken here, on disk under the node's lock (the daemon's
+/// socket carries no documents); then a running daemon is asked for its report on the
+/// rollout, which also has it take part at once.
 pub fn respond<R: Read>(
     layout: &Layout,
     request: Request,
     open_input: impl FnOnce() -> std::io::Result<R>,
     now: SystemTime,
 ) -> crate::daemon::Forwarded {
-    if !matches!(request, Request::Stage { .. })
-        && let Some(forwarded) = crate::daemon::ask_daemon(layout, &request)
-    {
+    let forwards = !matches!(
+        request,
+        Request::Stage { .. } | Request::Order | Request::Control
+    );
+    if forwards && let Some(forwarded) = crate::daemon::ask_daemon(layout, &request) {
         return forwarded;
     }
     let answer = answer(layout, request, open_input, now);
+    if let Answer::Done(Reply::Rollout(report)) = &answer {
+        let ask = Request::Rollout {
+            id: report.rollout.clone(),
+        };
+        if let Some(forwarded) = crate::daemon::ask_daemon(layout, &ask) {
+            return forwarded;
+        }
+    }
     crate::daemon::Forwarded {
         line: answer_line(&answer),
         ok: answer.is_ok(),

@@ -71,6 +71,10 @@ pub enum Code {
     /// A rollout order whose target is older than the release active when its rollout began
     /// (and it is not that rollout's rollback).
     OrderDowngrade,
+    /// `rollout ID` names a rollout this node took no order of.
+    UnknownRollout,
+    /// The node is not set up for rollouts (no `config/agent.toml` naming its cluster).
+    NotConfigured,
     /// A code this build does not know (a newer agent), or none (an agent older than codes).
     #[default]
     #[serde(other)]
@@ -78,7 +82,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 28] = [
         Code::Busy,
         Code::Input,
         Code::BadRequest,
@@ -104,6 +108,8 @@ impl Code {
         Code::NotTargeted,
         Code::DigestMismatch,
         Code::OrderDowngrade,
+        Code::UnknownRollout,
+        Code::NotConfigured,
         Code::Other,
     ];
 
@@ -135,6 +141,8 @@ impl Code {
             Code::NotTargeted => "not_targeted",
             Code::DigestMismatch => "digest_mismatch",
             Code::OrderDowngrade => "order_downgrade",
+            Code::UnknownRollout => "unknown_rollout",
+            Code::NotConfigured => "not_configured",
             Code::Other => "other",
         }
     }
@@ -347,7 +355,7 @@ mod tests {
             .collect();
         assert_eq!(
             names.join(","),
-            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","bad_order","order_signature","not_order_key","order_expired","order_replayed","wrong_cluster","not_targeted","digest_mismatch","order_downgrade","other""#
+            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","bad_order","order_signature","not_order_key","order_expired","order_replayed","wrong_cluster","not_targeted","digest_mismatch","order_downgrade","unknown_rollout","not_configured","other""#
         );
         let retried: Vec<Code> = Code::ALL.into_iter().filter(|c| c.is_retryable()).collect();
         assert_eq!(retried, [Code::Busy, Code::Input]);

@@ -18,6 +18,15 @@ pub enum Request {
     },
     Rollback,
     Status,
+    /// Receive a signed rollout order on stdin; the node takes it, or refuses it, and answers
+    /// its report on that rollout.
+    Order,
+    /// Receive a signed rollout control (pause, resume, abort) on stdin.
+    Control,
+    /// This node's report on rollout `id`.
+    Rollout {
+        id: String,
+    },
 }
 
 /// Words that are not a request; the message names what was accepted and what arrived.
@@ -33,8 +42,7 @@ impl fmt::Display for BadRequest {
 impl std::error::Error for BadRequest {}
 
 impl Request {
-    pub const USAGE: &str =
-        "stage VERSION | activate VERSION [--allow-downgrade] | rollback | status";
+    pub const USAGE: &str = "stage VERSION | activate VERSION [--allow-downgrade] | rollback | status | order | control | rollout ID";
 
     pub fn parse(words: &[&str]) -> Result<Self, BadRequest> {
         let bad = || {
@@ -59,9 +67,25 @@ impl Request {
             }),
             ["rollback"] => Ok(Request::Rollback),
             ["status"] => Ok(Request::Status),
+            ["order"] => Ok(Request::Order),
+            ["control"] => Ok(Request::Control),
+            ["rollout", id] if is_rollout_id(id) => Ok(Request::Rollout {
+                id: (*id).to_owned(),
+            }),
             _ => Err(bad()),
         }
     }
+}
+
+/// A rollout id names files on the node: 1 to 64 letters, digits, `-`, `_`, `.`, not starting
+/// with `.` (the rule `fleet_release::order` applies to the signed documents).
+pub fn is_rollout_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The words of the request, as the agent parses them (the deploy key's command line).
@@ -79,6 +103,9 @@ impl fmt::Display for Request {
             } => write!(f, "activate {version} --allow-downgrade"),
             Request::Rollback => f.write_str("rollback"),
             Request::Status => f.write_str("status"),
+            Request::Order => f.write_str("order"),
+            Request::Control => f.write_str("control"),
+            Request::Rollout { id } => write!(f, "rollout {id}"),
         }
     }
 }
@@ -112,6 +139,10 @@ mod tests {
             &["stage", "../../etc"],
             &["stage", "1.0.0", "x"],
             &["status", "now"],
+            &["rollout"],
+            &["rollout", "../x"],
+            &["rollout", ".hidden"],
+            &["order", "x"],
         ] {
             let err = Request::parse(words).expect_err("refused");
             assert_eq!(
@@ -144,6 +175,11 @@ mod tests {
             },
             Request::Rollback,
             Request::Status,
+            Request::Order,
+            Request::Control,
+            Request::Rollout {
+                id: "r-2026.11.30_1".into(),
+            },
         ];
         let words: Vec<String> = requests.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -154,7 +190,10 @@ mod tests {
                 "activate 1.2.0",
                 "activate 1.2.0 --allow-downgrade",
                 "rollback",
-                "status"
+                "status",
+                "order",
+                "control",
+                "rollout r-2026.11.30_1"
             ]
         );
         for (request, text) in requests.iter().zip(&words) {
@@ -169,7 +208,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "this key only runs fleet-agent requests (stage VERSION | activate VERSION \
-             [--allow-downgrade] | rollback | status); got `status; id`"
+             [--allow-downgrade] | rollback | status | order | control | rollout ID); got \
+             `status; id`"
         );
     }
 }

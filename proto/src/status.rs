@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::Supervision;
+use crate::rollout::RolloutReport;
 
 /// What staging did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,13 @@ pub enum Reply {
     Staged(Staged),
     Switched(Switched),
     Status(Box<Status>),
+    Rollout(Box<RolloutReport>),
+}
+
+impl From<RolloutReport> for Reply {
+    fn from(r: RolloutReport) -> Self {
+        Reply::Rollout(Box::new(r))
+    }
 }
 
 impl From<Staged> for Reply {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Daemon, upgrade};
+use super::{Daemon, rollout, upgrade};
 use crate::{AgentError, Layout, answer_line, io};
 
 /// A request line longer than this is refused.
@@ -131,9 +131,14 @@ async fn handle(daemon: &Daemon, line: &str) -> Answer<Reply> {
             .await
             .map(Reply::from)
             .into(),
-        Request::Stage { .. } => Answer::Refused(Refusal::new(
+        Request::Rollout { id } => rollout::report(daemon, &id)
+            .await
+            .map(Reply::from)
+            .map_err(Refusal::from)
+            .into(),
+        Request::Stage { .. } | Request::Order | Request::Control => Answer::Refused(Refusal::new(
             Code::BadRequest,
-            "stage is written by the one-shot agent, not the daemon",
+            format!("`{request}` is taken by the one-shot agent, not the daemon"),
         )),
     }
 }

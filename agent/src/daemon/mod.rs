@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod process;
 mod report;
+mod rollout;
 mod supervise;
 mod upgrade;
 
@@ -147,13 +148,7 @@ impl Daemon {
     }
 }
 
-/// Milliseconds since the Unix epoch (wall clock), for what the daemon writes down.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::unix_ms;
 
 /// Accepts connections until `shutdown` and answers each with `handle` on a task of its own;
 /// a failed accept is logged (naming `what`) and retried after a pause.
