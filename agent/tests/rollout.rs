@@ -1,0 +1,539 @@
+//! Rolling upgrades carried by the agents themselves: a real cluster of `etl-server`s, each
+//! supervised by its real `fleet-agent run` daemon, on this machine's Postgres (a database of
+//! the test's own) and Redis (a key prefix of its own). The test signs orders and controls
+//! with the trust root's order key and hands them to the nodes as the deploy key's `order`
+//! and `control` requests would; from there the agents coordinate through Redis alone. A
+//! sampler watches every node's daemon from outside all along: never more nodes out of
+//! service than the order allows.
+
+mod common;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use fleet_agent::{Layout, Request};
+use fleet_release::Timestamp;
+use fleet_release::order::{Action, Control, Order};
+use fleet_tests::{Signing, TestDb, TestRedis, build_release, bundle_manifest_digest};
+use serde_json::Value;
+
+const CLUSTER: &str = "acme/prod";
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("its address")
+}
+
+/// `bin/etl-server` of a release that runs the real server.
+fn good() -> String {
+    let server = fleet_tests::own_binaries()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("etl-server");
+    format!("#!/bin/sh\nexec {server:?} \"$@\"\n")
+}
+
+/// `bin/etl-server` of a release that never serves.
+const BROKEN: &str = "#!/bin/sh\necho 'this release is broken' >&2\nexit 3\n";
+
+struct Node {
+    name: String,
+    layout: Layout,
+    agent: Option<Child>,
+}
+
+/// N nodes of one cluster sharing a database, a Redis prefix and a trust root.
+struct Cluster {
+    dir: tempfile::TempDir,
+    signing: Signing,
+    nodes: Vec<Node>,
+    digests: std::collections::HashMap<String, String>,
+    sequence: u64,
+    _db: TestDb,
+    _redis: TestRedis,
+}
+
+impl Cluster {
+    async fn new(label: &str, n: usize) -> Cluster {
+        let db = TestDb::new(label).await;
+        let redis = TestRedis::new(label);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signing = Signing::generate();
+        let shared = dir.path().join("shared");
+        fs::create_dir_all(&shared).expect("shared");
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let name = format!("n{i}");
+            let layout = Layout::new(dir.path().join(&name));
+            layout.ensure().expect("layout");
+            fs::write(layout.trust_root(), signing.root.to_json()).expect("trust");
+            let root = layout.root().to_owned();
+            let secrets = root.join("config/secrets");
+            fs::create_dir_all(&secrets).expect("secrets");
+            fs::write(secrets.join("redis_url"), format!("{}\n", redis.url)).expect("secret");
+            fs::write(secrets.join("admin_token"), "test-admin-token-0123456789\n")
+                .expect("secret");
+            let api = free_port();
+            fs::write(
+                root.join("config/server.toml"),
+                format!(
+                    "node = {name:?}\nlisten = \"{api}\"\nshared_storage = {shared:?}\npostgres_url = {:?}\nredis_url = {:?}\nredis_prefix = {:?}\nadmin_token_file = {:?}\n[limits]\nshutdown_grace_secs = 2\n",
+                    db.url,
+                    redis.url,
+                    redis.prefix,
+                    secrets.join("admin_token"),
+                ),
+            )
+            .expect("server.toml");
+            fs::write(
+                root.join("config/agent.toml"),
+                format!(
+                    "node = {name:?}\ncustomer = \"acme\"\ncluster = \"prod\"\nnode_root = {root:?}\nredis_url_file = {:?}\nmetrics_listen = \"\"\n[rollout]\nmin_healthy_secs = 1\nhealth_timeout_secs = 20\nslot_ttl_ms = 3000\npoll_ms = 200\n[supervise]\nstop_grace_secs = 5\ndrain_deadline_secs = 10\nhealth_interval_ms = 200\nheartbeat_interval_ms = 300\nheartbeat_ttl_ms = 2000\n",
+                    secrets.join("redis_url"),
+                ),
+            )
+            .expect("agent.toml");
+            nodes.push(Node {
+                name,
+                layout,
+                agent: None,
+            });
+        }
+        Cluster {
+            dir,
+            signing,
+            nodes,
+            digests: Default::default(),
+            sequence: 0,
+            _db: db,
+            _redis: redis,
+        }
+    }
+
+    /// Builds `version` (its `bin/etl-server` is `script`) and stages it on every node.
+    fn stage(&mut self, version: &str, script: &str) {
+        let tree = self.dir.path().join(format!("tree-{version}"));
+        fs::create_dir_all(tree.join("bin")).expect("tree");
+        let server = tree.join("bin/etl-server");
+        fs::write(&server, script).expect("script");
+        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bundle = build_release(
+            version,
+            &tree,
+            &self.signing.release_key,
+            &self.dir.path().join("store"),
+            SystemTime::now(),
+        );
+        self.digests
+            .insert(version.into(), bundle_manifest_digest(&bundle));
+        let bytes = fs::read(&bundle).expect("bundle");
+        for node in &self.nodes {
+            fleet_agent::stage(
+                &node.layout,
+                &version.parse().expect("version"),
+                &mut &bytes[..],
+                SystemTime::now(),
+            )
+            .expect("staged");
+        }
+    }
+
+    /// Activates `version` on every node without a daemon, then starts the daemons and waits
+    /// until every server is healthy.
+    fn start(&mut self, version: &str) {
+        for node in &mut self.nodes {
+            fleet_agent::activate(&node.layout, &version.parse().expect("version"), false)
+                .expect("activated");
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(node.layout.root().join("agent.log"))
+                .expect("agent.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+                .arg("run")
+                .arg("--root")
+                .arg(node.layout.root())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("fleet-agent run");
+            node.agent = Some(child);
+        }
+        for k in 0..self.nodes.len() {
+            self.wait(k, "the server is healthy", Duration::from_secs(60), |s| {
+                s["daemon"]["server"] == "healthy"
+            });
+        }
+    }
+
+    /// The answer of node `k`'s agent to `request` (stdin: `input`), as `fleet-agent serve`
+    /// prints it.
+    fn ask(&self, k: usize, request: Request, input: &[u8]) -> Value {
+        let line = fleet_agent::respond(
+            &self.nodes[k].layout,
+            request,
+            || Ok(input),
+            SystemTime::now(),
+        )
+        .line;
+        serde_json::from_str(&line).expect("a JSON answer")
+    }
+
+    fn status(&self, k: usize) -> Value {
+        self.ask(k, Request::Status, b"")
+    }
+
+    fn report(&self, k: usize, rollout: &str) -> Value {
+        self.ask(k, Request::Rollout { id: rollout.into() }, b"")
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text =
+                    fs::read_to_string(n.layout.root().join("agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {} agent.log\n{}\n", n.name, tail.join("\n"))
+            })
+            .collect()
+    }
+
+    fn wait(&self, k: usize, what: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status(k);
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {what}: not within {within:?}; last status {status}\n{}",
+                self.nodes[k].name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    /// An order of rollout `rollout` to `version` for every node, canary first.
+    fn order(
+        &mut self,
+        rollout: &str,
+        version: &str,
+        canary: &[&str],
+        max_unavailable: u32,
+    ) -> Order {
+        let created = Timestamp::now();
+        Order {
+            format: fleet_release::order::FORMAT,
+            rollout: rollout.into(),
+            cluster: CLUSTER.into(),
+            version: version.parse().expect("version"),
+            manifest_sha256: self.digests[version].clone(),
+            targets: self.nodes.iter().map(|n| n.name.clone()).collect(),
+            canary: canary.iter().map(|c| (*c).to_owned()).collect(),
+            max_unavailable,
+            min_healthy_secs: 1,
+            health_timeout_secs: 15,
+            smoke_flow: None,
+            rollback_of: None,
+            deadline: created.plus(Duration::from_secs(600)),
+            sequence: self.next_sequence(),
+            created,
+            expires: created.plus(Duration::from_secs(600)),
+        }
+    }
+
+    /// Hands the signed `order` to the nodes `to`; each must take it.
+    fn hand(&self, order: Order, to: &[usize]) {
+        let bytes = self.signing.order(order);
+        for &k in to {
+            let answer = self.ask(k, Request::Order, &bytes);
+            assert_eq!(answer["ok"], true, "{}: {answer}", self.nodes[k].name);
+        }
+    }
+
+    fn control(&mut self, rollout: &str, action: Action, to: &[usize]) {
+        let control = Control {
+            format: fleet_release::order::FORMAT,
+            rollout: rollout.into(),
+            cluster: CLUSTER.into(),
+            action,
+            sequence: self.next_sequence(),
+            expires: Timestamp::now().plus(Duration::from_secs(600)),
+        };
+        let bytes = self.signing.control(control);
+        for &k in to {
+            let answer = self.ask(k, Request::Control, &bytes);
+            assert_eq!(answer["ok"], true, "{}: {answer}", self.nodes[k].name);
+        }
+    }
+
+    /// Waits until node `k`'s report on `rollout` gives every target an outcome.
+    fn finished(&self, k: usize, rollout: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let report = self.report(k, rollout);
+            let done = report["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.iter().all(|n| !n["outcome"].is_null()));
+            if done {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout {rollout} not over within {within:?}; last report {report}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The release node `k`'s running server was started from.
+    fn serving(&self, k: usize) -> Value {
+        self.status(k)["daemon"]["server_release"].clone()
+    }
+
+    /// Samples every node's daemon from outside until stopped: the most nodes out of service
+    /// at once (a server not healthy, or a step in progress), with what was seen then.
+    fn sampler(&self) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let roots: Vec<(String, PathBuf)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.layout.root().to_owned()))
+            .collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut worst = (0, String::new());
+            while !flag.load(Ordering::SeqCst) {
+                let mut out = Vec::new();
+                for (name, root) in &roots {
+                    let line = fleet_agent::respond(
+                        &Layout::new(root),
+                        Request::Status,
+                        || Ok(std::io::empty()),
+                        SystemTime::now(),
+                    )
+                    .line;
+                    let s: Value = serde_json::from_str(&line).unwrap_or_default();
+                    let d = &s["daemon"];
+                    if d["server"] != "healthy" || !d["step"].is_null() {
+                        out.push(format!("{name} ({}, step {})", d["server"], d["step"]));
+                    }
+                }
+                if out.len() > worst.0 {
+                    worst = (out.len(), out.join("; "));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            worst
+        });
+        Sampler { stop, thread }
+    }
+}
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, String)>,
+}
+
+impl Sampler {
+    fn most_out_of_service(self) -> (usize, String) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the sampler")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.agent.take() {
+                let pid = rustix::process::Pid::from_child(&child);
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn outcomes(report: &Value) -> Vec<(String, String)> {
+    report["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or("?").to_owned(),
+                n["outcome"].as_str().unwrap_or("none").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn names(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+fn all(outcome: &str, cluster: &Cluster, canary_first: &[&str]) -> Vec<(String, String)> {
+    let mut order: Vec<String> = canary_first.iter().map(|c| (*c).to_owned()).collect();
+    order.extend(
+        names(cluster)
+            .into_iter()
+            .filter(|n| !canary_first.contains(&n.as_str())),
+    );
+    order.into_iter().map(|n| (n, outcome.to_owned())).collect()
+}
+
+/// Three nodes rolled 1.0.0 → 2.0.0, the canary first, one node out of service at a time:
+/// every node committed and serves 2.0.0, every node's report says so, and the order the
+/// controller handed to one node only reached the other through Redis, verified there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_roll_a_cluster_node_by_node() {
+    let mut c = Cluster::new("agroll", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    let sampler = c.sampler();
+    let order = c.order("r1", "2.0.0", &["n2"], 1);
+    // n3 is not handed its order: it takes it from Redis, after its own checks.
+    c.hand(order, &[0, 1]);
+    let report = c.finished(0, "r1", Duration::from_secs(180));
+    let (most, when) = sampler.most_out_of_service();
+    assert_eq!(outcomes(&report), all("committed", &c, &["n2"]), "{report}");
+    assert!(most <= 1, "{most} nodes out of service at once: {when}");
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "2.0.0", "{}", c.nodes[k].name);
+    }
+    let at = |n: &str, field: &str| {
+        report["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|x| x["node"] == n))
+            .and_then(|x| x[field].as_u64())
+            .unwrap_or_else(|| panic!("no {field} for {n}: {report}"))
+    };
+    let started = |n: &str| at(n, "started_unix_ms");
+    let ended = |n: &str| at(n, "ended_unix_ms");
+    assert!(
+        ended("n2") <= started("n1") && ended("n2") <= started("n3"),
+        "the canary went first: {report}"
+    );
+    assert!(
+        c.nodes[2].layout.order_record("r1").is_file(),
+        "n3 took the order from Redis"
+    );
+}
+
+/// A release whose server never serves: the canary rolls back to 1.0.0, the failure flag
+/// goes up, no other node is switched (they are `skipped`, naming the failure), and every node
+/// serves 1.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_halts_the_rollout() {
+    let mut c = Cluster::new("aghalt", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", BROKEN);
+    c.start("1.0.0");
+    let order = c.order("r1", "2.0.0", &["n1"], 1);
+    c.hand(order, &[0, 1, 2]);
+    let report = c.finished(1, "r1", Duration::from_secs(120));
+    assert_eq!(
+        outcomes(&report),
+        [
+            ("n1".to_owned(), "rolled_back".to_owned()),
+            ("n2".to_owned(), "skipped".to_owned()),
+            ("n3".to_owned(), "skipped".to_owned())
+        ],
+        "{report}"
+    );
+    let halted = report["halted"].as_str().unwrap_or_default();
+    assert!(
+        halted.starts_with("n1: release 2.0.0 failed its health gate"),
+        "{report}"
+    );
+    let skipped = report["nodes"][1]["reason"].as_str().unwrap_or_default();
+    assert!(skipped.contains("the rollout halted: n1:"), "{report}");
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.0.0", "{}", c.nodes[k].name);
+    }
+}
+
+/// Pause holds the nodes that have not begun; resume lets them go on; abort with rollback
+/// returns the committed nodes to the release they ran before, one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_abort_with_rollback() {
+    let mut c = Cluster::new("agpause", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    let order = c.order("r1", "2.0.0", &[], 1);
+    c.hand(order, &[0, 1, 2]);
+    // Handed to n1 only: the others learn it through Redis. A node that began its step
+    // before finishes it; the rest wait.
+    c.control("r1", Action::Pause, &[0]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let paused = loop {
+        let report = c.report(2, "r1");
+        let nodes = report["nodes"].as_array().expect("nodes");
+        let waiting = nodes
+            .iter()
+            .filter(|n| n["step"] == "waiting: paused")
+            .count();
+        let committed = nodes.iter().filter(|n| n["outcome"] == "committed").count();
+        if waiting + committed == 3 && waiting >= 2 {
+            assert_eq!(report["asked"], "pause", "{report}");
+            break committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not paused everywhere: {report}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let on_new = (0..3).filter(|&k| c.serving(k) == "2.0.0").count();
+    assert_eq!(on_new, paused, "a node moved while the rollout was paused");
+    c.control("r1", Action::Resume, &[2]);
+    let report = c.finished(0, "r1", Duration::from_secs(180));
+    assert_eq!(outcomes(&report), all("committed", &c, &[]), "{report}");
+    let sampler = c.sampler();
+    c.control("r1", Action::AbortRollback, &[1]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let report = loop {
+        let report = c.report(0, "r1");
+        if outcomes(&report) == all("rolled_back", &c, &[]) {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not rolled back: {report}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (most, when) = sampler.most_out_of_service();
+    assert!(most <= 1, "{most} nodes out of service at once: {when}");
+    assert!(
+        report["nodes"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("aborted with rollback: back to 1.0.0"),
+        "{report}"
+    );
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.0.0");
+    }
+}
