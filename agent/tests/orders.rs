@@ -234,7 +234,10 @@ fn the_sequence_only_rises_and_replays_are_refused() {
     let record = fs::read(n.layout.order_record("r1")).expect("record");
     n.accept(&first).expect("the same order, taken again");
     assert_eq!((n.sequence(), n.records()), (floor, records));
-    assert_eq!(fs::read(n.layout.order_record("r1")).expect("record"), record);
+    assert_eq!(
+        fs::read(n.layout.order_record("r1")).expect("record"),
+        record
+    );
     let mut again = order("1.0.0", &d, 5);
     again.min_healthy_secs += 1;
     n.refused(

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use fleet_agent::{Layout, Request};
 use fleet_release::Timestamp;
 use fleet_release::order::{Action, Control, Order};
-use fleet_tests::{Signing, TestDb, TestRedis, build_release, bundle_manifest_digest};
+use fleet_tests::{
+    PrivateRedis, Signing, TestDb, TestRedis, build_release, bundle_manifest_digest,
+};
 use serde_json::Value;
 
 const CLUSTER: &str = "acme/prod";
@@ -54,14 +56,20 @@ struct Cluster {
     nodes: Vec<Node>,
     digests: std::collections::HashMap<String, String>,
     sequence: u64,
+    redis_url: String,
+    prefix: String,
     _db: TestDb,
-    _redis: TestRedis,
 }
 
 impl Cluster {
     async fn new(label: &str, n: usize) -> Cluster {
-        let db = TestDb::new(label).await;
         let redis = TestRedis::new(label);
+        Self::with_redis(label, n, &redis.url, &redis.prefix).await
+    }
+
+    /// The cluster on the Redis at `url`, under `prefix`.
+    async fn with_redis(label: &str, n: usize, url: &str, prefix: &str) -> Cluster {
+        let db = TestDb::new(label).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let signing = Signing::generate();
         let shared = dir.path().join("shared");
@@ -75,7 +83,7 @@ impl Cluster {
             let root = layout.root().to_owned();
             let secrets = root.join("config/secrets");
             fs::create_dir_all(&secrets).expect("secrets");
-            fs::write(secrets.join("redis_url"), format!("{}\n", redis.url)).expect("secret");
+            fs::write(secrets.join("redis_url"), format!("{url}\n")).expect("secret");
             fs::write(secrets.join("admin_token"), "test-admin-token-0123456789\n")
                 .expect("secret");
             let api = free_port();
@@ -84,8 +92,8 @@ impl Cluster {
                 format!(
                     "node = {name:?}\nlisten = \"{api}\"\nshared_storage = {shared:?}\npostgres_url = {:?}\nredis_url = {:?}\nredis_prefix = {:?}\nadmin_token_file = {:?}\n[limits]\nshutdown_grace_secs = 2\n",
                     db.url,
-                    redis.url,
-                    redis.prefix,
+                    url,
+                    prefix,
                     secrets.join("admin_token"),
                 ),
             )
@@ -110,8 +118,9 @@ impl Cluster {
             nodes,
             digests: Default::default(),
             sequence: 0,
+            redis_url: url.to_owned(),
+            prefix: prefix.to_owned(),
             _db: db,
-            _redis: redis,
         }
     }
 
@@ -146,30 +155,69 @@ impl Cluster {
     /// Activates `version` on every node without a daemon, then starts the daemons and waits
     /// until every server is healthy.
     fn start(&mut self, version: &str) {
-        for node in &mut self.nodes {
-            fleet_agent::activate(&node.layout, &version.parse().expect("version"), false)
-                .expect("activated");
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(node.layout.root().join("agent.log"))
-                .expect("agent.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
-                .arg("run")
-                .arg("--root")
-                .arg(node.layout.root())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("fleet-agent run");
-            node.agent = Some(child);
+        for k in 0..self.nodes.len() {
+            fleet_agent::activate(
+                &self.nodes[k].layout,
+                &version.parse().expect("version"),
+                false,
+            )
+            .expect("activated");
+            self.start_agent(k, &[]);
         }
         for k in 0..self.nodes.len() {
             self.wait(k, "the server is healthy", Duration::from_secs(60), |s| {
                 s["daemon"]["server"] == "healthy"
             });
         }
+    }
+
+    /// Starts node `k`'s daemon as an init system would (its log appended to `agent.log`).
+    fn start_agent(&mut self, k: usize, env: &[(&str, &str)]) {
+        let node = &mut self.nodes[k];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.layout.root().join("agent.log"))
+            .expect("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+            .arg("run")
+            .arg("--root")
+            .arg(node.layout.root())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("fleet-agent run");
+        node.agent = Some(child);
+    }
+
+    /// Sends `signal` to node `k`'s daemon.
+    fn signal_agent(&self, k: usize, signal: rustix::process::Signal) {
+        let child = self.nodes[k].agent.as_ref().expect("an agent runs");
+        let pid = rustix::process::Pid::from_child(child);
+        rustix::process::kill_process(pid, signal).expect("signal the agent");
+    }
+
+    /// Whether node `k`'s daemon has exited (it is reaped then).
+    fn agent_exited(&mut self, k: usize) -> bool {
+        let child = self.nodes[k].agent.as_mut().expect("an agent runs");
+        child.try_wait().expect("wait").is_some()
+    }
+
+    /// SETs `key` (under the cluster's prefix) to `value` in the cluster's Redis.
+    async fn redis_set(&self, key: &str, value: &str) {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to Redis");
+        redis::cmd("SET")
+            .arg(format!("{}{key}", self.prefix))
+            .arg(value)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("SET");
     }
 
     /// The answer of node `k`'s agent to `request` (stdin: `input`), as `fleet-agent serve`
@@ -531,6 +579,315 @@ async fn pause_resume_and_abort_with_rollback() {
             .as_str()
             .unwrap_or_default()
             .contains("aborted with rollback: back to 1.0.0"),
+        "{report}"
+    );
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.0.0");
+    }
+}
+
+/// Five nodes, two out of service at a time at most, the canary first: every node committed,
+/// and never more than two out of service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_two_at_a_time() {
+    let mut c = Cluster::new("agfive", 5).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    let sampler = c.sampler();
+    let order = c.order("r1", "2.0.0", &["n3"], 2);
+    c.hand(order, &[0, 1, 2, 3, 4]);
+    let report = c.finished(4, "r1", Duration::from_secs(240));
+    let (most, when) = sampler.most_out_of_service();
+    assert_eq!(outcomes(&report), all("committed", &c, &["n3"]), "{report}");
+    assert!(most <= 2, "{most} nodes out of service at once: {when}");
+    for k in 0..5 {
+        assert_eq!(c.serving(k), "2.0.0", "{}", c.nodes[k].name);
+    }
+}
+
+/// The first node's agent is SIGKILLed right after its journal records each step in turn
+/// (drain, stop, switch, start, gate), and started again as an init system would: every
+/// rollout converges, every node committed, and no other node took a slot while the killed
+/// one was out (its busy mark outlives its lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_at_each_step_converges() {
+    let mut c = Cluster::new("agkill", 3).await;
+    let steps = ["drain", "stop", "switch", "start", "gate"];
+    c.stage("1.0.0", &good());
+    for i in 0..steps.len() {
+        c.stage(&format!("{}.0.0", i + 2), &good());
+    }
+    c.start("1.0.0");
+    for (i, step) in steps.iter().enumerate() {
+        let version = format!("{}.0.0", i + 2);
+        let rollout = format!("r-{step}");
+        c.signal_agent(0, rustix::process::Signal::TERM);
+        while !c.agent_exited(0) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.start_agent(0, &[("FLEET_AGENT_CRASH_AT", step)]);
+        c.wait(0, "the server is healthy", Duration::from_secs(60), |s| {
+            s["daemon"]["server"] == "healthy"
+        });
+        let sampler = c.sampler();
+        let order = c.order(&rollout, &version, &["n1"], 1);
+        c.hand(order, &[0, 1, 2]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !c.agent_exited(0) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not crash at {step}\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Out for a while, longer than its slot's lease: nobody else moves meanwhile.
+        std::thread::sleep(Duration::from_secs(4));
+        let others = c.report(1, &rollout);
+        let moved: Vec<&Value> = others["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["node"] != "n1" && !n["started_unix_ms"].is_null())
+            .collect();
+        assert!(
+            moved.is_empty(),
+            "a node began while n1's agent was dead ({step}): {others}"
+        );
+        c.start_agent(0, &[]);
+        let report = c.finished(1, &rollout, Duration::from_secs(180));
+        let (most, when) = sampler.most_out_of_service();
+        assert_eq!(
+            outcomes(&report),
+            all("committed", &c, &["n1"]),
+            "{step}: {report}"
+        );
+        assert!(
+            most <= 1,
+            "{step}: {most} nodes out of service at once: {when}"
+        );
+        for k in 0..3 {
+            assert_eq!(
+                c.serving(k),
+                version.as_str(),
+                "{step}: {}",
+                c.nodes[k].name
+            );
+        }
+    }
+}
+
+/// An agent SIGSTOPped in its gate past its slot's lease, then SIGCONTed: it does not commit
+/// on the stale slot (it switches back and asks again, with a new epoch), nobody else moved
+/// meanwhile, and the rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_does_not_act_on_its_stale_slot() {
+    let mut c = Cluster::new("agstop", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    let mut order = c.order("r1", "2.0.0", &["n1"], 1);
+    order.min_healthy_secs = 4;
+    let sampler = c.sampler();
+    c.hand(order, &[0, 1, 2]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let r = c.report(0, "r1");
+        if r["nodes"][0]["step"] == "gate" {
+            break r["nodes"][0]["epoch"].as_u64().expect("an epoch");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 never reached its gate: {r}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    c.signal_agent(0, rustix::process::Signal::STOP);
+    std::thread::sleep(Duration::from_secs(6));
+    c.signal_agent(0, rustix::process::Signal::CONT);
+    let report = c.finished(1, "r1", Duration::from_secs(180));
+    let (most, when) = sampler.most_out_of_service();
+    assert_eq!(outcomes(&report), all("committed", &c, &["n1"]), "{report}");
+    assert!(most <= 1, "{most} nodes out of service at once: {when}");
+    let last = report["nodes"][0]["epoch"].as_u64().expect("an epoch");
+    assert!(
+        last > first,
+        "n1 committed on its stale slot (epoch {first}): {report}"
+    );
+    let log = fs::read_to_string(c.nodes[0].layout.root().join("agent.log")).expect("log");
+    assert!(
+        log.contains("lost its upgrade slot before the commit"),
+        "{log}"
+    );
+}
+
+/// Redis stopped while a node is in its step, then started empty: the step does not commit
+/// without its lease (it is undone), no node is left half-switched, and the agents re-seed
+/// Redis from their records (orders, progress, epochs): the rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_rollout() {
+    let mut redis = PrivateRedis::start();
+    let mut c = Cluster::with_redis("agredis", 3, &redis.url(), "roll:").await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    let mut order = c.order("r1", "2.0.0", &[], 1);
+    order.min_healthy_secs = 3;
+    c.hand(order, &[0, 1, 2]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.report(0, "r1");
+        let in_gate = r["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["step"] == "gate" && n["node"] != "n3");
+        if in_gate {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node reached its gate: {r}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    redis.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    redis.restart();
+    let report = c.finished(2, "r1", Duration::from_secs(240));
+    assert_eq!(outcomes(&report), all("committed", &c, &[]), "{report}");
+    for k in 0..3 {
+        let s = c.status(k);
+        assert_eq!(s["active"], "2.0.0", "{s}");
+        assert_eq!(s["daemon"]["server_release"], "2.0.0", "{s}");
+        assert!(
+            !c.nodes[k].layout.state().join("upgrade").exists(),
+            "a journal left"
+        );
+    }
+    let logs = c.logs();
+    assert!(logs.contains("lost its upgrade slot"), "{logs}");
+}
+
+/// Orders and controls put in Redis by someone else are each verified by every agent: a
+/// tampered order, one signed by a release key, one by an unknown key, a genuine old order
+/// replayed below the nodes' sequence floor, and a forged control are refused; nothing
+/// activates, no record is written, and the genuine rollout goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_in_redis_are_verified_by_each_agent() {
+    let mut c = Cluster::new("agforge", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.stage("3.0.0", &good());
+    c.start("1.0.0");
+    let old = c.order("old", "3.0.0", &[], 3);
+    let old = c.signing.order(old);
+    let genuine = c.order("r1", "2.0.0", &[], 1);
+    let evil1 = c.order("evil1", "3.0.0", &[], 3);
+    let tampered = String::from_utf8(c.signing.order(evil1))
+        .expect("utf-8")
+        .replace("\"max_unavailable\":3", "\"max_unavailable\":2");
+    let evil2 = c.order("evil2", "3.0.0", &[], 3);
+    let by_release_key = fleet_tests::sign_order(evil2, &c.signing.release_key);
+    let stranger = fleet_release::SecretKey::generate().expect("a key");
+    let evil3 = c.order("evil3", "3.0.0", &[], 3);
+    let by_stranger = fleet_tests::sign_order(evil3, &stranger);
+    c.hand(genuine, &[0, 1, 2]);
+    let forged_control = {
+        let control = Control {
+            format: fleet_release::order::FORMAT,
+            rollout: "r1".into(),
+            cluster: CLUSTER.into(),
+            action: Action::AbortRollback,
+            sequence: 99,
+            expires: Timestamp::now().plus(Duration::from_secs(600)),
+        };
+        let mut signed = fleet_release::order::SignedControl::unsigned(control).expect("a control");
+        signed.sign(&c.signing.release_key);
+        signed.to_json()
+    };
+    c.redis_set("rollout:evil1:order", &tampered).await;
+    c.redis_set(
+        "rollout:evil2:order",
+        std::str::from_utf8(&by_release_key).expect("utf-8"),
+    )
+    .await;
+    c.redis_set(
+        "rollout:evil3:order",
+        std::str::from_utf8(&by_stranger).expect("utf-8"),
+    )
+    .await;
+    c.redis_set(
+        "rollout:old:order",
+        std::str::from_utf8(&old).expect("utf-8"),
+    )
+    .await;
+    c.redis_set("rollout:r1:control", &forged_control).await;
+    let report = c.finished(0, "r1", Duration::from_secs(180));
+    assert_eq!(outcomes(&report), all("committed", &c, &[]), "{report}");
+    // Two more scans, then look.
+    std::thread::sleep(Duration::from_secs(5));
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "2.0.0");
+        let layout = &c.nodes[k].layout;
+        for id in ["evil1", "evil2", "evil3", "old"] {
+            assert!(
+                !layout.order_record(id).exists(),
+                "{id} taken on n{}",
+                k + 1
+            );
+        }
+        let control = fleet_agent::control_record(layout, "r1").expect("read");
+        assert!(
+            control.is_none(),
+            "the forged control was taken: {control:?}"
+        );
+        assert_eq!(fleet_agent::order_sequence(layout).expect("floor"), 2);
+    }
+    let logs = c.logs();
+    for text in [
+        "refused the order published in Redis: rollout order refused",
+        "signed by a release key, not an order key",
+        "refused the control published in Redis",
+    ] {
+        assert!(logs.contains(text), "no `{text}` in\n{logs}");
+    }
+}
+
+/// A release whose server crashes a moment after it starts, inside its `min_healthy_secs`:
+/// rolled back on the canary, the failure flag up, the others skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crashing_within_min_healthy_is_rolled_back() {
+    let mut c = Cluster::new("agcrash", 3).await;
+    c.stage("1.0.0", &good());
+    let server = fleet_tests::own_binaries()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("etl-server");
+    // `$$` is the script's pid, which the exec'd server keeps: killed two seconds in.
+    c.stage(
+        "2.0.0",
+        &format!("#!/bin/sh\n(sleep 2; kill -9 $$) &\nexec {server:?} \"$@\"\n"),
+    );
+    c.start("1.0.0");
+    let mut order = c.order("r1", "2.0.0", &["n2"], 1);
+    order.min_healthy_secs = 5;
+    c.hand(order, &[0, 1, 2]);
+    let report = c.finished(0, "r1", Duration::from_secs(120));
+    assert_eq!(
+        outcomes(&report),
+        [
+            ("n2".to_owned(), "rolled_back".to_owned()),
+            ("n1".to_owned(), "skipped".to_owned()),
+            ("n3".to_owned(), "skipped".to_owned())
+        ],
+        "{report}"
+    );
+    let reason = report["nodes"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the server exited during the gate"),
         "{report}"
     );
     for k in 0..3 {

@@ -58,7 +58,7 @@ pub use nspawn::{
     BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
 };
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
-pub use redis::{REDIS_URL, START_REDIS, TestRedis};
+pub use redis::{PrivateRedis, REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{
     RELEASE_VALIDITY, Signing, build_own_release, build_release, bundle_manifest_digest,
     hand_manifest, own_binaries, release_tree, sha256_hex, sign_order, signed_bundle, test_order,

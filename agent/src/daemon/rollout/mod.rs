@@ -246,6 +246,8 @@ pub async fn participate(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     let mut refused: HashSet<String> = HashSet::new();
     let mut scanned: Option<Instant> = None;
     let mut said: HashMap<String, String> = HashMap::new();
+    // Controls found in Redis that this node refused: not verified (nor logged) again.
+    let mut refused_controls: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -285,7 +287,7 @@ pub async fn participate(daemon: Arc<Daemon>, shutdown: CancellationToken) {
                 return;
             }
             let coord = Coord::new(conn.clone(), &daemon.config.redis_prefix, &id);
-            match tick(&daemon, coord, &id, &shutdown).await {
+            match tick(&daemon, coord, &id, &mut refused_controls, &shutdown).await {
                 Ok(()) => {
                     said.remove(&id);
                 }
@@ -332,6 +334,15 @@ async fn take_published(
         let Some(document) = coord.order().await? else {
             continue;
         };
+        // Filed under another rollout's key: not what it says it is.
+        let named = serde_json::from_str::<serde_json::Value>(&document)
+            .ok()
+            .and_then(|v| v["order"]["rollout"].as_str().map(str::to_owned));
+        if named.as_deref() != Some(id.as_str()) {
+            tracing::warn!(rollout = %id, "rollout: refused the order published in Redis: it is not an order of rollout {id}");
+            refused.insert(id);
+            continue;
+        }
         match accept(daemon, document.into_bytes(), true).await {
             Ok(()) => tracing::info!(rollout = %id, "rollout: took the order published in Redis"),
             Err(e) => {
@@ -373,6 +384,7 @@ async fn tick(
     daemon: &Daemon,
     mut coord: Coord,
     id: &str,
+    refused_controls: &mut HashSet<String>,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let layout = daemon.config.layout.clone();
@@ -410,8 +422,9 @@ async fn tick(
     // The control: the newest one either side holds, each verified by this node.
     let mut asked = control.as_ref().map(|c| c.action);
     match (coord.control().await?, &control) {
+        (Some(theirs), None) if refused_controls.contains(&theirs) => {}
         (Some(theirs), mine) if mine.as_ref().is_none_or(|m| m.document != theirs) => {
-            match accept(daemon, theirs.into_bytes(), false).await {
+            match accept(daemon, theirs.clone().into_bytes(), false).await {
                 Ok(()) => {
                     let layout = daemon.config.layout.clone();
                     let rid = id.to_owned();
@@ -430,8 +443,11 @@ async fn tick(
                         rollout = id,
                         "rollout: refused the control published in Redis: {e}"
                     );
-                    if let Some(m) = mine {
-                        coord.publish_control(&m.document).await?;
+                    match mine {
+                        Some(m) => coord.publish_control(&m.document).await?,
+                        None => {
+                            refused_controls.insert(theirs);
+                        }
                     }
                 }
             }
