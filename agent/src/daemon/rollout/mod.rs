@@ -40,8 +40,6 @@ use coord::{Coord, Grant};
 const REFUSED: &str = "the upgrade step was refused: ";
 /// How often the daemon looks for orders published in Redis that it was not handed.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
-/// A rollout is left alone this long after its deadline.
-const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// An upgrade slot held by this node: renewed in the background, checked right before each
 /// side effect of the step. Once it could not be renewed within its TTL it is lost for good.
@@ -408,7 +406,8 @@ async fn tick(
     let order = &record.order;
     let me = daemon.config.node.clone();
     let mut own = own.unwrap_or_else(|| NodeProgress::new(me.clone()));
-    if own.outcome.is_some() && past(order, FORGET_AFTER) {
+    // Over here and past its deadline: nothing more can happen to it.
+    if own.outcome.is_some() && past(order, Duration::ZERO) {
         return Ok(());
     }
 
