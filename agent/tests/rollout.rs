@@ -46,6 +46,8 @@ const BROKEN: &str = "#!/bin/sh\necho 'this release is broken' >&2\nexit 3\n";
 struct Node {
     name: String,
     layout: Layout,
+    /// The server's API.
+    api: SocketAddr,
     agent: Option<Child>,
 }
 
@@ -58,6 +60,8 @@ struct Cluster {
     sequence: u64,
     redis_url: String,
     prefix: String,
+    /// The cluster's shared storage.
+    shared: PathBuf,
     _db: TestDb,
 }
 
@@ -109,6 +113,7 @@ impl Cluster {
             nodes.push(Node {
                 name,
                 layout,
+                api,
                 agent: None,
             });
         }
@@ -120,6 +125,7 @@ impl Cluster {
             sequence: 0,
             redis_url: url.to_owned(),
             prefix: prefix.to_owned(),
+            shared,
             _db: db,
         }
     }
@@ -893,4 +899,68 @@ async fn a_server_crashing_within_min_healthy_is_rolled_back() {
     for k in 0..3 {
         assert_eq!(c.serving(k), "1.0.0");
     }
+}
+
+/// A smoke flow that fails on the upgraded node rolls it back (the flag up, the rest
+/// skipped); one that succeeds lets every node commit, each having run it on itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_flow_gates_the_commit() {
+    let mut c = Cluster::new("agsmoke", 3).await;
+    c.stage("1.0.0", &good());
+    c.stage("2.0.0", &good());
+    c.start("1.0.0");
+    fs::create_dir_all(c.shared.join("in")).expect("in/");
+    fs::write(c.shared.join("in/smoke.csv"), "id\n1\n2\n").expect("smoke.csv");
+    let api = c.nodes[0].api;
+    for (name, path) in [
+        ("smoke-ok", "in/smoke.csv"),
+        ("smoke-bad", "in/missing.csv"),
+    ] {
+        let flow = format!(
+            "name: {name}\nsource: {{ type: csv, path: {path} }}\ntransform:\n  - cast: {{ id: int }}\ndestination: {{ type: jsonl, path: out/{name}.jsonl }}\n"
+        );
+        let (status, body) = fleet_tests::call(api, "POST", "/api/flows", &flow).await;
+        assert!(status == 201 || status == 200, "{status} {body}");
+    }
+    let mut bad = c.order("r1", "2.0.0", &["n1"], 1);
+    bad.smoke_flow = Some("smoke-bad".into());
+    c.hand(bad, &[0, 1, 2]);
+    let report = c.finished(1, "r1", Duration::from_secs(120));
+    let got = outcomes(&report);
+    assert_eq!(
+        got[0],
+        ("n1".to_owned(), "rolled_back".to_owned()),
+        "{report}"
+    );
+    assert!(got[1..].iter().all(|(_, o)| o == "skipped"), "{report}");
+    let reason = report["nodes"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("smoke flow smoke-bad: run"), "{report}");
+    assert!(reason.contains("failed"), "{report}");
+    let mut ok = c.order("r2", "2.0.0", &["n1"], 1);
+    ok.smoke_flow = Some("smoke-ok".into());
+    c.hand(ok, &[0, 1, 2]);
+    let report = c.finished(2, "r2", Duration::from_secs(180));
+    assert_eq!(outcomes(&report), all("committed", &c, &["n1"]), "{report}");
+    // Each node ran the smoke flow on itself, once for r2 (and n1 once more for r1).
+    let (status, runs) = fleet_tests::call(api, "GET", "/api/runs?flow=smoke-ok", "").await;
+    assert_eq!(status, 200, "{runs}");
+    let mut nodes: Vec<String> = runs["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["flow"] == "smoke-ok")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["node"].as_str().unwrap_or("?"),
+                r["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["n1 succeeded", "n2 succeeded", "n3 succeeded"],
+        "{runs}"
+    );
 }
