@@ -658,8 +658,9 @@ fn url_word(word: &str) -> String {
         .collect()
 }
 
-/// Whether the server lists this node as a live, active member on `release`.
-async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
+/// The cluster as this node's server sees it (`GET /api/cluster`: members with their release
+/// and drain, the scheduler leader).
+pub(super) async fn cluster_view(daemon: &Daemon) -> Result<serde_json::Value, String> {
     let answer = http::request(
         daemon.config.server_listen,
         "GET",
@@ -672,7 +673,12 @@ async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
     if answer.status != 200 {
         return Err(format!("/api/cluster answered {}", answer.status));
     }
-    let cluster = answer.json().ok_or("/api/cluster: not JSON")?;
+    answer.json().ok_or_else(|| "/api/cluster: not JSON".into())
+}
+
+/// Whether the server lists this node as a live, active member on `release`.
+async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
+    let cluster = cluster_view(daemon).await?;
     let node = &daemon.config.node;
     let me = cluster["members"]
         .as_array()

@@ -21,6 +21,8 @@ use fleet_proto::{NodeProgress, NodeReport};
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A rollout's keys are dropped this long after their last write.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A scan for heartbeats or published orders stops after this many keys.
+const SCAN_CAP: usize = 10_000;
 /// A progress entry or failure flag larger than this is ignored.
 const VALUE_CAP: usize = 16 << 10;
 
@@ -115,6 +117,26 @@ pub async fn connect(client: &redis::Client) -> R<redis::aio::MultiplexedConnect
             )
         })?
         .map_err(|e| format!("Redis: {e}"))
+}
+
+/// The keys matching `pattern` (SCAN, at most [`SCAN_CAP`] of them).
+async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> R<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500);
+        let (next, batch): (u64, Vec<String>) = query(conn, &cmd).await?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 || keys.len() >= SCAN_CAP {
+            return Ok(keys);
+        }
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -312,23 +334,7 @@ impl Coord {
         &mut self,
         expected: &[String],
     ) -> R<HashMap<String, Option<NodeReport>>> {
-        let pattern = format!("{}agent:*", self.prefix);
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, batch): (u64, Vec<String>) = self.q(&cmd).await?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 || keys.len() > 10_000 {
-                break;
-            }
-        }
+        let keys = scan(&mut self.conn, &format!("{}agent:*", self.prefix)).await?;
         let strip = format!("{}agent:", self.prefix);
         let mut out: HashMap<String, Option<NodeReport>> =
             expected.iter().map(|n| (n.clone(), None)).collect();
@@ -350,29 +356,14 @@ impl Coord {
         conn: &mut redis::aio::MultiplexedConnection,
         prefix: &str,
     ) -> R<Vec<String>> {
-        let pattern = format!("{prefix}rollout:*:order");
         let mut ids = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500);
-            let (next, batch): (u64, Vec<String>) = query(conn, &cmd).await?;
-            for key in batch {
-                if let Some(id) = key
-                    .strip_prefix(&format!("{prefix}rollout:"))
-                    .and_then(|k| k.strip_suffix(":order"))
-                    .filter(|id| fleet_proto::is_rollout_id(id))
-                {
-                    ids.push(id.to_owned());
-                }
-            }
-            cursor = next;
-            if cursor == 0 || ids.len() > 1000 {
-                break;
+        for key in scan(conn, &format!("{prefix}rollout:*:order")).await? {
+            if let Some(id) = key
+                .strip_prefix(&format!("{prefix}rollout:"))
+                .and_then(|k| k.strip_suffix(":order"))
+                .filter(|id| fleet_proto::is_rollout_id(id))
+            {
+                ids.push(id.to_owned());
             }
         }
         Ok(ids)

@@ -31,7 +31,7 @@ use fleet_release::order::{Action, Order};
 use tokio_util::sync::CancellationToken;
 
 use super::upgrade::{self, GatePolicy, Goal, Plan, RolloutTag};
-use super::{Daemon, blocking, http};
+use super::{Daemon, blocking};
 use crate::{AgentError, OrderRecord};
 use coord::{Coord, Grant};
 
@@ -767,24 +767,9 @@ fn down_nodes(heartbeats: &HashMap<String, Option<NodeReport>>, me: &str) -> Vec
 /// on a member that is not draining, and the node upgraded last (if any) a live member on
 /// `version`.
 async fn admission(daemon: &Daemon, version: &str, last: Option<&str>) -> Result<(), String> {
-    let answer = http::request(
-        daemon.config.server_listen,
-        "GET",
-        "/api/cluster",
-        None,
-        daemon.config.supervise.health_check_timeout(),
-    )
-    .await
-    .map_err(|e| format!("this node's server to answer /api/cluster ({e})"))?;
-    if answer.status != 200 {
-        return Err(format!(
-            "this node's server to answer /api/cluster (it answered {})",
-            answer.status
-        ));
-    }
-    let cluster = answer
-        .json()
-        .ok_or("this node's server to answer /api/cluster with JSON")?;
+    let cluster = upgrade::cluster_view(daemon)
+        .await
+        .map_err(|e| format!("this node's server to answer ({e})"))?;
     let members = cluster["members"].as_array().cloned().unwrap_or_default();
     let member = |n: &str| members.iter().find(|m| m["node"].as_str() == Some(n));
     let Some(leader) = cluster["leader"].as_str() else {
