@@ -29,6 +29,8 @@
 //! It also holds what the tests of several packages share: a Postgres database per test
 //! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`),
 //! and a node booted with real systemd in `systemd-nspawn` (`NspawnNode`), for the agent's unit.
+//! The rolling-upgrade tests put a running cluster under continuous load and check it from
+//! outside with [`LoadChecker`] (runs all along, a schedule every second, every node sampled).
 
 mod agents;
 mod block;
@@ -36,6 +38,7 @@ mod error;
 mod fleet;
 mod http;
 mod kept;
+mod load;
 mod node;
 mod nspawn;
 mod postgres;
@@ -51,8 +54,12 @@ pub use error::HarnessError;
 pub use fleet::{
     AGENT_METRICS_PORT, DEFAULT_POSTGRES_URL, FleetOptions, SERVER_PORT, TestFleet, TestNode,
 };
-pub use http::{call, call_raw, call_with_headers};
+pub use http::{call, call_raw, call_with_headers, try_call};
 pub use kept::{PIDS_FILE, stop_kept};
+pub use load::{
+    FIRST_FIRE_WITHIN, LoadChecker, LoadError, LoadNode, LoadOptions, LoadReport, OutPeriod,
+    Outage, RunOutcome, ScheduleReport,
+};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use nspawn::{
     BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
