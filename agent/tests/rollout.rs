@@ -62,7 +62,7 @@ struct Cluster {
     prefix: String,
     /// The cluster's shared storage.
     shared: PathBuf,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Cluster {
@@ -126,7 +126,7 @@ impl Cluster {
             redis_url: url.to_owned(),
             prefix: prefix.to_owned(),
             shared,
-            _db: db,
+            db,
         }
     }
 
@@ -356,6 +356,19 @@ impl Cluster {
         }
     }
 
+    /// Starts continuous load on the cluster (runs submitted all along, a schedule firing
+    /// every second), checked from outside until [`fleet_tests::LoadChecker::finish`].
+    fn load(&self) -> fleet_tests::LoadChecker {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| fleet_tests::LoadNode::new(&n.name, n.api))
+            .collect();
+        let opts = fleet_tests::LoadOptions::new(nodes, &self.db.url, &self.shared);
+        fleet_tests::LoadChecker::start(opts)
+            .unwrap_or_else(|e| panic!("load: {e}\n{}", self.logs()))
+    }
+
     /// The release node `k`'s running server was started from.
     fn serving(&self, k: usize) -> Value {
         self.status(k)["daemon"]["server_release"].clone()
@@ -452,15 +465,25 @@ fn all(outcome: &str, cluster: &Cluster, canary_first: &[&str]) -> Vec<(String, 
     order.into_iter().map(|n| (n, outcome.to_owned())).collect()
 }
 
-/// Three nodes rolled 1.0.0 → 2.0.0, the canary first, one node out of service at a time:
-/// every node committed and serves 2.0.0, every node's report says so, and the order the
-/// controller handed to one node only reached the other through Redis, verified there.
+/// Three nodes rolled 1.0.0 → 2.0.0 under load, the canary first, one node out of service at
+/// a time: every node committed and serves 2.0.0, every node's report says so, the order the
+/// controller handed to two nodes reached the third through Redis, verified there, and the
+/// scheduler's lease moved with the upgrade of its holder without a missed or doubled fire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_roll_a_cluster_node_by_node() {
     let mut c = Cluster::new("agroll", 3).await;
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
+    // The node holding the scheduler's lease is upgraded too: the lease moves, and the
+    // load's schedule (a fire every second) must see each second fired once.
+    let (status, before) = fleet_tests::call(c.nodes[0].api, "GET", "/api/cluster", "").await;
+    assert_eq!(status, 200, "{before}");
+    let leader = before["leader"]
+        .as_str()
+        .expect("a scheduler leader")
+        .to_owned();
     let sampler = c.sampler();
     let order = c.order("r1", "2.0.0", &["n2"], 1);
     // n3 is not handed its order: it takes it from Redis, after its own checks.
@@ -489,6 +512,12 @@ async fn agents_roll_a_cluster_node_by_node() {
         c.nodes[2].layout.order_record("r1").is_file(),
         "n3 took the order from Redis"
     );
+    let (_, after) = fleet_tests::call(c.nodes[0].api, "GET", "/api/cluster", "").await;
+    assert!(
+        after["epoch"].as_i64() > before["epoch"].as_i64(),
+        "the scheduler's lease never moved off {leader}: {before} then {after}"
+    );
+    load.finish().assert_clean(1);
 }
 
 /// A release whose server never serves: the canary rolls back to 1.0.0, the failure flag
@@ -500,6 +529,7 @@ async fn a_failing_canary_halts_the_rollout() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", BROKEN);
     c.start("1.0.0");
+    let load = c.load();
     let order = c.order("r1", "2.0.0", &["n1"], 1);
     c.hand(order, &[0, 1, 2]);
     let report = c.finished(1, "r1", Duration::from_secs(120));
@@ -522,6 +552,7 @@ async fn a_failing_canary_halts_the_rollout() {
     for k in 0..3 {
         assert_eq!(c.serving(k), "1.0.0", "{}", c.nodes[k].name);
     }
+    load.finish().assert_clean(1);
 }
 
 /// Pause holds the nodes that have not begun; resume lets them go on; abort with rollback
@@ -532,6 +563,7 @@ async fn pause_resume_and_abort_with_rollback() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     let order = c.order("r1", "2.0.0", &[], 1);
     c.hand(order, &[0, 1, 2]);
     // Handed to n1 only: the others learn it through Redis. A node that began its step
@@ -590,6 +622,7 @@ async fn pause_resume_and_abort_with_rollback() {
     for k in 0..3 {
         assert_eq!(c.serving(k), "1.0.0");
     }
+    load.finish().assert_clean(1);
 }
 
 /// Five nodes, two out of service at a time at most, the canary first: every node committed,
@@ -600,6 +633,7 @@ async fn five_nodes_two_at_a_time() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     let sampler = c.sampler();
     let order = c.order("r1", "2.0.0", &["n3"], 2);
     c.hand(order, &[0, 1, 2, 3, 4]);
@@ -610,6 +644,7 @@ async fn five_nodes_two_at_a_time() {
     for k in 0..5 {
         assert_eq!(c.serving(k), "2.0.0", "{}", c.nodes[k].name);
     }
+    load.finish().assert_clean(2);
 }
 
 /// The first node's agent is SIGKILLed right after its journal records each step in turn
@@ -625,6 +660,7 @@ async fn an_agent_killed_at_each_step_converges() {
         c.stage(&format!("{}.0.0", i + 2), &good());
     }
     c.start("1.0.0");
+    let load = c.load();
     for (i, step) in steps.iter().enumerate() {
         let version = format!("{}.0.0", i + 2);
         let rollout = format!("r-{step}");
@@ -682,6 +718,7 @@ async fn an_agent_killed_at_each_step_converges() {
             );
         }
     }
+    load.finish().assert_clean(1);
 }
 
 /// An agent SIGSTOPped in its gate past its slot's lease, then SIGCONTed: it does not commit
@@ -693,6 +730,7 @@ async fn a_stopped_agent_does_not_act_on_its_stale_slot() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     let mut order = c.order("r1", "2.0.0", &["n1"], 1);
     order.min_healthy_secs = 4;
     let sampler = c.sampler();
@@ -727,6 +765,7 @@ async fn a_stopped_agent_does_not_act_on_its_stale_slot() {
         log.contains("lost its upgrade slot before the commit"),
         "{log}"
     );
+    load.finish().assert_clean(1);
 }
 
 /// Redis stopped while a node is in its step, then started empty: the step does not commit
@@ -739,6 +778,7 @@ async fn redis_restarted_empty_mid_rollout() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     let mut order = c.order("r1", "2.0.0", &[], 1);
     order.min_healthy_secs = 3;
     c.hand(order, &[0, 1, 2]);
@@ -776,6 +816,14 @@ async fn redis_restarted_empty_mid_rollout() {
     }
     let logs = c.logs();
     assert!(logs.contains("lost its upgrade slot"), "{logs}");
+    // With Redis gone the whole cluster loses its membership: the bound on nodes out of
+    // service is not the rollout's to keep then, but no run may fail or be lost.
+    let load = load.finish();
+    assert!(
+        load.failed.is_empty() && load.lost.is_empty(),
+        "runs failed or lost across the Redis restart:\n{}",
+        load.summary()
+    );
 }
 
 /// Orders and controls put in Redis by someone else are each verified by every agent: a
@@ -789,6 +837,7 @@ async fn orders_in_redis_are_verified_by_each_agent() {
     c.stage("2.0.0", &good());
     c.stage("3.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     let old = c.order("old", "3.0.0", &[], 3);
     let old = c.signing.order(old);
     let genuine = c.order("r1", "2.0.0", &[], 1);
@@ -861,6 +910,7 @@ async fn orders_in_redis_are_verified_by_each_agent() {
     ] {
         assert!(logs.contains(text), "no `{text}` in\n{logs}");
     }
+    load.finish().assert_clean(1);
 }
 
 /// A release whose server crashes a moment after it starts, inside its `min_healthy_secs`:
@@ -878,6 +928,7 @@ async fn a_server_crashing_within_min_healthy_is_rolled_back() {
         &format!("#!/bin/sh\n(sleep 2; kill -9 $$) &\nexec {server:?} \"$@\"\n"),
     );
     c.start("1.0.0");
+    let load = c.load();
     let mut order = c.order("r1", "2.0.0", &["n2"], 1);
     order.min_healthy_secs = 5;
     c.hand(order, &[0, 1, 2]);
@@ -899,6 +950,7 @@ async fn a_server_crashing_within_min_healthy_is_rolled_back() {
     for k in 0..3 {
         assert_eq!(c.serving(k), "1.0.0");
     }
+    load.finish().assert_clean(1);
 }
 
 /// A smoke flow that fails on the upgraded node rolls it back (the flag up, the rest
@@ -909,6 +961,7 @@ async fn the_smoke_flow_gates_the_commit() {
     c.stage("1.0.0", &good());
     c.stage("2.0.0", &good());
     c.start("1.0.0");
+    let load = c.load();
     fs::create_dir_all(c.shared.join("in")).expect("in/");
     fs::write(c.shared.join("in/smoke.csv"), "id\n1\n2\n").expect("smoke.csv");
     let api = c.nodes[0].api;
@@ -963,4 +1016,5 @@ async fn the_smoke_flow_gates_the_commit() {
         ["n1 succeeded", "n2 succeeded", "n3 succeeded"],
         "{runs}"
     );
+    load.finish().assert_clean(1);
 }
