@@ -305,7 +305,13 @@ impl Layout {
         mode: Option<u32>,
     ) -> Result<(), AgentError> {
         let dir = path.parent().unwrap_or(&self.root);
-        let tmp = path.with_extension("tmp");
+        // A temporary name of this write's own: two writers (the daemon and a one-shot
+        // request, or two tasks) never share one, whatever the files' extensions.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".{}.{n}.tmp", std::process::id()));
+        let tmp = path.with_file_name(name);
         let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(bytes)
             .and_then(|()| match mode {

@@ -91,10 +91,12 @@ impl Cluster {
             fs::write(secrets.join("admin_token"), "test-admin-token-0123456789\n")
                 .expect("secret");
             let api = free_port();
+            // Two runs at a time per server (a pool of 8 Postgres connections): two clusters
+            // of this file's tests at once stay well under Postgres' default 100.
             fs::write(
                 root.join("config/server.toml"),
                 format!(
-                    "node = {name:?}\nlisten = \"{api}\"\nshared_storage = {shared:?}\npostgres_url = {:?}\nredis_url = {:?}\nredis_prefix = {:?}\nadmin_token_file = {:?}\n[limits]\nshutdown_grace_secs = 2\n",
+                    "node = {name:?}\nlisten = \"{api}\"\nshared_storage = {shared:?}\npostgres_url = {:?}\nredis_url = {:?}\nredis_prefix = {:?}\nadmin_token_file = {:?}\n[limits]\nshutdown_grace_secs = 2\nmax_running_flows = 2\n",
                     db.url,
                     url,
                     prefix,
