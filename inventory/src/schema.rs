@@ -42,7 +42,7 @@ const ROLLOUT_KEYS: [&str; 5] = [
     "smoke_flow",
 ];
 /// What the ETL server accepts as a flow name (`smoke_flow` names one).
-const FLOW_NAME_HINT: &str =
+pub const FLOW_NAME_HINT: &str =
     "a flow name is 1 to 63 bytes of letters, digits, `_`, `-` and `.`, as the ETL server accepts";
 
 /// The rule every customer, cluster and node name follows (also checked by the ETL server for
@@ -102,7 +102,7 @@ pub fn is_name(s: &str) -> bool {
 }
 
 /// Whether `s` is a name the ETL server accepts for a flow (its `pipeline::flow` rule).
-fn is_flow_name(s: &str) -> bool {
+pub fn is_flow_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
