@@ -3,8 +3,9 @@
 //! What the controller does is checked from outside: the release staged everywhere, the signed
 //! order taken by every node (its record on the node's disk, its report), the rollout in the
 //! state store with its targets and in the audit log, one rollout per cluster under two
-//! concurrent starts, controls taken by every node, a node that cannot stage keeping the
-//! rollout off its cluster (unless skipped), and targets nobody can reach marked lost.
+//! concurrent starts, controls taken by every node, orders no node takes ending the rollout at
+//! once, a node that cannot stage keeping the rollout off its cluster (unless skipped), and
+//! targets nobody can reach marked lost.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -255,12 +256,51 @@ fn start_scenario(c: &mut Provisioned) {
 }
 
 #[test]
-fn a_node_that_cannot_stage_keeps_the_rollout_off_its_cluster_and_unreachable_targets_are_lost() {
+fn refused_orders_end_a_rollout_a_node_that_cannot_stage_keeps_it_off_and_unreachable_targets_are_lost()
+ {
     let mut c = provisioned("e2e_rollout_lost");
     c.with_logs(lost_scenario);
 }
 
 fn lost_scenario(c: &mut Provisioned) {
+    // Orders signed by a key the nodes' root does not name: every node refuses its order with
+    // its code, and the rollout ends at once, failed, saying why; its cluster is free again.
+    let stranger = c.fleet.dir().join("stranger");
+    c.run(&[
+        "keys",
+        "generate",
+        "--out",
+        &s(&stranger),
+        "--name",
+        "order",
+    ])
+    .ok();
+    let stranger_key = s(&stranger.join("order.key"));
+    let run: FleetRun = start_command(c, &["--order-key", &stranger_key])
+        .output()
+        .expect("a start")
+        .into();
+    let doc = run.fails().json();
+    for n in doc["nodes"].as_array().expect("nodes") {
+        assert_eq!(n["stage"], "staged", "{n}");
+        assert_eq!(n["code"], "not_order_key", "{n}");
+    }
+    let listed = rollouts(c);
+    assert_eq!(listed[0]["state"], "failed", "{listed:?}");
+    let reason = listed[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("no node took the order")
+            && ["node-1", "node-2", "node-3"]
+                .iter()
+                .all(|n| reason.contains(n)),
+        "{reason}"
+    );
+    let id = listed[0]["id"].as_str().expect("an id").to_owned();
+    let refused = rollout_status(c, &id);
+    for (node, outcome) in per_node(&refused, "outcome") {
+        assert_eq!(outcome, "skipped", "{node}: {refused}");
+    }
+
     c.fleet.stop_node(2).expect("node-3 goes down");
 
     // node-3 cannot stage: the rollout does not start on the cluster, and says why.
@@ -277,7 +317,7 @@ fn lost_scenario(c: &mut Provisioned) {
         assert!(n["order"].is_null(), "no order was handed out: {n}");
     }
     let listed = rollouts(c);
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(listed[0]["state"], "failed", "{listed:?}");
     let reason = listed[0]["reason"].as_str().unwrap_or_default();
     assert!(
