@@ -76,7 +76,8 @@ pub struct OrderRecord {
 /// order, a sequence not above the highest this node accepted, another cluster, this node not
 /// among the targets, the release not staged with the order's manifest digest, and a target
 /// older than the release active when the rollout began (unless the order is the rollback of
-/// that rollout to exactly that release). Holds the node's lock.
+/// that rollout to exactly that release). The very order this node took before is taken again
+/// without a write (it arrives both over SSH and through Redis). Holds the node's lock.
 pub fn accept_order(
     layout: &Layout,
     node: &str,
@@ -101,17 +102,27 @@ pub fn accept_order(
             node: node.into(),
         });
     }
+    let document = verified.document.to_json();
+    let record = read_record(layout, &order.rollout)?;
+    // The same order again (handed over SSH after it arrived through Redis, or the other way
+    // round) changes nothing: it is taken as it was.
+    if let Some(r) = record.as_ref().filter(|r| r.document == document) {
+        return Ok(AcceptedOrder {
+            order,
+            document,
+            signers: verified.signers,
+            active_at_start: r.active_at_start.clone(),
+        });
+    }
     check_sequence(layout, "rollout order", order.sequence)?;
     let version = order.version.to_string();
     check_digest(layout, &version, &order.manifest_sha256)?;
-    let record = read_record(layout, &order.rollout)?;
     let active_at_start = match &record {
         Some(record) => record.active_at_start.clone(),
         None => layout.link_version(&layout.current())?,
     };
     check_downgrade(layout, &order, active_at_start.as_deref())?;
 
-    let document = verified.document.to_json();
     raise_sequence(layout, order.sequence)?;
     let record = OrderRecord {
         rollout: order.rollout.clone(),
@@ -150,8 +161,16 @@ pub fn accept_control(
             node: cluster.into(),
         });
     }
-    check_sequence(layout, "rollout control", control.sequence)?;
     let document = verified.document.to_json();
+    let recorded = read_json::<ControlRecord>(&layout.control_record(&control.rollout))?;
+    if recorded.is_some_and(|r| r.document == document) {
+        return Ok(AcceptedControl {
+            control,
+            document,
+            signers: verified.signers,
+        });
+    }
+    check_sequence(layout, "rollout control", control.sequence)?;
     raise_sequence(layout, control.sequence)?;
     let record = ControlRecord {
         action: control.action,

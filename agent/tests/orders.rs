@@ -228,8 +228,20 @@ fn the_sequence_only_rises_and_replays_are_refused() {
     let first = n.signing.order(order("1.0.0", &d, 5));
     n.accept(&first).expect("accepted");
     assert_eq!(n.sequence(), 5);
+    // The very same order again (it arrives over SSH and through Redis) is taken as it was,
+    // writing nothing; another order with a sequence not above the floor is a replay.
+    let (floor, records) = (n.sequence(), n.records());
+    let record = fs::read(n.layout.order_record("r1")).expect("record");
+    n.accept(&first).expect("the same order, taken again");
+    assert_eq!((n.sequence(), n.records()), (floor, records));
+    assert_eq!(
+        fs::read(n.layout.order_record("r1")).expect("record"),
+        record
+    );
+    let mut again = order("1.0.0", &d, 5);
+    again.min_healthy_secs += 1;
     n.refused(
-        || n.accept(&first),
+        || n.accept(&n.signing.order(again)),
         Code::OrderReplayed,
         "sequence 5 is not above 5, the highest this node accepted",
     );

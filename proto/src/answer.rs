@@ -73,6 +73,9 @@ pub enum Code {
     OrderDowngrade,
     /// `rollout ID` names a rollout this node took no order of.
     UnknownRollout,
+    /// A rollout's upgrade step lost its slot and undid itself: the node runs the release it
+    /// ran before; it asks for a slot again.
+    Interrupted,
     /// The node is not set up for rollouts (no `config/agent.toml` naming its cluster).
     NotConfigured,
     /// A code this build does not know (a newer agent), or none (an agent older than codes).
@@ -82,7 +85,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 28] = [
+    pub const ALL: [Code; 29] = [
         Code::Busy,
         Code::Input,
         Code::BadRequest,
@@ -109,6 +112,7 @@ impl Code {
         Code::DigestMismatch,
         Code::OrderDowngrade,
         Code::UnknownRollout,
+        Code::Interrupted,
         Code::NotConfigured,
         Code::Other,
     ];
@@ -142,6 +146,7 @@ impl Code {
             Code::DigestMismatch => "digest_mismatch",
             Code::OrderDowngrade => "order_downgrade",
             Code::UnknownRollout => "unknown_rollout",
+            Code::Interrupted => "interrupted",
             Code::NotConfigured => "not_configured",
             Code::Other => "other",
         }
@@ -355,7 +360,7 @@ mod tests {
             .collect();
         assert_eq!(
             names.join(","),
-            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","bad_order","order_signature","not_order_key","order_expired","order_replayed","wrong_cluster","not_targeted","digest_mismatch","order_downgrade","unknown_rollout","not_configured","other""#
+            r#""busy","input","bad_request","not_staged","downgrade","old_counter","verification_failed","wrong_version","wrong_platform","agent_too_old","no_previous","io","layout","rolled_back","rollback_failed","daemon_lost","bad_order","order_signature","not_order_key","order_expired","order_replayed","wrong_cluster","not_targeted","digest_mismatch","order_downgrade","unknown_rollout","interrupted","not_configured","other""#
         );
         let retried: Vec<Code> = Code::ALL.into_iter().filter(|c| c.is_retryable()).collect();
         assert_eq!(retried, [Code::Busy, Code::Input]);

@@ -812,3 +812,72 @@ async fn the_release_it_was_started_from_shows_in_health_and_the_cluster() {
     assert_eq!(member(&cluster, "node-r")["release"], "1.4.2", "{cluster}");
     plain.stop().await.expect("the in-process server stops");
 }
+
+/// SIGKILL of the node runs are pinned to: the run it was running is interrupted and not
+/// retried elsewhere (its flow allows a retry), and those it had not started end failed,
+/// each saying why; none hangs and none runs on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_pinned_to_a_killed_node_end_and_are_not_retried_elsewhere() {
+    const TOKEN: &str = "a-test-token-of-some-length";
+    let db = TestDb::new("pinkill").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
+    let mut nodes = Vec::new();
+    for name in ["k1", "k2", "k3"] {
+        nodes.push(start_node(&db, dir.path(), name, &extra).await);
+    }
+    let entry = nodes[0].addr;
+    for _ in 0..200 {
+        let (_, c) = fleet_tests::call(entry, "GET", "/api/cluster", "").await;
+        if c["active"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flow = "name: hold\nsource: { type: postgres, connection: db, query: \"SELECT 1 AS x FROM pg_sleep(30)\" }\ndestination: { type: jsonl, path: out/hold.jsonl }\nretries: 1\n";
+    let (status, body) = fleet_tests::call(entry, "POST", "/api/flows", flow).await;
+    assert_eq!(status, 201, "{body}");
+    let auth = format!("Bearer {TOKEN}");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = fleet_tests::call_with_headers(
+            entry,
+            "POST",
+            "/api/flows/hold/run?node=k2",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        ids.push(body["run_id"].as_i64().expect("id"));
+    }
+    let first = wait_run(entry, ids[0], Duration::from_secs(30), |r| {
+        r["state"] != "queued"
+    })
+    .await;
+    assert_eq!(
+        (&first["state"], &first["node"]),
+        (&"running".into(), &"k2".into())
+    );
+    let mut killed = nodes.remove(1);
+    killed.child.kill().expect("kill -9");
+    killed.child.wait().expect("reaped");
+    let ended = |r: &serde_json::Value| !matches!(r["state"].as_str(), Some("queued" | "running"));
+    let run = wait_run(entry, ids[0], Duration::from_secs(60), ended).await;
+    assert_eq!(run["state"], "interrupted", "{run}");
+    for id in &ids[1..] {
+        let run = wait_run(entry, *id, Duration::from_secs(60), ended).await;
+        assert_eq!(run["state"], "failed", "{run}");
+        assert_eq!(run["node"], serde_json::Value::Null, "never ran: {run}");
+        assert_eq!(
+            run["error"],
+            "node k2 stopped sending heartbeats before the run, pinned to it, started",
+            "{run}"
+        );
+    }
+    // No retry, on any node, over a few sweeps.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, list) = fleet_tests::call(entry, "GET", "/api/runs?flow=hold", "").await;
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(3), "{list}");
+}

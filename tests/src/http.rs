@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client for tests: one request per connection (`Connection: close`), the
 //! status and the whole body (de-chunked); not a general client: no TLS, no redirects, no
-//! keep-alive, and it panics on a broken connection, which fails the test that made it.
+//! keep-alive, and it panics on a broken connection, which fails the test that made it
+//! (`try_call` answers an error instead, for callers that watch nodes go away).
 
 use std::net::SocketAddr;
 
@@ -28,9 +29,22 @@ pub async fn call_with_headers(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    try_call(addr, method, path, headers, body)
         .await
-        .expect("connect to the server");
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// As [`call_with_headers`], but a connection that fails or an answer without a status is an
+/// error rather than a panic (for callers that watch nodes come and go); no timeout of its
+/// own: the caller bounds it.
+pub async fn try_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
@@ -39,17 +53,17 @@ pub async fn call_with_headers(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("send");
-    stream.write_all(body).await.expect("send body");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read answer");
+    stream.read_to_end(&mut answer).await?;
     let text = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {head:?}")))?;
     // Bodies come chunked or with a length; the tests only need the payload.
     let body = if head
         .to_ascii_lowercase()
@@ -59,7 +73,7 @@ pub async fn call_with_headers(
     } else {
         body.to_owned()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -33,6 +33,8 @@
 //! It also holds what the tests of several packages share: a Postgres database per test
 //! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`),
 //! and a node booted with real systemd in `systemd-nspawn` (`NspawnNode`), for the agent's unit.
+//! The rolling-upgrade tests put a running cluster under continuous load and check it from
+//! outside with [`LoadChecker`] (runs all along, a schedule every second, every node sampled).
 
 mod agents;
 mod block;
@@ -40,6 +42,7 @@ mod error;
 mod fleet;
 mod http;
 mod kept;
+mod load;
 mod node;
 mod nspawn;
 mod postgres;
@@ -56,15 +59,19 @@ pub use error::HarnessError;
 pub use fleet::{
     AGENT_METRICS_PORT, DEFAULT_POSTGRES_URL, FleetOptions, SERVER_PORT, TestFleet, TestNode,
 };
-pub use http::{call, call_raw, call_with_headers};
+pub use http::{call, call_raw, call_with_headers, try_call};
 pub use kept::{PIDS_FILE, stop_kept};
+pub use load::{
+    FIRST_FIRE_WITHIN, LoadChecker, LoadError, LoadNode, LoadOptions, LoadReport, OutPeriod,
+    Outage, RunOutcome, ScheduleReport,
+};
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use nspawn::{
     BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
 };
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use provisioned::{FleetRun, Provisioned, per_node, run_fleet, trust_root};
-pub use redis::{REDIS_URL, START_REDIS, TestRedis};
+pub use redis::{PrivateRedis, REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{
     RELEASE_VALIDITY, Signing, build_own_release, build_release, bundle_manifest_digest,
     hand_manifest, own_binaries, release_tree, sha256_hex, sign_order, signed_bundle, test_order,

@@ -65,6 +65,11 @@ pub struct Rollout {
     pub min_healthy_secs: u64,
     /// ...within this long after it was started, or the step rolls back.
     pub health_timeout_secs: u64,
+    /// A rollout's upgrade slot is a lease of this long, renewed every third of it; an agent
+    /// that could not renew it within this long stops acting on it.
+    pub slot_ttl_ms: u64,
+    /// How often the daemon looks at the rollouts it takes part in.
+    pub poll_ms: u64,
 }
 
 impl Default for Rollout {
@@ -73,6 +78,8 @@ impl Default for Rollout {
             max_unavailable: 1,
             min_healthy_secs: 10,
             health_timeout_secs: 120,
+            slot_ttl_ms: 10_000,
+            poll_ms: 500,
         }
     }
 }
@@ -234,6 +241,8 @@ impl DaemonConfig {
                 check.heartbeat_interval_ms,
             ),
             ("supervise.log_max_bytes", check.log_max_bytes),
+            ("rollout.slot_ttl_ms", file.rollout.slot_ttl_ms),
+            ("rollout.poll_ms", file.rollout.poll_ms),
         ] {
             if v == 0 {
                 return Err(value(key, "must be above 0".into()));

@@ -106,7 +106,12 @@ async fn handle(daemon: &Daemon, line: &str) -> Answer<Reply> {
         Ok(r) => r,
         Err(e) => return Answer::Refused(AgentError::from(e).into()),
     };
-    tracing::info!(request = %request, "control request");
+    // Reads are asked often (watchers poll them): only what changes the node is logged.
+    if matches!(request, Request::Status | Request::Rollout { .. }) {
+        tracing::debug!(request = %request, "control request");
+    } else {
+        tracing::info!(request = %request, "control request");
+    }
     match request {
         Request::Status => daemon
             .status()

@@ -2,6 +2,7 @@
 //! `current` names (`supervise.rs`, `process.rs`), polls its health, answers `status`,
 //! `activate` and `rollback` on a control socket (`control.rs`) that the deploy key's one-shot
 //! requests forward to, runs the per-node upgrade step with its journal (`upgrade.rs`),
+//! takes part in rolling upgrades with the cluster's other agents through Redis (`rollout/`),
 //! publishes a heartbeat in the cluster's Redis (`report.rs`) and Prometheus text on loopback
 //! (`metrics.rs`), and rotates the server's log (`logs.rs`).
 //!
@@ -86,6 +87,14 @@ pub(crate) struct Daemon {
     pub keep_server: AtomicBool,
     /// Set by a committed step whose release carries another agent binary.
     pub replace_with: Mutex<Option<std::path::PathBuf>>,
+    /// The cluster's Redis (`None`: not configured, no heartbeats and no rollouts) and the
+    /// connection the rollout work shares.
+    pub redis: Option<redis::Client>,
+    pub redis_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Wakes the rollout loop (an order was just taken, a step ended).
+    pub rollout_poke: tokio::sync::Notify,
+    /// Has the heartbeat go out now instead of at its next interval.
+    pub heartbeat_now: tokio::sync::Notify,
     pub shutdown: CancellationToken,
 }
 
@@ -234,6 +243,12 @@ pub async fn run(
         None => None,
     };
     let adopted = process::Server::adopt(&layout)?;
+    // The URL holds a password: a parse error is reported without it (`report.rs` says so in
+    // `status`).
+    let redis = config
+        .redis_url
+        .as_deref()
+        .and_then(|url| redis::Client::open(url).ok());
     let (orders, inbox) = mpsc::channel(8);
     let token = CancellationToken::new();
     let daemon = Arc::new(Daemon {
@@ -245,6 +260,10 @@ pub async fn run(
         server_started: tokio::sync::Notify::new(),
         keep_server: AtomicBool::new(false),
         replace_with: Mutex::new(None),
+        redis,
+        redis_conn: tokio::sync::Mutex::new(None),
+        rollout_poke: tokio::sync::Notify::new(),
+        heartbeat_now: tokio::sync::Notify::new(),
         shutdown: token.clone(),
     });
     // Every line the daemon logs names its node.
@@ -266,6 +285,7 @@ pub async fn run(
     tasks.spawn(upgrade::recover(daemon.clone(), recovering).instrument(span.clone()));
     tasks.spawn(supervise::watch_health(daemon.clone(), token.clone()).instrument(span.clone()));
     tasks.spawn(report::heartbeat(daemon.clone(), token.clone()).instrument(span.clone()));
+    tasks.spawn(rollout::participate(daemon.clone(), token.clone()).instrument(span.clone()));
     tasks.spawn(logs::rotate(daemon.clone(), log, token.clone()).instrument(span.clone()));
     tasks.spawn(control::serve(daemon.clone(), control, token.clone()).instrument(span.clone()));
     if let Some(listener) = metrics {

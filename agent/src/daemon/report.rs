@@ -45,6 +45,7 @@ pub async fn heartbeat(daemon: Arc<Daemon>, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            () = daemon.heartbeat_now.notified() => {}
         }
         let result = beat(&daemon, &client, &mut conn, &key, ttl).await;
         let mut s = daemon.snapshot();

@@ -38,16 +38,66 @@ pub enum Goal {
     Rollback,
 }
 
+/// How long the new release must stay healthy, and within how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatePolicy {
+    pub min_healthy_secs: u64,
+    pub health_timeout_secs: u64,
+}
+
+impl From<&super::Rollout> for GatePolicy {
+    fn from(r: &super::Rollout) -> Self {
+        GatePolicy {
+            min_healthy_secs: r.min_healthy_secs,
+            health_timeout_secs: r.health_timeout_secs,
+        }
+    }
+}
+
+/// The rollout a step belongs to, and the epoch of the slot it was granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutTag {
+    pub id: String,
+    pub epoch: u64,
+}
+
+/// One upgrade step: what it does, how it gates, and, in a rollout, the lease it must hold
+/// before each side effect.
+pub struct Plan<'a> {
+    pub goal: Goal,
+    pub gate: GatePolicy,
+    /// A flow that must run successfully on this node before the step commits.
+    pub smoke_flow: Option<String>,
+    pub lease: Option<&'a super::rollout::Lease>,
+    pub rollout: Option<RolloutTag>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Step {
+pub enum Step {
     Drain,
     Stop,
     Switch,
     Start,
     Gate,
+    /// The smoke flow runs on the new release.
+    Smoke,
     /// The gate failed: going back to `from`.
     Rollback,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Drain => "drain",
+            Step::Stop => "stop",
+            Step::Switch => "switch",
+            Step::Start => "start",
+            Step::Gate => "gate",
+            Step::Smoke => "smoke",
+            Step::Rollback => "rollback",
+        }
+    }
 }
 
 /// `state/upgrade`: the step in flight.
@@ -59,7 +109,19 @@ struct Journal {
     /// Why the step is rolling back (with `Step::Rollback`).
     #[serde(default)]
     reason: Option<String>,
+    /// The step lost its rollout slot and is being undone: not the release's fault.
+    #[serde(default)]
+    interrupted: bool,
     started_unix_ms: u64,
+    /// The gate the step applies (`None` in journals written before it was recorded: the
+    /// config's).
+    #[serde(default)]
+    gate: Option<GatePolicy>,
+    #[serde(default)]
+    smoke_flow: Option<String>,
+    /// The rollout the step belongs to, if any.
+    #[serde(default)]
+    rollout: Option<RolloutTag>,
 }
 
 fn journal_path(layout: &Layout) -> std::path::PathBuf {
@@ -84,16 +146,33 @@ impl Journal {
             "{} -> {}: {}",
             self.from.as_deref().unwrap_or("none"),
             self.to,
-            serde_json::to_value(step)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            step.as_str()
         ));
         let bytes = serde_json::to_vec(self).map_err(|e| AgentError::Layout(e.to_string()))?;
         let layout = daemon.config.layout.clone();
-        blocking(move || layout.write_atomic(&journal_path(&layout), &bytes)).await?;
+        let progress = self.rollout.as_ref().map(|tag| {
+            let mut p = fleet_proto::NodeProgress::new(daemon.config.node.clone());
+            p.step = Some(step.as_str().to_owned());
+            p.reason = self.reason.clone();
+            p.started_unix_ms = Some(self.started_unix_ms);
+            p.epoch = Some(tag.epoch);
+            (tag.id.clone(), p)
+        });
+        blocking(move || {
+            layout.write_atomic(&journal_path(&layout), &bytes)?;
+            if let Some((id, p)) = progress {
+                crate::write_progress(&layout, &id, &p)?;
+            }
+            Ok(())
+        })
+        .await?;
         crash_point(step);
         Ok(())
+    }
+
+    fn gate_policy(&self, daemon: &Daemon) -> GatePolicy {
+        self.gate
+            .unwrap_or_else(|| GatePolicy::from(&daemon.config.rollout))
     }
 
     async fn close(&self, daemon: &Daemon, outcome: String) {
@@ -125,19 +204,56 @@ fn crash_point(step: Step) {
     let Ok(at) = std::env::var("FLEET_AGENT_CRASH_AT") else {
         return;
     };
-    if serde_json::to_value(step)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        == Some(at)
-    {
+    if step.as_str() == at {
         tracing::warn!(?step, "FLEET_AGENT_CRASH_AT: killing this agent now");
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
 
-/// Runs the whole step for `goal`; one at a time (a second is refused `busy`).
+/// Runs the whole step for `goal` with the gate of the node's config, outside any rollout.
 pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
+    let gate = GatePolicy::from(&daemon.config.rollout);
+    run(
+        daemon,
+        Plan {
+            goal,
+            gate,
+            smoke_flow: None,
+            lease: None,
+            rollout: None,
+        },
+    )
+    .await
+}
+
+/// Checks the rollout's lease before a side effect (`what`); always passes outside rollouts.
+async fn fenced(lease: Option<&super::rollout::Lease>, what: &str) -> Result<(), String> {
+    match lease {
+        Some(lease) => lease
+            .check()
+            .await
+            .map_err(|why| format!("lost its upgrade slot before the {what}: {why}")),
+        None => Ok(()),
+    }
+}
+
+fn interrupted(message: String) -> Refusal {
+    Refusal::new(Code::Interrupted, message)
+}
+
+/// Runs the whole step of `plan`; one at a time (a second is refused `busy`). In a rollout,
+/// the lease is checked right before the drain, the stop, the switch, the start and the
+/// commit; a step that lost it undoes itself (`interrupted`): before the switch the old
+/// server serves again, after it the node switches back.
+pub async fn run(daemon: &Daemon, plan: Plan<'_>) -> Result<Switched, Refusal> {
+    let Plan {
+        goal,
+        gate,
+        smoke_flow,
+        lease,
+        rollout,
+    } = plan;
     let Ok(_guard) = daemon.step.clone().try_lock_owned() else {
         return Err(Refusal::new(
             Code::Busy,
@@ -179,16 +295,33 @@ pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
         to,
         step: Step::Drain,
         reason: None,
+        interrupted: false,
         started_unix_ms: super::unix_ms(),
+        gate: Some(gate),
+        smoke_flow,
+        rollout,
     };
     let started = Instant::now();
+    if let Err(why) = fenced(lease, "drain").await {
+        return Err(interrupted(why));
+    }
     journal.enter(daemon, Step::Drain).await?;
     if journal.from.is_some() {
         drain(daemon).await;
     }
+    if let Err(why) = fenced(lease, "stop").await {
+        resume(daemon).await;
+        journal.close(daemon, format!("interrupted: {why}")).await;
+        return Err(interrupted(why));
+    }
     journal.enter(daemon, Step::Stop).await?;
     if let Some(ended) = daemon.stop_server().await {
         tracing::info!("upgrade step: the server {ended}");
+    }
+    if let Err(why) = fenced(lease, "switch").await {
+        daemon.start_server().await;
+        journal.close(daemon, format!("interrupted: {why}")).await;
+        return Err(interrupted(why));
     }
     journal.enter(daemon, Step::Switch).await?;
     let l = layout.clone();
@@ -206,20 +339,42 @@ pub async fn step(daemon: &Daemon, goal: Goal) -> Result<Switched, Refusal> {
             .await;
         return Err(e.into());
     }
-    finish(daemon, journal, started).await
+    finish(daemon, journal, started, lease).await
 }
 
-/// From the start of the new release to the outcome: start, gate, commit or roll back.
+/// From the start of the new release to the outcome: start, gate, smoke flow, commit or roll
+/// back.
 async fn finish(
     daemon: &Daemon,
     mut journal: Journal,
     started: Instant,
+    lease: Option<&super::rollout::Lease>,
 ) -> Result<Switched, Refusal> {
+    if let Err(why) = fenced(lease, "start").await {
+        journal.reason = Some(why);
+        journal.interrupted = true;
+        return Err(undo(daemon, journal).await);
+    }
     journal.enter(daemon, Step::Start).await?;
     let exits = daemon.snapshot().exits;
     daemon.start_server().await;
     journal.enter(daemon, Step::Gate).await?;
-    match gate(daemon, &journal.to, exits).await {
+    let policy = journal.gate_policy(daemon);
+    let mut passed = gate(daemon, &journal.to, exits, policy).await;
+    if passed.is_ok()
+        && let Some(flow) = journal.smoke_flow.clone()
+    {
+        journal.enter(daemon, Step::Smoke).await?;
+        passed = smoke(daemon, &flow, policy).await;
+    }
+    if passed.is_ok()
+        && let Err(why) = fenced(lease, "commit").await
+    {
+        journal.reason = Some(why);
+        journal.interrupted = true;
+        return Err(undo(daemon, journal).await);
+    }
+    match passed {
         Ok(()) => {
             let took = started.elapsed();
             journal
@@ -278,7 +433,16 @@ async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
     }
     let exits = daemon.snapshot().exits;
     daemon.start_server().await;
-    match gate(daemon, &from, exits).await {
+    let policy = journal.gate_policy(daemon);
+    match gate(daemon, &from, exits, policy).await {
+        Ok(()) if journal.interrupted => {
+            let message =
+                format!("the step to {to} {reason}; switched back to {from}, which serves again");
+            journal
+                .close(daemon, format!("interrupted: {message}"))
+                .await;
+            interrupted(message)
+        }
         Ok(()) => {
             let message = format!(
                 "release {to} failed its health gate: {reason}; rolled back to {from}, which serves again"
@@ -367,10 +531,14 @@ async fn drain(daemon: &Daemon) {
 /// `min_healthy_secs` and is a live, not draining, member of its cluster on `release`; fails
 /// when `health_timeout_secs` pass first or when the server exits (`exits` is the exit count
 /// before it was started).
-async fn gate(daemon: &Daemon, release: &str, exits: u64) -> Result<(), String> {
-    let rollout = &daemon.config.rollout;
-    let min = Duration::from_secs(rollout.min_healthy_secs);
-    let timeout = Duration::from_secs(rollout.health_timeout_secs);
+async fn gate(
+    daemon: &Daemon,
+    release: &str,
+    exits: u64,
+    policy: GatePolicy,
+) -> Result<(), String> {
+    let min = Duration::from_secs(policy.min_healthy_secs);
+    let timeout = Duration::from_secs(policy.health_timeout_secs);
     let deadline = Instant::now() + timeout;
     let mut waiting_for = "the server to start".to_owned();
     loop {
@@ -407,8 +575,92 @@ async fn gate(daemon: &Daemon, release: &str, exits: u64) -> Result<(), String> 
     }
 }
 
-/// Whether the server lists this node as a live, active member on `release`.
-async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
+/// Runs `flow` on this node (a run pinned to it, `POST /api/flows/{flow}/run?node=NODE` with
+/// the admin token) and waits for the run's end, at most the gate's timeout: the step commits
+/// only when it succeeded.
+async fn smoke(daemon: &Daemon, flow: &str, policy: GatePolicy) -> Result<(), String> {
+    let timeout = Duration::from_secs(policy.health_timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let ask = daemon.config.supervise.health_check_timeout();
+    let token = daemon.config.admin_token.as_deref();
+    let path = format!(
+        "/api/flows/{}/run?node={}",
+        url_word(flow),
+        url_word(&daemon.config.node)
+    );
+    let fail = |why: String| format!("smoke flow {flow}: {why}");
+    let answer = http::request(daemon.config.server_listen, "POST", &path, token, ask)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if answer.status != 202 {
+        return Err(fail(format!(
+            "the server answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        )));
+    }
+    let id = answer
+        .json()
+        .and_then(|v| v["run_id"].as_i64())
+        .ok_or_else(|| fail("the server's answer names no run_id".into()))?;
+    loop {
+        let run = http::request(
+            daemon.config.server_listen,
+            "GET",
+            &format!("/api/runs/{id}"),
+            token,
+            ask,
+        )
+        .await
+        .ok()
+        .filter(|r| r.status == 200)
+        .and_then(|r| r.json());
+        if let Some(run) = run {
+            match run["state"].as_str() {
+                Some("succeeded") => {
+                    tracing::info!(flow, run = id, "upgrade step: the smoke flow succeeded");
+                    return Ok(());
+                }
+                Some(state @ ("failed" | "canceled")) => {
+                    let error = run["error"].as_str().unwrap_or("no error recorded");
+                    return Err(fail(format!(
+                        "run {id} {state}: {}",
+                        error.chars().take(300).collect::<String>()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "run {id} did not end within {} s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `word` for a URL path or query: letters, digits, `-`, `_`, `.` as they are, the rest
+/// percent-encoded.
+fn url_word(word: &str) -> String {
+    word.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The cluster as this node's server sees it (`GET /api/cluster`: members with their release
+/// and drain, the scheduler leader).
+pub(super) async fn cluster_view(daemon: &Daemon) -> Result<serde_json::Value, String> {
     let answer = http::request(
         daemon.config.server_listen,
         "GET",
@@ -421,7 +673,12 @@ async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
     if answer.status != 200 {
         return Err(format!("/api/cluster answered {}", answer.status));
     }
-    let cluster = answer.json().ok_or("/api/cluster: not JSON")?;
+    answer.json().ok_or_else(|| "/api/cluster: not JSON".into())
+}
+
+/// Whether the server lists this node as a live, active member on `release`.
+async fn member(daemon: &Daemon, release: &str) -> Result<(), String> {
+    let cluster = cluster_view(daemon).await?;
     let node = &daemon.config.node;
     let me = cluster["members"]
         .as_array()
@@ -454,25 +711,26 @@ pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
         }
     };
     tracing::warn!(from = ?journal.from, to = %journal.to, step = ?journal.step, "the agent stopped during an upgrade step: settling it");
+    let rollout = journal.rollout.clone();
     let switched = current.as_deref() == Some(journal.to.as_str());
-    match (journal.step, switched) {
+    let result = match (journal.step, switched) {
         (Step::Rollback, _) => {
             let refusal = undo(&daemon, journal).await;
             tracing::warn!("upgrade step settled: {refusal}");
+            Err(refusal)
         }
         (_, false) => {
             // Before the switch: the old release stays. A drained server takes runs again.
             resume(&daemon).await;
             daemon.start_server().await;
             let from = journal.from.clone().unwrap_or_else(|| "no release".into());
+            let message = format!(
+                "the agent stopped during the step, before the switch; {from} serves again"
+            );
             journal
-                .close(
-                    &daemon,
-                    format!(
-                        "rolled_back: the agent stopped during the step, before the switch; {from} serves again"
-                    ),
-                )
+                .close(&daemon, format!("rolled_back: {message}"))
                 .await;
+            Err(interrupted(message))
         }
         (_, true) => {
             // After the switch: a server of another release goes; the gate runs again.
@@ -484,13 +742,18 @@ pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
             if stale {
                 daemon.stop_server().await;
             }
-            match finish(&daemon, journal, Instant::now()).await {
+            let result = finish(&daemon, journal, Instant::now(), None).await;
+            match &result {
                 Ok(switched) => {
                     tracing::info!(release = %switched.active, "upgrade step settled: committed")
                 }
                 Err(refusal) => tracing::warn!("upgrade step settled: {refusal}"),
             }
+            result
         }
+    };
+    if let Some(tag) = rollout {
+        super::rollout::settled(&daemon, &tag, &result).await;
     }
 }
 

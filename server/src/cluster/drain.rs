@@ -1,6 +1,7 @@
 //! The drain of this node: it stops claiming, gives up the scheduler, publishes that it is
-//! draining, hands back the runs it has not started, lets running ones finish up to a deadline
-//! (the rest end failed), and hands back what arrived meanwhile. The drain is a task of its own
+//! draining, hands back the runs it has not started (one pinned to it ends failed), lets
+//! running ones finish up to a deadline (the rest end failed), and hands back what arrived
+//! meanwhile. The drain is a task of its own
 //! (tracked like every task of the server, and stopped by the shutdown); a request only waits
 //! for it, at most `ANSWER_WITHIN`, so no request holds the shutdown up. Not the HTTP side.
 
@@ -111,8 +112,8 @@ async fn steps(node: &Arc<Node>, progress: &Progress, deadline: Duration) {
     hand_back(node, progress).await;
 }
 
-/// Hands this node's queued runs to the others and wakes them; `false` (and the error kept)
-/// when the database refused.
+/// Hands this node's queued runs to the others and wakes them (those pinned to it end
+/// failed); `false` (and the error kept) when the database refused.
 async fn hand_back(node: &Node, progress: &Progress) -> bool {
     let me = [node.config.node.clone()];
     match runs::redispatch(
@@ -124,11 +125,14 @@ async fn hand_back(node: &Node, progress: &Progress) -> bool {
     .await
     {
         Ok(handed) => {
-            for (_, to) in &handed {
+            for (_, to) in &handed.moved {
                 node.membership.wake(to).await;
             }
+            if !handed.failed_pinned.is_empty() {
+                tracing::warn!(runs = ?handed.failed_pinned, "runs pinned to this node ended failed: it drains");
+            }
             if let Ok(mut h) = progress.handed_back.lock() {
-                h.extend(handed.iter().map(|(id, _)| *id));
+                h.extend(handed.moved.iter().map(|(id, _)| *id));
             }
             true
         }

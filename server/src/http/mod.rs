@@ -96,11 +96,7 @@ async fn list_flows(State(app): Shared) -> ApiResult {
 async fn get_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
     match runs::get_flow(&app.pool, &name).await? {
         Some(f) => Ok(Json(f).into_response()),
-        None => Err(AppError::field(
-            StatusCode::NOT_FOUND,
-            "name",
-            format!("no flow `{name}`"),
-        )),
+        None => Err(no_flow(&name)),
     }
 }
 
@@ -108,15 +104,30 @@ async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult 
     if runs::delete_flow(&app.pool, &name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(AppError::field(
-            StatusCode::NOT_FOUND,
-            "name",
-            format!("no flow `{name}`"),
-        ))
+        Err(no_flow(&name))
     }
 }
 
-async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunQuery {
+    node: Option<String>,
+}
+
+/// Queues a run of the flow: on the node the cluster's load balancing picks, or with
+/// `?node=NAME` on that node alone (`pinned`), which only the admin may ask (see `pin`).
+async fn run_flow(
+    State(app): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<RunQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query_params(query)?;
+    if let Some(node) = q.node {
+        admin(&app, peer, &headers)?;
+        return run_pinned(&app, &name, &node).await;
+    }
     // The executing node is picked among the active ones; without Redis, any node runs it.
     let targets = app.targets().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "dispatching without membership");
@@ -124,21 +135,69 @@ async fn run_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
     });
     match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing).await? {
         Some((id, target)) => {
-            match &target {
-                Some(node) if *node != app.config.node => app.membership.wake(node).await,
-                _ => app.executor.poke(),
-            }
+            wake(&app, target.as_deref()).await;
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "run_id": id, "state": RunState::Queued, "node": target })),
+                Json(json!({ "run_id": id, "state": RunState::Queued, "node": target, "pinned": false })),
             )
                 .into_response())
         }
-        None => Err(AppError::field(
-            StatusCode::NOT_FOUND,
-            "name",
-            format!("no flow `{name}`"),
-        )),
+        None => Err(no_flow(&name)),
+    }
+}
+
+fn no_flow(name: &str) -> AppError {
+    AppError::field(StatusCode::NOT_FOUND, "name", format!("no flow `{name}`"))
+}
+
+/// Wakes the node a run was queued for (this one: its executor).
+async fn wake(app: &Node, target: Option<&str>) {
+    match target {
+        Some(node) if node != app.config.node => app.membership.wake(node).await,
+        _ => app.executor.poke(),
+    }
+}
+
+/// A run pinned to `node`, which must be a live member that takes runs now (not draining, the
+/// database's schema): 409 naming why not. Pinning overrides the cluster's dispatch and is
+/// never handed over, so it is the admin's (the agent's smoke flow on its own node).
+async fn run_pinned(app: &Node, flow: &str, node: &str) -> ApiResult {
+    let refuse = |why: String| AppError::field(StatusCode::CONFLICT, "node", why);
+    if node.is_empty() {
+        return Err(AppError::field(
+            StatusCode::BAD_REQUEST,
+            "node",
+            "the node to run on is empty",
+        ));
+    }
+    let members = app.membership.members().await?;
+    let Some(member) = members.iter().find(|m| m.node == node) else {
+        return Err(refuse(format!(
+            "node `{node}` is not a live member of the cluster (no heartbeat)"
+        )));
+    };
+    if member.draining {
+        return Err(refuse(format!(
+            "node `{node}` is draining: it takes no runs"
+        )));
+    }
+    let schema = runs::database_schema_version(&app.pool).await?;
+    if member.schema_version < schema {
+        return Err(refuse(format!(
+            "node `{node}` knows schema {} but the database has {schema}: it takes no runs",
+            member.schema_version
+        )));
+    }
+    match runs::create_pinned_run(&app.pool, flow, node).await? {
+        Some(id) => {
+            wake(app, Some(node)).await;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "state": RunState::Queued, "node": node, "pinned": true })),
+            )
+                .into_response())
+        }
+        None => Err(no_flow(flow)),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct RunRow {
     pub node: Option<String>,
     /// The node the run was dispatched to (none: any node).
     pub target_node: Option<String>,
+    /// Asked for on `target_node` by name: only that node runs it, it is never handed over.
+    pub pinned: bool,
     pub retry_of: Option<i64>,
     pub rows_read: i64,
     pub rows_written: i64,
@@ -34,7 +36,7 @@ pub struct RunRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const RUN_COLUMNS: &str = "id, flow, state, node, target_node, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
+const RUN_COLUMNS: &str = "id, flow, state, node, target_node, pinned, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
     reject_file, error, cancel_requested, created_at, started_at, finished_at";
 
 pub(super) type Db<T> = Result<T, RunsError>;
@@ -122,6 +124,24 @@ pub async fn create_run_in(
     .fetch_optional(&mut *tx)
     .await?;
     Ok(id.map(|(id,)| (id, target)))
+}
+
+/// Queues a run of the flow as it is now for `node` alone (the caller checked that it is a
+/// live, non-draining member): only that node claims it, and it is never handed to another
+/// one (`sweep` and `redispatch` end it failed instead). Its id; `None` when there is no such
+/// flow. Under the dispatch lock, like every change of a run's node.
+pub async fn create_pinned_run(pool: &PgPool, flow: &str, node: &str) -> Db<Option<i64>> {
+    let mut tx = pool.begin().await?;
+    lock_dispatch(&mut tx).await?;
+    let id: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO runs (flow, definition, target_node, pinned) SELECT name, definition, $2, true FROM flows WHERE name = $1 RETURNING id",
+    )
+    .bind(flow)
+    .bind(node)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id.map(|(id,)| id))
 }
 
 /// Serialises dispatch decisions cluster-wide until the transaction ends, so the cursor and
@@ -399,10 +419,13 @@ pub struct Swept {
     pub retries: Vec<(i64, String)>,
     /// Queued runs sent to another node.
     pub redispatched: Vec<(i64, String)>,
+    /// Queued runs pinned to a node that went away: they ended failed.
+    pub failed_pinned: Vec<i64>,
 }
 
 /// The runs of nodes that stopped sending heartbeats: running ones become `interrupted` (and
-/// are retried on a live node when their flow allows it), queued ones go to a live node. One
+/// are retried on a live node when their flow allows it and they were not pinned), queued
+/// ones go to a live node (pinned ones end failed). One
 /// transaction; each run changes state once whoever sweeps, so concurrent sweeps cannot
 /// double anything.
 pub async fn sweep(
@@ -414,22 +437,23 @@ pub async fn sweep(
     let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
     let mut swept = Swept::default();
-    let interrupted: Vec<(i64, String, serde_json::Value, i32, String)> = sqlx::query_as(
+    let interrupted: Vec<(i64, String, serde_json::Value, i32, bool)> = sqlx::query_as(
         "UPDATE runs SET state = 'interrupted', finished_at = now(),
                 error = 'node ' || node || ' stopped sending heartbeats while the run was running'
          WHERE state = 'running' AND node = ANY($1)
-         RETURNING id, flow, definition, attempt, node",
+         RETURNING id, flow, definition, attempt, pinned",
     )
     .bind(dead)
     .fetch_all(&mut *tx)
     .await?;
-    for (id, flow, definition, attempt, _node) in interrupted {
+    for (id, flow, definition, attempt, pinned) in interrupted {
         swept.interrupted.push(id);
         let retries = definition
             .get("retries")
             .and_then(|r| r.as_i64())
             .unwrap_or(0);
-        if i64::from(attempt) > retries || live.is_empty() {
+        // A pinned run was asked of its node: another node running it would not answer that.
+        if pinned || i64::from(attempt) > retries || live.is_empty() {
             continue;
         }
         let target = pick(&mut tx, live, load_balancing).await?;
@@ -445,23 +469,62 @@ pub async fn sweep(
         .await?;
         swept.retries.push((retry, target));
     }
+    swept.failed_pinned = fail_pinned_in(
+        &mut tx,
+        dead,
+        "stopped sending heartbeats before the run, pinned to it, started",
+    )
+    .await?;
     swept.redispatched = redispatch_in(&mut tx, dead, live, load_balancing).await?;
     tx.commit().await?;
     Ok(swept)
 }
 
-/// Sends the queued runs of nodes `from` to the `live` ones (nothing when none is live).
+/// What a drain's hand-back did.
+#[derive(Debug, Default)]
+pub struct HandedBack {
+    /// Queued runs sent to another node, and the node each went to.
+    pub moved: Vec<(i64, String)>,
+    /// Queued runs pinned to a drained node: they ended failed.
+    pub failed_pinned: Vec<i64>,
+}
+
+/// Sends the queued runs of the drained nodes `from` to the `live` ones (nothing when none is
+/// live); those pinned to them end failed, whether or not another node is live.
 pub async fn redispatch(
     pool: &PgPool,
     from: &[String],
     live: &[(String, u32)],
     load_balancing: LoadBalancing,
-) -> Db<Vec<(i64, String)>> {
+) -> Db<HandedBack> {
     let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
+    let failed_pinned = fail_pinned_in(
+        &mut tx,
+        from,
+        "was drained before the run, pinned to it, started",
+    )
+    .await?;
     let moved = redispatch_in(&mut tx, from, live, load_balancing).await?;
     tx.commit().await?;
-    Ok(moved)
+    Ok(HandedBack {
+        moved,
+        failed_pinned,
+    })
+}
+
+/// Ends failed the queued runs pinned to nodes `from`, the error `node NAME <what>`.
+async fn fail_pinned_in(tx: &mut sqlx::PgConnection, from: &[String], what: &str) -> Db<Vec<i64>> {
+    let failed: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE runs SET state = 'failed', finished_at = now(), error = 'node ' || target_node || ' ' || $2
+         WHERE state = 'queued' AND pinned AND target_node = ANY($1)
+         RETURNING id",
+    )
+    .bind(from)
+    .bind(what)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(failed.into_iter().map(|(id,)| id).collect())
 }
 
 async fn redispatch_in(
@@ -475,18 +538,20 @@ async fn redispatch_in(
         return Ok(moved);
     }
     let queued: Vec<(i64,)> = sqlx::query_as(
-        "SELECT id FROM runs WHERE state = 'queued' AND target_node = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id FROM runs WHERE state = 'queued' AND NOT pinned AND target_node = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind(from)
     .fetch_all(&mut *tx)
     .await?;
     for (id,) in queued {
         let target = pick(tx, live, load_balancing).await?;
-        sqlx::query("UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued'")
-            .bind(id)
-            .bind(&target)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET target_node = $2 WHERE id = $1 AND state = 'queued' AND NOT pinned",
+        )
+        .bind(id)
+        .bind(&target)
+        .execute(&mut *tx)
+        .await?;
         moved.push((id, target));
     }
     Ok(moved)
