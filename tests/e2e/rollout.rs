@@ -4,8 +4,9 @@
 //! order taken by every node (its record on the node's disk, its report), the rollout in the
 //! state store with its targets and in the audit log, one rollout per cluster under two
 //! concurrent starts, controls taken by every node, orders no node takes ending the rollout at
-//! once, a node that cannot stage keeping the rollout off its cluster (unless skipped), and
-//! targets nobody can reach marked lost.
+//! once, a node that cannot stage keeping the rollout off its cluster (unless skipped),
+//! targets nobody can reach marked lost, and a rollout whose controller was killed after
+//! handing out its orders carried on by the agents and found committed by a new watch.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -383,4 +384,65 @@ fn lost_scenario(c: &mut Provisioned) {
         "{}",
         again.stdout
     );
+}
+
+#[test]
+fn a_rollout_goes_on_after_its_controller_is_killed_and_watch_finds_it_committed() {
+    let mut c = provisioned("e2e_rollout_crash");
+    c.with_logs(crash_scenario);
+}
+
+fn crash_scenario(c: &mut Provisioned) {
+    use std::io::BufRead;
+
+    // The controller hands out the orders, starts watching, and is SIGKILLed.
+    let (store, inventory) = (s(&c.store), s(&c.inventory));
+    let mut child = c
+        .command(&[
+            "rollout", "start", "1.1.0", "--store", &store, "-i", &inventory,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a start");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("a line of stderr");
+        let watching = line.starts_with("watching ");
+        seen.push(line);
+        if watching {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("watching ")),
+        "the start ended before it watched: {seen:#?}"
+    );
+    child.kill().expect("SIGKILL the controller");
+    child.wait().expect("reaped");
+    let listed = rollouts(c);
+    assert_eq!(listed[0]["state"], "running", "nobody ended it: {listed:?}");
+    let id = listed[0]["id"].as_str().expect("an id").to_owned();
+
+    // The agents carry it on; a new controller's watch picks it up from the state store and
+    // the nodes' reports, and ends it.
+    let watched = c.run_i(&["rollout", "watch", &id, "--json"]).ok().json();
+    let rollout = &watched["rollouts"][0];
+    assert_eq!(rollout["state"], "committed", "{watched}");
+    for (node, outcome) in per_node(rollout, "outcome") {
+        assert_eq!(outcome, "committed", "{node}: {watched}");
+    }
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.1.0");
+    }
+    let listed = rollouts(c);
+    assert_eq!(listed[0]["state"], "committed", "{listed:?}");
+    assert!(listed[0]["ended_ms"].is_i64(), "{listed:?}");
+    // status agrees, from the store alone and from the nodes, and exits 0.
+    let stored = c.run(&["rollout", "status", &id, "--json"]).ok().json();
+    for (node, outcome) in per_node(&stored["rollout"], "outcome") {
+        assert_eq!(outcome, "committed", "recorded for {node}: {stored}");
+    }
+    c.run_i(&["rollout", "status", &id]).ok();
 }

@@ -398,7 +398,8 @@ fn shown_text(s: &Shown) -> String {
     if let Some(asked) = s.asked {
         head.push_str(&format!("; asked: {}", rollout::asked_word(asked)));
     }
-    if let Some(halted) = &s.halted {
+    // An ended rollout's reason already says why it halted.
+    if let (Some(halted), None) = (&s.halted, &r.reason) {
         head.push_str(&format!("; halted: {halted}"));
     }
     if let Some(order) = &s.order {

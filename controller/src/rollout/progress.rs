@@ -387,14 +387,20 @@ impl Tracker {
         if nodes.iter().any(|p| p.outcome.is_none()) {
             return None;
         }
+        // A node's reason is left out where it only repeats the failure flag.
+        let repeats = |reason: &str| {
+            self.halted
+                .as_deref()
+                .is_some_and(|h| h.contains(reason) || reason.contains(h))
+        };
         let others: Vec<String> = nodes
             .iter()
             .filter(|p| p.outcome != Some(Outcome::Committed))
             .map(|p| {
                 let outcome = p.outcome.map_or("?", Outcome::as_str);
                 match &p.reason {
-                    Some(r) => format!("{} {outcome}: {r}", p.node),
-                    None => format!("{} {outcome}", p.node),
+                    Some(r) if !repeats(r) => format!("{} {outcome}: {r}", p.node),
+                    _ => format!("{} {outcome}", p.node),
                 }
             })
             .collect();
@@ -611,12 +617,16 @@ mod tests {
             all([Outcome::RolledBack, Outcome::Skipped, Outcome::Skipped]),
         );
         if let Polled::Report(r) = &mut r {
-            r.halted = Some("n1 failed its health gate".into());
-            r.nodes[0].reason = Some("health gate".into());
+            r.halted = Some("n1: failed its health gate: exit 1".into());
+            r.nodes[0].reason = Some("failed its health gate: exit 1".into());
+            r.nodes[1].reason =
+                Some("the rollout halted: n1: failed its health gate: exit 1".into());
+            r.nodes[2].reason = Some("the deadline passed".into());
         }
         let events = tr.apply("n1", r, t0);
         assert!(
-            lines(&events).contains(&"the rollout halted: n1 failed its health gate".to_owned()),
+            lines(&events)
+                .contains(&"the rollout halted: n1: failed its health gate: exit 1".to_owned()),
             "{events:?}"
         );
         tr.apply("n2", Polled::Refused("unknown rollout".into()), t0);
@@ -626,8 +636,9 @@ mod tests {
         assert_eq!(
             why.as_deref(),
             Some(
-                "halted: n1 failed its health gate; n1 rolled_back: health gate; n2 skipped; n3 skipped"
-            )
+                "halted: n1: failed its health gate: exit 1; n1 rolled_back; n2 skipped; n3 skipped: the deadline passed"
+            ),
+            "a reason that repeats the flag is said once"
         );
 
         let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
