@@ -4,12 +4,14 @@
 //! program the controller copies to nodes, never a library it links.
 //!
 //! One folder per part: `cli/` (the command line, fan-out, reports), `ssh/` (transport,
-//! known_hosts, host key enrolment), `node/` (provisioning, agent requests, config files);
+//! known_hosts, host key enrolment), `node/` (provisioning, agent requests, config files),
+//! `store/` (the state store), `rollout/` (rolling upgrades: orders, controls, watching);
 //! `files.rs` is the controller's own small files.
 
 mod cli;
 mod files;
 mod node;
+mod rollout;
 mod ssh;
 mod store;
 

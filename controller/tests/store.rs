@@ -32,6 +32,10 @@ macro_rules! on_both {
     };
 }
 
+fn targets(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
 fn entry(n: i64) -> AuditEntry {
     AuditEntry {
         at_ms: 1_000 * n,
@@ -178,32 +182,49 @@ on_both!(
     one_rollout_in_flight_per_cluster,
     |store: Store, _l: StateLocation| async move {
         store
-            .start_rollout("r1", "acme/prod", "2.0.0")
+            .start_rollout("r1", "acme/prod", "2.0.0", &targets(&["n1", "n2"]))
             .await
             .expect("first");
-        match store.start_rollout("r2", "acme/prod", "2.0.0").await {
+        match store.start_rollout("r2", "acme/prod", "2.0.0", &[]).await {
             Err(StoreError::RolloutInFlight { cluster, rollout }) => {
                 assert_eq!((cluster.as_str(), rollout.as_str()), ("acme/prod", "r1"));
             }
             other => panic!("a second rollout on the cluster: {other:?}"),
         }
         store
-            .start_rollout("r3", "acme/test", "2.0.0")
+            .start_rollout("r3", "acme/test", "2.0.0", &[])
             .await
             .expect("another cluster");
-        store.end_rollout("r1", "committed").await.expect("end");
+        assert!(
+            store
+                .end_rollout("r1", "committed", None)
+                .await
+                .expect("end")
+        );
+        // The first end stands.
+        assert!(
+            !store
+                .end_rollout("r1", "failed", Some("late"))
+                .await
+                .expect("end again")
+        );
         let r1 = store.rollout("r1").await.expect("read").expect("r1");
         assert_eq!(r1.state, "committed");
         assert!(r1.ended_ms.is_some());
         store
-            .start_rollout("r2", "acme/prod", "2.0.0")
+            .start_rollout("r2", "acme/prod", "2.0.0", &[])
             .await
             .expect("the cluster is free again");
+        // An id is used once.
+        match store.start_rollout("r1", "other/one", "2.0.0", &[]).await {
+            Err(StoreError::RolloutExists { id }) => assert_eq!(id, "r1"),
+            other => panic!("a second rollout r1: {other:?}"),
+        }
 
         // Two at once on a free cluster: exactly one proceeds.
         let (a, b) = tokio::join!(
-            store.start_rollout("r4", "beta/prod", "1.0.0"),
-            store.start_rollout("r5", "beta/prod", "1.0.0")
+            store.start_rollout("r4", "beta/prod", "1.0.0", &[]),
+            store.start_rollout("r5", "beta/prod", "1.0.0", &[])
         );
         assert_eq!(
             usize::from(a.is_ok()) + usize::from(b.is_ok()),
@@ -217,7 +238,7 @@ on_both!(
     node_outcomes_and_status_snapshots,
     |store: Store, _l: StateLocation| async move {
         store
-            .start_rollout("r1", "acme/prod", "2.0.0")
+            .start_rollout("r1", "acme/prod", "2.0.0", &targets(&["n1", "n2"]))
             .await
             .expect("rollout");
         let outcome = |node: &str, outcome: Option<&str>, step: &str| NodeOutcome {
@@ -226,6 +247,8 @@ on_both!(
             step: Some(step.into()),
             reason: None,
             updated_ms: 5,
+            started_ms: Some(3),
+            ended_ms: outcome.map(|_| 4),
         };
         store
             .set_node_outcome("r1", &outcome("n2", None, "gate"))
@@ -256,6 +279,128 @@ on_both!(
             .expect("save again");
         let (_, read) = store.node_status("n1").await.expect("read").expect("saved");
         assert_eq!(read, status);
+    }
+);
+
+on_both!(
+    a_rollout_keeps_its_targets_and_its_order,
+    |store: Store, location: StateLocation| async move {
+        let started = store
+            .start_rollout("r1", "acme/prod", "2.0.0", &targets(&["n1", "n2", "n3"]))
+            .await
+            .expect("start");
+        assert_eq!(started.targets, targets(&["n1", "n2", "n3"]));
+        assert_eq!(
+            (started.order.as_deref(), started.in_flight()),
+            (None, true)
+        );
+        store
+            .set_rollout_order(
+                "r1",
+                &targets(&["n1", "n3"]),
+                r#"{"order":{},"signatures":[]}"#,
+            )
+            .await
+            .expect("order");
+        // Another controller, later, finds everything it needs to watch it.
+        let again = Store::open(&location).await.expect("reopen");
+        let read = again.rollout("r1").await.expect("read").expect("r1");
+        assert_eq!(read.targets, targets(&["n1", "n3"]));
+        assert_eq!(
+            read.order.as_deref(),
+            Some(r#"{"order":{},"signatures":[]}"#)
+        );
+        assert_eq!(read.version, "2.0.0");
+        assert_eq!(
+            again
+                .rollouts(true)
+                .await
+                .expect("in flight")
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["r1"]
+        );
+        assert!(
+            again
+                .end_rollout("r1", "failed", Some("n2 rolled back: health"))
+                .await
+                .expect("end")
+        );
+        let ended = again.rollout("r1").await.expect("read").expect("r1");
+        assert_eq!(
+            (
+                ended.state.as_str(),
+                ended.reason.as_deref(),
+                ended.in_flight()
+            ),
+            ("failed", Some("n2 rolled back: health"), false)
+        );
+        // No order of an ended rollout is recorded (none may be handed out).
+        match again.set_rollout_order("r1", &targets(&["n1"]), "{}").await {
+            Err(StoreError::RolloutEnded { id }) => assert_eq!(id, "r1"),
+            other => panic!("an order for an ended rollout: {other:?}"),
+        }
+        assert!(again.rollouts(true).await.expect("in flight").is_empty());
+        store
+            .start_rollout("r2", "acme/prod", "2.1.0", &[])
+            .await
+            .expect("r2");
+        let all: Vec<String> = again
+            .rollouts(false)
+            .await
+            .expect("all")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(all, ["r2", "r1"], "newest first");
+    }
+);
+
+on_both!(
+    the_order_sequence_only_rises,
+    |store: Store, location: StateLocation| async move {
+        let first = store.next_sequence().await.expect("sequence");
+        // Never below the clock (ms): a controller with a new store still signs above what
+        // the nodes accepted from the old one.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        assert!(
+            first + 60_000 > now && first <= now + 60_000,
+            "{first} vs {now}"
+        );
+        let second = store.next_sequence().await.expect("sequence");
+        assert!(second > first, "{second} after {first}");
+        // Concurrent takers, on this pool and on other connections to the same database (as
+        // other controllers), never get the same number.
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let store = if t % 2 == 0 {
+                store.clone()
+            } else {
+                Store::open(&location).await.expect("another store")
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..25 {
+                    got.push(store.next_sequence().await.expect("sequence"));
+                }
+                got
+            }));
+        }
+        let mut all = vec![first, second];
+        for t in tasks {
+            let got = t.await.expect("task");
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+            all.extend(got);
+        }
+        let taken = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), taken, "a sequence number was handed out twice");
+        assert!(all.iter().all(|&n| n > second || n == first || n == second));
     }
 );
 

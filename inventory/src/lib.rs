@@ -29,7 +29,9 @@ pub use model::{
     Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, NodeView, Rollout, Ssh,
 };
 pub use problem::{LoadError, Pos, Problem, Problems, suggest, typo_hint};
-pub use schema::{DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT, NAME_HINT, is_name};
+pub use schema::{
+    DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT, FLOW_NAME_HINT, NAME_HINT, is_flow_name, is_name,
+};
 pub use secret::{Secret, SecretError, SecretRef, Setting, mask_url_password};
 pub use select::{SelectError, glob_match};
 pub use yaml::{MAX_DEPTH, MAX_NODES};

@@ -124,6 +124,9 @@ pub struct Rollout {
     pub min_healthy_secs: u64,
     /// A node that is not healthy for `min_healthy_secs` within this time fails (≥ min_healthy_secs).
     pub health_timeout_secs: u64,
+    /// A flow (by name) that must run successfully on each upgraded node before it commits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoke_flow: Option<String>,
 }
 
 impl Default for Rollout {
@@ -133,6 +136,7 @@ impl Default for Rollout {
             canary: Canary::Off,
             min_healthy_secs: 10,
             health_timeout_secs: 120,
+            smoke_flow: None,
         }
     }
 }

@@ -34,12 +34,16 @@ const SSH_KEYS: [&str; 7] = [
     "jump",
 ];
 const JUMP_KEYS: [&str; 3] = ["host", "port", "user"];
-const ROLLOUT_KEYS: [&str; 4] = [
+const ROLLOUT_KEYS: [&str; 5] = [
     "max_unavailable",
     "canary",
     "min_healthy_secs",
     "health_timeout_secs",
+    "smoke_flow",
 ];
+/// What the ETL server accepts as a flow name (`smoke_flow` names one).
+pub const FLOW_NAME_HINT: &str =
+    "a flow name is 1 to 63 bytes of letters, digits, `_`, `-` and `.`, as the ETL server accepts";
 
 /// The rule every customer, cluster and node name follows (also checked by the ETL server for
 /// its `node`).
@@ -95,6 +99,14 @@ pub fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+}
+
+/// Whether `s` is a name the ETL server accepts for a flow (its `pipeline::flow` rule).
+pub fn is_flow_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn is_label_key(s: &str) -> bool {
@@ -643,6 +655,21 @@ impl Checker<'_> {
                 ),
                 Some("a node could never pass its health gate; raise health_timeout_secs"),
             );
+        }
+        if let Some(v) = f.opt("smoke_flow") {
+            let path = f.child("smoke_flow");
+            if let Some(flow) = fields::string(v, &path, self.problems) {
+                if is_flow_name(&flow) {
+                    rollout.smoke_flow = Some(flow);
+                } else {
+                    self.problems.add_hint(
+                        v.pos,
+                        &path,
+                        format!("`{flow}` is not a flow name"),
+                        Some(FLOW_NAME_HINT),
+                    );
+                }
+            }
         }
         (rollout, canary_node)
     }

@@ -57,6 +57,7 @@ fn fleet_example_is_accepted() {
     assert_eq!(prod.load_balancing, LoadBalancing::Weighted);
     assert_eq!(prod.rollout.canary, Canary::Node("acme-prod-1".into()));
     assert_eq!(prod.rollout.health_timeout_secs, 300);
+    assert_eq!(prod.rollout.smoke_flow.as_deref(), Some("orders-smoke"));
     let p3 = inventory.node("acme-prod-3").expect("acme-prod-3");
     assert_eq!(p3.weight, 2);
     assert_eq!(p3.ssh.port, 2222);

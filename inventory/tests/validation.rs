@@ -305,6 +305,34 @@ fn rollout_numbers() {
 }
 
 #[test]
+fn smoke_flow_is_a_flow_name() {
+    assert_eq!(
+        one(&base(
+            "        rollout: { smoke_flow: \"orders smoke\" }\n",
+            ""
+        )),
+        "/inv/fleet.yaml:11:32: customers.acme.clusters.prod.rollout.smoke_flow: `orders smoke` is not a flow name (hint: a flow name is 1 to 63 bytes of letters, digits, `_`, `-` and `.`, as the ETL server accepts)"
+    );
+    assert_eq!(
+        one(&base("        rollout: { smoke_flow: [a] }\n", "")),
+        "/inv/fleet.yaml:11:32: customers.acme.clusters.prod.rollout.smoke_flow: expected a string, found a list"
+    );
+    let long = "f".repeat(64);
+    assert!(
+        one(&base(&format!("        rollout: {{ smoke_flow: {long} }}\n"), ""))
+            .ends_with("is not a flow name (hint: a flow name is 1 to 63 bytes of letters, digits, `_`, `-` and `.`, as the ETL server accepts)")
+    );
+    let fine = common::load(&base(
+        "        rollout: { smoke_flow: orders-smoke.v2 }\n",
+        "",
+    ));
+    assert_eq!(
+        fine.clusters()[0].rollout.smoke_flow.as_deref(),
+        Some("orders-smoke.v2")
+    );
+}
+
+#[test]
 fn empty_cluster_and_customer_without_clusters() {
     let text = base("", "").replace(
         "        nodes:\n          - { name: n1, host: 10.0.0.1 }\n",

@@ -4,6 +4,7 @@ mod daemons;
 mod deploy;
 mod inventory;
 mod release;
+mod rollout;
 mod ssh;
 mod support;
 mod systemd;

@@ -26,6 +26,10 @@
 //! (`TestFleet::start_agents`, or `start_kept_agents` for a kept fleet) and stopped with
 //! SIGTERM (`stop_agents`, on drop, or `stop_kept_agents`).
 //!
+//! A fleet set up through the real `fleet` binary, provisioned, its agents running and
+//! releases of the project's own binaries in a store, is [`Provisioned`]; how one run of
+//! `fleet` ended is a [`FleetRun`].
+//!
 //! It also holds what the tests of several packages share: a Postgres database per test
 //! (`TestDb`), a Redis key prefix per test (`TestRedis`) and a small HTTP/1.1 client (`call`),
 //! and a node booted with real systemd in `systemd-nspawn` (`NspawnNode`), for the agent's unit.
@@ -42,6 +46,7 @@ mod load;
 mod node;
 mod nspawn;
 mod postgres;
+mod provisioned;
 mod redis;
 mod release_fixture;
 mod unique;
@@ -65,6 +70,7 @@ pub use nspawn::{
     BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
 };
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
+pub use provisioned::{FleetRun, Provisioned, per_node, run_fleet, trust_root};
 pub use redis::{PrivateRedis, REDIS_URL, START_REDIS, TestRedis};
 pub use release_fixture::{
     RELEASE_VALIDITY, Signing, build_own_release, build_release, bundle_manifest_digest,

@@ -30,7 +30,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The audit log: every command that changed nodes (provision, push, activate,
-    /// rollback): who, with which key, what, where, which release, when, the result.
+    /// rollback, rollout start, pause, resume, abort): who, with which key, what, where,
+    /// which release, when, the result.
     Audit(AuditArgs),
     /// Check and list the inventory: the YAML file describing customers, clusters and nodes.
     #[command(subcommand)]
@@ -89,7 +90,7 @@ pub enum Command {
         #[command(flatten)]
         nodes: NodeArgs,
     },
-    /// Generate ed25519 key pairs (root and release keys).
+    /// Generate ed25519 key pairs (root, release and order keys).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Create, sign, rotate and check trust roots: the document naming the keys nodes accept.
@@ -98,6 +99,11 @@ pub enum Command {
     /// Build, verify and list signed release bundles.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Rolling upgrades: stage a release on a cluster's nodes and hand them a signed order;
+    /// their agents upgrade them node by node (drain, switch, health gate, roll back on
+    /// failure) through the cluster's Redis, while the controller watches.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +146,150 @@ pub struct NodeArgs {
     /// the server].
     #[arg(long, value_name = "SECS")]
     pub command_timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a rolling upgrade to VERSION on each cluster of the selected nodes (one rollout
+    /// per cluster): claim the cluster (one rollout in flight per cluster), stage VERSION on
+    /// every target (nothing running changes), sign the order with the order key and hand it
+    /// to every target, then watch until every target has an outcome. Exit 0 only when every
+    /// target committed (with --detach: when every target took its order).
+    Start(RolloutStart),
+    /// Show one rollout: the state store's record and, with -i, each target's progress as the
+    /// nodes report it now (exit 0 only when every target committed). Without ID: the
+    /// rollouts in flight.
+    Status {
+        /// The rollout's id (see `fleet rollout list`).
+        id: Option<String>,
+        /// The inventory, to ask the targets (without it: the state store's record only).
+        #[arg(short, long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// Seconds to wait for each node to connect.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        connect_timeout: u64,
+    },
+    /// Follow a rollout until every target has an outcome: a line per change, then a summary
+    /// table; records the outcomes and ends the rollout in the state store. Picks up a
+    /// rollout another controller started (or one whose controller stopped). Ctrl-C stops
+    /// watching; the rollout goes on. Exit 0 only when every target committed.
+    Watch {
+        /// The rollout's id.
+        id: String,
+        #[command(flatten)]
+        reach: ReachArgs,
+        /// Seconds after which a target without an outcome that nobody heard of (it cannot
+        /// be reached, and the others' reports say nothing new of it) is `lost`.
+        #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        lost_after: u64,
+    },
+    /// Every rollout in the state store, newest first.
+    List,
+    /// Pause a rollout: no node starts its upgrade after this (one mid-step finishes).
+    Pause {
+        /// The rollout's id.
+        id: String,
+        #[command(flatten)]
+        reach: ReachArgs,
+        #[command(flatten)]
+        key: OrderKeyArg,
+    },
+    /// Resume a paused rollout.
+    Resume {
+        /// The rollout's id.
+        id: String,
+        #[command(flatten)]
+        reach: ReachArgs,
+        #[command(flatten)]
+        key: OrderKeyArg,
+    },
+    /// Abort a rollout: no node starts its upgrade after this; with --rollback, the nodes
+    /// that committed go back to the release they ran before (as many at once as
+    /// max_unavailable allows).
+    Abort {
+        /// The rollout's id.
+        id: String,
+        /// Also return committed nodes to their previous release.
+        #[arg(long)]
+        rollback: bool,
+        #[command(flatten)]
+        reach: ReachArgs,
+        #[command(flatten)]
+        key: OrderKeyArg,
+    },
+}
+
+/// `fleet rollout start`.
+#[derive(Debug, Clone, Args)]
+pub struct RolloutStart {
+    /// The release version (VERSION.bundle in the release store).
+    pub version: semver::Version,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+    /// How many targets of each cluster go first, each alone; the rest start only once they
+    /// committed [default: the cluster's rollout.canary: none, the first node, or the node it
+    /// names].
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// At most this many nodes of a cluster out of service at once, counting nodes already
+    /// down [default: the cluster's rollout.max_unavailable].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unavailable: Option<u32>,
+    /// Seconds a new server must stay healthy before its node commits [default: the
+    /// cluster's rollout.min_healthy_secs].
+    #[arg(long, value_name = "SECS")]
+    pub min_healthy: Option<u64>,
+    /// Seconds a new server has to become healthy for --min-healthy, or its node rolls back
+    /// [default: the cluster's rollout.health_timeout_secs].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub health_timeout: Option<u64>,
+    /// A flow that must run successfully on each upgraded node before it commits [default:
+    /// the cluster's rollout.smoke_flow].
+    #[arg(long, value_name = "FLOW")]
+    pub smoke_flow: Option<String>,
+    /// How long the rollout may take (90m, 4h); no node starts its upgrade after it, and the
+    /// order expires then [default: 1h, plus the health timeout and 10m per target].
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+    /// The release store holding VERSION.bundle [default: releases/ in the controller's data
+    /// directory].
+    #[arg(long, value_name = "STORE")]
+    pub store: Option<PathBuf>,
+    /// Leave out the nodes that cannot stage VERSION (without it, such a node keeps the
+    /// rollout from starting on its cluster).
+    #[arg(long)]
+    pub skip_unstaged: bool,
+    /// Hand out the orders and return; `fleet rollout watch ID` follows it.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub key: OrderKeyArg,
+    /// Seconds after which a target nobody heard of is `lost` (see `fleet rollout watch`).
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lost_after: u64,
+}
+
+/// The key that signs rollout orders and controls.
+#[derive(Debug, Clone, Args)]
+pub struct OrderKeyArg {
+    /// The order key (its .pub named in the nodes' trust root) [default: $FLEET_ORDER_KEY,
+    /// else order.key in $FLEET_DATA_DIR, $XDG_DATA_HOME/fleet or ~/.local/share/fleet].
+    #[arg(long, value_name = "FILE")]
+    pub order_key: Option<PathBuf>,
+}
+
+/// How a rollout's targets are reached.
+#[derive(Debug, Clone, Args)]
+pub struct ReachArgs {
+    /// The inventory YAML file (how to reach the rollout's targets).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// How many nodes to work on at once.
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub parallel: u32,
+    /// Seconds to wait for each node to connect.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

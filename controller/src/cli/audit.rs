@@ -16,6 +16,7 @@ use crate::store::{AuditEntry, StateLocation, Store, now_ms};
 
 /// What a node-changing command tells the audit log besides its report.
 pub struct Changed<'a> {
+    /// The command's name (`push`, `rollout start`).
     pub command: &'static str,
     pub nodes: &'a NodeArgs,
     /// Whether it logged in with the bootstrap key (provision) or the deploy key.
@@ -76,6 +77,32 @@ pub fn record(
         Ok::<_, crate::store::StoreError>(())
     })?
     .with_context(|| format!("the audit log in {location}"))
+}
+
+/// Appends the audit row of a command that ran and hands its outcome back; a row that cannot
+/// be written makes the command fail (the operator must know), whatever it did.
+pub fn audited(
+    state: Option<&str>,
+    changed: &Changed<'_>,
+    outcome: Result<Report, Failure>,
+) -> Result<Report, Failure> {
+    let Err(e) = record(state, changed, &outcome) else {
+        return outcome;
+    };
+    let e = format!("{e:#}");
+    match outcome {
+        Ok(report) => {
+            let mut problems = report.problems.clone();
+            problems.push(format!("the change was made but not recorded: {e}"));
+            Ok(report.with_problems(problems))
+        }
+        Err(mut failure) => {
+            failure
+                .lines
+                .push(format!("error: the attempt was not recorded: {e}"));
+            Err(failure)
+        }
+    }
 }
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
@@ -205,7 +232,12 @@ pub fn audit(state: Option<&str>, args: AuditArgs) -> Result<Report, Failure> {
                 let table: Vec<Vec<String>> = rows
                     .iter()
                     .map(|r| {
-                        let failed = r.entry.nodes.iter().filter(|(_, res)| res != "ok").count();
+                        let failed = r
+                            .entry
+                            .nodes
+                            .iter()
+                            .filter(|(_, res)| res.starts_with("failed"))
+                            .count();
                         vec![
                             r.id.to_string(),
                             when(r.entry.at_ms),

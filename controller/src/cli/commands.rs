@@ -350,7 +350,7 @@ pub fn status(args: NodeArgs, progress: bool) -> Result<Report, Failure> {
 }
 
 /// Nodes chosen by `--limit`, or all of them.
-fn select<'a>(
+pub(super) fn select<'a>(
     inv: &'a Inventory,
     limit: Option<&str>,
 ) -> Result<Vec<&'a fleet_inventory::Node>, Failure> {
@@ -405,7 +405,7 @@ fn node_report<T>(
 }
 
 /// Loads an inventory; when it is invalid, every problem becomes its own stderr line.
-fn load_inventory(path: &Path) -> Result<Inventory, Failure> {
+pub(super) fn load_inventory(path: &Path) -> Result<Inventory, Failure> {
     Inventory::load(path).map_err(|e| {
         let problems = e.problems();
         Failure {

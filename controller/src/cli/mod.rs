@@ -1,13 +1,15 @@
 //! The `fleet` command line: its definition (`args`), the work behind each command
-//! (`commands`), per-node fan-out with progress lines and summary tables (`fanout`), the cells
-//! a node's answer fills in those tables (`rows`), and the reports they hand back (`report`); here, the dispatcher that prints a report and picks the
+//! (`commands`; `rollout` for `fleet rollout`), per-node fan-out with progress lines and
+//! summary tables (`fanout`), the cells a node's answer fills in those tables (`rows`), and the
+//! reports they hand back (`report`); here, the dispatcher that prints a report and picks the
 //! exit code. Not the work on a node (`node`) and not the transport (`ssh`).
 
 mod args;
 mod audit;
 mod commands;
-mod fanout;
+pub(crate) mod fanout;
 mod report;
+mod rollout;
 mod rows;
 
 use std::process::ExitCode;
@@ -42,12 +44,8 @@ pub fn init_logging(cli: &Cli) {
 /// 0 on success, 1 on failure (clap exits with 2 on a usage error before this).
 pub fn run(cli: Cli) -> ExitCode {
     let state = cli.state.clone();
-    let mut audit_failure = None;
-    let mut audited = |changed: audit::Changed<'_>, outcome: Result<report::Report, Failure>| {
-        if let Err(e) = audit::record(state.as_deref(), &changed, &outcome) {
-            audit_failure = Some(format!("{e:#}"));
-        }
-        outcome
+    let audited = |changed: audit::Changed<'_>, outcome: Result<report::Report, Failure>| {
+        audit::audited(state.as_deref(), &changed, outcome)
     };
     let outcome = match cli.command {
         Command::Audit(args) => audit::audit(cli.state.as_deref(), args),
@@ -119,21 +117,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),
-    };
-    // A change that could not be recorded is a failure of the command: the operator must know.
-    let outcome = match (outcome, audit_failure) {
-        (Ok(report), Some(e)) => {
-            let mut problems = report.problems.clone();
-            problems.push(format!("the change was made but not recorded: {e}"));
-            Ok(report.with_problems(problems))
-        }
-        (Err(mut failure), Some(e)) => {
-            failure
-                .lines
-                .push(format!("error: the attempt was not recorded: {e}"));
-            Err(failure)
-        }
-        (outcome, None) => outcome,
+        Command::Rollout(c) => rollout::rollout(c, state.as_deref(), cli.json),
     };
     match outcome {
         Ok(report) => {
@@ -145,7 +129,7 @@ pub fn run(cli: Cli) -> ExitCode {
             for problem in &report.problems {
                 eprintln!("error: {problem}");
             }
-            if report.problems.is_empty() {
+            if report.problems.is_empty() && report.success {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -10,6 +10,9 @@ pub struct Report {
     /// What went wrong in a command that still has results to show (one line each, printed on
     /// stderr); any problem makes the exit code non-zero.
     pub problems: Vec<String>,
+    /// False when the command did its work but its answer is "no" (a rollout not, or not
+    /// yet, committed): the exit code is 1 without an error line.
+    pub success: bool,
 }
 
 impl Report {
@@ -20,6 +23,7 @@ impl Report {
             text: text.into(),
             json,
             problems: Vec::new(),
+            success: true,
         }
     }
 
@@ -33,6 +37,14 @@ impl Report {
             doc.insert("problems".into(), problems.clone().into());
         }
         self.problems = problems;
+        self
+    }
+}
+
+impl Report {
+    /// Marks the answer as "no": exit code 1, no error line.
+    pub fn unsuccessful(mut self) -> Self {
+        self.success = false;
         self
     }
 }

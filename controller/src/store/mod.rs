@@ -6,7 +6,8 @@
 //! timeout, and its write transactions take the write lock up front (`BEGIN IMMEDIATE`: a
 //! deferred transaction that reads first fails at once on the lock upgrade); its migrations
 //! run under a lock file beside the database (sqlx takes no lock for SQLite). Holds the audit
-//! log (`audit.rs`), rollouts with per-node outcomes and node status snapshots (`rollouts.rs`).
+//! log (`audit.rs`), rollouts with their orders, per-node outcomes, node status snapshots and
+//! the order sequence (`rollouts.rs`).
 //! Never a secret: what goes in is what the operator may read.
 
 mod audit;
@@ -91,6 +92,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a rollout is already in flight on cluster {cluster}: {rollout}")]
     RolloutInFlight { cluster: String, rollout: String },
+    #[error("a rollout with id {id} exists already")]
+    RolloutExists { id: String },
+    #[error("rollout {id} has ended (or does not exist)")]
+    RolloutEnded { id: String },
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -1,0 +1,164 @@
+//! Controls of a rollout in flight: pause (no new upgrade slot), resume, abort, and abort with
+//! rollback. Each is signed with the order key and the next sequence, and handed to every
+//! target that can be reached; the agents pass it on to the others through their cluster's
+//! Redis, so a node that cannot be reached is reported, not waited for. An abort of a rollout
+//! whose start stopped before it handed out an order just ends it. Not what the agents do with
+//! a control.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use fleet_inventory::Inventory;
+use fleet_proto::{Asked, Code, Request, RolloutReport};
+use fleet_release::SecretKey;
+use fleet_release::order::{Action, SignedControl};
+use serde::Serialize;
+
+use super::plan;
+use super::watch::load;
+use crate::cli::fanout;
+use crate::node::{agent, deploy_target};
+use crate::ssh::{Input, Session, Timeouts};
+use crate::store::{Rollout, Store};
+
+/// How each target took a control.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeControl {
+    pub node: String,
+    /// Whether it took the control.
+    pub taken: bool,
+    /// The last control its report says the cluster's agents took.
+    pub asked: Option<Asked>,
+    pub error: Option<String>,
+    pub code: Option<Code>,
+}
+
+/// A control handed out (or an abort that ended a rollout with no order).
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlSent {
+    pub rollout: Rollout,
+    pub action: Action,
+    /// The control's sequence (`None` when nothing was signed).
+    pub sequence: Option<u64>,
+    pub nodes: Vec<NodeControl>,
+}
+
+/// What `action` is called on the command line.
+pub fn action_word(action: Action) -> &'static str {
+    match action {
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+        Action::Abort => "abort",
+        Action::AbortRollback => "abort --rollback",
+    }
+}
+
+/// Signs `action` for rollout `id` and hands it to every target.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    store: &Store,
+    inventory: &Inventory,
+    id: &str,
+    action: Action,
+    key: &SecretKey,
+    parallel: usize,
+    timeouts: Timeouts,
+    progress: bool,
+) -> anyhow::Result<ControlSent> {
+    let (rollout, order) = load(store, id).await?;
+    let word = action_word(action);
+    if !rollout.in_flight() {
+        bail!(
+            "rollout {id} has ended ({}): there is nothing to {word}",
+            rollout.state
+        );
+    }
+    let Some(order) = order else {
+        if matches!(action, Action::Abort | Action::AbortRollback) {
+            let reason = "aborted before any order was handed out";
+            store.end_rollout(id, "aborted", Some(reason)).await?;
+            let rollout = store.rollout(id).await?.unwrap_or(rollout);
+            return Ok(ControlSent {
+                rollout,
+                action,
+                sequence: None,
+                nodes: Vec::new(),
+            });
+        }
+        bail!(
+            "rollout {id} has no order yet: its start is still staging, or stopped before it signed one (`fleet rollout abort {id}` ends it)"
+        );
+    };
+    let sequence = store.next_sequence().await?;
+    let body = plan::control(&order, action, sequence, SystemTime::now());
+    let mut signed =
+        SignedControl::unsigned(body).with_context(|| format!("the control of rollout {id}"))?;
+    signed.sign(key);
+    let document = Arc::new(signed.to_json().into_bytes());
+    let targets = plan::upgrade_sequence(&order);
+    let mut nodes: Vec<NodeControl> = targets
+        .iter()
+        .map(|t| NodeControl {
+            node: t.clone(),
+            taken: false,
+            asked: None,
+            error: Some(format!(
+                "not in the inventory {}",
+                inventory.file().display()
+            )),
+            code: None,
+        })
+        .collect();
+    let items: Vec<(String, fleet_inventory::Node)> = targets
+        .iter()
+        .filter_map(|t| inventory.node(t).map(|n| (t.clone(), n.clone())))
+        .collect();
+    if progress {
+        eprintln!("rollout {id}: handing {word} (sequence {sequence}) to its nodes");
+    }
+    let results = fanout::run(items, parallel, progress, move |n| {
+        let document = document.clone();
+        async move { hand_control(&n, &document, timeouts).await }
+    })
+    .await;
+    for r in results {
+        if let Some(n) = nodes.iter_mut().find(|n| n.node == r.node) {
+            match r.outcome {
+                Ok(report) => {
+                    n.taken = true;
+                    n.asked = report.asked;
+                    n.error = None;
+                }
+                Err(e) => {
+                    n.error = Some(e.error);
+                    n.code = e.code;
+                }
+            }
+        }
+    }
+    Ok(ControlSent {
+        rollout,
+        action,
+        sequence: Some(sequence),
+        nodes,
+    })
+}
+
+/// Hands `node` the signed control `document` (`control`, the document on stdin).
+async fn hand_control(
+    node: &fleet_inventory::Node,
+    document: &[u8],
+    timeouts: Timeouts,
+) -> anyhow::Result<RolloutReport> {
+    let session = Session::connect(&deploy_target(node)?, timeouts).await?;
+    let answer = agent::<RolloutReport>(
+        &session,
+        &Request::Control,
+        Input::Bytes(document),
+        timeouts.command,
+    )
+    .await;
+    session.close().await;
+    Ok(answer?)
+}

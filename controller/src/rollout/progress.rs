@@ -1,0 +1,702 @@
+//! What the controller knows of a rollout's targets while it watches: each node's own reports,
+//! what the other targets' reports say of it (their agents publish in the cluster's Redis),
+//! and what the state store held before. A node's own report is the truth for itself; for a
+//! node that cannot be reached, the reachable nodes' reports stand in; a node nobody has heard
+//! of for `lost_after` (neither its own report nor a change in what the others say of it) is
+//! `lost`. Pure: every time comes in as an argument, so each rule is tested without a node.
+//! Not the polling (`watch`) and not the printing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use fleet_proto::{Asked, NodeProgress, Outcome, RolloutReport};
+
+/// What one poll of one node brought.
+#[derive(Debug, Clone)]
+pub enum Polled {
+    /// Its report on the rollout.
+    Report(Box<RolloutReport>),
+    /// It was reached but gave no report (it refused `rollout ID`): why.
+    Refused(String),
+    /// It could not be reached: why.
+    Unreachable(String),
+}
+
+/// Something worth a progress line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A node's step or outcome changed (its progress as merged).
+    Progress(NodeProgress),
+    /// A node could not be reached (or refused to report) after it had been, or at first.
+    NotReached { node: String, why: String },
+    /// A node reports again after it could not be reached.
+    Reached { node: String },
+    /// A node reports that no agent daemon runs there: nothing moves on it until one does.
+    NoDaemon { node: String },
+    /// A node cannot read its cluster's Redis.
+    Redis { node: String, error: String },
+    /// The failure flag was raised: no slot is granted after it.
+    Halted(String),
+    /// The cluster's agents took a control.
+    Asked(Asked),
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Progress(p) => {
+                write!(f, "{}: ", p.node)?;
+                match (&p.outcome, &p.step) {
+                    (Some(o), _) => write!(f, "{o}")?,
+                    (None, Some(step)) => f.write_str(step)?,
+                    (None, None) => f.write_str("no progress reported")?,
+                }
+                if let Some(took) = took(p) {
+                    write!(f, " (took {took})")?;
+                }
+                if let Some(reason) = &p.reason {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
+            Event::NotReached { node, why } => write!(f, "{node}: not reached: {why}"),
+            Event::Reached { node } => write!(f, "{node}: reached again"),
+            Event::NoDaemon { node } => write!(
+                f,
+                "{node}: no agent daemon runs there; the node takes no step until one does"
+            ),
+            Event::Redis { node, error } => {
+                write!(f, "{node}: cannot read the cluster's Redis: {error}")
+            }
+            Event::Halted(why) => write!(f, "the rollout halted: {why}"),
+            Event::Asked(asked) => write!(f, "the nodes took the control: {}", asked_word(*asked)),
+        }
+    }
+}
+
+/// How a control's action reads.
+pub fn asked_word(asked: Asked) -> &'static str {
+    match asked {
+        Asked::Pause => "pause",
+        Asked::Resume => "resume",
+        Asked::Abort => "abort",
+        Asked::AbortRollback => "abort --rollback",
+    }
+}
+
+/// How long the node's step took, when it began and ended.
+pub fn took(p: &NodeProgress) -> Option<String> {
+    let (start, end) = (p.started_unix_ms?, p.ended_unix_ms?);
+    let secs = end.saturating_sub(start) as f64 / 1000.0;
+    Some(format!("{secs:.1} s"))
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    /// Its own last report of itself.
+    own: Option<NodeProgress>,
+    /// Whether the last poll brought its own report.
+    reached: bool,
+    /// When its own report last came (the watch's start before the first).
+    heard_at: Instant,
+    /// Why the last poll brought no report.
+    problem: Option<String>,
+    /// The newest view of it in another target's report, with that report's time.
+    others: Option<(u64, NodeProgress)>,
+    /// When that view last changed.
+    others_changed_at: Instant,
+    /// What the state store held for it when the watch began.
+    stored: Option<NodeProgress>,
+    /// Set when nothing was heard of it for `lost_after`: why.
+    lost: Option<String>,
+    daemon: Option<bool>,
+    redis_error: Option<String>,
+    /// The step and outcome last announced.
+    shown: Option<(Option<Outcome>, Option<String>)>,
+    /// The progress last handed out to be recorded.
+    recorded: Option<NodeProgress>,
+}
+
+/// The merged view of one rollout.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    targets: Vec<String>,
+    nodes: BTreeMap<String, Track>,
+    asked: Option<(u64, Asked)>,
+    halted: Option<String>,
+    lost_after: Duration,
+}
+
+/// Whether a view of a node says anything.
+fn informs(p: &NodeProgress) -> bool {
+    p.outcome.is_some() || p.step.is_some() || p.started_unix_ms.is_some()
+}
+
+fn same_view(a: &NodeProgress, b: &NodeProgress) -> bool {
+    (
+        a.outcome,
+        &a.step,
+        a.started_unix_ms,
+        a.ended_unix_ms,
+        a.epoch,
+    ) == (
+        b.outcome,
+        &b.step,
+        b.started_unix_ms,
+        b.ended_unix_ms,
+        b.epoch,
+    )
+}
+
+impl Tracker {
+    /// A tracker of `targets` (in upgrade order) from `now`, with what the store recorded.
+    pub fn new(
+        targets: &[String],
+        stored: Vec<NodeProgress>,
+        lost_after: Duration,
+        now: Instant,
+    ) -> Tracker {
+        let nodes = targets
+            .iter()
+            .map(|node| {
+                let track = Track {
+                    own: None,
+                    reached: false,
+                    heard_at: now,
+                    problem: None,
+                    others: None,
+                    others_changed_at: now,
+                    stored: stored.iter().find(|p| &p.node == node).cloned(),
+                    lost: None,
+                    daemon: None,
+                    redis_error: None,
+                    shown: None,
+                    recorded: None,
+                };
+                (node.clone(), track)
+            })
+            .collect::<BTreeMap<_, _>>();
+        let mut tracker = Tracker {
+            targets: targets.to_vec(),
+            nodes,
+            asked: None,
+            halted: None,
+            lost_after,
+        };
+        // What the store holds is what was last announced and recorded.
+        for node in targets {
+            let merged = tracker.merged(node);
+            if let Some(track) = tracker.nodes.get_mut(node) {
+                track.recorded = track.stored.clone();
+                if informs(&merged) {
+                    track.shown = Some((merged.outcome, merged.step.clone()));
+                }
+            }
+        }
+        tracker
+    }
+
+    /// The last control the cluster's agents took, by the newest report that says.
+    pub fn asked(&self) -> Option<Asked> {
+        self.asked.map(|(_, a)| a)
+    }
+
+    /// The failure flag, once a report raised it.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
+    }
+
+    /// Why the last poll of `node` brought no report of its own, if it did not.
+    pub fn problem(&self, node: &str) -> Option<&str> {
+        self.nodes
+            .get(node)
+            .filter(|t| !t.reached)
+            .and_then(|t| t.problem.as_deref())
+    }
+
+    /// Whether the last poll of `node` brought its own report.
+    pub fn reached(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|t| t.reached)
+    }
+
+    /// Takes what one poll of `node` brought at `now`; returns what is worth a line.
+    pub fn apply(&mut self, node: &str, polled: Polled, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(track) = self.nodes.get_mut(node) else {
+            return events;
+        };
+        match polled {
+            Polled::Report(report) => {
+                if !track.reached && track.problem.is_some() {
+                    events.push(Event::Reached { node: node.into() });
+                }
+                track.reached = true;
+                track.heard_at = now;
+                track.problem = None;
+                track.lost = None;
+                track.own = report.node(node).cloned();
+                if track.daemon != Some(report.daemon) && !report.daemon {
+                    events.push(Event::NoDaemon { node: node.into() });
+                }
+                track.daemon = Some(report.daemon);
+                if report.redis_error != track.redis_error {
+                    if let Some(error) = &report.redis_error {
+                        events.push(Event::Redis {
+                            node: node.into(),
+                            error: error.clone(),
+                        });
+                    }
+                    track.redis_error = report.redis_error.clone();
+                }
+                let at = report.reported_at_unix_ms;
+                for other in report.nodes.iter().filter(|p| p.node != node) {
+                    if let Some(t) = self.nodes.get_mut(&other.node) {
+                        let newer = t.others.as_ref().is_none_or(|(seen, _)| at >= *seen);
+                        if newer && informs(other) {
+                            let changed =
+                                t.others.as_ref().is_none_or(|(_, p)| !same_view(p, other));
+                            if changed {
+                                t.others_changed_at = now;
+                            }
+                            t.others = Some((at, other.clone()));
+                        }
+                    }
+                }
+                if let Some(asked) = report.asked
+                    && self.asked.is_none_or(|(seen, _)| at >= seen)
+                {
+                    if self.asked.map(|(_, a)| a) != Some(asked) {
+                        events.push(Event::Asked(asked));
+                    }
+                    self.asked = Some((at, asked));
+                }
+                if let (None, Some(why)) = (&self.halted, &report.halted) {
+                    events.push(Event::Halted(why.clone()));
+                    self.halted = Some(why.clone());
+                }
+            }
+            Polled::Refused(why) | Polled::Unreachable(why) => {
+                if track.reached || track.problem.is_none() {
+                    events.push(Event::NotReached {
+                        node: node.into(),
+                        why: why.clone(),
+                    });
+                }
+                track.reached = false;
+                track.problem = Some(why);
+            }
+        }
+        events.extend(self.tick(now));
+        events
+    }
+
+    /// Marks `lost` the nodes nobody heard of for `lost_after` by `now`, and announces every
+    /// node whose step or outcome changed.
+    pub fn tick(&mut self, now: Instant) -> Vec<Event> {
+        let lost_after = self.lost_after;
+        let targets = self.targets.clone();
+        for node in &targets {
+            let has_outcome = self.merged(node).outcome.is_some();
+            let Some(t) = self.nodes.get_mut(node) else {
+                continue;
+            };
+            let silent = !t.reached
+                && now.saturating_duration_since(t.heard_at) >= lost_after
+                && now.saturating_duration_since(t.others_changed_at) >= lost_after;
+            if !has_outcome && silent && t.lost.is_none() {
+                let why = t.problem.as_deref().unwrap_or("no answer");
+                t.lost = Some(format!(
+                    "not heard of for {} s: {why}",
+                    lost_after.as_secs()
+                ));
+            }
+        }
+        let mut events = Vec::new();
+        for node in &targets {
+            let merged = self.merged(node);
+            let Some(t) = self.nodes.get_mut(node) else {
+                continue;
+            };
+            let now_shown = (merged.outcome, merged.step.clone());
+            let before = t.shown.clone();
+            if informs(&merged) && before.as_ref() != Some(&now_shown) {
+                t.shown = Some(now_shown);
+                events.push(Event::Progress(merged));
+            }
+        }
+        events
+    }
+
+    /// The progress of `node` as the controller believes it now.
+    pub fn merged(&self, node: &str) -> NodeProgress {
+        let Some(t) = self.nodes.get(node) else {
+            return NodeProgress::new(node);
+        };
+        let others = t.others.as_ref().map(|(_, p)| p);
+        let view = if t.reached {
+            t.own.as_ref()
+        } else {
+            let with_outcome = |p: &&NodeProgress| p.outcome.is_some();
+            others
+                .filter(with_outcome)
+                .or(t.own.as_ref().filter(with_outcome))
+                .or(others.filter(|p| informs(p)))
+                .or(t.own.as_ref())
+        };
+        let mut p = view
+            .filter(|p| informs(p))
+            .or(t.stored.as_ref().filter(|p| informs(p)))
+            .cloned()
+            .unwrap_or_else(|| NodeProgress::new(node));
+        p.node = node.to_owned();
+        if p.outcome.is_none()
+            && let Some(why) = &t.lost
+        {
+            p.outcome = Some(Outcome::Lost);
+            p.reason = Some(why.clone());
+        }
+        p
+    }
+
+    /// Every target's merged progress, in upgrade order.
+    pub fn nodes(&self) -> Vec<NodeProgress> {
+        self.targets.iter().map(|n| self.merged(n)).collect()
+    }
+
+    /// The nodes whose merged progress changed since the last call: to be recorded.
+    pub fn changed_since_recorded(&mut self) -> Vec<NodeProgress> {
+        let mut out = Vec::new();
+        for node in self.targets.clone() {
+            let merged = self.merged(&node);
+            if let Some(t) = self.nodes.get_mut(&node)
+                && informs(&merged)
+                && t.recorded.as_ref() != Some(&merged)
+            {
+                t.recorded = Some(merged.clone());
+                out.push(merged);
+            }
+        }
+        out
+    }
+
+    /// Once every target has an outcome: how the rollout ended (`committed`, `aborted` or
+    /// `failed`) and why.
+    pub fn ended(&self) -> Option<(&'static str, Option<String>)> {
+        let nodes = self.nodes();
+        if nodes.iter().any(|p| p.outcome.is_none()) {
+            return None;
+        }
+        // A node's reason is left out where it only repeats the failure flag.
+        let repeats = |reason: &str| {
+            self.halted
+                .as_deref()
+                .is_some_and(|h| h.contains(reason) || reason.contains(h))
+        };
+        let others: Vec<String> = nodes
+            .iter()
+            .filter(|p| p.outcome != Some(Outcome::Committed))
+            .map(|p| {
+                let outcome = p.outcome.map_or("?", Outcome::as_str);
+                match &p.reason {
+                    Some(r) if !repeats(r) => format!("{} {outcome}: {r}", p.node),
+                    _ => format!("{} {outcome}", p.node),
+                }
+            })
+            .collect();
+        if others.is_empty() {
+            return Some(("committed", None));
+        }
+        let mut why = Vec::new();
+        if let Some(halted) = &self.halted {
+            why.push(format!("halted: {halted}"));
+        }
+        why.extend(others);
+        let state = match self.asked() {
+            Some(Asked::Abort | Asked::AbortRollback) => "aborted",
+            _ => "failed",
+        };
+        Some((state, Some(why.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START_MS: u64 = 1_000_000;
+
+    fn targets() -> Vec<String> {
+        ["n1", "n2", "n3"].map(String::from).to_vec()
+    }
+
+    fn progress(node: &str, outcome: Option<Outcome>, step: Option<&str>) -> NodeProgress {
+        NodeProgress {
+            outcome,
+            step: step.map(str::to_owned),
+            reason: None,
+            started_unix_ms: step.map(|_| START_MS),
+            ended_unix_ms: outcome.map(|_| START_MS + 31_000),
+            ..NodeProgress::new(node)
+        }
+    }
+
+    fn report(by: &str, at: u64, nodes: Vec<NodeProgress>) -> Polled {
+        Polled::Report(Box::new(RolloutReport {
+            rollout: "r1".into(),
+            cluster: "acme/prod".into(),
+            version: "2.0.0".into(),
+            reported_by: by.into(),
+            nodes,
+            asked: None,
+            halted: None,
+            redis_error: None,
+            daemon: true,
+            reported_at_unix_ms: at,
+        }))
+    }
+
+    fn lines(events: &[Event]) -> Vec<String> {
+        events.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_node_is_the_truth_for_itself_and_others_stand_in_when_it_cannot_be_reached() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        // n1 says it drains; what it says of n2 counts only while n2 is not reached.
+        let events = tr.apply(
+            "n1",
+            report(
+                "n1",
+                10,
+                vec![
+                    progress("n1", None, Some("drain")),
+                    progress("n2", None, Some("waiting: n1 first")),
+                    NodeProgress::new("n3"),
+                ],
+            ),
+            t0,
+        );
+        assert_eq!(
+            lines(&events),
+            ["n1: drain", "n2: waiting: n1 first"],
+            "n3 said nothing yet"
+        );
+        // n2's own report wins over n1's view of it.
+        let events = tr.apply(
+            "n2",
+            report(
+                "n2",
+                11,
+                vec![
+                    progress("n1", None, Some("drain")),
+                    progress("n2", None, Some("waiting: a slot")),
+                ],
+            ),
+            t0,
+        );
+        assert_eq!(lines(&events), ["n2: waiting: a slot"]);
+        assert_eq!(tr.merged("n2").step.as_deref(), Some("waiting: a slot"));
+        // n2 goes silent; n1 later says n2 committed: that stands in for it.
+        tr.apply("n2", Polled::Unreachable("connection refused".into()), t0);
+        let events = tr.apply(
+            "n1",
+            report(
+                "n1",
+                20,
+                vec![
+                    progress("n1", Some(Outcome::Committed), Some("gate")),
+                    progress("n2", Some(Outcome::Committed), Some("gate")),
+                ],
+            ),
+            t0,
+        );
+        assert_eq!(
+            lines(&events),
+            ["n1: committed (took 31.0 s)", "n2: committed (took 31.0 s)"]
+        );
+        // An older report than the one read does not take a view back.
+        tr.apply(
+            "n3",
+            report("n3", 15, vec![progress("n2", None, Some("drain"))]),
+            t0,
+        );
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Committed));
+        assert_eq!(tr.ended(), None, "n3 has no outcome");
+    }
+
+    #[test]
+    fn a_node_nobody_hears_of_is_lost_after_the_bound_and_found_again() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let mut tr = Tracker::new(&["n1".to_owned(), "n2".to_owned()], Vec::new(), after, t0);
+        let events = tr.apply("n2", Polled::Unreachable("no route to host".into()), t0);
+        assert_eq!(lines(&events), ["n2: not reached: no route to host"]);
+        // Again: no second line.
+        assert!(
+            tr.apply("n2", Polled::Unreachable("no route to host".into()), t0)
+                .is_empty()
+        );
+        // n1 keeps saying new things of n2: it is alive, not lost.
+        let t1 = t0 + Duration::from_secs(25);
+        tr.apply(
+            "n1",
+            report(
+                "n1",
+                1,
+                vec![
+                    progress("n1", None, Some("waiting: n2")),
+                    progress("n2", None, Some("gate")),
+                ],
+            ),
+            t1,
+        );
+        assert!(tr.tick(t0 + Duration::from_secs(40)).is_empty());
+        assert_eq!(tr.merged("n2").outcome, None);
+        // Nothing new of it for the bound: lost, with why.
+        let events = tr.tick(t1 + after);
+        assert_eq!(
+            lines(&events),
+            ["n2: lost: not heard of for 30 s: no route to host"]
+        );
+        assert_eq!(
+            tr.changed_since_recorded().len(),
+            2,
+            "both changed since the start"
+        );
+        // It reports again: its own word replaces lost.
+        let t2 = t1 + after + Duration::from_secs(1);
+        let events = tr.apply(
+            "n2",
+            report(
+                "n2",
+                5,
+                vec![progress("n2", Some(Outcome::RolledBack), Some("rollback"))],
+            ),
+            t2,
+        );
+        assert_eq!(
+            lines(&events),
+            ["n2: reached again", "n2: rolled_back (took 31.0 s)"]
+        );
+        assert_eq!(
+            tr.changed_since_recorded()
+                .iter()
+                .map(|p| p.node.as_str())
+                .collect::<Vec<_>>(),
+            ["n2"]
+        );
+        assert!(
+            tr.changed_since_recorded().is_empty(),
+            "nothing changed since"
+        );
+    }
+
+    #[test]
+    fn the_rollout_ends_once_every_target_has_an_outcome() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let all = |o: [Outcome; 3]| {
+            vec![
+                progress("n1", Some(o[0]), Some("gate")),
+                progress("n2", Some(o[1]), Some("gate")),
+                progress("n3", Some(o[2]), Some("gate")),
+            ]
+        };
+        tr.apply("n1", report("n1", 1, all([Outcome::Committed; 3])), t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        assert_eq!(tr.ended(), Some(("committed", None)));
+
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let mut r = report(
+            "n1",
+            1,
+            all([Outcome::RolledBack, Outcome::Skipped, Outcome::Skipped]),
+        );
+        if let Polled::Report(r) = &mut r {
+            r.halted = Some("n1: failed its health gate: exit 1".into());
+            r.nodes[0].reason = Some("failed its health gate: exit 1".into());
+            r.nodes[1].reason =
+                Some("the rollout halted: n1: failed its health gate: exit 1".into());
+            r.nodes[2].reason = Some("the deadline passed".into());
+        }
+        let events = tr.apply("n1", r, t0);
+        assert!(
+            lines(&events)
+                .contains(&"the rollout halted: n1: failed its health gate: exit 1".to_owned()),
+            "{events:?}"
+        );
+        tr.apply("n2", Polled::Refused("unknown rollout".into()), t0);
+        tr.apply("n3", Polled::Refused("unknown rollout".into()), t0);
+        let (state, why) = tr.ended().expect("ended");
+        assert_eq!(state, "failed");
+        assert_eq!(
+            why.as_deref(),
+            Some(
+                "halted: n1: failed its health gate: exit 1; n1 rolled_back; n2 skipped; n3 skipped: the deadline passed"
+            ),
+            "a reason that repeats the flag is said once"
+        );
+
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let mut r = report(
+            "n1",
+            1,
+            all([Outcome::Committed, Outcome::Skipped, Outcome::Skipped]),
+        );
+        if let Polled::Report(r) = &mut r {
+            r.asked = Some(Asked::Abort);
+        }
+        let events = tr.apply("n1", r, t0);
+        assert!(lines(&events).contains(&"the nodes took the control: abort".to_owned()));
+        assert_eq!(tr.asked(), Some(Asked::Abort));
+        assert_eq!(tr.ended().map(|(s, _)| s), Some("aborted"));
+    }
+
+    #[test]
+    fn what_the_store_held_stands_until_a_report_says_more() {
+        let t0 = Instant::now();
+        let mut skipped = progress("n3", Some(Outcome::Skipped), None);
+        skipped.reason = Some("refused its order: not_staged".into());
+        let stored = vec![skipped.clone(), progress("n1", None, Some("drain"))];
+        let mut tr = Tracker::new(&targets(), stored, Duration::from_secs(60), t0);
+        assert_eq!(tr.merged("n3"), skipped);
+        // Already announced and recorded: no line and no write for it at the start.
+        assert!(tr.tick(t0).is_empty());
+        assert!(tr.changed_since_recorded().is_empty());
+        // n3 answers that it knows no such rollout: the stored outcome still stands.
+        tr.apply("n3", Polled::Refused("unknown rollout r1".into()), t0);
+        assert_eq!(tr.merged("n3").outcome, Some(Outcome::Skipped));
+        assert_eq!(tr.problem("n3"), Some("unknown rollout r1"));
+        // n1's own report moves it on.
+        let events = tr.apply(
+            "n1",
+            report("n1", 3, vec![progress("n1", None, Some("gate"))]),
+            t0,
+        );
+        assert_eq!(lines(&events), ["n1: gate"]);
+    }
+
+    #[test]
+    fn a_node_without_a_daemon_and_redis_trouble_are_said_once() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let mut r = report("n1", 1, vec![NodeProgress::new("n1")]);
+        if let Polled::Report(r) = &mut r {
+            r.daemon = false;
+            r.redis_error = Some("connection refused".into());
+        }
+        let events = tr.apply("n1", r.clone(), t0);
+        assert_eq!(
+            lines(&events),
+            [
+                "n1: no agent daemon runs there; the node takes no step until one does",
+                "n1: cannot read the cluster's Redis: connection refused"
+            ]
+        );
+        assert!(tr.apply("n1", r, t0).is_empty());
+    }
+}
