@@ -395,7 +395,9 @@ fn a_rollout_goes_on_after_its_controller_is_killed_and_watch_finds_it_committed
 fn crash_scenario(c: &mut Provisioned) {
     use std::io::BufRead;
 
-    // The controller hands out the orders, starts watching, and is SIGKILLed.
+    // Under load all along. The controller hands out the orders, starts watching, and is
+    // SIGKILLed.
+    let load = c.load();
     let (store, inventory) = (s(&c.store), s(&c.inventory));
     let mut child = c
         .command(&[
@@ -445,4 +447,5 @@ fn crash_scenario(c: &mut Provisioned) {
         assert_eq!(outcome, "committed", "recorded for {node}: {stored}");
     }
     c.run_i(&["rollout", "status", &id]).ok();
+    load.finish().assert_clean(1);
 }

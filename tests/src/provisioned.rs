@@ -316,6 +316,19 @@ impl Provisioned {
         health["release"].clone()
     }
 
+    /// Starts continuous load on the cluster (runs all along, a schedule firing every second),
+    /// checked from outside until [`crate::LoadChecker::finish`].
+    pub fn load(&self) -> crate::LoadChecker {
+        let nodes = self
+            .fleet
+            .nodes()
+            .iter()
+            .map(|n| crate::LoadNode::new(&n.name, n.api.into()))
+            .collect();
+        let opts = crate::LoadOptions::new(nodes, &self.db.url, self.fleet.dir().join("shared"));
+        crate::LoadChecker::start(opts).unwrap_or_else(|e| panic!("load: {e}"))
+    }
+
     /// Runs `scenario`; when it panics, panics again with the nodes' agent and server logs.
     pub fn with_logs(&mut self, scenario: impl FnOnce(&mut Provisioned)) {
         let outcome = catch_unwind(AssertUnwindSafe(|| scenario(self)));
