@@ -4,8 +4,9 @@
 # init system would, signed releases of the real etl-server and fleet-agent pushed and
 # activated through each agent's upgrade step, the agents running a real 3-node ETL cluster on
 # this machine's Postgres (a database of its own) and Redis (a key prefix of its own), a flow
-# run spread over the nodes, a server killed and restarted by its agent, 1.1.0 activated node
-# by node, a rollback, and a tampered bundle that must be refused. Everything it started is
+# run spread over the nodes, a server killed and restarted by its agent, a rolling upgrade to
+# 1.1.0 carried by the agents through Redis (`fleet rollout`), a rollback, the audit log, and a
+# tampered bundle that must be refused. Everything it started is
 # stopped at exit and its database dropped; its files stay in $DEMO_DIR.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,11 +58,12 @@ grep -E 'redis_prefix|rollout' "$inv"
 step "enrol their host keys (the one explicit trust step)"
 "$fleet" hosts trust -i "$inv"
 
-step "generate a root key and a release key; create the trust root nodes will pin"
+step "generate a root key, a release key and the controller's order key; create the trust root nodes will pin"
 "$fleet" keys generate --out "$dir/keys" --name root
 "$fleet" keys generate --out "$dir/keys" --name release
+"$fleet" keys generate --out "$FLEET_DATA_DIR" --name order   # signs rollout orders: kept online
 "$fleet" trust init --root-key "$dir/keys/root.pub" --release-key "$dir/keys/release.pub" \
-  --sign "$dir/keys/root.key" --out "$dir/root.json"
+  --order-key "$FLEET_DATA_DIR/order.pub" --sign "$dir/keys/root.key" --out "$dir/root.json"
 
 step "provision: layout, fleet-agent, trust root, configs and secrets, deploy key restricted to the agent"
 "$fleet" provision -i "$inv" --trust "$dir/root.json" --agent "$rel/fleet-agent"
@@ -145,17 +147,21 @@ done
 "$fleet" status -i "$inv"
 [ "$restarts" = 1 ] && [ "$newpid" != "$pid" ] || { echo "demo: FAILED: node-2's server was not restarted" >&2; exit 1; }
 
-step "push 1.1.0 and activate it node by node: drain, stop, switch, start, health gate on each"
-"$fleet" push 1.1.0 -i "$inv" --store "$dir/store"
+step "roll the cluster to 1.1.0: staged everywhere, then one node at a time, carried by the agents through Redis"
+"$fleet" rollout start 1.1.0 -i "$inv" --store "$dir/store" --max-unavailable 1 --min-healthy 2
 for n in 1 2 3; do
-  "$fleet" activate 1.1.0 -i "$inv" --limit "node-$n"
   echo "node-$n serves $(curl -sf "http://$(api "$n")/health" | jq -r .release)"
 done
+"$fleet" rollout list
 curl -sf "http://$api1/api/cluster" | jq -c '{members: [.members[] | {node, release}]}'
 
 step "roll node-3 back to 1.0.0 through the same step"
 "$fleet" rollback -i "$inv" --limit node-3
 "$fleet" status -i "$inv"
 echo "node-3 serves $(curl -sf "http://$(api 3)/health" | jq -r .release)"
+
+step "the audit log: who changed which nodes, with which key and release, and whether its chain is intact"
+"$fleet" audit
+"$fleet" audit verify
 
 printf '\ndemo: ok in %ss after the build (files in %s)\n' "$(( $(date +%s) - started ))" "$dir"

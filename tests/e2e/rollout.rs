@@ -449,3 +449,67 @@ fn crash_scenario(c: &mut Provisioned) {
     c.run_i(&["rollout", "status", &id]).ok();
     load.finish().assert_clean(1);
 }
+
+#[test]
+fn a_release_that_fails_its_gate_halts_the_rollout_and_status_says_where_and_why() {
+    let mut c = provisioned("e2e_rollout_halt");
+    c.with_logs(halt_scenario);
+}
+
+fn halt_scenario(c: &mut Provisioned) {
+    c.build_release_with_server(
+        "1.2.0",
+        "#!/bin/sh\necho 'this release is broken' >&2\nexit 3\n",
+    );
+    let load = c.load();
+    let (store, inventory) = (s(&c.store), s(&c.inventory));
+    let run = c.run(&[
+        "rollout",
+        "start",
+        "1.2.0",
+        "--store",
+        &store,
+        "-i",
+        &inventory,
+        "--canary",
+        "1",
+        "--min-healthy",
+        "1",
+        "--health-timeout",
+        "10",
+    ]);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let listed = rollouts(c);
+    assert_eq!(listed[0]["state"], "failed", "{listed:?}");
+    let id = listed[0]["id"].as_str().expect("an id").to_owned();
+    let status = c.run_i(&["rollout", "status", &id]);
+    assert_eq!(status.code, Some(1), "{}", status.stdout);
+    let doc = c.run_i(&["rollout", "status", &id, "--json"]).json();
+    let outcomes = per_node(&doc["rollout"], "outcome");
+    assert_eq!(
+        outcomes,
+        [
+            ("node-1".to_owned(), Value::from("rolled_back")),
+            ("node-2".to_owned(), Value::from("skipped")),
+            ("node-3".to_owned(), Value::from("skipped")),
+        ],
+        "{doc}"
+    );
+    let reasons = per_node(&doc["rollout"], "reason");
+    let why = reasons[0].1.as_str().unwrap_or_default();
+    assert!(
+        why.contains("release 1.2.0 failed its health gate"),
+        "{doc}"
+    );
+    for line in ["node-1", "rolled_back", "failed its health gate"] {
+        assert!(
+            status.stdout.contains(line),
+            "no `{line}` in\n{}",
+            status.stdout
+        );
+    }
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.0.0");
+    }
+    load.finish().assert_clean(1);
+}

@@ -244,13 +244,31 @@ impl Provisioned {
     /// (`fleet release build --bin-dir`); FLEET_RELEASE makes each server report its own.
     pub fn build_release(&self, version: &str) {
         let bin_dir = own_binaries().unwrap_or_else(|e| panic!("{e}"));
+        self.build_release_from(version, &bin_dir);
+    }
+
+    /// Builds release `version` whose `bin/etl-server` is the shell script `server` (the
+    /// project's own `fleet-agent` beside it): a release that fails on purpose.
+    pub fn build_release_with_server(&self, version: &str, server: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let own = own_binaries().unwrap_or_else(|e| panic!("{e}"));
+        let bin_dir = self.fleet.dir().join(format!("bin-{version}"));
+        std::fs::create_dir_all(&bin_dir).expect("a bin dir");
+        std::fs::copy(own.join("fleet-agent"), bin_dir.join("fleet-agent")).expect("the agent");
+        let script = bin_dir.join("etl-server");
+        std::fs::write(&script, server).expect("the server script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        self.build_release_from(version, &bin_dir);
+    }
+
+    fn build_release_from(&self, version: &str, bin_dir: &Path) {
         self.run(&[
             "release",
             "build",
             "--version",
             version,
             "--bin-dir",
-            &s(&bin_dir),
+            &s(bin_dir),
             "--key",
             &s(&self.keys.join("release.key")),
             "--out",
