@@ -49,6 +49,10 @@ pub struct Order {
     pub targets: Vec<String>,
     /// The targets upgraded first; the rest only after these committed.
     pub canary: Vec<String>,
+    /// Every node of the cluster, targets or not: the agents count those without a heartbeat
+    /// as out of service (an order without it counts the targets alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     pub max_unavailable: u32,
     pub min_healthy_secs: u64,
     pub health_timeout_secs: u64,
@@ -125,6 +129,13 @@ impl Document for Order {
             if self.targets[..i].contains(node) {
                 return bad(format!("target `{node}` is listed twice"));
             }
+        }
+        if let Some(node) = self
+            .members
+            .iter()
+            .find(|n| n.is_empty() || n.chars().any(char::is_control))
+        {
+            return bad(format!("member `{node}` is not a node name"));
         }
         if let Some(node) = self.canary.iter().find(|n| !self.targets.contains(n)) {
             return bad(format!("canary `{node}` is not a target"));
@@ -413,6 +424,7 @@ mod tests {
             min_healthy_secs: 5,
             health_timeout_secs: 60,
             smoke_flow: None,
+            members: Vec::new(),
             rollback_of: None,
             deadline: created.plus(Duration::from_secs(3600)),
             sequence: 1,

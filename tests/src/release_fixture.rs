@@ -99,6 +99,7 @@ pub fn test_order(
         min_healthy_secs: 5,
         health_timeout_secs: 60,
         smoke_flow: None,
+        members: Vec::new(),
         rollback_of: None,
         deadline: created.plus(Duration::from_secs(3600)),
         sequence,

@@ -39,6 +39,9 @@ pub struct ClusterPlan {
     pub name: String,
     /// The selected nodes of the cluster, in inventory order.
     pub targets: Vec<String>,
+    /// Every node of the cluster, selected or not (the order names them so the agents count
+    /// the ones that are down).
+    pub members: Vec<String>,
     pub canary: CanaryChoice,
     pub max_unavailable: u32,
     pub min_healthy_secs: u64,
@@ -79,6 +82,7 @@ pub fn plan(
             customer: cluster.customer.clone(),
             name: cluster.name.clone(),
             targets: vec![node.name.clone()],
+            members: cluster.nodes.clone(),
             canary: match (&overrides.canary, &policy.canary) {
                 (Some(n), _) => CanaryChoice::First(*n as usize),
                 (None, Canary::Off) => CanaryChoice::First(0),
@@ -187,6 +191,7 @@ impl ClusterPlan {
             min_healthy_secs: self.min_healthy_secs,
             health_timeout_secs: self.health_timeout_secs,
             smoke_flow: self.smoke_flow.clone(),
+            members: self.members.clone(),
             rollback_of: None,
             deadline,
             sequence,

@@ -23,6 +23,8 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A scan for heartbeats or published orders stops after this many keys.
 const SCAN_CAP: usize = 10_000;
+/// A rollout's progress hash with more entries than this is not read.
+const HASH_CAP: usize = 10_000;
 /// A progress entry or failure flag larger than this is ignored.
 const VALUE_CAP: usize = 16 << 10;
 
@@ -119,6 +121,51 @@ pub async fn connect(client: &redis::Client) -> R<redis::aio::MultiplexedConnect
         .map_err(|e| format!("Redis: {e}"))
 }
 
+/// A string value only when it is at most ARGV[1] bytes: `{length, value}`, `{-1, ''}` when
+/// there is none (a larger one never leaves Redis).
+const GET_CAPPED: &str = r"
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[1]) then return {n, ''} end
+local v = redis.call('GET', KEYS[1])
+if not v then return {-1, ''} end
+return {n, v}
+";
+
+/// A hash's entries whose field is at most 256 bytes and value at most ARGV[1] bytes; an
+/// error when it holds more than ARGV[2] entries.
+const HASH_CAPPED: &str = r"
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[2]) then
+  return redis.error_reply('the hash ' .. KEYS[1] .. ' holds too many entries')
+end
+local out = {}
+for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if #k <= 256 and redis.call('HSTRLEN', KEYS[1], k) <= tonumber(ARGV[1]) then
+    table.insert(out, k)
+    table.insert(out, redis.call('HGET', KEYS[1], k))
+  end
+end
+return out
+";
+
+/// `key`'s value when it is at most `cap` bytes; a larger one is left in Redis (and logged).
+async fn get_capped(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    cap: usize,
+) -> R<Option<Vec<u8>>> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(GET_CAPPED).arg(1).arg(key).arg(cap);
+    let (len, value): (i64, Vec<u8>) = query(conn, &cmd).await?;
+    if len < 0 {
+        return Ok(None);
+    }
+    if usize::try_from(len).map_or(true, |l| l > cap) {
+        tracing::warn!(key, bytes = len, "a value in Redis is too large: ignored");
+        return Ok(None);
+    }
+    Ok(Some(value))
+}
+
 /// The keys matching `pattern` (SCAN, at most [`SCAN_CAP`] of them).
 async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> R<Vec<String>> {
     let mut keys = Vec::new();
@@ -150,6 +197,11 @@ impl Coord {
             base: format!("{prefix}rollout:{rollout}:"),
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// Goes on over a new connection (after the old one failed).
+    pub fn reconnected(&mut self, conn: redis::aio::MultiplexedConnection) {
+        self.conn = conn;
     }
 
     fn key(&self, name: &str) -> String {
@@ -228,18 +280,9 @@ impl Coord {
 
     async fn get_capped(&mut self, name: &str, cap: usize) -> R<Option<String>> {
         let key = self.key(name);
-        let value: Option<Vec<u8>> = self.q(redis::cmd("GET").arg(&key)).await?;
-        Ok(value.and_then(|v| {
-            if v.len() > cap {
-                tracing::warn!(
-                    key,
-                    bytes = v.len(),
-                    "a rollout value in Redis is too large: ignored"
-                );
-                return None;
-            }
-            String::from_utf8(v).ok()
-        }))
+        Ok(get_capped(&mut self.conn, &key, cap)
+            .await?
+            .and_then(|v| String::from_utf8(v).ok()))
     }
 
     async fn set(&mut self, name: &str, value: &str) -> R<()> {
@@ -307,7 +350,13 @@ impl Coord {
     /// node field disagrees with their key, are left out (and logged).
     pub async fn progress(&mut self) -> R<HashMap<String, NodeProgress>> {
         let key = self.key("progress");
-        let all: HashMap<String, Vec<u8>> = self.q(redis::cmd("HGETALL").arg(&key)).await?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(HASH_CAPPED)
+            .arg(1)
+            .arg(&key)
+            .arg(VALUE_CAP)
+            .arg(HASH_CAP);
+        let all: HashMap<String, Vec<u8>> = self.q(&cmd).await?;
         let mut out = HashMap::new();
         for (node, value) in all {
             let parsed = (value.len() <= VALUE_CAP)
@@ -342,9 +391,8 @@ impl Coord {
             let Some(node) = key.strip_prefix(&strip) else {
                 continue;
             };
-            let value: Option<Vec<u8>> = self.q(redis::cmd("GET").arg(&key)).await?;
-            let report = value
-                .filter(|v| v.len() <= 256 << 10)
+            let report = get_capped(&mut self.conn, &key, 256 << 10)
+                .await?
                 .and_then(|v| serde_json::from_slice::<NodeReport>(&v).ok());
             out.insert(node.to_owned(), report);
         }

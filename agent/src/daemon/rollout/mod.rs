@@ -38,6 +38,8 @@ use coord::{Coord, Grant};
 /// A step refused before it switched anything (not staged, altered files...) is recorded as
 /// `skipped` with a reason starting so, and halts the rollout like a failed gate.
 const REFUSED: &str = "the upgrade step was refused: ";
+/// A node skipped because the failure flag was up says so with this, then the flag.
+const HALTED: &str = "the rollout halted: ";
 /// How often the daemon looks for orders published in Redis that it was not handed.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 
@@ -48,6 +50,8 @@ pub struct Lease {
     epoch: u64,
     ttl: Duration,
     coord: tokio::sync::Mutex<Coord>,
+    /// To connect again when a renewal fails (a multiplexed connection does not).
+    client: Option<redis::Client>,
     /// When the last renewal that Redis confirmed was sent (monotonic clock).
     renewed: Mutex<Instant>,
     lost: Mutex<Option<String>>,
@@ -89,6 +93,11 @@ impl Lease {
                 self.epoch
             ))),
             Err(e) => {
+                if let Some(client) = &self.client
+                    && let Ok(conn) = coord::connect(client).await
+                {
+                    self.coord.lock().await.reconnected(conn);
+                }
                 if Self::lock(&self.renewed).elapsed() >= self.ttl {
                     Err(self.lose(format!("it could not be renewed in time: {e}")))
                 } else {
@@ -341,10 +350,40 @@ async fn take_published(
             refused.insert(id);
             continue;
         }
+        let targets: Vec<String> = serde_json::from_str::<serde_json::Value>(&document)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["order"]["targets"].clone()).ok())
+            .unwrap_or_default();
         match accept(daemon, document.into_bytes(), true).await {
             Ok(()) => tracing::info!(rollout = %id, "rollout: took the order published in Redis"),
+            // Waiting for the node's lock, or a file error: tried again at the next scan.
+            Err(e @ (AgentError::Busy { .. } | AgentError::Io { .. })) => {
+                tracing::warn!(rollout = %id, "rollout: taking the order published in Redis: {e}");
+            }
             Err(e) => {
                 tracing::warn!(rollout = %id, "rollout: refused the order published in Redis: {e}");
+                // A genuine order (its signature verified: the refusal came after) that names
+                // this node but that it cannot carry out: the others must not wait for it.
+                let genuine = matches!(
+                    e,
+                    AgentError::OrderNotStaged { .. }
+                        | AgentError::DigestMismatch { .. }
+                        | AgentError::OrderDowngrade { .. }
+                        | AgentError::OrderReplayed { .. }
+                );
+                if genuine && targets.contains(&daemon.config.node) {
+                    let mut p = NodeProgress::new(daemon.config.node.clone());
+                    p.outcome = Some(Outcome::Skipped);
+                    p.reason = Some(format!("{REFUSED}the order: {e}"));
+                    p.ended_unix_ms = Some(crate::unix_ms());
+                    coord.publish_progress(&p).await?;
+                    let flag = format!(
+                        "{}: {}",
+                        daemon.config.node,
+                        p.reason.as_deref().unwrap_or_default()
+                    );
+                    coord.raise_failed(&flag).await?;
+                }
                 refused.insert(id);
             }
         }
@@ -385,6 +424,11 @@ async fn tick(
     refused_controls: &mut HashSet<String>,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
+    // A step runs (a manual one, or a step a restart is settling): its end is recorded first,
+    // and the records are read only once it is (the lock is held through the decision).
+    let Ok(probe) = daemon.step.try_lock() else {
+        return Ok(());
+    };
     let layout = daemon.config.layout.clone();
     let rid = id.to_owned();
     let (record, control, own) = blocking(move || {
@@ -399,15 +443,12 @@ async fn tick(
     let Some(record) = record else {
         return Ok(());
     };
-    // A step runs (a manual one, or a step a restart is settling): its end is recorded first.
-    if daemon.step.try_lock().is_err() {
-        return Ok(());
-    }
     let order = &record.order;
     let me = daemon.config.node.clone();
     let mut own = own.unwrap_or_else(|| NodeProgress::new(me.clone()));
     // Over here and past its deadline: nothing more can happen to it.
-    if own.outcome.is_some() && past(order, Duration::ZERO) {
+    let abort_rollback = control.as_ref().map(|c| c.action) == Some(Action::AbortRollback);
+    if own.outcome.is_some() && past(order, Duration::ZERO) && !abort_rollback {
         return Ok(());
     }
 
@@ -422,6 +463,22 @@ async fn tick(
     let mut asked = control.as_ref().map(|c| c.action);
     match (coord.control().await?, &control) {
         (Some(theirs), None) if refused_controls.contains(&theirs) => {}
+        (Some(theirs), _)
+            if serde_json::from_str::<serde_json::Value>(&theirs)
+                .ok()
+                .and_then(|v| v["control"]["rollout"].as_str().map(|r| r != id))
+                .unwrap_or(true) =>
+        {
+            if refused_controls.insert(theirs) {
+                tracing::warn!(
+                    rollout = id,
+                    "rollout: refused the control published in Redis: it is not a control of rollout {id}"
+                );
+            }
+            if let Some(m) = &control {
+                coord.publish_control(&m.document).await?;
+            }
+        }
         (Some(theirs), mine) if mine.as_ref().is_none_or(|m| m.document != theirs) => {
             match accept(daemon, theirs.clone().into_bytes(), false).await {
                 Ok(()) => {
@@ -472,10 +529,16 @@ async fn tick(
                 ))
                 .await?;
         }
+        // A node skipped because of the flag keeps it too: a Redis restarted empty gets it
+        // back from any of them.
+        if let Some(flag) = own.reason.as_deref().and_then(|r| r.strip_prefix(HALTED)) {
+            coord.raise_failed(flag).await?;
+        }
         if let Some(epoch) = own.epoch {
             coord.release(&me, epoch).await?;
         }
         if outcome == Outcome::Committed && asked == Some(Action::AbortRollback) {
+            drop(probe);
             return roll_back(daemon, coord, &record, own, shutdown).await;
         }
         return Ok(());
@@ -488,10 +551,7 @@ async fn tick(
     };
     let stop = match stop {
         Some(s) => Some(s),
-        None => coord
-            .failed()
-            .await?
-            .map(|f| format!("the rollout halted: {f}")),
+        None => coord.failed().await?.map(|f| format!("{HALTED}{f}")),
     };
     let stop = stop.or_else(|| {
         past(order, Duration::ZERO)
@@ -532,7 +592,7 @@ async fn tick(
             return wait(daemon, &mut coord, id, own, why).await;
         }
     }
-    let heartbeats = coord.heartbeats(&sequence).await?;
+    let heartbeats = coord.heartbeats(&expected(order)).await?;
     let alive = |n: &str| heartbeats.get(n).is_some_and(Option::is_some);
     let pending: Vec<&String> = sequence
         .iter()
@@ -586,6 +646,7 @@ async fn tick(
         version: order.version.clone(),
         allow_downgrade: false,
     };
+    drop(probe);
     let result = with_lease(
         daemon,
         coord,
@@ -626,6 +687,7 @@ async fn with_lease(
         epoch,
         ttl,
         coord: tokio::sync::Mutex::new(coord),
+        client: daemon.redis.clone(),
         renewed: Mutex::new(Instant::now()),
         lost: Mutex::new(None),
     };
@@ -681,7 +743,7 @@ async fn roll_back(
         ));
     };
     let sequence = crate::upgrade_sequence(order);
-    let heartbeats = coord.heartbeats(&sequence).await?;
+    let heartbeats = coord.heartbeats(&expected(order)).await?;
     let down = down_nodes(&heartbeats, &me);
     let ttl = Duration::from_millis(daemon.config.rollout.slot_ttl_ms);
     let epoch = match coord
@@ -737,6 +799,17 @@ async fn wait(
         write_progress(daemon, id, &own).await;
     }
     coord.publish_progress(&own).await
+}
+
+/// The nodes whose heartbeats count: the targets and every other member the order names.
+fn expected(order: &Order) -> Vec<String> {
+    let mut nodes = crate::upgrade_sequence(order);
+    for m in &order.members {
+        if !nodes.contains(m) {
+            nodes.push(m.clone());
+        }
+    }
+    nodes
 }
 
 /// Whether the order's deadline is more than `margin` behind.
