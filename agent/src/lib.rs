@@ -24,7 +24,7 @@ pub use ops::{activate, rollback, stage, status};
 pub use orders::{
     AcceptedControl, AcceptedOrder, ControlRecord, OrderRecord, accept_control, accept_order,
     accepted_rollouts, control_record, disk_report, order_record, order_sequence, read_progress,
-    upgrade_sequence, write_progress,
+    write_progress,
 };
 pub use serve::{answer, answer_line, invocation, respond};
 

@@ -237,19 +237,6 @@ pub fn accepted_rollouts(layout: &Layout) -> Result<Vec<String>, AgentError> {
     Ok(ids)
 }
 
-/// The order's targets in the order they go: the canaries first, then the rest as listed.
-pub fn upgrade_sequence(order: &Order) -> Vec<String> {
-    let mut nodes = order.canary.clone();
-    nodes.extend(
-        order
-            .targets
-            .iter()
-            .filter(|t| !order.canary.contains(t))
-            .cloned(),
-    );
-    nodes
-}
-
 /// This node's report on rollout `rollout` read from its records alone, as answered when no
 /// daemon runs: its own progress as last written, the other targets unknown.
 pub fn disk_report(
@@ -262,7 +249,9 @@ pub fn disk_report(
     })?;
     let own = read_progress(layout, rollout)?;
     let asked = control_record(layout, rollout)?.map(|c| asked(c.action));
-    let nodes = upgrade_sequence(&record.order)
+    let nodes = record
+        .order
+        .upgrade_sequence()
         .into_iter()
         .map(|n| match &own {
             Some(p) if n == node => p.clone(),

@@ -72,6 +72,20 @@ pub struct Order {
     pub expires: Timestamp,
 }
 
+impl Order {
+    /// The targets in the order they go: the canaries first, then the rest as listed.
+    pub fn upgrade_sequence(&self) -> Vec<String> {
+        let mut nodes = self.canary.clone();
+        nodes.extend(
+            self.targets
+                .iter()
+                .filter(|t| !self.canary.contains(t))
+                .cloned(),
+        );
+        nodes
+    }
+}
+
 /// What a [`Control`] asks of a rollout.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -231,15 +231,7 @@ pub fn new_rollout_id(plan: &ClusterPlan) -> anyhow::Result<String> {
 
 /// The targets of `order` in the order they go: the canaries first, then the rest as listed.
 pub fn upgrade_sequence(order: &Order) -> Vec<String> {
-    let mut nodes = order.canary.clone();
-    nodes.extend(
-        order
-            .targets
-            .iter()
-            .filter(|t| !order.canary.contains(t))
-            .cloned(),
-    );
-    nodes
+    order.upgrade_sequence()
 }
 
 /// The control body asking `action` of `order`'s rollout. It is valid as long as the order

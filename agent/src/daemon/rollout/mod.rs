@@ -577,7 +577,7 @@ async fn tick(
         return wait(daemon, &mut coord, id, own, "paused".into()).await;
     }
 
-    let sequence = crate::upgrade_sequence(order);
+    let sequence = order.upgrade_sequence();
     let progress = coord.progress().await?;
     let outcome_of = |n: &str| progress.get(n).and_then(|p| p.outcome);
     if !order.canary.contains(&me) {
@@ -742,7 +742,7 @@ async fn roll_back(
             "the release active before the rollout, `{back}`, is not a version"
         ));
     };
-    let sequence = crate::upgrade_sequence(order);
+    let sequence = order.upgrade_sequence();
     let heartbeats = coord.heartbeats(&expected(order)).await?;
     let down = down_nodes(&heartbeats, &me);
     let ttl = Duration::from_millis(daemon.config.rollout.slot_ttl_ms);
@@ -803,7 +803,7 @@ async fn wait(
 
 /// The nodes whose heartbeats count: the targets and every other member the order names.
 fn expected(order: &Order) -> Vec<String> {
-    let mut nodes = crate::upgrade_sequence(order);
+    let mut nodes = order.upgrade_sequence();
     for m in &order.members {
         if !nodes.contains(m) {
             nodes.push(m.clone());
