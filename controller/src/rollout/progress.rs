@@ -124,9 +124,15 @@ pub struct Tracker {
     targets: Vec<String>,
     nodes: BTreeMap<String, Track>,
     asked: Option<(u64, Asked)>,
+    /// The last control the state store records as handed out (and taken by a node).
+    handed: Option<Asked>,
     halted: Option<String>,
     lost_after: Duration,
 }
+
+/// The start of the reason an agent gives a committed node that an abort with rollback cannot
+/// take back (no release was active there before the rollout): it stays committed, for good.
+const NOTHING_TO_ROLL_BACK_TO: &str = "aborted with rollback, but no release was active";
 
 /// Whether a view of a node says anything.
 fn informs(p: &NodeProgress) -> bool {
@@ -181,6 +187,7 @@ impl Tracker {
             targets: targets.to_vec(),
             nodes,
             asked: None,
+            handed: None,
             halted: None,
             lost_after,
         };
@@ -200,6 +207,37 @@ impl Tracker {
     /// The last control the cluster's agents took, by the newest report that says.
     pub fn asked(&self) -> Option<Asked> {
         self.asked.map(|(_, a)| a)
+    }
+
+    /// Takes the last control the state store records as handed out: it stands until a report
+    /// says which control the agents took.
+    pub fn set_handed_out(&mut self, control: Option<Asked>) {
+        self.handed = control;
+    }
+
+    /// The rollout's last control: the agents' word, else the store's.
+    fn control(&self) -> Option<Asked> {
+        self.asked().or(self.handed)
+    }
+
+    /// Whether the rollout was aborted with rollback (by the agents' reports or the store's
+    /// record): its committed nodes are still to roll back, one slot at a time.
+    fn rolling_back(&self) -> bool {
+        self.asked() == Some(Asked::AbortRollback) || self.handed == Some(Asked::AbortRollback)
+    }
+
+    /// Whether `p` is a node's end in this rollout: an outcome, except `committed` while an
+    /// abort with rollback has it still to roll back (only `rolled_back`, `rollback_failed`,
+    /// `skipped` and `lost` are ends then, and a node that had no release to go back to).
+    fn at_end(&self, p: &NodeProgress) -> bool {
+        match p.outcome {
+            None => false,
+            Some(Outcome::Committed) if self.rolling_back() => p
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(NOTHING_TO_ROLL_BACK_TO)),
+            Some(_) => true,
+        }
     }
 
     /// The failure flag, once a report raised it.
@@ -297,14 +335,14 @@ impl Tracker {
         let lost_after = self.lost_after;
         let targets = self.targets.clone();
         for node in &targets {
-            let has_outcome = self.merged(node).outcome.is_some();
+            let at_end = self.at_end(&self.merged(node));
             let Some(t) = self.nodes.get_mut(node) else {
                 continue;
             };
             let silent = !t.reached
                 && now.saturating_duration_since(t.heard_at) >= lost_after
                 && now.saturating_duration_since(t.others_changed_at) >= lost_after;
-            if !has_outcome && silent && t.lost.is_none() {
+            if !at_end && silent && t.lost.is_none() {
                 let why = t.problem.as_deref().unwrap_or("no answer");
                 t.lost = Some(format!(
                     "not heard of for {} s: {why}",
@@ -350,8 +388,8 @@ impl Tracker {
             .cloned()
             .unwrap_or_else(|| NodeProgress::new(node));
         p.node = node.to_owned();
-        if p.outcome.is_none()
-            && let Some(why) = &t.lost
+        if let Some(why) = &t.lost
+            && !self.at_end(&p)
         {
             p.outcome = Some(Outcome::Lost);
             p.reason = Some(why.clone());
@@ -380,13 +418,15 @@ impl Tracker {
         out
     }
 
-    /// Once every target has an outcome: how the rollout ended (`committed`, `aborted` or
-    /// `failed`) and why.
+    /// Once every target is at its end (an outcome; after an abort with rollback, not
+    /// `committed` while the node is still to roll back): how the rollout ended (`committed`,
+    /// `aborted` or `failed`) and why.
     pub fn ended(&self) -> Option<(&'static str, Option<String>)> {
         let nodes = self.nodes();
-        if nodes.iter().any(|p| p.outcome.is_none()) {
+        if nodes.iter().any(|p| !self.at_end(p)) {
             return None;
         }
+        let rolling_back = self.rolling_back();
         // A node's reason is left out where it only repeats the failure flag.
         let repeats = |reason: &str| {
             self.halted
@@ -395,7 +435,7 @@ impl Tracker {
         };
         let others: Vec<String> = nodes
             .iter()
-            .filter(|p| p.outcome != Some(Outcome::Committed))
+            .filter(|p| rolling_back || p.outcome != Some(Outcome::Committed))
             .map(|p| {
                 let outcome = p.outcome.map_or("?", Outcome::as_str);
                 match &p.reason {
@@ -404,7 +444,7 @@ impl Tracker {
                 }
             })
             .collect();
-        if others.is_empty() {
+        if others.is_empty() && !rolling_back {
             return Some(("committed", None));
         }
         let mut why = Vec::new();
@@ -412,7 +452,8 @@ impl Tracker {
             why.push(format!("halted: {halted}"));
         }
         why.extend(others);
-        let state = match self.asked() {
+        let state = match self.control() {
+            _ if rolling_back => "aborted",
             Some(Asked::Abort | Asked::AbortRollback) => "aborted",
             _ => "failed",
         };
@@ -698,5 +739,114 @@ mod tests {
             ]
         );
         assert!(tr.apply("n1", r, t0).is_empty());
+    }
+
+    fn asking(mut polled: Polled, asked: Asked) -> Polled {
+        if let Polled::Report(r) = &mut polled {
+            r.asked = Some(asked);
+        }
+        polled
+    }
+
+    fn reasoned(mut p: NodeProgress, reason: &str) -> NodeProgress {
+        p.reason = Some(reason.to_owned());
+        p
+    }
+    #[test]
+    fn an_abort_with_rollback_ends_only_once_the_committed_nodes_rolled_back() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        let all = vec![committed("n1"), committed("n2"), committed("n3")];
+        for n in ["n1", "n2", "n3"] {
+            let r = asking(report(n, 1, all.clone()), Asked::AbortRollback);
+            tr.apply(n, r, t0);
+        }
+        assert_eq!(tr.asked(), Some(Asked::AbortRollback));
+        // Every node committed, but each is still to roll back, one slot at a time.
+        assert_eq!(
+            tr.ended(),
+            None,
+            "committed is not an end under abort --rollback"
+        );
+        // n1 rolls back; n2 is in its rollback step; n3 waits for a slot.
+        let back = |n: &str| {
+            reasoned(
+                progress(n, Some(Outcome::RolledBack), Some("rollback")),
+                "aborted with rollback: back to 1.0.0",
+            )
+        };
+        let now = vec![
+            back("n1"),
+            progress("n2", None, Some("drain")),
+            committed("n3"),
+        ];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(
+                n,
+                asking(report(n, 2, now.clone()), Asked::AbortRollback),
+                t0,
+            );
+        }
+        assert_eq!(tr.ended(), None);
+        // n2 rolled back, n3's rollback failed: every node is at its end.
+        let failed = reasoned(
+            progress("n3", Some(Outcome::RollbackFailed), Some("rollback")),
+            "the abort's rollback to 1.0.0 failed: exit 1",
+        );
+        let last = vec![back("n1"), back("n2"), failed];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(
+                n,
+                asking(report(n, 3, last.clone()), Asked::AbortRollback),
+                t0,
+            );
+        }
+        let (state, why) = tr.ended().expect("ended");
+        assert_eq!(state, "aborted");
+        let why = why.expect("why");
+        assert!(
+            why.contains("n3 rollback_failed: the abort's rollback to 1.0.0 failed"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_stores_abort_with_rollback_stands_until_the_reports_say_and_a_node_with_nothing_to_go_back_to_ends()
+     {
+        let t0 = Instant::now();
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        // A watch begun afresh: the store holds every node committed and the abort handed out.
+        let stored = vec![committed("n1"), committed("n2"), committed("n3")];
+        let mut tr = Tracker::new(&targets(), stored, Duration::from_secs(60), t0);
+        tr.set_handed_out(Some(Asked::AbortRollback));
+        tr.tick(t0);
+        assert_eq!(
+            tr.ended(),
+            None,
+            "no report yet, and the store says they roll back"
+        );
+        // n1 rolled back; n2 and n3 had no release before the rollout: they stay committed.
+        let nothing = |n: &str| {
+            reasoned(
+                committed(n),
+                "aborted with rollback, but no release was active here before the rollout",
+            )
+        };
+        let back = reasoned(
+            progress("n1", Some(Outcome::RolledBack), Some("rollback")),
+            "aborted with rollback: back to 1.0.0",
+        );
+        let all = vec![back, nothing("n2"), nothing("n3")];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(n, report(n, 1, all.clone()), t0);
+        }
+        let (state, why) = tr.ended().expect("every node is at its end");
+        assert_eq!(state, "aborted", "{why:?}");
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("n2 committed: aborted with rollback, but no release")),
+            "{why:?}"
+        );
     }
 }
