@@ -137,12 +137,35 @@ pub async fn send(
             }
         }
     }
+    // Taken by a node, it reaches the others through their Redis: a watch begun afresh must
+    // know of it before any node reports (an abort with rollback is no end of committed nodes).
+    if nodes.iter().any(|n| n.taken) {
+        store.set_rollout_control(id, &asked_name(action)).await?;
+    }
     Ok(ControlSent {
         rollout,
         action,
         sequence: Some(sequence),
         nodes,
     })
+}
+
+/// The control `action` as the agents' reports name it.
+fn asked_of(action: Action) -> Asked {
+    match action {
+        Action::Pause => Asked::Pause,
+        Action::Resume => Asked::Resume,
+        Action::Abort => Asked::Abort,
+        Action::AbortRollback => Asked::AbortRollback,
+    }
+}
+
+/// How the store names the control `action`: as the agents' reports do (`abort_rollback`).
+fn asked_name(action: Action) -> String {
+    serde_json::to_value(asked_of(action))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Hands `node` the signed control `document` (`control`, the document on stdin).
