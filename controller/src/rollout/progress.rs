@@ -3,7 +3,8 @@
 //! and what the state store held before. A node's own report is the truth for itself; for a
 //! node that cannot be reached, the reachable nodes' reports stand in; a node nobody has heard
 //! of for `lost_after` (neither its own report nor a change in what the others say of it) is
-//! `lost`. Pure: every time comes in as an argument, so each rule is tested without a node.
+//! `lost`, until anything new of it is heard; a rollout does not end on a lost node last seen
+//! in an upgrade step. Pure: every time comes in as an argument, so each rule is tested without a node.
 //! Not the polling (`watch`) and not the printing.
 
 use std::collections::BTreeMap;
@@ -137,6 +138,11 @@ const NOTHING_TO_ROLL_BACK_TO: &str = "aborted with rollback, but no release was
 /// Whether a view of a node says anything.
 fn informs(p: &NodeProgress) -> bool {
     p.outcome.is_some() || p.step.is_some() || p.started_unix_ms.is_some()
+}
+
+/// Whether a view of a node shows it in an upgrade step (not waiting, not ended).
+fn in_step(p: &NodeProgress) -> bool {
+    p.outcome.is_none() && p.step.as_deref().is_some_and(|s| !s.starts_with("waiting"))
 }
 
 fn same_view(a: &NodeProgress, b: &NodeProgress) -> bool {
@@ -295,7 +301,9 @@ impl Tracker {
                             let changed =
                                 t.others.as_ref().is_none_or(|(_, p)| !same_view(p, other));
                             if changed {
+                                // Something new of it: it is not lost (for now).
                                 t.others_changed_at = now;
+                                t.lost = None;
                             }
                             t.others = Some((at, other.clone()));
                         }
@@ -424,6 +432,21 @@ impl Tracker {
     pub fn ended(&self) -> Option<(&'static str, Option<String>)> {
         let nodes = self.nodes();
         if nodes.iter().any(|p| !self.at_end(p)) {
+            return None;
+        }
+        // A node marked lost while a view of it shows it in a step may still be in it (a long
+        // gate, a partition): lost is an end only for a node last seen waiting or ended.
+        // (What the store held counts only while no report said anything of it.)
+        let lost_in_step = self.nodes.values().any(|t| {
+            let heard = [t.own.as_ref(), t.others.as_ref().map(|(_, p)| p)];
+            let views: Vec<&NodeProgress> = if heard.iter().flatten().any(|p| informs(p)) {
+                heard.into_iter().flatten().collect()
+            } else {
+                t.stored.iter().collect()
+            };
+            t.lost.is_some() && views.into_iter().any(in_step)
+        });
+        if lost_in_step {
             return None;
         }
         let rolling_back = self.rolling_back();
@@ -848,5 +871,43 @@ mod tests {
                 .is_some_and(|w| w.contains("n2 committed: aborted with rollback, but no release")),
             "{why:?}"
         );
+    }
+
+    #[test]
+    fn a_lost_node_is_found_again_when_another_view_of_it_changes() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let mut tr = Tracker::new(&["n1".to_owned(), "n2".to_owned()], Vec::new(), after, t0);
+        tr.apply("n2", Polled::Unreachable("no route to host".into()), t0);
+        let n1_done = progress("n1", Some(Outcome::Committed), Some("gate"));
+        let says = |at: u64, n2: NodeProgress| report("n1", at, vec![n1_done.clone(), n2]);
+        // n1 sees n2 in its gate; nothing new of it for the bound: lost (as shown)...
+        tr.apply("n1", says(1, progress("n2", None, Some("gate"))), t0);
+        tr.tick(t0 + after);
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        // ...but the last view of it is a step in progress: the rollout does not end on it.
+        assert_eq!(tr.ended(), None, "n2 may still be in its gate");
+        // n1 now sees n2 in its smoke flow: n2 moves, so it is not lost.
+        let mut smoke = progress("n2", None, Some("smoke"));
+        smoke.epoch = Some(7);
+        tr.apply("n1", says(2, smoke), t0 + after + Duration::from_secs(5));
+        assert_eq!(tr.merged("n2").outcome, None, "a changed view clears lost");
+        assert_eq!(tr.merged("n2").step.as_deref(), Some("smoke"));
+        assert_eq!(tr.ended(), None);
+        // Nothing new again for the bound: lost again, and still not an end while in a step.
+        tr.tick(t0 + after * 2 + Duration::from_secs(5));
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        assert_eq!(tr.ended(), None);
+        // A node last seen waiting and then never heard of: lost, and that is final.
+        let t1 = t0 + after * 3;
+        tr.apply(
+            "n1",
+            says(3, progress("n2", None, Some("waiting: a slot"))),
+            t1,
+        );
+        assert_eq!(tr.merged("n2").outcome, None);
+        tr.tick(t1 + after);
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        assert_eq!(tr.ended().map(|(s, _)| s), Some("failed"));
     }
 }
