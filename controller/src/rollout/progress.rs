@@ -4,7 +4,8 @@
 //! node that cannot be reached, the reachable nodes' reports stand in; a node nobody has heard
 //! of for `lost_after` (neither its own report nor a change in what the others say of it) is
 //! `lost`, until anything new of it is heard; a rollout does not end on a lost node last seen
-//! in an upgrade step. Pure: every time comes in as an argument, so each rule is tested without a node.
+//! in an upgrade step. A node that answers from disk because no agent daemon runs there is not
+//! heard from until it is at its end (no daemon will write its outcome). Pure: every time comes in as an argument, so each rule is tested without a node.
 //! Not the polling (`watch`) and not the printing.
 
 use std::collections::BTreeMap;
@@ -99,7 +100,8 @@ struct Track {
     own: Option<NodeProgress>,
     /// Whether the last poll brought its own report.
     reached: bool,
-    /// When its own report last came (the watch's start before the first).
+    /// When its own report last came (the watch's start before the first); a report read from
+    /// disk, with no agent daemon running, counts only once the node is at its end.
     heard_at: Instant,
     /// Why the last poll brought no report.
     problem: Option<String>,
@@ -267,6 +269,12 @@ impl Tracker {
     /// Takes what one poll of `node` brought at `now`; returns what is worth a line.
     pub fn apply(&mut self, node: &str, polled: Polled, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
+        // A node answering from disk (no agent daemon runs there) says nothing new of itself
+        // unless it is at its end: nothing moves there, and no daemon will write its outcome.
+        let answers = match &polled {
+            Polled::Report(r) => r.daemon || r.node(node).is_some_and(|p| self.at_end(p)),
+            _ => false,
+        };
         let Some(track) = self.nodes.get_mut(node) else {
             return events;
         };
@@ -276,9 +284,11 @@ impl Tracker {
                     events.push(Event::Reached { node: node.into() });
                 }
                 track.reached = true;
-                track.heard_at = now;
                 track.problem = None;
-                track.lost = None;
+                if answers {
+                    track.heard_at = now;
+                    track.lost = None;
+                }
                 track.own = report.node(node).cloned();
                 if track.daemon != Some(report.daemon) && !report.daemon {
                     events.push(Event::NoDaemon { node: node.into() });
@@ -347,11 +357,16 @@ impl Tracker {
             let Some(t) = self.nodes.get_mut(node) else {
                 continue;
             };
-            let silent = !t.reached
+            let no_daemon = t.reached && t.daemon == Some(false);
+            let silent = (!t.reached || no_daemon)
                 && now.saturating_duration_since(t.heard_at) >= lost_after
                 && now.saturating_duration_since(t.others_changed_at) >= lost_after;
             if !at_end && silent && t.lost.is_none() {
-                let why = t.problem.as_deref().unwrap_or("no answer");
+                let why = if no_daemon {
+                    "its agent daemon is not running (the node answers from disk; nothing moves there)"
+                } else {
+                    t.problem.as_deref().unwrap_or("no answer")
+                };
                 t.lost = Some(format!(
                     "not heard of for {} s: {why}",
                     lost_after.as_secs()
@@ -909,5 +924,52 @@ mod tests {
         tr.tick(t1 + after);
         assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
         assert_eq!(tr.ended().map(|(s, _)| s), Some("failed"));
+    }
+
+    #[test]
+    fn a_node_whose_agent_daemon_is_down_is_lost_after_the_bound_and_found_when_it_runs() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let mut tr = Tracker::new(&["n1".to_owned(), "n2".to_owned()], Vec::new(), after, t0);
+        let n1_done = progress("n1", Some(Outcome::Committed), Some("gate"));
+        tr.apply("n1", report("n1", 1, vec![n1_done.clone()]), t0);
+        // n2 answers over SSH, from disk: no daemon runs there, so nothing moves on it.
+        let from_disk = |at: u64| {
+            let mut r = report(
+                "n2",
+                at,
+                vec![progress("n2", None, Some("waiting: n1 first"))],
+            );
+            if let Polled::Report(r) = &mut r {
+                r.daemon = false;
+            }
+            r
+        };
+        for s in [0, 10, 20, 29] {
+            tr.apply("n2", from_disk(s), t0 + Duration::from_secs(s));
+        }
+        assert_eq!(tr.merged("n2").outcome, None, "not yet the bound");
+        let events = tr.apply("n2", from_disk(30), t0 + after);
+        let lost = tr.merged("n2");
+        assert_eq!(lost.outcome, Some(Outcome::Lost), "{events:?}");
+        assert!(
+            lost.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("agent daemon is not running")),
+            "{lost:?}"
+        );
+        assert_eq!(tr.ended().map(|(s, _)| s), Some("failed"));
+        // Its daemon runs again: it is back.
+        let mut r = report(
+            "n2",
+            40,
+            vec![progress("n2", None, Some("waiting: a slot"))],
+        );
+        if let Polled::Report(r) = &mut r {
+            r.daemon = true;
+        }
+        tr.apply("n2", r, t0 + after + Duration::from_secs(10));
+        assert_eq!(tr.merged("n2").outcome, None);
+        assert_eq!(tr.ended(), None);
     }
 }
