@@ -121,6 +121,23 @@ struct Track {
     recorded: Option<NodeProgress>,
 }
 
+impl Track {
+    /// The upgrade step a view of it shows it in, if one does: its own last report's or
+    /// another node's (what the store held only while no report said anything of it).
+    fn step_seen(&self) -> Option<&str> {
+        let heard = [self.own.as_ref(), self.others.as_ref().map(|(_, p)| p)];
+        let views: Vec<&NodeProgress> = if heard.iter().flatten().any(|p| informs(p)) {
+            heard.into_iter().flatten().collect()
+        } else {
+            self.stored.iter().collect()
+        };
+        views
+            .into_iter()
+            .find(|p| in_step(p))
+            .and_then(|p| p.step.as_deref())
+    }
+}
+
 /// The merged view of one rollout.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -452,15 +469,10 @@ impl Tracker {
         // A node marked lost while a view of it shows it in a step may still be in it (a long
         // gate, a partition): lost is an end only for a node last seen waiting or ended.
         // (What the store held counts only while no report said anything of it.)
-        let lost_in_step = self.nodes.values().any(|t| {
-            let heard = [t.own.as_ref(), t.others.as_ref().map(|(_, p)| p)];
-            let views: Vec<&NodeProgress> = if heard.iter().flatten().any(|p| informs(p)) {
-                heard.into_iter().flatten().collect()
-            } else {
-                t.stored.iter().collect()
-            };
-            t.lost.is_some() && views.into_iter().any(in_step)
-        });
+        let lost_in_step = self
+            .nodes
+            .values()
+            .any(|t| t.lost.is_some() && t.step_seen().is_some());
         if lost_in_step {
             return None;
         }
@@ -496,6 +508,55 @@ impl Tracker {
             _ => "failed",
         };
         Some((state, Some(why.join("; "))))
+    }
+
+    /// Whether an abort just handed out (`set_handed_out`, every target's answer applied)
+    /// may end the rollout now: when every target is at its end, as [`Tracker::ended`] says;
+    /// else when each target not at its end could not be reached (or refused to report) and
+    /// no view of it shows it in an upgrade step, nor will it roll back (committed, after an
+    /// abort with rollback a node took). `Ok` holds the end state and why, `Err` why not.
+    pub fn abort_ends(&self) -> Result<(&'static str, Option<String>), String> {
+        if let Some(end) = self.ended() {
+            return Ok(end);
+        }
+        let some_took = self.nodes.values().any(|t| t.reached);
+        let mut unreached = Vec::new();
+        let mut open = Vec::new();
+        for node in &self.targets {
+            let (Some(t), p) = (self.nodes.get(node), self.merged(node)) else {
+                continue;
+            };
+            if self.at_end(&p) {
+                continue;
+            }
+            if let Some(step) = t.step_seen() {
+                open.push(format!("{node} is in its step `{step}`"));
+            } else if t.reached {
+                let what = match (&p.outcome, &p.step) {
+                    (Some(Outcome::Committed), _) => "is still to roll back".to_owned(),
+                    (_, Some(step)) => format!("has not ended its part ({step})"),
+                    _ => "has not ended its part".to_owned(),
+                };
+                open.push(format!("{node} {what}"));
+            } else if p.outcome == Some(Outcome::Committed) && some_took {
+                open.push(format!(
+                    "{node} cannot be reached, and is committed: it rolls back once its agent reads the control"
+                ));
+            } else {
+                unreached.push(node.as_str());
+            }
+        }
+        if !open.is_empty() {
+            return Err(open.join("; "));
+        }
+        let mut why = format!(
+            "aborted while {} could not be reached (their part was not seen to end)",
+            unreached.join(", ")
+        );
+        if !some_took {
+            why.push_str("; no node took the abort");
+        }
+        Ok(("aborted", Some(why)))
     }
 }
 
@@ -971,5 +1032,90 @@ mod tests {
         tr.apply("n2", r, t0 + after + Duration::from_secs(10));
         assert_eq!(tr.merged("n2").outcome, None);
         assert_eq!(tr.ended(), None);
+    }
+
+    #[test]
+    fn an_abort_ends_a_rollout_whose_targets_all_ended_or_cannot_be_reached_and_none_is_in_a_step()
+    {
+        let t0 = Instant::now();
+        let fresh = |stored: Vec<NodeProgress>, asked: Asked| {
+            let mut tr = Tracker::new(&targets(), stored, Duration::MAX, t0);
+            tr.set_handed_out(Some(asked));
+            tr
+        };
+        // No target answers: the abort ends it, saying so.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("connection timed out".into()), t0);
+        }
+        let (state, why) = tr.abort_ends().expect("ends");
+        let why = why.expect("why");
+        assert_eq!(state, "aborted");
+        assert!(why.contains("n1, n2, n3 could not be reached"), "{why}");
+        assert!(why.contains("no node took the abort"), "{why}");
+
+        // A reachable node in a step: never ended under it.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let r = asking(
+            report("n1", 1, vec![progress("n1", None, Some("drain"))]),
+            Asked::Abort,
+        );
+        tr.apply("n1", r, t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("n1 drains");
+        assert!(why.contains("n1 is in its step `drain`"), "{why}");
+
+        // An unreachable node another one sees in a step: not ended either.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let seen = vec![
+            progress("n1", Some(Outcome::Committed), Some("gate")),
+            progress("n2", None, Some("switch")),
+        ];
+        tr.apply("n1", asking(report("n1", 1, seen), Asked::Abort), t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("n2 switches");
+        assert!(why.contains("n2 is in its step `switch`"), "{why}");
+
+        // Ended or unreachable and seen waiting (or not at all): ended, aborted.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let seen = vec![
+            reasoned(
+                progress("n1", Some(Outcome::Skipped), None),
+                "the rollout was aborted",
+            ),
+            progress("n2", None, Some("waiting: n1 first")),
+        ];
+        tr.apply("n1", asking(report("n1", 1, seen), Asked::Abort), t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let (state, why) = tr.abort_ends().expect("ends");
+        let why = why.expect("why");
+        assert_eq!(state, "aborted");
+        assert!(why.contains("n2, n3 could not be reached"), "{why}");
+        assert!(!why.contains("no node took"), "{why}");
+
+        // With rollback, a committed node is still to roll back, reached or not.
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        let mut tr = fresh(vec![committed("n2")], Asked::AbortRollback);
+        let seen = vec![committed("n1")];
+        tr.apply(
+            "n1",
+            asking(report("n1", 1, seen), Asked::AbortRollback),
+            t0,
+        );
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("rollbacks to come");
+        assert!(why.contains("n1 is still to roll back"), "{why}");
+        assert!(
+            why.contains("n2 cannot be reached, and is committed"),
+            "{why}"
+        );
     }
 }

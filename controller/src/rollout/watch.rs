@@ -98,7 +98,7 @@ fn targets(rollout: &Rollout, order: Option<&Order>) -> Vec<String> {
 }
 
 /// What the store recorded of a rollout's nodes, as progress.
-async fn stored_progress(store: &Store, id: &str) -> anyhow::Result<Vec<NodeProgress>> {
+pub(super) async fn stored_progress(store: &Store, id: &str) -> anyhow::Result<Vec<NodeProgress>> {
     let outcomes = store.node_outcomes(id).await?;
     Ok(outcomes
         .into_iter()
