@@ -311,6 +311,16 @@ on_both!(
             Some(r#"{"order":{},"signatures":[]}"#)
         );
         assert_eq!(read.version, "2.0.0");
+        assert_eq!(read.last_control, None);
+        // The last control a node took is kept with it, for a watch begun afresh.
+        assert!(
+            store
+                .set_rollout_control("r1", "abort_rollback")
+                .await
+                .expect("control")
+        );
+        let read = again.rollout("r1").await.expect("read").expect("r1");
+        assert_eq!(read.last_control.as_deref(), Some("abort_rollback"));
         assert_eq!(
             again
                 .rollouts(true)
@@ -335,6 +345,13 @@ on_both!(
                 ended.in_flight()
             ),
             ("failed", Some("n2 rolled back: health"), false)
+        );
+        assert!(
+            !again
+                .set_rollout_control("r1", "abort")
+                .await
+                .expect("control"),
+            "an ended rollout's last control stays"
         );
         // No order of an ended rollout is recorded (none may be handed out).
         match again.set_rollout_order("r1", &targets(&["n1"]), "{}").await {

@@ -623,6 +623,14 @@ fn control_report(sent: &rollout::ControlSent, word: &str) -> Report {
             "; the nodes that took it pass it on to the others through their cluster's Redis",
         );
     }
+    match &sent.ended {
+        Some((true, why)) => text.push_str(&format!(
+            "\nrollout {id} ended: {}: {why}",
+            sent.rollout.state
+        )),
+        Some((false, why)) => text.push_str(&format!("\nrollout {id}: {why}")),
+        None => {}
+    }
     let problems: Vec<String> = sent
         .nodes
         .iter()
@@ -649,9 +657,11 @@ fn control_report(sent: &rollout::ControlSent, word: &str) -> Report {
             doc
         })
         .collect();
-    Report::new(
-        text,
-        json!({ "ok": true, "rollout": id, "action": sent.action, "sequence": sequence, "nodes": nodes }),
-    )
-    .with_problems(problems)
+    let mut doc = json!({ "ok": true, "rollout": id, "action": sent.action, "sequence": sequence, "nodes": nodes });
+    if let (Some((ended, why)), Some(obj)) = (&sent.ended, doc.as_object_mut()) {
+        obj.insert("ended".into(), (*ended).into());
+        obj.insert("state".into(), sent.rollout.state.clone().into());
+        obj.insert("why".into(), why.clone().into());
+    }
+    Report::new(text, doc).with_problems(problems)
 }

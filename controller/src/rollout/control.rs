@@ -2,11 +2,13 @@
 //! rollback. Each is signed with the order key and the next sequence, and handed to every
 //! target that can be reached; the agents pass it on to the others through their cluster's
 //! Redis, so a node that cannot be reached is reported, not waited for. An abort of a rollout
-//! whose start stopped before it handed out an order just ends it. Not what the agents do with
-//! a control.
+//! whose start stopped before it handed out an order just ends it; so does an abort after
+//! which every target is at its end or could not be reached (and none is seen in an upgrade
+//! step, nor still to roll back): otherwise `watch` ends it once the nodes did. Not what the
+//! agents do with a control.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use fleet_inventory::Inventory;
@@ -16,7 +18,8 @@ use fleet_release::order::{Action, SignedControl};
 use serde::Serialize;
 
 use super::plan;
-use super::watch::load;
+use super::progress::{Polled, Tracker};
+use super::watch::{load, stored_progress};
 use crate::cli::fanout;
 use crate::node::{agent, deploy_target};
 use crate::ssh::{Input, Session, Timeouts};
@@ -42,6 +45,9 @@ pub struct ControlSent {
     /// The control's sequence (`None` when nothing was signed).
     pub sequence: Option<u64>,
     pub nodes: Vec<NodeControl>,
+    /// An abort: whether it ended the rollout in the store, and why it did or did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<(bool, String)>,
 }
 
 /// What `action` is called on the command line.
@@ -84,6 +90,7 @@ pub async fn send(
                 action,
                 sequence: None,
                 nodes: Vec::new(),
+                ended: Some((true, reason.to_owned())),
             });
         }
         bail!(
@@ -122,6 +129,7 @@ pub async fn send(
         async move { hand_control(&n, &document, timeouts).await }
     })
     .await;
+    let mut answers = Vec::new();
     for r in results {
         if let Some(n) = nodes.iter_mut().find(|n| n.node == r.node) {
             match r.outcome {
@@ -129,20 +137,81 @@ pub async fn send(
                     n.taken = true;
                     n.asked = report.asked;
                     n.error = None;
+                    answers.push((r.node, Polled::Report(Box::new(report))));
                 }
                 Err(e) => {
+                    let polled = match e.code {
+                        Some(_) => Polled::Refused(e.error.clone()),
+                        None => Polled::Unreachable(e.error.clone()),
+                    };
+                    answers.push((r.node, polled));
                     n.error = Some(e.error);
                     n.code = e.code;
                 }
             }
         }
     }
+    // Taken by a node, it reaches the others through their Redis: a watch begun afresh must
+    // know of it before any node reports (an abort with rollback is no end of committed nodes).
+    if nodes.iter().any(|n| n.taken) {
+        store.set_rollout_control(id, &asked_name(action)).await?;
+    }
+    let mut rollout = rollout;
+    let mut ended = None;
+    if matches!(action, Action::Abort | Action::AbortRollback) {
+        // What the store held and what each target answered, merged as a watch would.
+        let now = Instant::now();
+        let stored = stored_progress(store, id).await?;
+        let mut tracker = Tracker::new(&targets, stored, Duration::MAX, now);
+        tracker.set_handed_out(Some(asked_of(action)));
+        for node in &targets {
+            if let Some(i) = answers.iter().position(|(n, _)| n == node) {
+                let (_, polled) = answers.swap_remove(i);
+                tracker.apply(node, polled, now);
+            }
+        }
+        ended = Some(match tracker.abort_ends() {
+            Ok((state, why)) => {
+                store.end_rollout(id, state, why.as_deref()).await?;
+                rollout = store.rollout(id).await?.unwrap_or(rollout);
+                (
+                    true,
+                    why.unwrap_or_else(|| "every target is at its end".into()),
+                )
+            }
+            Err(why) => (
+                false,
+                format!(
+                    "it goes on until its nodes end their part (`fleet rollout watch {id}` ends it then): {why}"
+                ),
+            ),
+        });
+    }
     Ok(ControlSent {
         rollout,
         action,
         sequence: Some(sequence),
         nodes,
+        ended,
     })
+}
+
+/// The control `action` as the agents' reports name it.
+fn asked_of(action: Action) -> Asked {
+    match action {
+        Action::Pause => Asked::Pause,
+        Action::Resume => Asked::Resume,
+        Action::Abort => Asked::Abort,
+        Action::AbortRollback => Asked::AbortRollback,
+    }
+}
+
+/// How the store names the control `action`: as the agents' reports do (`abort_rollback`).
+fn asked_name(action: Action) -> String {
+    serde_json::to_value(asked_of(action))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Hands `node` the signed control `document` (`control`, the document on stdin).

@@ -3,7 +3,9 @@
 //! and what the state store held before. A node's own report is the truth for itself; for a
 //! node that cannot be reached, the reachable nodes' reports stand in; a node nobody has heard
 //! of for `lost_after` (neither its own report nor a change in what the others say of it) is
-//! `lost`. Pure: every time comes in as an argument, so each rule is tested without a node.
+//! `lost`, until anything new of it is heard; a rollout does not end on a lost node last seen
+//! in an upgrade step. A node that answers from disk because no agent daemon runs there is not
+//! heard from until it is at its end (no daemon will write its outcome). Pure: every time comes in as an argument, so each rule is tested without a node.
 //! Not the polling (`watch`) and not the printing.
 
 use std::collections::BTreeMap;
@@ -98,7 +100,8 @@ struct Track {
     own: Option<NodeProgress>,
     /// Whether the last poll brought its own report.
     reached: bool,
-    /// When its own report last came (the watch's start before the first).
+    /// When its own report last came (the watch's start before the first); a report read from
+    /// disk, with no agent daemon running, counts only once the node is at its end.
     heard_at: Instant,
     /// Why the last poll brought no report.
     problem: Option<String>,
@@ -118,19 +121,47 @@ struct Track {
     recorded: Option<NodeProgress>,
 }
 
+impl Track {
+    /// The upgrade step a view of it shows it in, if one does: its own last report's or
+    /// another node's (what the store held only while no report said anything of it).
+    fn step_seen(&self) -> Option<&str> {
+        let heard = [self.own.as_ref(), self.others.as_ref().map(|(_, p)| p)];
+        let views: Vec<&NodeProgress> = if heard.iter().flatten().any(|p| informs(p)) {
+            heard.into_iter().flatten().collect()
+        } else {
+            self.stored.iter().collect()
+        };
+        views
+            .into_iter()
+            .find(|p| in_step(p))
+            .and_then(|p| p.step.as_deref())
+    }
+}
+
 /// The merged view of one rollout.
 #[derive(Debug, Clone)]
 pub struct Tracker {
     targets: Vec<String>,
     nodes: BTreeMap<String, Track>,
     asked: Option<(u64, Asked)>,
+    /// The last control the state store records as handed out (and taken by a node).
+    handed: Option<Asked>,
     halted: Option<String>,
     lost_after: Duration,
 }
 
+/// The start of the reason an agent gives a committed node that an abort with rollback cannot
+/// take back (no release was active there before the rollout): it stays committed, for good.
+const NOTHING_TO_ROLL_BACK_TO: &str = "aborted with rollback, but no release was active";
+
 /// Whether a view of a node says anything.
 fn informs(p: &NodeProgress) -> bool {
     p.outcome.is_some() || p.step.is_some() || p.started_unix_ms.is_some()
+}
+
+/// Whether a view of a node shows it in an upgrade step (not waiting, not ended).
+fn in_step(p: &NodeProgress) -> bool {
+    p.outcome.is_none() && p.step.as_deref().is_some_and(|s| !s.starts_with("waiting"))
 }
 
 fn same_view(a: &NodeProgress, b: &NodeProgress) -> bool {
@@ -181,6 +212,7 @@ impl Tracker {
             targets: targets.to_vec(),
             nodes,
             asked: None,
+            handed: None,
             halted: None,
             lost_after,
         };
@@ -200,6 +232,37 @@ impl Tracker {
     /// The last control the cluster's agents took, by the newest report that says.
     pub fn asked(&self) -> Option<Asked> {
         self.asked.map(|(_, a)| a)
+    }
+
+    /// Takes the last control the state store records as handed out: it stands until a report
+    /// says which control the agents took.
+    pub fn set_handed_out(&mut self, control: Option<Asked>) {
+        self.handed = control;
+    }
+
+    /// The rollout's last control: the agents' word, else the store's.
+    fn control(&self) -> Option<Asked> {
+        self.asked().or(self.handed)
+    }
+
+    /// Whether the rollout was aborted with rollback (by the agents' reports or the store's
+    /// record): its committed nodes are still to roll back, one slot at a time.
+    fn rolling_back(&self) -> bool {
+        self.asked() == Some(Asked::AbortRollback) || self.handed == Some(Asked::AbortRollback)
+    }
+
+    /// Whether `p` is a node's end in this rollout: an outcome, except `committed` while an
+    /// abort with rollback has it still to roll back (only `rolled_back`, `rollback_failed`,
+    /// `skipped` and `lost` are ends then, and a node that had no release to go back to).
+    fn at_end(&self, p: &NodeProgress) -> bool {
+        match p.outcome {
+            None => false,
+            Some(Outcome::Committed) if self.rolling_back() => p
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(NOTHING_TO_ROLL_BACK_TO)),
+            Some(_) => true,
+        }
     }
 
     /// The failure flag, once a report raised it.
@@ -223,6 +286,12 @@ impl Tracker {
     /// Takes what one poll of `node` brought at `now`; returns what is worth a line.
     pub fn apply(&mut self, node: &str, polled: Polled, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
+        // A node answering from disk (no agent daemon runs there) says nothing new of itself
+        // unless it is at its end: nothing moves there, and no daemon will write its outcome.
+        let answers = match &polled {
+            Polled::Report(r) => r.daemon || r.node(node).is_some_and(|p| self.at_end(p)),
+            _ => false,
+        };
         let Some(track) = self.nodes.get_mut(node) else {
             return events;
         };
@@ -232,9 +301,11 @@ impl Tracker {
                     events.push(Event::Reached { node: node.into() });
                 }
                 track.reached = true;
-                track.heard_at = now;
                 track.problem = None;
-                track.lost = None;
+                if answers {
+                    track.heard_at = now;
+                    track.lost = None;
+                }
                 track.own = report.node(node).cloned();
                 if track.daemon != Some(report.daemon) && !report.daemon {
                     events.push(Event::NoDaemon { node: node.into() });
@@ -257,7 +328,9 @@ impl Tracker {
                             let changed =
                                 t.others.as_ref().is_none_or(|(_, p)| !same_view(p, other));
                             if changed {
+                                // Something new of it: it is not lost (for now).
                                 t.others_changed_at = now;
+                                t.lost = None;
                             }
                             t.others = Some((at, other.clone()));
                         }
@@ -297,15 +370,20 @@ impl Tracker {
         let lost_after = self.lost_after;
         let targets = self.targets.clone();
         for node in &targets {
-            let has_outcome = self.merged(node).outcome.is_some();
+            let at_end = self.at_end(&self.merged(node));
             let Some(t) = self.nodes.get_mut(node) else {
                 continue;
             };
-            let silent = !t.reached
+            let no_daemon = t.reached && t.daemon == Some(false);
+            let silent = (!t.reached || no_daemon)
                 && now.saturating_duration_since(t.heard_at) >= lost_after
                 && now.saturating_duration_since(t.others_changed_at) >= lost_after;
-            if !has_outcome && silent && t.lost.is_none() {
-                let why = t.problem.as_deref().unwrap_or("no answer");
+            if !at_end && silent && t.lost.is_none() {
+                let why = if no_daemon {
+                    "its agent daemon is not running (the node answers from disk; nothing moves there)"
+                } else {
+                    t.problem.as_deref().unwrap_or("no answer")
+                };
                 t.lost = Some(format!(
                     "not heard of for {} s: {why}",
                     lost_after.as_secs()
@@ -350,8 +428,8 @@ impl Tracker {
             .cloned()
             .unwrap_or_else(|| NodeProgress::new(node));
         p.node = node.to_owned();
-        if p.outcome.is_none()
-            && let Some(why) = &t.lost
+        if let Some(why) = &t.lost
+            && !self.at_end(&p)
         {
             p.outcome = Some(Outcome::Lost);
             p.reason = Some(why.clone());
@@ -380,13 +458,25 @@ impl Tracker {
         out
     }
 
-    /// Once every target has an outcome: how the rollout ended (`committed`, `aborted` or
-    /// `failed`) and why.
+    /// Once every target is at its end (an outcome; after an abort with rollback, not
+    /// `committed` while the node is still to roll back): how the rollout ended (`committed`,
+    /// `aborted` or `failed`) and why.
     pub fn ended(&self) -> Option<(&'static str, Option<String>)> {
         let nodes = self.nodes();
-        if nodes.iter().any(|p| p.outcome.is_none()) {
+        if nodes.iter().any(|p| !self.at_end(p)) {
             return None;
         }
+        // A node marked lost while a view of it shows it in a step may still be in it (a long
+        // gate, a partition): lost is an end only for a node last seen waiting or ended.
+        // (What the store held counts only while no report said anything of it.)
+        let lost_in_step = self
+            .nodes
+            .values()
+            .any(|t| t.lost.is_some() && t.step_seen().is_some());
+        if lost_in_step {
+            return None;
+        }
+        let rolling_back = self.rolling_back();
         // A node's reason is left out where it only repeats the failure flag.
         let repeats = |reason: &str| {
             self.halted
@@ -395,7 +485,7 @@ impl Tracker {
         };
         let others: Vec<String> = nodes
             .iter()
-            .filter(|p| p.outcome != Some(Outcome::Committed))
+            .filter(|p| rolling_back || p.outcome != Some(Outcome::Committed))
             .map(|p| {
                 let outcome = p.outcome.map_or("?", Outcome::as_str);
                 match &p.reason {
@@ -404,7 +494,7 @@ impl Tracker {
                 }
             })
             .collect();
-        if others.is_empty() {
+        if others.is_empty() && !rolling_back {
             return Some(("committed", None));
         }
         let mut why = Vec::new();
@@ -412,11 +502,61 @@ impl Tracker {
             why.push(format!("halted: {halted}"));
         }
         why.extend(others);
-        let state = match self.asked() {
+        let state = match self.control() {
+            _ if rolling_back => "aborted",
             Some(Asked::Abort | Asked::AbortRollback) => "aborted",
             _ => "failed",
         };
         Some((state, Some(why.join("; "))))
+    }
+
+    /// Whether an abort just handed out (`set_handed_out`, every target's answer applied)
+    /// may end the rollout now: when every target is at its end, as [`Tracker::ended`] says;
+    /// else when each target not at its end could not be reached (or refused to report) and
+    /// no view of it shows it in an upgrade step, nor will it roll back (committed, after an
+    /// abort with rollback a node took). `Ok` holds the end state and why, `Err` why not.
+    pub fn abort_ends(&self) -> Result<(&'static str, Option<String>), String> {
+        if let Some(end) = self.ended() {
+            return Ok(end);
+        }
+        let some_took = self.nodes.values().any(|t| t.reached);
+        let mut unreached = Vec::new();
+        let mut open = Vec::new();
+        for node in &self.targets {
+            let (Some(t), p) = (self.nodes.get(node), self.merged(node)) else {
+                continue;
+            };
+            if self.at_end(&p) {
+                continue;
+            }
+            if let Some(step) = t.step_seen() {
+                open.push(format!("{node} is in its step `{step}`"));
+            } else if t.reached {
+                let what = match (&p.outcome, &p.step) {
+                    (Some(Outcome::Committed), _) => "is still to roll back".to_owned(),
+                    (_, Some(step)) => format!("has not ended its part ({step})"),
+                    _ => "has not ended its part".to_owned(),
+                };
+                open.push(format!("{node} {what}"));
+            } else if p.outcome == Some(Outcome::Committed) && some_took {
+                open.push(format!(
+                    "{node} cannot be reached, and is committed: it rolls back once its agent reads the control"
+                ));
+            } else {
+                unreached.push(node.as_str());
+            }
+        }
+        if !open.is_empty() {
+            return Err(open.join("; "));
+        }
+        let mut why = format!(
+            "aborted while {} could not be reached (their part was not seen to end)",
+            unreached.join(", ")
+        );
+        if !some_took {
+            why.push_str("; no node took the abort");
+        }
+        Ok(("aborted", Some(why)))
     }
 }
 
@@ -698,5 +838,284 @@ mod tests {
             ]
         );
         assert!(tr.apply("n1", r, t0).is_empty());
+    }
+
+    fn asking(mut polled: Polled, asked: Asked) -> Polled {
+        if let Polled::Report(r) = &mut polled {
+            r.asked = Some(asked);
+        }
+        polled
+    }
+
+    fn reasoned(mut p: NodeProgress, reason: &str) -> NodeProgress {
+        p.reason = Some(reason.to_owned());
+        p
+    }
+    #[test]
+    fn an_abort_with_rollback_ends_only_once_the_committed_nodes_rolled_back() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new(&targets(), Vec::new(), Duration::from_secs(60), t0);
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        let all = vec![committed("n1"), committed("n2"), committed("n3")];
+        for n in ["n1", "n2", "n3"] {
+            let r = asking(report(n, 1, all.clone()), Asked::AbortRollback);
+            tr.apply(n, r, t0);
+        }
+        assert_eq!(tr.asked(), Some(Asked::AbortRollback));
+        // Every node committed, but each is still to roll back, one slot at a time.
+        assert_eq!(
+            tr.ended(),
+            None,
+            "committed is not an end under abort --rollback"
+        );
+        // n1 rolls back; n2 is in its rollback step; n3 waits for a slot.
+        let back = |n: &str| {
+            reasoned(
+                progress(n, Some(Outcome::RolledBack), Some("rollback")),
+                "aborted with rollback: back to 1.0.0",
+            )
+        };
+        let now = vec![
+            back("n1"),
+            progress("n2", None, Some("drain")),
+            committed("n3"),
+        ];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(
+                n,
+                asking(report(n, 2, now.clone()), Asked::AbortRollback),
+                t0,
+            );
+        }
+        assert_eq!(tr.ended(), None);
+        // n2 rolled back, n3's rollback failed: every node is at its end.
+        let failed = reasoned(
+            progress("n3", Some(Outcome::RollbackFailed), Some("rollback")),
+            "the abort's rollback to 1.0.0 failed: exit 1",
+        );
+        let last = vec![back("n1"), back("n2"), failed];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(
+                n,
+                asking(report(n, 3, last.clone()), Asked::AbortRollback),
+                t0,
+            );
+        }
+        let (state, why) = tr.ended().expect("ended");
+        assert_eq!(state, "aborted");
+        let why = why.expect("why");
+        assert!(
+            why.contains("n3 rollback_failed: the abort's rollback to 1.0.0 failed"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_stores_abort_with_rollback_stands_until_the_reports_say_and_a_node_with_nothing_to_go_back_to_ends()
+     {
+        let t0 = Instant::now();
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        // A watch begun afresh: the store holds every node committed and the abort handed out.
+        let stored = vec![committed("n1"), committed("n2"), committed("n3")];
+        let mut tr = Tracker::new(&targets(), stored, Duration::from_secs(60), t0);
+        tr.set_handed_out(Some(Asked::AbortRollback));
+        tr.tick(t0);
+        assert_eq!(
+            tr.ended(),
+            None,
+            "no report yet, and the store says they roll back"
+        );
+        // n1 rolled back; n2 and n3 had no release before the rollout: they stay committed.
+        let nothing = |n: &str| {
+            reasoned(
+                committed(n),
+                "aborted with rollback, but no release was active here before the rollout",
+            )
+        };
+        let back = reasoned(
+            progress("n1", Some(Outcome::RolledBack), Some("rollback")),
+            "aborted with rollback: back to 1.0.0",
+        );
+        let all = vec![back, nothing("n2"), nothing("n3")];
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(n, report(n, 1, all.clone()), t0);
+        }
+        let (state, why) = tr.ended().expect("every node is at its end");
+        assert_eq!(state, "aborted", "{why:?}");
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("n2 committed: aborted with rollback, but no release")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_node_is_found_again_when_another_view_of_it_changes() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let mut tr = Tracker::new(&["n1".to_owned(), "n2".to_owned()], Vec::new(), after, t0);
+        tr.apply("n2", Polled::Unreachable("no route to host".into()), t0);
+        let n1_done = progress("n1", Some(Outcome::Committed), Some("gate"));
+        let says = |at: u64, n2: NodeProgress| report("n1", at, vec![n1_done.clone(), n2]);
+        // n1 sees n2 in its gate; nothing new of it for the bound: lost (as shown)...
+        tr.apply("n1", says(1, progress("n2", None, Some("gate"))), t0);
+        tr.tick(t0 + after);
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        // ...but the last view of it is a step in progress: the rollout does not end on it.
+        assert_eq!(tr.ended(), None, "n2 may still be in its gate");
+        // n1 now sees n2 in its smoke flow: n2 moves, so it is not lost.
+        let mut smoke = progress("n2", None, Some("smoke"));
+        smoke.epoch = Some(7);
+        tr.apply("n1", says(2, smoke), t0 + after + Duration::from_secs(5));
+        assert_eq!(tr.merged("n2").outcome, None, "a changed view clears lost");
+        assert_eq!(tr.merged("n2").step.as_deref(), Some("smoke"));
+        assert_eq!(tr.ended(), None);
+        // Nothing new again for the bound: lost again, and still not an end while in a step.
+        tr.tick(t0 + after * 2 + Duration::from_secs(5));
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        assert_eq!(tr.ended(), None);
+        // A node last seen waiting and then never heard of: lost, and that is final.
+        let t1 = t0 + after * 3;
+        tr.apply(
+            "n1",
+            says(3, progress("n2", None, Some("waiting: a slot"))),
+            t1,
+        );
+        assert_eq!(tr.merged("n2").outcome, None);
+        tr.tick(t1 + after);
+        assert_eq!(tr.merged("n2").outcome, Some(Outcome::Lost));
+        assert_eq!(tr.ended().map(|(s, _)| s), Some("failed"));
+    }
+
+    #[test]
+    fn a_node_whose_agent_daemon_is_down_is_lost_after_the_bound_and_found_when_it_runs() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let mut tr = Tracker::new(&["n1".to_owned(), "n2".to_owned()], Vec::new(), after, t0);
+        let n1_done = progress("n1", Some(Outcome::Committed), Some("gate"));
+        tr.apply("n1", report("n1", 1, vec![n1_done.clone()]), t0);
+        // n2 answers over SSH, from disk: no daemon runs there, so nothing moves on it.
+        let from_disk = |at: u64| {
+            let mut r = report(
+                "n2",
+                at,
+                vec![progress("n2", None, Some("waiting: n1 first"))],
+            );
+            if let Polled::Report(r) = &mut r {
+                r.daemon = false;
+            }
+            r
+        };
+        for s in [0, 10, 20, 29] {
+            tr.apply("n2", from_disk(s), t0 + Duration::from_secs(s));
+        }
+        assert_eq!(tr.merged("n2").outcome, None, "not yet the bound");
+        let events = tr.apply("n2", from_disk(30), t0 + after);
+        let lost = tr.merged("n2");
+        assert_eq!(lost.outcome, Some(Outcome::Lost), "{events:?}");
+        assert!(
+            lost.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("agent daemon is not running")),
+            "{lost:?}"
+        );
+        assert_eq!(tr.ended().map(|(s, _)| s), Some("failed"));
+        // Its daemon runs again: it is back.
+        let mut r = report(
+            "n2",
+            40,
+            vec![progress("n2", None, Some("waiting: a slot"))],
+        );
+        if let Polled::Report(r) = &mut r {
+            r.daemon = true;
+        }
+        tr.apply("n2", r, t0 + after + Duration::from_secs(10));
+        assert_eq!(tr.merged("n2").outcome, None);
+        assert_eq!(tr.ended(), None);
+    }
+
+    #[test]
+    fn an_abort_ends_a_rollout_whose_targets_all_ended_or_cannot_be_reached_and_none_is_in_a_step()
+    {
+        let t0 = Instant::now();
+        let fresh = |stored: Vec<NodeProgress>, asked: Asked| {
+            let mut tr = Tracker::new(&targets(), stored, Duration::MAX, t0);
+            tr.set_handed_out(Some(asked));
+            tr
+        };
+        // No target answers: the abort ends it, saying so.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        for n in ["n1", "n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("connection timed out".into()), t0);
+        }
+        let (state, why) = tr.abort_ends().expect("ends");
+        let why = why.expect("why");
+        assert_eq!(state, "aborted");
+        assert!(why.contains("n1, n2, n3 could not be reached"), "{why}");
+        assert!(why.contains("no node took the abort"), "{why}");
+
+        // A reachable node in a step: never ended under it.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let r = asking(
+            report("n1", 1, vec![progress("n1", None, Some("drain"))]),
+            Asked::Abort,
+        );
+        tr.apply("n1", r, t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("n1 drains");
+        assert!(why.contains("n1 is in its step `drain`"), "{why}");
+
+        // An unreachable node another one sees in a step: not ended either.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let seen = vec![
+            progress("n1", Some(Outcome::Committed), Some("gate")),
+            progress("n2", None, Some("switch")),
+        ];
+        tr.apply("n1", asking(report("n1", 1, seen), Asked::Abort), t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("n2 switches");
+        assert!(why.contains("n2 is in its step `switch`"), "{why}");
+
+        // Ended or unreachable and seen waiting (or not at all): ended, aborted.
+        let mut tr = fresh(Vec::new(), Asked::Abort);
+        let seen = vec![
+            reasoned(
+                progress("n1", Some(Outcome::Skipped), None),
+                "the rollout was aborted",
+            ),
+            progress("n2", None, Some("waiting: n1 first")),
+        ];
+        tr.apply("n1", asking(report("n1", 1, seen), Asked::Abort), t0);
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let (state, why) = tr.abort_ends().expect("ends");
+        let why = why.expect("why");
+        assert_eq!(state, "aborted");
+        assert!(why.contains("n2, n3 could not be reached"), "{why}");
+        assert!(!why.contains("no node took"), "{why}");
+
+        // With rollback, a committed node is still to roll back, reached or not.
+        let committed = |n: &str| progress(n, Some(Outcome::Committed), Some("gate"));
+        let mut tr = fresh(vec![committed("n2")], Asked::AbortRollback);
+        let seen = vec![committed("n1")];
+        tr.apply(
+            "n1",
+            asking(report("n1", 1, seen), Asked::AbortRollback),
+            t0,
+        );
+        for n in ["n2", "n3"] {
+            tr.apply(n, Polled::Unreachable("down".into()), t0);
+        }
+        let why = tr.abort_ends().expect_err("rollbacks to come");
+        assert!(why.contains("n1 is still to roll back"), "{why}");
+        assert!(
+            why.contains("n2 cannot be reached, and is committed"),
+            "{why}"
+        );
     }
 }

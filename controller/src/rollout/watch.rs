@@ -67,9 +67,11 @@ pub struct NodeShown {
 }
 
 impl Shown {
-    /// Whether every target committed.
+    /// Whether every target committed (and the rollout was not aborted: after an abort with
+    /// rollback, a node with no release to go back to stays committed).
     pub fn committed(&self) -> bool {
         !self.nodes.is_empty()
+            && self.rollout.state != "aborted"
             && self
                 .nodes
                 .iter()
@@ -96,7 +98,7 @@ fn targets(rollout: &Rollout, order: Option<&Order>) -> Vec<String> {
 }
 
 /// What the store recorded of a rollout's nodes, as progress.
-async fn stored_progress(store: &Store, id: &str) -> anyhow::Result<Vec<NodeProgress>> {
+pub(super) async fn stored_progress(store: &Store, id: &str) -> anyhow::Result<Vec<NodeProgress>> {
     let outcomes = store.node_outcomes(id).await?;
     Ok(outcomes
         .into_iter()
@@ -112,6 +114,12 @@ async fn stored_progress(store: &Store, id: &str) -> anyhow::Result<Vec<NodeProg
 }
 
 fn parse_outcome(text: &str) -> Option<Outcome> {
+    serde_json::from_value(serde_json::Value::from(text)).ok()
+}
+
+/// The last control the store records for `rollout` (`abort_rollback`, ...).
+fn handed_out(rollout: &Rollout) -> Option<Asked> {
+    let text = rollout.last_control.as_deref()?;
     serde_json::from_value(serde_json::Value::from(text)).ok()
 }
 
@@ -280,7 +288,8 @@ pub async fn watch(
         let stored = stored_progress(store, id).await?;
         let targets = targets(&rollout, order.as_ref());
         let now = Instant::now();
-        let tracker = Tracker::new(&targets, stored, settings.lost_after, now);
+        let mut tracker = Tracker::new(&targets, stored, settings.lost_after, now);
+        tracker.set_handed_out(handed_out(&rollout));
         let mut pollers = JoinSet::new();
         let done = !rollout.in_flight();
         if !done {
@@ -415,6 +424,7 @@ pub async fn snapshot(
     let targets = targets(&rollout, order.as_ref());
     let now = Instant::now();
     let mut tracker = Tracker::new(&targets, stored, Duration::MAX, now);
+    tracker.set_handed_out(handed_out(&rollout));
     let Some(inventory) = inventory.filter(|_| order.is_some()) else {
         return Ok(shown(rollout, order, &tracker, false, Vec::new()));
     };

@@ -27,6 +27,9 @@ pub struct Rollout {
     pub order: Option<String>,
     /// Why it ended so (or why it did not start).
     pub reason: Option<String>,
+    /// The last control handed out that a node took (`pause`, `resume`, `abort`,
+    /// `abort_rollback`), if any.
+    pub last_control: Option<String>,
 }
 
 type RolloutRow = (
@@ -39,14 +42,25 @@ type RolloutRow = (
     String,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
-const ROLLOUT_COLUMNS: &str =
-    "id, cluster, version, state, created_ms, ended_ms, targets, order_document, reason";
+const ROLLOUT_COLUMNS: &str = "id, cluster, version, state, created_ms, ended_ms, targets, order_document, reason, last_control";
 
 impl Rollout {
     fn from_row(row: RolloutRow) -> Result<Rollout, StoreError> {
-        let (id, cluster, version, state, created_ms, ended_ms, targets, order, reason) = row;
+        let (
+            id,
+            cluster,
+            version,
+            state,
+            created_ms,
+            ended_ms,
+            targets,
+            order,
+            reason,
+            last_control,
+        ) = row;
         let targets = serde_json::from_str(&targets)
             .map_err(|e| StoreError::Corrupt(format!("the targets of rollout {id}: {e}")))?;
         Ok(Rollout {
@@ -59,6 +73,7 @@ impl Rollout {
             targets,
             order,
             reason,
+            last_control,
         })
     }
 
@@ -105,6 +120,7 @@ impl Store {
             targets: targets.to_vec(),
             order: None,
             reason: None,
+            last_control: None,
         };
         let targets = serde_json::to_string(targets).expect("a list of names serializes");
         let inserted = on_pool!(self, pool => {
@@ -164,6 +180,20 @@ impl Store {
             return Err(StoreError::RolloutEnded { id: id.to_owned() });
         }
         Ok(())
+    }
+
+    /// Records the last control of a rollout in flight that a node took (`abort_rollback`...);
+    /// false once the rollout ended.
+    pub async fn set_rollout_control(&self, id: &str, control: &str) -> Result<bool, StoreError> {
+        let updated = on_pool!(self, pool => {
+            sqlx::query("UPDATE rollouts SET last_control = $1 WHERE id = $2 AND ended_ms IS NULL")
+                .bind(control)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(updated > 0)
     }
 
     /// The rollout in flight on `cluster`, if any.
