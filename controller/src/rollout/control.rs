@@ -103,7 +103,7 @@ pub async fn send(
         SignedControl::unsigned(body).with_context(|| format!("the control of rollout {id}"))?;
     signed.sign(key);
     let document = Arc::new(signed.to_json().into_bytes());
-    let targets = plan::upgrade_sequence(&order);
+    let targets = order.upgrade_sequence();
     let mut nodes: Vec<NodeControl> = targets
         .iter()
         .map(|t| NodeControl {

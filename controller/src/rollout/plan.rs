@@ -229,11 +229,6 @@ pub fn new_rollout_id(plan: &ClusterPlan) -> anyhow::Result<String> {
     ))
 }
 
-/// The targets of `order` in the order they go: the canaries first, then the rest as listed.
-pub fn upgrade_sequence(order: &Order) -> Vec<String> {
-    order.upgrade_sequence()
-}
-
 /// The control body asking `action` of `order`'s rollout. It is valid as long as the order
 /// (the agents pass it on through Redis and verify it each time), and at least an hour.
 pub fn control(order: &Order, action: Action, sequence: u64, now: SystemTime) -> Control {
@@ -441,7 +436,7 @@ customers:
         fleet_release::order::SignedOrder::unsigned(order.clone()).expect("within the rules");
         assert_eq!(order.cluster, "acme/prod");
         assert_eq!(order.canary, names(&["p2"]));
-        assert_eq!(upgrade_sequence(&order), names(&["p2", "p1", "p3"]));
+        assert_eq!(order.upgrade_sequence(), names(&["p2", "p1", "p3"]));
         assert_eq!(order.smoke_flow.as_deref(), Some("smoke"));
         assert_eq!(order.deadline.0, now + plan.deadline);
         assert_eq!(order.expires, order.deadline);

@@ -94,7 +94,7 @@ pub fn stored_order(rollout: &Rollout) -> anyhow::Result<Option<Order>> {
 
 /// The targets of `rollout` in upgrade order (its order's, else those it claimed).
 fn targets(rollout: &Rollout, order: Option<&Order>) -> Vec<String> {
-    order.map_or_else(|| rollout.targets.clone(), super::plan::upgrade_sequence)
+    order.map_or_else(|| rollout.targets.clone(), |o| o.upgrade_sequence())
 }
 
 /// What the store recorded of a rollout's nodes, as progress.
