@@ -1048,10 +1048,10 @@ async fn a_member_that_is_down_counts_though_not_a_target() {
     while !c.agent_exited(3) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A daemon that stops takes its heartbeat with it: n4 is down from now on.
     let mut order = c.order("r1", "2.0.0", &[], 1);
     order.targets.truncate(3);
     c.hand(order, &[0, 1, 2]);
-    // Its heartbeat expires (2 s); no target may go meanwhile.
     std::thread::sleep(Duration::from_secs(6));
     let report = c.report(0, "r1");
     for n in report["nodes"].as_array().expect("nodes") {

@@ -1,9 +1,10 @@
 //! The heartbeat: every `supervise.heartbeat_interval_ms` the daemon writes its
 //! `fleet_proto::NodeReport` (the node's status with the daemon's view, and the time) to
 //! `<prefix>agent:<node>` in the cluster's Redis, with a TTL, so a node that stops reporting
-//! disappears. Redis is coordination, never needed: when it is down supervision goes on, the
-//! outage is logged once (and shown in `status`), and heartbeats resume by themselves. The
-//! Redis URL holds a password and is never logged.
+//! disappears (and a daemon that shuts down with its server removes it at once). Redis is
+//! coordination, never needed: when it is down supervision goes on, the outage is logged once
+//! (and shown in `status`), and heartbeats resume by themselves. The Redis URL holds a password
+//! and is never logged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,10 @@ pub async fn heartbeat(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                withdraw(&daemon, &client, &mut conn, &key).await;
+                return;
+            }
             _ = tick.tick() => {}
             () = daemon.heartbeat_now.notified() => {}
         }
@@ -65,6 +69,44 @@ pub async fn heartbeat(daemon: Arc<Daemon>, shutdown: CancellationToken) {
                 }
                 s.redis_error = Some(error);
             }
+        }
+    }
+}
+
+/// On a shutdown that stops the server, the heartbeat goes at once instead of lingering until
+/// its TTL: the cluster's agents count the node out of service from now (an agent replaced by
+/// a new binary keeps its server, and its heartbeat stays for the new one to renew).
+async fn withdraw(
+    daemon: &Daemon,
+    client: &redis::Client,
+    conn: &mut Option<redis::aio::MultiplexedConnection>,
+    key: &str,
+) {
+    if daemon.keep_server.load(std::sync::atomic::Ordering::SeqCst)
+        || daemon
+            .replace_with
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    {
+        return;
+    }
+    if conn.is_none() {
+        *conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .ok()
+            .and_then(Result::ok);
+    }
+    if let Some(c) = conn.as_mut() {
+        let deleted = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            redis::cmd("DEL").arg(key).query_async::<()>(c),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            tracing::warn!(
+                "removing this node's heartbeat on shutdown failed; it expires by itself"
+            );
         }
     }
 }
