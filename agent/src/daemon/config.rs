@@ -79,7 +79,7 @@ impl Default for Rollout {
             min_healthy_secs: 10,
             health_timeout_secs: 120,
             slot_ttl_ms: 10_000,
-            poll_ms: 500,
+            poll_ms: 200,
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct Settings {
 }
 
 /// The shortest time between two polls of one node.
-pub const POLL_EVERY: Duration = Duration::from_secs(1);
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
 /// The longest wait before connecting again to a node that could not be reached.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a node may take to answer `rollout ID`.
@@ -152,7 +152,7 @@ async fn ask(session: &Session, id: &str, timeout: Duration) -> Result<Polled, S
 }
 
 /// Polls one node until the receiver goes away: one connection kept open, opened again with
-/// a backoff (1 s doubling to [`MAX_BACKOFF`]) while the node cannot be reached.
+/// a backoff (from [`POLL_EVERY`], doubling to [`MAX_BACKOFF`]) while the node cannot be reached.
 async fn poll_node(
     key: (usize, String),
     node: Result<fleet_inventory::Node, String>,
