@@ -40,6 +40,7 @@ pg="postgres://postgres@127.0.0.1:5432"
 dbs=()
 load_pid=""
 cleanup() {
+  local code=$?
   [ -z "$load_pid" ] || { kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; }
   local d
   for d in "$work"/nodes-*; do
@@ -54,7 +55,8 @@ cleanup() {
   for db in ${dbs[@]+"${dbs[@]}"}; do
     psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
-  rm -rf "$work"
+  # After a failure the files stay (the nodes' agent and server logs, the playbook's output).
+  if [ "$code" = 0 ]; then rm -rf "$work"; else echo "bench: files kept in $work" >&2; fi
 }
 # stop_playbook_servers DIR: SIGTERM the etl-server whose pid each node's bench-server.pid
 # names, when that process is still the node's etl-server, and wait for it.
@@ -251,7 +253,7 @@ ansible_play() {
   t0=$(now)
   ANSIBLE_CONFIG="$work/ansible.cfg" ansible-playbook -i "$work/hosts.ini" "$work/roll.yml" \
     -e "version=$2 batch=$3 min_healthy=$min_healthy" > "$work/ansible.out" 2>&1 \
-    || { tail -30 "$work/ansible.out" >&2; echo "bench: ansible-playbook failed" >&2; exit 1; }
+    || { grep -E -A4 '^(fatal|failed):' "$work/ansible.out" >&2; echo "bench: ansible-playbook failed (output in $work/ansible.out)" >&2; exit 1; }
   t1=$(now)
   sleep 2
   wall=$(sub "$t1" "$t0")
