@@ -245,7 +245,7 @@ fleet_rollout() {
   # Where the wall went: before the first slot was granted (staging checked, orders signed and
   # handed out, the agents' next tick), from the first slot to the last commit, after it (the
   # controller's watch seeing the last outcome).
-  read -r first last < <(awk 'NR == 1 || $6 < a {a = $6} NR == 1 || $7 > b {b = $7} END{printf "%.3f %.3f", a, b}' "$work/steps")
+  read -r first last < <(awk 'NR == 1 || $6 < a {a = $6} NR == 1 || $7 > b {b = $7} END{printf "%.3f %.3f\n", a, b}' "$work/steps")
   echo "fleet rollout to $v, max_unavailable $mu: wall $wall s = $(sub "$first" "$t0") s to the first slot + $(sub "$last" "$first") s to the last commit + $(sub "$t1" "$last") s to the command's exit; per node (s):"
   awk '{printf "  %-8s drain %.3f  stop %.3f  start %.3f  whole step %.3f\n", $1, $2, $3, $4, $5}' "$work/steps"
   echo "  sum of drain + stop + start + min_healthy: $sum s; sum of the agents' whole steps: $steps s; floor of the wall (ceil($n / $mu) nodes one after the other): $floor s"
