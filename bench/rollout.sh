@@ -25,7 +25,8 @@
 #   bench/rollout.sh [NODES...]   (default: 3 10)
 #   MIN_HEALTHY=S (default 5)
 # Needs: openssh-server, Postgres at 127.0.0.1:5432 (user postgres, trust), Redis at
-# 127.0.0.1:6379, start-stop-daemon, python3, jq; Ansible is installed with pip if missing.
+# 127.0.0.1:6379 (psql, redis-cli), start-stop-daemon, python3, curl, jq; Ansible is installed
+# with pip if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=(3 10)
@@ -61,7 +62,7 @@ cleanup() {
   if [ "$code" = 0 ]; then rm -rf "$work"; else echo "bench: files kept in $work" >&2; fi
 }
 # stop_playbook_servers DIR: SIGTERM the etl-server whose pid each node's bench-server.pid
-# names, when that process is still the node's etl-server, and wait for it.
+# names, when that process is still the node's etl-server, and wait for it (SIGKILL after 40 s).
 stop_playbook_servers() {
   local f pid
   for f in "$1"/node-*/root/state/bench-server.pid; do
@@ -69,7 +70,8 @@ stop_playbook_servers() {
     pid=$(cat "$f")
     if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(dirname "$(dirname "$f")")" ]; then
       kill "$pid" 2>/dev/null || true
-      for _ in $(seq 300); do [ -e "/proc/$pid" ] || break; sleep 0.1; done
+      for _ in $(seq 400); do [ -e "/proc/$pid" ] || break; sleep 0.1; done
+      [ ! -e "/proc/$pid" ] || kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$f"
   done
@@ -179,10 +181,10 @@ sub() { awk "BEGIN{printf \"%.2f\", $1 - $2}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
 q() { psql -tA "$pg/$db" -c "$1"; }
 
-# load_start DIR: starts the load generator on the fleet in DIR.
+# load_start DIR: starts the load generator on the $n nodes of the fleet in DIR.
 load_start() {
-  local addrs
-  addrs=$(grep -ho '^listen = "[^"]*' "$1"/node-*/root/config/server.toml | cut -d'"' -f2 | sort -t. -k4 -n | paste -sd,)
+  local addrs k
+  addrs=$(for k in $(seq "$n"); do grep '^listen' "$1/node-$k/root/config/server.toml" | cut -d'"' -f2; done | paste -sd,)
   python3 "$work/load.py" "$addrs" bench "$work/load.json" &
   load_pid=$!
   load_t0=$(date +%s)
@@ -382,6 +384,7 @@ YML
 YML
   ANSIBLE_CONFIG="$work/ansible.cfg" quiet ansible-playbook -i "$work/hosts.ini" "$work/setup.yml"
   for _ in $(seq 100); do [ "$(members)" = "$n" ] && break; sleep 0.2; done
+  [ "$(members)" = "$n" ] || { echo "bench: the playbook's cluster did not gather its $n members" >&2; exit 1; }
   ansible_play "$dir" 2.0.0 1
   ansible_wall_1=$wall ansible_failed_1=$failed
   if [ "$n" -ge 10 ]; then
