@@ -47,10 +47,11 @@ cleanup() {
   [ -z "$load_pid" ] || { kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; }
   local d
   for d in "$work"/nodes-*; do
-    [ -f "$d/pids" ] || continue
-    # The servers the playbook started (their pid files), then the agents and sshd.
+    [ -d "$d" ] || continue
+    # The servers the playbook started (their pid files), then the agents and sshd (unless
+    # the loop stopped them: `stop` removes the pids file), then the cluster's Redis keys.
     stop_playbook_servers "$d"
-    "$testfleet" stop --dir "$d" >/dev/null 2>&1 || true
+    [ ! -f "$d/pids" ] || "$testfleet" stop --dir "$d" >/dev/null 2>&1 || true
     local prefix
     prefix=$(sed -n 's/^ *vars: { redis_prefix: "\(.*\)" }$/\1/p' "$d/inventory.yaml" 2>/dev/null || true)
     [ -z "$prefix" ] || redis-cli -h 127.0.0.1 --scan --pattern "$prefix*" | xargs -r redis-cli -h 127.0.0.1 del >/dev/null 2>&1 || true
