@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use fleet_inventory::Inventory;
-use fleet_proto::{Asked, Code, Request, RolloutReport};
+use fleet_proto::{Asked, Code, Request};
 use fleet_release::SecretKey;
 use fleet_release::order::{Action, SignedControl};
 use serde::Serialize;
@@ -21,8 +21,7 @@ use super::plan;
 use super::progress::{Polled, Tracker};
 use super::watch::{load, stored_progress};
 use crate::cli::fanout;
-use crate::node::{agent, deploy_target};
-use crate::ssh::{Input, Session, Timeouts};
+use crate::ssh::Timeouts;
 use crate::store::{Rollout, Store};
 
 /// How each target took a control.
@@ -126,7 +125,7 @@ pub async fn send(
     }
     let results = fanout::run(items, parallel, progress, move |n| {
         let document = document.clone();
-        async move { hand_control(&n, &document, timeouts).await }
+        async move { super::start::hand(&n, Request::Control, &document, timeouts).await }
     })
     .await;
     let mut answers = Vec::new();
@@ -212,22 +211,4 @@ fn asked_name(action: Action) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// Hands `node` the signed control `document` (`control`, the document on stdin).
-async fn hand_control(
-    node: &fleet_inventory::Node,
-    document: &[u8],
-    timeouts: Timeouts,
-) -> anyhow::Result<RolloutReport> {
-    let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let answer = agent::<RolloutReport>(
-        &session,
-        &Request::Control,
-        Input::Bytes(document),
-        timeouts.command,
-    )
-    .await;
-    session.close().await;
-    Ok(answer?)
 }

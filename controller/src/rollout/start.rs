@@ -305,7 +305,7 @@ pub async fn start(
         to_order,
         start.parallel,
         start.progress,
-        move |(n, doc)| async move { hand_order(&n, &doc, timeouts).await },
+        move |(n, doc)| async move { hand(&n, Request::Order, &doc, timeouts).await },
     )
     .await;
     for r in handed {
@@ -367,21 +367,17 @@ pub async fn start(
     Ok((clusters, ordered))
 }
 
-/// Hands `node` the signed order `document` (`order`, the document on stdin); its report on
-/// the rollout when it took it.
-async fn hand_order(
+/// Hands `node` a signed document with `request` (`order` or `control`, the document on
+/// stdin); its report on the rollout when it took it.
+pub(super) async fn hand(
     node: &fleet_inventory::Node,
+    request: Request,
     document: &[u8],
     timeouts: Timeouts,
 ) -> anyhow::Result<RolloutReport> {
     let session = Session::connect(&deploy_target(node)?, timeouts).await?;
-    let answer = agent::<RolloutReport>(
-        &session,
-        &Request::Order,
-        Input::Bytes(document),
-        timeouts.command,
-    )
-    .await;
+    let answer =
+        agent::<RolloutReport>(&session, &request, Input::Bytes(document), timeouts.command).await;
     session.close().await;
     Ok(answer?)
 }
