@@ -763,25 +763,8 @@ async fn a_release_with_a_new_agent_replaces_the_daemon_and_keeps_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_resume_after_a_redis_outage() {
     let mut node = TestNode::new("agredis", "").await;
-    let port = free_port().port();
-    let start_redis = || {
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install -y redis-server)")
-    };
-    let mut redis = start_redis();
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = fleet_tests::PrivateRedis::start();
+    let url = redis.url();
     fs::write(node.layout.root().join("config/secrets/redis_url"), &url).expect("secret");
     node.stage("1.0.0", &good());
     node.activate_offline("1.0.0");
@@ -790,8 +773,7 @@ async fn heartbeats_resume_after_a_redis_outage() {
         s["daemon"]["heartbeat_age_ms"].is_u64() && s["daemon"]["server"] == "healthy"
     });
     let server = pid_of(&s);
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.stop();
     let s = node.wait("the outage is seen", Duration::from_secs(10), |s| {
         s["daemon"]["redis_error"].is_string()
     });
@@ -810,7 +792,7 @@ async fn heartbeats_resume_after_a_redis_outage() {
         "logged once: {log}"
     );
 
-    let mut redis = start_redis();
+    redis.restart();
     node.wait("heartbeats resume", Duration::from_secs(15), |s| {
         s["daemon"]["redis_error"].is_null()
             && s["daemon"]["heartbeat_age_ms"]
@@ -833,8 +815,6 @@ async fn heartbeats_resume_after_a_redis_outage() {
         "the heartbeat is back in the restarted Redis"
     );
     node.signal_agent(rustix::process::Signal::TERM);
-    let _ = redis.kill();
-    let _ = redis.wait();
 }
 
 /// A run in progress when the step begins is not failed: the drain lets it finish before the
