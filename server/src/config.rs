@@ -173,6 +173,11 @@ pub struct Config {
     /// The release this server was started from, as its agent says in `FLEET_RELEASE` (read
     /// once by `main`, never from the file); shown in `/health` and the node's heartbeat.
     pub release: Option<String>,
+    /// Whether this server starts on probation, as its agent says with `FLEET_PROBATION=1`
+    /// (read once by `main`, never from the file): a live member that takes only the runs
+    /// pinned to it and does not run for scheduler leader until `/admin/resume` lifts it
+    /// (the agent does when the upgrade step that started it ends).
+    pub probation: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -191,6 +196,7 @@ impl std::fmt::Debug for Config {
             .field("postgres", &self.postgres)
             .field("sources", &self.sources)
             .field("release", &self.release)
+            .field("probation", &self.probation)
             .finish_non_exhaustive()
     }
 }
@@ -396,6 +402,7 @@ impl Config {
             load_balancing,
             weight: file.weight.unwrap_or(1),
             release: None,
+            probation: false,
         })
     }
 

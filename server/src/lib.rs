@@ -78,6 +78,7 @@ pub async fn run(
         stop.clone(),
         tasks.clone(),
     );
+    executor.set_probation(config.probation);
     let grace = config.shutdown_grace();
     let node = Arc::new(node::Node {
         config,
@@ -90,6 +91,7 @@ pub async fn run(
         stop: stop.clone(),
         tasks: tasks.clone(),
         drain: Default::default(),
+        beating: Default::default(),
     });
     let held = tasks.spawn(name.hold(stop.clone()));
     tasks.spawn(executor.clone().serve());

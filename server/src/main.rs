@@ -69,10 +69,11 @@ fn main() -> ExitCode {
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let mut config = fleet_server::Config::load(&config_path)?;
     config.release = release_from_env();
+    config.probation = std::env::var_os("FLEET_PROBATION").is_some_and(|v| v == "1");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    tracing::info!(node = %config.node, listen = %config.listen, release = config.release.as_deref().unwrap_or("-"), "etl-server started");
+    tracing::info!(node = %config.node, listen = %config.listen, release = config.release.as_deref().unwrap_or("-"), probation = config.probation, "etl-server started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     fleet_server::run(config, listener, async move {

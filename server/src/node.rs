@@ -23,6 +23,9 @@ pub struct Node {
     pub tasks: tokio_util::task::TaskTracker,
     /// The drain in progress or done, if any (`cluster::drain`).
     pub drain: crate::cluster::DrainState,
+    /// Held while a heartbeat is made and sent (`beat`), so one made before a change (drain,
+    /// resume) never lands after the one that publishes it.
+    pub beating: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -38,11 +41,18 @@ impl Node {
             weight: self.config.weight,
             listen: self.listen.clone(),
             release: self.config.release.clone(),
+            probation: self.executor.on_probation(),
         }
     }
 
-    /// The nodes that take runs, with their weights: a live heartbeat, not draining, and the
-    /// database's schema. `Err` when membership cannot be read (Redis is down:
+    /// Publishes this node's heartbeat as it is now; beats are sent one at a time.
+    pub async fn beat(&self) -> Result<(), crate::cluster::ClusterError> {
+        let _one = self.beating.lock().await;
+        self.membership.beat(&self.me()).await
+    }
+
+    /// The nodes that take runs, with their weights: a live heartbeat, not draining, not on
+    /// probation, and the database's schema. `Err` when membership cannot be read (Redis is down:
     /// `RunsError::Cluster`) or the database's schema cannot.
     pub(crate) async fn targets(&self) -> Result<Vec<(String, u32)>, RunsError> {
         let members = self
@@ -53,7 +63,7 @@ impl Node {
         let schema = runs::database_schema_version(&self.pool).await?;
         Ok(members
             .into_iter()
-            .filter(|m| !m.draining && m.schema_version >= schema)
+            .filter(|m| !m.draining && !m.probation && m.schema_version >= schema)
             .map(|m| (m.node, m.weight))
             .collect())
     }

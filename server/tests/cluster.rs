@@ -1099,6 +1099,84 @@ async fn pinned_runs_execute_on_their_node_only() {
     }
 }
 
+/// A node on probation (started by its agent for a health gate) is a live member that takes
+/// only runs pinned to it and does not run for leader; `/admin/resume` lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_probation_takes_only_pinned_runs_and_does_not_lead_until_resumed() {
+    let db = TestDb::new("probation").await;
+    let extra = format!(
+        "admin_token = \"{TOKEN}\"\n[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n"
+    );
+    let mut servers = vec![TestServer::start_node(&db, "o1", &extra).await];
+    servers.push(TestServer::start_on_probation(&db, "o2", &extra).await);
+    for _ in 0..200 {
+        let (_, c) = servers[0].call("GET", "/api/cluster", "").await;
+        if c["members"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, c) = servers[1].call("GET", "/api/cluster", "").await;
+    assert_eq!(c["active"], serde_json::json!(["o1"]), "{c}");
+    let o2 = c["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["node"] == "o2"))
+        .unwrap_or_else(|| panic!("o2 is a member: {c}"));
+    assert_eq!(o2["probation"], true, "{c}");
+    assert_eq!(o2["draining"], false, "{c}");
+    let (_, health) = servers[1].call("GET", "/health", "").await;
+    assert_eq!(health["probation"], true, "{health}");
+    assert_eq!(wait_for_leader(&servers, None).await.0, "o1");
+
+    // Runs asked through the node on probation go to the other; one pinned to it runs there.
+    let (status, body) = servers[1].call("POST", "/api/flows", FLOW).await;
+    assert_eq!(status, 201, "{body}");
+    for _ in 0..4 {
+        let (status, body) = servers[1].call("POST", "/api/flows/tiny/run", "").await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["node"], "o1", "{body}");
+        let run = servers[1].wait(body["run_id"].as_i64().expect("id")).await;
+        assert_eq!(run["node"], "o1", "{run}");
+    }
+    let (status, body) = pin(&servers[0], "tiny", "o2", Some(TOKEN)).await;
+    assert_eq!(status, 202, "{body}");
+    let run = servers[0].wait(body["run_id"].as_i64().expect("id")).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["node"], "o2", "{run}");
+
+    // With o1 drained no node takes dispatched runs: a run asked now is for any node, and
+    // waits. The node on probation neither claims it nor takes the lease o1 gave up, for
+    // several lease lifetimes.
+    let (status, drained) = admin(&servers[0], "/admin/drain?deadline_secs=5", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{drained}");
+    let (status, body) = servers[1].call("POST", "/api/flows/tiny/run", "").await;
+    assert_eq!(status, 202, "{body}");
+    let waiting = body["run_id"].as_i64().expect("id");
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(leader(&servers).await, None, "nobody leads");
+        let (_, run) = servers[1]
+            .call("GET", &format!("/api/runs/{waiting}"), "")
+            .await;
+        assert_eq!(run["state"], "queued", "{run}");
+    }
+
+    // Lifted: o2 takes the waiting run, leads, and is an active member.
+    let (status, body) = admin(&servers[1], "/admin/resume", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let run = servers[1].wait(waiting).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["node"], "o2", "{run}");
+    assert_eq!(wait_for_leader(&servers, None).await.0, "o2");
+    let (_, c) = servers[0].call("GET", "/api/cluster", "").await;
+    assert_eq!(c["active"], serde_json::json!(["o2"]), "{c}");
+    let (_, health) = servers[1].call("GET", "/health", "").await;
+    assert_eq!(health["probation"], false, "{health}");
+    for s in servers {
+        s.stop().await.expect("stop");
+    }
+}
+
 /// A pin needs the admin token and a live node that takes runs: each refusal names why, and
 /// nothing is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

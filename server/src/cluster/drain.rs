@@ -102,7 +102,7 @@ async fn steps(node: &Arc<Node>, progress: &Progress, deadline: Duration) {
     // Leadership goes at once, so another node schedules without waiting for the TTL.
     node.leadership.step_down(node).await;
     // The others stop sending runs here at once, not at the next heartbeat.
-    if let Err(e) = node.membership.beat(&node.me()).await {
+    if let Err(e) = node.beat().await {
         tracing::warn!(error = %e, "publishing the drain");
     }
     if !hand_back(node, progress).await {

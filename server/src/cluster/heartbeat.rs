@@ -26,7 +26,7 @@ pub(crate) async fn heartbeat(app: Arc<Node>) {
                 "the heartbeat lapsed: not claiming until it lands again"
             );
         }
-        let beat = app.membership.beat(&app.me()).await;
+        let beat = app.beat().await;
         if beat.is_ok() {
             landed = std::time::Instant::now();
             app.executor.set_lapsed(false);

@@ -24,6 +24,10 @@ pub struct Member {
     /// server started by hand, and in heartbeats of servers that predate the field.
     #[serde(default)]
     pub release: Option<String>,
+    /// On probation (`Config::probation`): a member that takes only runs pinned to it and
+    /// does not lead; false in heartbeats of servers that predate the field.
+    #[serde(default)]
+    pub probation: bool,
 }
 
 pub struct Membership {
@@ -228,6 +232,7 @@ mod tests {
         assert_eq!(m.release, None);
         let new = serde_json::to_string(&Member {
             release: Some("1.2.0".into()),
+            probation: false,
             ..m
         })
         .expect("json");

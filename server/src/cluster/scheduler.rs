@@ -74,7 +74,9 @@ pub async fn lead(app: Arc<Node>) {
         app.config.cluster.leader_renew(),
     );
     loop {
-        let eligible = !app.executor.draining() && app.executor.schema_is_current().await;
+        let eligible = !app.executor.draining()
+            && !app.executor.on_probation()
+            && app.executor.schema_is_current().await;
         {
             let mut slot = app.leadership.lease.lock().await;
             match slot.as_mut() {

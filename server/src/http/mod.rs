@@ -159,8 +159,9 @@ async fn wake(app: &Node, target: Option<&str>) {
 }
 
 /// A run pinned to `node`, which must be a live member that takes runs now (not draining, the
-/// database's schema): 409 naming why not. Pinning overrides the cluster's dispatch and is
-/// never handed over, so it is the admin's (the agent's smoke flow on its own node).
+/// database's schema; a node on probation takes pinned runs): 409 naming why not. Pinning
+/// overrides the cluster's dispatch and is never handed over, so it is the admin's (the
+/// agent's smoke flow on its own node, which is on probation during its health gate).
 async fn run_pinned(app: &Node, flow: &str, node: &str) -> ApiResult {
     let refuse = |why: String| AppError::field(StatusCode::CONFLICT, "node", why);
     if node.is_empty() {
@@ -221,7 +222,7 @@ async fn cluster(State(app): Shared) -> ApiResult {
         .map(str::to_owned);
     let active: Vec<&str> = members
         .iter()
-        .filter(|m| !m.draining)
+        .filter(|m| !m.draining && !m.probation)
         .map(|m| m.node.as_str())
         .collect();
     Ok(Json(json!({
@@ -409,6 +410,8 @@ async fn drain(
     Ok((status, Json(body)).into_response())
 }
 
+/// Takes this node out of its drain and off probation: it takes dispatched runs again and
+/// may run for scheduler leader.
 async fn resume(
     State(app): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -416,7 +419,8 @@ async fn resume(
 ) -> ApiResult {
     admin(&app, peer, &headers)?;
     app.executor.set_draining(false);
-    if let Err(e) = app.membership.beat(&app.me()).await {
+    app.executor.set_probation(false);
+    if let Err(e) = app.beat().await {
         tracing::warn!(error = %e, "publishing the resume");
     }
     Ok(Json(json!({ "node": app.config.node, "state": "active" })).into_response())
@@ -447,6 +451,7 @@ async fn own_health(app: &Node) -> (bool, serde_json::Value) {
         "node": app.config.node,
         "version": crate::VERSION,
         "release": app.config.release,
+        "probation": app.executor.on_probation(),
         "schema_version": crate::db::schema_version(),
         "database": database,
         "redis": redis,

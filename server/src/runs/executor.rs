@@ -65,6 +65,8 @@ pub struct Executor {
     /// Where each run's task is tracked, so shutdown waits for it.
     tasks: TaskTracker,
     draining: AtomicBool,
+    /// On probation (`Config::probation`): claims only the runs pinned to this node.
+    probation: AtomicBool,
     /// This node's heartbeat lapsed: the cluster may take it for gone and hand its runs to
     /// others, so it claims nothing until a heartbeat lands again.
     lapsed: AtomicBool,
@@ -93,6 +95,7 @@ impl Executor {
             stop,
             tasks,
             draining: AtomicBool::new(false),
+            probation: AtomicBool::new(false),
             lapsed: AtomicBool::new(false),
             metrics: Metrics::default(),
         })
@@ -105,6 +108,16 @@ impl Executor {
     /// Stops or resumes claiming runs.
     pub fn set_draining(&self, on: bool) {
         self.draining.store(on, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub fn on_probation(&self) -> bool {
+        self.probation.load(Ordering::Relaxed)
+    }
+
+    /// Puts the node on probation (`true`: it claims only the runs pinned to it) or lifts it.
+    pub fn set_probation(&self, on: bool) {
+        self.probation.store(on, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -198,7 +211,7 @@ impl Executor {
                 self.idle(Duration::from_secs(1)).await;
                 continue;
             }
-            match claim(&self.pool, &self.node).await {
+            match claim(&self.pool, &self.node, self.on_probation()).await {
                 Ok(Some((id, definition, epoch))) => {
                     let me = self.clone();
                     self.tasks.spawn(async move {

@@ -285,22 +285,28 @@ const CONCURRENCY: &str =
 /// How many times a claim looks again after losing a race for a flow's last place.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// Claims the oldest queued run for `node` (dispatched to it, or to any node) whose flow is
-/// below its concurrency limit, if any: its id, flow definition and claim epoch. The limit
+/// Claims the oldest queued run for `node` (dispatched to it, or to any node; with
+/// `pinned_only`, a node on probation, only one pinned to it) whose flow is below its
+/// concurrency limit, if any: its id, flow definition and claim epoch. The limit
 /// holds cluster-wide: in the claim's transaction, a run of a limited flow takes the flow's
 /// advisory lock and counts its running runs afresh before it becomes `running`, so two nodes
 /// claiming at once cannot both take the last place.
-pub(super) async fn claim(pool: &PgPool, node: &str) -> Db<Option<(i64, serde_json::Value, i64)>> {
+pub(super) async fn claim(
+    pool: &PgPool,
+    node: &str,
+    pinned_only: bool,
+) -> Db<Option<(i64, serde_json::Value, i64)>> {
     for _ in 0..CLAIM_ATTEMPTS {
         let mut tx = pool.begin().await?;
         let candidate: Option<(i64, String, Option<i32>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, flow, {CONCURRENCY} FROM runs q
-             WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL)
+             WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL) AND (pinned OR NOT $2)
                AND ({CONCURRENCY} IS NULL
                     OR (SELECT count(*) FROM runs r WHERE r.flow = q.flow AND r.state = 'running') < {CONCURRENCY})
              ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
         )))
         .bind(node)
+        .bind(pinned_only)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((id, flow, limit)) = candidate else {

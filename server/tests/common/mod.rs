@@ -74,12 +74,37 @@ impl TestServer {
         extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> TestServer {
+        Self::start_tweaked(db, extra, edit, |_| {}).await
+    }
+
+    /// Starts node `name` on probation, as its agent starts it for a health gate
+    /// (`FLEET_PROBATION=1`).
+    pub async fn start_on_probation(db: &TestDb, name: &str, extra: &str) -> TestServer {
+        let node = format!("node = \"{name}\"");
+        Self::start_tweaked(
+            db,
+            extra,
+            move |t| t.replace("node = \"node-a\"", &node),
+            |c| c.probation = true,
+        )
+        .await
+    }
+
+    /// Starts with the config text `edit` makes of the usual one, then `tweak` applied to
+    /// the parsed config (what `main` sets from the environment).
+    async fn start_tweaked(
+        db: &TestDb,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+        tweak: impl FnOnce(&mut fleet_server::Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = shared_storage(db);
         let storage = shared.path().join("shared");
         let text = edit(config_text("node-a", db, &storage, "127.0.0.1:0", extra));
-        let config =
+        let mut config =
             fleet_server::Config::parse(&text, &dir.path().join("server.toml")).expect("config");
+        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
