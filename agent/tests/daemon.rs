@@ -535,10 +535,38 @@ async fn the_upgrade_step_commits_a_good_release_and_rolls_back_a_silent_one() {
     node.activate_offline("1.0.0");
     node.start_agent(&[]);
     let old = pid_of(&node.healthy());
+    // What the server says of itself through the step: (release, on probation).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let watching = tokio::spawn({
+        let (seen, addr) = (seen.clone(), node.server);
+        async move {
+            loop {
+                let (status, h) = fleet_tests::call(addr, "GET", "/health", "").await;
+                if status == 200 {
+                    let release = h["release"].as_str().unwrap_or("?").to_owned();
+                    let probation = h["probation"].as_bool().expect("probation in /health");
+                    seen.lock().expect("seen").insert((release, probation));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     let asked = Instant::now();
     let answer = node.ask(&["activate", "1.1.0"]);
+    watching.abort();
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["server"], "committed", "{answer}");
+    // The new release was gated on probation (it took no dispatched runs and did not lead),
+    // the old one never was, and the commit lifted it.
+    let seen = seen.lock().expect("seen").clone();
+    assert!(seen.contains(&("1.1.0".into(), true)), "{seen:?}");
+    assert!(!seen.contains(&("1.0.0".into(), true)), "{seen:?}");
+    let (_, h) = fleet_tests::call(node.server, "GET", "/health", "").await;
+    assert_eq!(
+        (&h["release"], &h["probation"]),
+        (&"1.1.0".into(), &false.into()),
+        "{h}"
+    );
     assert_eq!(answer["active"], "1.1.0", "{answer}");
     assert_eq!(answer["previous"], "1.0.0", "{answer}");
     assert!(
@@ -566,6 +594,11 @@ async fn the_upgrade_step_commits_a_good_release_and_rolls_back_a_silent_one() {
     let s = node.healthy();
     assert_eq!(s["active"], "1.1.0", "{s}");
     assert_eq!(s["daemon"]["server_release"], "1.1.0", "{s}");
+    let (_, h) = fleet_tests::call(node.server, "GET", "/health", "").await;
+    assert_eq!(
+        h["probation"], false,
+        "the rollback's end lifts probation too: {h}"
+    );
 }
 
 /// A release that passes /health once and then crashes within min_healthy is rolled back; a

@@ -5,7 +5,8 @@
 //! then on a thread of its own (its own runtime) submits runs all along, round-robin over the
 //! nodes (one that refuses or does not answer is not the cluster's failure: the run goes to
 //! the next node, and the retry is counted), and samples every node's state (`/health`, and
-//! `/api/cluster`'s members with `draining`), keeping the most nodes out of service at once.
+//! `/api/cluster`'s members with `draining` and `probation`), keeping the most nodes out of
+//! service at once.
 //! `finish` stops, waits (bounded) for every run to end and reads the truth from Postgres:
 //! runs submitted, succeeded, failed, lost, and each second of the schedule fired once or not.
 //! It knows nothing of how the cluster was started (agents, a test fleet, bare processes), and
@@ -283,7 +284,8 @@ pub struct Outage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutPeriod {
     pub node: String,
-    /// Why, at the period's first sample: `draining`, `no heartbeat in the membership`,
+    /// Why, at the period's first sample: `draining`, `on probation` (started for a health
+    /// gate: it takes no dispatched runs), `no heartbeat in the membership`,
     /// `/health answered 503`, `/health: no answer within 1s`, ….
     pub reason: String,
     pub from: Duration,
@@ -767,7 +769,8 @@ impl Ctx {
             }
         }
         // The membership as one healthy node reads it (they all read the same Redis).
-        let mut members: Option<BTreeMap<String, bool>> = None;
+        // Each member, and why it takes no dispatched runs (none: it takes them).
+        let mut members: Option<BTreeMap<String, Option<&str>>> = None;
         for attempt in 0..nodes.len() {
             let k = (turn + attempt) % nodes.len();
             if health[k].is_some() {
@@ -782,7 +785,14 @@ impl Ctx {
                 members = Some(
                     list.iter()
                         .filter_map(|m| {
-                            Some((m["node"].as_str()?.to_owned(), m["draining"] == true))
+                            let why = if m["draining"] == true {
+                                Some("draining")
+                            } else if m["probation"] == true {
+                                Some("on probation")
+                            } else {
+                                None
+                            };
+                            Some((m["node"].as_str()?.to_owned(), why))
                         })
                         .collect(),
                 );
@@ -795,8 +805,7 @@ impl Ctx {
             .filter_map(|(node, why)| {
                 let why = why.or_else(|| match members.as_ref()?.get(&node.name) {
                     None => Some("no heartbeat in the membership".to_owned()),
-                    Some(true) => Some("draining".to_owned()),
-                    Some(false) => None,
+                    Some(why) => why.map(str::to_owned),
                 })?;
                 Some((node.name.clone(), why))
             })

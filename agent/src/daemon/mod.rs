@@ -251,10 +251,13 @@ pub async fn run(
         .and_then(|url| redis::Client::open(url).ok());
     let (orders, inbox) = mpsc::channel(8);
     let token = CancellationToken::new();
+    // A step left unsettled is gated again: a server started before that is on probation.
+    let mut snapshot = Snapshot::default();
+    snapshot.probation = upgrade::pending(&layout);
     let daemon = Arc::new(Daemon {
         config,
         started: Instant::now(),
-        snapshot: Mutex::new(Snapshot::default()),
+        snapshot: Mutex::new(snapshot),
         orders,
         step: Arc::new(tokio::sync::Mutex::new(())),
         server_started: tokio::sync::Notify::new(),

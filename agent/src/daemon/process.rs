@@ -31,10 +31,13 @@ pub struct Server {
 impl Server {
     /// Starts `releases/<release>/bin/etl-server --config <server_config>` in a process group
     /// of its own (a signal to the agent's group does not reach it, and it outlives an agent
-    /// that is killed), its output appended to `log`, with `FLEET_RELEASE` naming the release.
+    /// that is killed), its output appended to `log`, with `FLEET_RELEASE` naming the release
+    /// and, with `probation`, `FLEET_PROBATION=1` (it takes only runs pinned to it and does not
+    /// lead until `/admin/resume`).
     pub fn spawn(
         layout: &Layout,
         release: &str,
+        probation: bool,
         server_config: &Path,
         log: &fs::File,
     ) -> Result<Server, AgentError> {
@@ -42,7 +45,13 @@ impl Server {
         let log_path = log_path(layout);
         let out = log.try_clone().map_err(io(&log_path))?;
         let err = log.try_clone().map_err(io(&log_path))?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if probation {
+            command.env("FLEET_PROBATION", "1");
+        } else {
+            command.env_remove("FLEET_PROBATION");
+        }
+        let child = command
             .arg("--config")
             .arg(server_config)
             .env("FLEET_RELEASE", release)

@@ -67,6 +67,9 @@ pub struct Snapshot {
     pub health_failures: u64,
     pub health_latency_total: Duration,
     pub draining: bool,
+    /// Servers started now start on probation (`FLEET_PROBATION=1`): set by the upgrade step
+    /// before it starts a release to gate, cleared when the step ends.
+    pub probation: bool,
     pub heartbeat_at: Option<Instant>,
     pub redis_error: Option<String>,
     pub step: Option<String>,
@@ -234,14 +237,16 @@ impl Supervisor {
                 return;
             }
         };
+        let probation = self.daemon.snapshot().probation;
         match Server::spawn(
             layout,
             &release,
+            probation,
             &self.daemon.config.server_config,
             &self.log,
         ) {
             Ok(server) => {
-                tracing::info!(pid = server.pid, release = %release, "started the server");
+                tracing::info!(pid = server.pid, release = %release, probation, "started the server");
                 self.running(server);
             }
             Err(e) => self.failed_start(format!("could not start release {release}: {e}")),

@@ -128,6 +128,20 @@ fn journal_path(layout: &Layout) -> std::path::PathBuf {
     layout.state().join("upgrade")
 }
 
+/// Whether a journal records a step left unsettled (the daemon settles it when it starts;
+/// until then a server it starts is on probation).
+pub fn pending(layout: &Layout) -> bool {
+    journal_path(layout).exists()
+}
+
+/// Servers started from now on are on probation (they take only runs pinned to them and do
+/// not lead) until the step closes; the exits counted so far, for the gate.
+fn on_probation(daemon: &Daemon) -> u64 {
+    let mut s = daemon.snapshot();
+    s.probation = true;
+    s.exits
+}
+
 impl Journal {
     fn read(layout: &Layout) -> Result<Option<Journal>, AgentError> {
         let path = journal_path(layout);
@@ -175,8 +189,12 @@ impl Journal {
             .unwrap_or_else(|| GatePolicy::from(&daemon.config.rollout))
     }
 
+    /// Ends the step, whatever its outcome: the server takes runs again (out of its drain, off
+    /// probation: restarts from now on start without it), then the journal goes.
     async fn close(&self, daemon: &Daemon, outcome: String) {
         tracing::info!(from = ?self.from, to = %self.to, "upgrade step: {outcome}");
+        daemon.snapshot().probation = false;
+        resume(daemon).await;
         {
             let mut s = daemon.snapshot();
             s.step = None;
@@ -310,7 +328,6 @@ pub async fn run(daemon: &Daemon, plan: Plan<'_>) -> Result<Switched, Refusal> {
         drain(daemon).await;
     }
     if let Err(why) = fenced(lease, "stop").await {
-        resume(daemon).await;
         journal.close(daemon, format!("interrupted: {why}")).await;
         return Err(interrupted(why));
     }
@@ -356,7 +373,7 @@ async fn finish(
         return Err(undo(daemon, journal).await);
     }
     journal.enter(daemon, Step::Start).await?;
-    let exits = daemon.snapshot().exits;
+    let exits = on_probation(daemon);
     daemon.start_server().await;
     journal.enter(daemon, Step::Gate).await?;
     let policy = journal.gate_policy(daemon);
@@ -431,7 +448,7 @@ async fn undo(daemon: &Daemon, mut journal: Journal) -> Refusal {
             return Refusal::new(Code::RollbackFailed, message);
         }
     }
-    let exits = daemon.snapshot().exits;
+    let exits = on_probation(daemon);
     daemon.start_server().await;
     let policy = journal.gate_policy(daemon);
     match gate(daemon, &from, exits, policy).await {
@@ -720,8 +737,8 @@ pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
             Err(refusal)
         }
         (_, false) => {
-            // Before the switch: the old release stays. A drained server takes runs again.
-            resume(&daemon).await;
+            // Before the switch: the old release stays (the close takes a drained server out
+            // of its drain).
             daemon.start_server().await;
             let from = journal.from.clone().unwrap_or_else(|| "no release".into());
             let message = format!(
@@ -757,7 +774,7 @@ pub async fn recover(daemon: Arc<Daemon>, _step: OwnedMutexGuard<()>) {
     }
 }
 
-/// Takes a drained server out of its drain (after an interrupted step that did not switch).
+/// Takes the server out of its drain and off probation (`/admin/resume`), when one runs.
 async fn resume(daemon: &Daemon) {
     if daemon.snapshot().server.is_none() {
         return;
@@ -774,9 +791,9 @@ async fn resume(daemon: &Daemon) {
         Ok(r) if r.status == 200 => {}
         Ok(r) => tracing::warn!(
             status = r.status,
-            "resuming the server after an interrupted step"
+            "taking the server out of drain and probation"
         ),
-        Err(e) => tracing::warn!("resuming the server after an interrupted step: {e}"),
+        Err(e) => tracing::warn!("taking the server out of drain and probation: {e}"),
     }
     daemon.snapshot().draining = false;
 }

@@ -10,7 +10,7 @@
 //! has not begun, a pause or the deadline holds it; otherwise, when it is its turn (canaries
 //! first, then the order's sequence, at most `max_unavailable` at once), the cluster has a
 //! scheduler leader on a node that is not draining, and the node upgraded last is a live
-//! member on the new release, it asks for an upgrade slot: a lease with a fencing epoch
+//! member on the new release that takes runs (off probation), it asks for an upgrade slot: a lease with a fencing epoch
 //! granted by one script only while fewer than `max_unavailable` nodes are out of service
 //! (slot holders, nodes still marked busy, and nodes its heartbeats show down). It runs the
 //! per-node upgrade step holding the lease ([`Lease`], checked before each side effect), records
@@ -838,7 +838,7 @@ fn down_nodes(heartbeats: &HashMap<String, Option<NodeReport>>, me: &str) -> Vec
 
 /// App-aware admission, asked of this node's own server (`/api/cluster`): a scheduler leader
 /// on a member that is not draining, and the node upgraded last (if any) a live member on
-/// `version`.
+/// `version` that takes runs (neither draining nor on probation).
 async fn admission(daemon: &Daemon, version: &str, last: Option<&str>) -> Result<(), String> {
     let cluster = upgrade::cluster_view(daemon)
         .await
@@ -859,10 +859,13 @@ async fn admission(daemon: &Daemon, version: &str, last: Option<&str>) -> Result
     }
     if let Some(last) = last {
         match member(last) {
-            Some(m) if m["release"].as_str() == Some(version) && m["draining"] != true => {}
+            Some(m)
+                if m["release"].as_str() == Some(version)
+                    && m["draining"] != true
+                    && m["probation"] != true => {}
             _ => {
                 return Err(format!(
-                    "{last}, upgraded last, to be a live member on {version}"
+                    "{last}, upgraded last, to be a live member on {version} that takes runs"
                 ));
             }
         }
