@@ -5,13 +5,15 @@
 //!
 //! One folder per part: `cli/` (the command line, fan-out, reports), `ssh/` (transport,
 //! known_hosts, host key enrolment), `node/` (provisioning, agent requests, config files),
-//! `store/` (the state store), `rollout/` (rolling upgrades: orders, controls, watching);
+//! `store/` (the state store), `rollout/` (rolling upgrades: orders, controls, watching),
+//! `serve/` (`fleet serve`: the dashboard, the JSON API, users and sessions);
 //! `files.rs` is the controller's own small files.
 
 mod cli;
 mod files;
 mod node;
 mod rollout;
+mod serve;
 mod ssh;
 mod store;
 
@@ -22,5 +24,6 @@ pub use ssh::{
     Target, Timeouts, fetch_host_key, trust_host_key,
 };
 pub use store::{
-    AuditEntry, AuditRow, NodeOutcome, Rollout, StateLocation, Store, StoreError, Tamper,
+    AuditEntry, AuditRow, NodeOutcome, Principal, Role, Rollout, StateLocation, Store, StoreError,
+    Tamper, Token, User,
 };

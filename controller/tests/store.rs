@@ -3,7 +3,9 @@
 //! same `Store` calls. Tampering is done with plain SQL on the same database, as someone with
 //! write access to it would.
 
-use fleet_controller::{AuditEntry, NodeOutcome, StateLocation, Store, StoreError, Tamper};
+use fleet_controller::{
+    AuditEntry, NodeOutcome, Principal, Role, StateLocation, Store, StoreError, Tamper, Token,
+};
 
 /// Runs `$body(store)` once on SQLite and once on Postgres, as two tests.
 macro_rules! on_both {
@@ -418,6 +420,126 @@ on_both!(
         all.dedup();
         assert_eq!(all.len(), taken, "a sequence number was handed out twice");
         assert!(all.iter().all(|&n| n > second || n == first || n == second));
+    }
+);
+
+on_both!(
+    users_sessions_and_tokens,
+    |store: Store, _l: StateLocation| async move {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        store
+            .add_user("alice", Role::Operator, "$argon2id$h1")
+            .await
+            .expect("add");
+        match store.add_user("alice", Role::Admin, "h").await {
+            Err(StoreError::UserExists { name }) => assert_eq!(name, "alice"),
+            other => panic!("a second alice: {other:?}"),
+        }
+        let users = store.users().await.expect("users");
+        assert_eq!(users.len(), 1);
+        assert_eq!(
+            (users[0].name.as_str(), users[0].role),
+            ("alice", Role::Operator)
+        );
+        assert_eq!(
+            store.user_credentials("alice").await.expect("credentials"),
+            Some((Role::Operator, "$argon2id$h1".to_owned()))
+        );
+        assert_eq!(store.user_credentials("bob").await.expect("none"), None);
+
+        // Sessions: live, unknown, expired (and then gone).
+        store
+            .create_session("s1", "alice", now + 60_000)
+            .await
+            .expect("s1");
+        store
+            .create_session("s2", "alice", now - 1)
+            .await
+            .expect("s2");
+        let alice = Principal {
+            name: "alice".into(),
+            role: Role::Operator,
+        };
+        assert_eq!(store.session("s1").await.expect("s1"), Some(alice.clone()));
+        assert_eq!(store.session("nope").await.expect("nope"), None);
+        assert_eq!(store.session("s2").await.expect("expired"), None);
+        assert!(!store.end_session("s2").await.expect("gone already"));
+        // A new password ends every session of the user.
+        assert!(
+            store
+                .set_password("alice", "$argon2id$h2")
+                .await
+                .expect("passwd")
+        );
+        assert!(!store.set_password("bob", "x").await.expect("no bob"));
+        assert_eq!(store.session("s1").await.expect("ended"), None);
+        store
+            .create_session("s3", "alice", now + 60_000)
+            .await
+            .expect("s3");
+        assert!(store.end_session("s3").await.expect("logout"));
+        assert_eq!(store.session("s3").await.expect("ended"), None);
+        // Removing the user ends their sessions.
+        store
+            .create_session("s4", "alice", now + 60_000)
+            .await
+            .expect("s4");
+        assert!(store.remove_user("alice").await.expect("remove"));
+        assert!(!store.remove_user("alice").await.expect("again"));
+        assert_eq!(store.session("s4").await.expect("cascade"), None);
+
+        // Tokens: found by hash, last use noted, expiry and revocation honoured.
+        let token = |id: &str, expires_ms: Option<i64>| Token {
+            id: id.into(),
+            name: format!("ci {id}"),
+            role: Role::Viewer,
+            created_by: "ops".into(),
+            created_ms: now,
+            expires_ms,
+            last_used_ms: None,
+        };
+        store
+            .create_token(&token("t1", None), "hash1")
+            .await
+            .expect("t1");
+        store
+            .create_token(&token("t2", Some(now - 1)), "hash2")
+            .await
+            .expect("t2");
+        assert_eq!(
+            store.token("hash1").await.expect("t1"),
+            Some(Principal {
+                name: "token:t1".into(),
+                role: Role::Viewer
+            })
+        );
+        assert_eq!(store.token("hash2").await.expect("expired"), None);
+        assert_eq!(store.token("t1").await.expect("an id is not a hash"), None);
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 2);
+        assert!(
+            tokens[0].last_used_ms.is_some_and(|t| t >= now),
+            "{tokens:?}"
+        );
+        assert!(store.revoke_token("t1").await.expect("revoke"));
+        assert!(!store.revoke_token("t1").await.expect("again"));
+        assert_eq!(store.token("hash1").await.expect("revoked"), None);
+
+        // A role the code does not know is an error naming whose, not a guess.
+        store
+            .add_user("carol", Role::Viewer, "h")
+            .await
+            .expect("carol");
+        exec(
+            &store,
+            "UPDATE users SET role = 'root' WHERE name = 'carol'",
+        )
+        .await;
+        let err = store.users().await.expect_err("corrupt role");
+        assert!(err.to_string().contains("the role of carol"), "{err}");
     }
 );
 

@@ -8,3 +8,4 @@ mod rollout;
 mod ssh;
 mod support;
 mod systemd;
+mod users;

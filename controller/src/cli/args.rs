@@ -104,6 +104,53 @@ pub enum Command {
     /// failure) through the cluster's Redis, while the controller watches.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// The users of `fleet serve` and their roles: viewers see; operators also start, pause,
+    /// resume and abort rollouts; admins also manage users. Kept in the state store.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for `fleet serve`'s JSON API (`Authorization: Bearer <token>`), each with a
+    /// role. Only a hash is kept: a token is shown once, when it is created.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. The password is asked twice on the terminal, or read from the first line
+    /// of stdin (`printf '%s\n' "$PW" | fleet user add ...`); never from the command line.
+    Add {
+        /// 1 to 64 ASCII letters, digits, '.', '_' or '-'.
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = super::users::parse_role)]
+        role: crate::store::Role,
+    },
+    /// List the users and their roles.
+    List,
+    /// Remove a user; their sessions end.
+    Remove { name: String },
+    /// Set a user's password (asked like `add`); their sessions end.
+    Passwd { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once).
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = super::users::parse_role)]
+        role: crate::store::Role,
+        /// What it is for, shown in `list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// It stops working this long after now (90d, 12h); default: never.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// List the tokens (id, name, role, creator, expiry, last use; never the token).
+    List,
+    /// Revoke a token by its id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,14 +69,48 @@ pub fn record(
             .collect(),
         result,
     };
+    append(state, &entry)
+}
+
+/// Appends `entry` to the audit log of the store `state` names.
+fn append(state: Option<&str>, entry: &AuditEntry) -> anyhow::Result<()> {
     let location = StateLocation::from_setting(state)?;
     block_on(async {
         let store = Store::open(&location).await?;
-        store.append_audit(&entry).await?;
+        store.append_audit(entry).await?;
         store.close().await;
         Ok::<_, crate::store::StoreError>(())
     })?
     .with_context(|| format!("the audit log in {location}"))
+}
+
+/// Appends the audit row of a command that changed the controller's own state (`user`,
+/// `token`: no node, no key) and hands its outcome back, like `audited`. `detail` goes into
+/// the result (a token's id; never a secret).
+pub fn record_local(
+    state: Option<&str>,
+    command: &'static str,
+    detail: Option<String>,
+    outcome: Result<Report, Failure>,
+) -> Result<Report, Failure> {
+    let result = match &outcome {
+        Ok(_) => "ok".to_owned(),
+        Err(failure) => format!("failed: {:#}", failure.error),
+    };
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        os_user: os_user(),
+        key_fingerprints: Vec::new(),
+        command: command.to_owned(),
+        args: std::env::args().skip(1).collect(),
+        nodes: Vec::new(),
+        digests: Vec::new(),
+        result: match detail {
+            Some(d) => format!("{result} ({d})"),
+            None => result,
+        },
+    };
+    noted(append(state, &entry), outcome)
 }
 
 /// Appends the audit row of a command that ran and hands its outcome back; a row that cannot
@@ -86,7 +120,16 @@ pub fn audited(
     changed: &Changed<'_>,
     outcome: Result<Report, Failure>,
 ) -> Result<Report, Failure> {
-    let Err(e) = record(state, changed, &outcome) else {
+    noted(record(state, changed, &outcome), outcome)
+}
+
+/// A command's outcome, with a failure to record it added: the change was made (or tried),
+/// and the operator must know it is not in the log.
+fn noted(
+    recorded: anyhow::Result<()>,
+    outcome: Result<Report, Failure>,
+) -> Result<Report, Failure> {
+    let Err(e) = recorded else {
         return outcome;
     };
     let e = format!("{e:#}");
@@ -111,7 +154,7 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 
 /// The user running this command: the name `/etc/passwd` gives its uid, else `$USER`, else
 /// `uid N`.
-fn os_user() -> String {
+pub(super) fn os_user() -> String {
     // The real uid, as /proc/self/status gives it (`Uid: real effective saved fs`).
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -187,7 +230,7 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
         .unwrap_or(0))
 }
 
-fn when(ms: i64) -> String {
+pub(super) fn when(ms: i64) -> String {
     let at =
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()

@@ -11,6 +11,7 @@ pub(crate) mod fanout;
 mod report;
 mod rollout;
 mod rows;
+mod users;
 
 use std::process::ExitCode;
 
@@ -118,6 +119,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),
         Command::Rollout(c) => rollout::rollout(c, state.as_deref(), cli.json),
+        Command::User(c) => users::user(state.as_deref(), c),
+        Command::Token(c) => users::token(state.as_deref(), c),
     };
     match outcome {
         Ok(report) => {

@@ -7,11 +7,13 @@
 //! deferred transaction that reads first fails at once on the lock upgrade); its migrations
 //! run under a lock file beside the database (sqlx takes no lock for SQLite). Holds the audit
 //! log (`audit.rs`), rollouts with their orders, per-node outcomes, node status snapshots and
-//! the order sequence (`rollouts.rs`).
+//! the order sequence (`rollouts.rs`), and the users of `fleet serve` with their sessions and
+//! API tokens (`users.rs`).
 //! Never a secret: what goes in is what the operator may read.
 
 mod audit;
 mod rollouts;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use audit::{AuditEntry, AuditRow, Tamper};
 pub use rollouts::{NodeOutcome, Rollout};
+pub use users::{Principal, Role, Token, User};
 
 /// How long a SQLite statement waits for another writer before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,6 +99,8 @@ pub enum StoreError {
     RolloutExists { id: String },
     #[error("rollout {id} has ended (or does not exist)")]
     RolloutEnded { id: String },
+    #[error("a user named {name} exists already")]
+    UserExists { name: String },
 }
 
 impl From<sqlx::Error> for StoreError {
