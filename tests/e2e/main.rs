@@ -5,6 +5,7 @@ mod deploy;
 mod inventory;
 mod release;
 mod rollout;
+mod serve;
 mod ssh;
 mod support;
 mod systemd;

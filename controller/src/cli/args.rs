@@ -112,6 +112,25 @@ pub enum Command {
     /// role. Only a hash is kept: a token is shown once, when it is created.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run the controller as a service (being built: so far logins, sessions and the users'
+    /// API; the dashboard and the nodes' status come next). Serves HTTP on --listen until
+    /// SIGTERM or Ctrl-C, then lets requests in flight finish. Users come from `fleet user`,
+    /// API tokens from `fleet token`.
+    Serve {
+        /// The address to serve on; keep it on loopback unless a TLS proxy fronts it.
+        #[arg(long, default_value = "127.0.0.1:8700", value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// Mark session cookies Secure (when a TLS proxy fronts the server).
+        #[arg(long)]
+        secure_cookies: bool,
+        /// An origin besides the server's own whose forms and API calls are accepted (the
+        /// public address of a reverse proxy: https://fleet.example.com). Repeatable.
+        #[arg(long, value_name = "ORIGIN")]
+        trusted_origin: Vec<String>,
+        /// How long a session lasts after its login (12h, 7d).
+        #[arg(long, default_value = "12h", value_name = "DURATION")]
+        session_ttl: humantime::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

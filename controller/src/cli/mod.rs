@@ -21,6 +21,50 @@ pub use args::Cli;
 use args::Command;
 use report::Failure;
 
+/// `fleet serve`: opens the store, binds, serves until SIGTERM or Ctrl-C.
+fn serve(
+    state: Option<&str>,
+    listen: std::net::SocketAddr,
+    options: crate::serve::ServeOptions,
+) -> Result<report::Report, Failure> {
+    use anyhow::Context as _;
+    let location = crate::store::StateLocation::from_setting(state).map_err(anyhow::Error::from)?;
+    let runtime = commands::runtime()?;
+    runtime.block_on(async {
+        let store = crate::store::Store::open(&location)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let bound = listener.local_addr().context("the bound address")?;
+        // The line a script or a test waits for.
+        println!("fleet serve: listening on http://{bound} (state {location})");
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::error!(error = %e, "no SIGTERM handler: stop with Ctrl-C");
+                        return std::future::pending().await;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        crate::serve::serve(store.clone(), options, listener, shutdown)
+            .await
+            .context("serving")?;
+        store.close().await;
+        Ok::<_, Failure>(report::Report::new(
+            format!("fleet serve: stopped (was on http://{bound})"),
+            serde_json::json!({ "ok": true, "listen": bound.to_string() }),
+        ))
+    })
+}
+
 /// Sets up `tracing` on stderr from `--log-level`, then `FLEET_LOG`, else `warn`.
 pub fn init_logging(cli: &Cli) {
     let from_env = std::env::var("FLEET_LOG").ok().and_then(|l| match l.parse() {
@@ -121,6 +165,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollout(c) => rollout::rollout(c, state.as_deref(), cli.json),
         Command::User(c) => users::user(state.as_deref(), c),
         Command::Token(c) => users::token(state.as_deref(), c),
+        Command::Serve {
+            listen,
+            secure_cookies,
+            trusted_origin,
+            session_ttl,
+        } => {
+            let options = crate::serve::ServeOptions {
+                secure_cookies,
+                trusted_origins: trusted_origin,
+                session_ttl: session_ttl.into(),
+            };
+            serve(state.as_deref(), listen, options)
+        }
     };
     match outcome {
         Ok(report) => {

@@ -1,0 +1,126 @@
+//! The JSON API of `fleet serve` (each route's role is in the route table, `routes.rs`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::session::{Who, refuse};
+use super::{App, auth};
+use crate::store::{Role, StoreError};
+
+fn store_down(e: StoreError) -> Response {
+    tracing::error!(error = %e, "the state store");
+    refuse(
+        "/api/",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state store is not answering",
+    )
+}
+
+/// `GET /api/me`: who the caller is, and the CSRF token of their session.
+pub async fn me(who: axum::Extension<Who>) -> Response {
+    match &who.0.0 {
+        Some(c) => Json(json!({
+            "name": c.principal.name,
+            "role": c.principal.role,
+            "csrf": c.session.as_ref().map(|(_, csrf)| csrf),
+        }))
+        .into_response(),
+        None => refuse("/api/me", StatusCode::UNAUTHORIZED, "not logged in"),
+    }
+}
+
+/// `GET /api/users`.
+pub async fn users(State(app): State<Arc<App>>) -> Response {
+    match app.store.users().await {
+        Ok(users) => Json(json!({ "users": users })).into_response(),
+        Err(e) => store_down(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    name: String,
+    role: Role,
+    password: String,
+}
+
+/// `POST /api/users`: adds a user (201), 422 naming the problem, 409 when the name is taken.
+pub async fn add_user(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(new) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                "/api/users",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &e.body_text(),
+            );
+        }
+    };
+    if let Some(problem) =
+        auth::user_name_problem(&new.name).or_else(|| auth::password_problem(&new.password))
+    {
+        return refuse("/api/users", StatusCode::UNPROCESSABLE_ENTITY, &problem);
+    }
+    let password = new.password;
+    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
+        Ok(Ok(hash)) => hash,
+        _ => {
+            return refuse(
+                "/api/users",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hashing the password failed",
+            );
+        }
+    };
+    let by = who.0.0.as_ref().map_or("?", |c| c.principal.name.as_str());
+    let answer = match app.store.add_user(&new.name, new.role, &hash).await {
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(json!({ "name": new.name, "role": new.role })),
+        )
+            .into_response(),
+        Err(e @ StoreError::UserExists { .. }) => {
+            refuse("/api/users", StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(e) => return store_down(e),
+    };
+    let result = if answer.status().is_success() {
+        "ok".to_owned()
+    } else {
+        format!("failed: {} exists already", new.name)
+    };
+    app.audit_web(by, "user add", &new.name, &result).await;
+    answer
+}
+
+/// `DELETE /api/users/{name}`.
+pub async fn remove_user(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    let by = who.0.0.as_ref().map_or("?", |c| c.principal.name.as_str());
+    match app.store.remove_user(&name).await {
+        Ok(true) => {
+            app.audit_web(by, "user remove", &name, "ok").await;
+            Json(json!({ "removed": name })).into_response()
+        }
+        Ok(false) => refuse(
+            "/api/users",
+            StatusCode::NOT_FOUND,
+            &format!("no user named {name}"),
+        ),
+        Err(e) => store_down(e),
+    }
+}

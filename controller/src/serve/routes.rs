@@ -1,0 +1,136 @@
+//! The route table of `fleet serve`: every route with its method, path, who may call it and
+//! what it does. The router is built from it (each route behind `session::guard` with its
+//! access), and the tests generate their role × route matrix from it, so a route cannot be
+//! added without saying who may call it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+
+use super::session::{self, Who};
+use super::{App, api, pages};
+use crate::store::Role;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the login page).
+    Public,
+    /// A session or token with at least this role.
+    At(Role),
+}
+
+/// One route of the table.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    /// axum's syntax (`/api/users/{name}`).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+}
+
+fn spec(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        summary,
+    }
+}
+
+/// The table with each route's handler.
+fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
+    use Access::{At, Public};
+    use Role::{Admin, Viewer};
+    vec![
+        (
+            spec("GET", "/login", Public, "the login page"),
+            get(login_page),
+        ),
+        (
+            spec(
+                "POST",
+                "/login",
+                Public,
+                "log in (form: user, password, next)",
+            ),
+            post(session::login),
+        ),
+        (
+            spec("POST", "/logout", At(Viewer), "log out: the session ends"),
+            post(session::logout),
+        ),
+        (spec("GET", "/", At(Viewer), "the overview"), get(home)),
+        (
+            spec(
+                "GET",
+                "/api/me",
+                At(Viewer),
+                "the caller: name, role, CSRF token",
+            ),
+            get(api::me),
+        ),
+        (
+            spec("GET", "/api/users", At(Admin), "the users and their roles"),
+            get(api::users),
+        ),
+        (
+            spec(
+                "POST",
+                "/api/users",
+                At(Admin),
+                "add a user (JSON: name, role, password)",
+            ),
+            post(api::add_user),
+        ),
+        (
+            spec(
+                "DELETE",
+                "/api/users/{name}",
+                At(Admin),
+                "remove a user; their sessions end",
+            ),
+            delete(api::remove_user),
+        ),
+    ]
+}
+
+/// The route table (for documents and tests).
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(s, _)| s).collect()
+}
+
+/// The router: every route behind the guard, with its access.
+pub fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let guarded = handler.route_layer(axum::middleware::from_fn_with_state(
+            (app.clone(), spec.access),
+            session::guard,
+        ));
+        router = router.route(spec.path, guarded);
+    }
+    router.with_state(app)
+}
+
+async fn login_page(
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    pages::login(q.get("next").map_or("/", String::as_str), None).into_response()
+}
+
+async fn home(State(_app): State<Arc<App>>, who: axum::Extension<Who>) -> Response {
+    match &who.0.0 {
+        Some(caller) => pages::home(caller).into_response(),
+        None => axum::response::Redirect::to("/login").into_response(),
+    }
+}

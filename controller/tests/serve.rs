@@ -1,0 +1,432 @@
+//! `fleet serve`'s routes, called through the router (`oneshot`, no socket) on a real SQLite
+//! state store: a role × route matrix generated from the route table, CSRF, origins, session
+//! fixation, logout, cookie attributes, the login rate limit, escaping, and audit rows.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode, header};
+use fleet_controller::{Access, App, Role, ServeOptions, StateLocation, Store, Token, auth};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "a test password of some length";
+
+struct Site {
+    _dir: tempfile::TempDir,
+    store: Store,
+    app: Arc<App>,
+}
+
+impl Site {
+    async fn new(options: ServeOptions) -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&StateLocation::Sqlite(dir.path().join("state.db")))
+            .await
+            .expect("store");
+        let hash = auth::hash_password(PASSWORD).expect("hash");
+        for role in Role::ALL {
+            store
+                .add_user(role.as_str(), role, &hash)
+                .await
+                .expect("user");
+        }
+        let app = App::new(store.clone(), options);
+        Site {
+            _dir: dir,
+            store,
+            app,
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Response<Body> {
+        fleet_controller::router(self.app.clone())
+            .oneshot(req)
+            .await
+            .expect("the router answers")
+    }
+
+    /// Logs `user` in; the session id from the cookie set.
+    async fn login(&self, user: &str) -> String {
+        let answer = self.send(login_request(user, PASSWORD, None)).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER, "login of {user}");
+        cookie_id(&answer).expect("a session cookie")
+    }
+
+    /// A token of `role`.
+    async fn token(&self, role: Role) -> String {
+        let (id, token) = auth::new_token();
+        let t = Token {
+            id,
+            name: "test".into(),
+            role,
+            created_by: "test".into(),
+            created_ms: 0,
+            expires_ms: None,
+            last_used_ms: None,
+        };
+        self.store
+            .create_token(&t, &auth::token_hash(&token))
+            .await
+            .expect("token");
+        token
+    }
+}
+
+fn login_request(user: &str, password: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b =
+        Request::post("/login").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, format!("fleet_session={c}"));
+    }
+    b.body(Body::from(format!(
+        "user={user}&password={}&next=%2Fapi%2Fme",
+        password.replace(' ', "+")
+    )))
+    .expect("request")
+}
+
+fn cookie_id(answer: &Response<Body>) -> Option<String> {
+    let set = answer.headers().get(header::SET_COOKIE)?.to_str().ok()?;
+    let (pair, _) = set.split_once(';')?;
+    let id = pair.strip_prefix("fleet_session=")?;
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+async fn body(answer: Response<Body>) -> String {
+    let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// How a request authenticates.
+#[derive(Debug, Clone)]
+enum As {
+    Nobody,
+    Session(String),
+    Bearer(String),
+}
+
+fn request(method: &str, path: &str, who: &As, csrf: bool, json: Option<&str>) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(path);
+    match who {
+        As::Nobody => {}
+        As::Session(id) => {
+            b = b.header(header::COOKIE, format!("fleet_session={id}"));
+            if csrf {
+                b = b.header("x-csrf-token", auth::csrf_token(id));
+            }
+        }
+        As::Bearer(t) => b = b.header(header::AUTHORIZATION, format!("Bearer {t}")),
+    }
+    match json {
+        Some(j) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(j.to_owned())),
+        None => b.body(Body::empty()),
+    }
+    .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_the_roles_it_must() {
+    let site = Site::new(ServeOptions::default()).await;
+    let mut callers: Vec<(Option<Role>, As)> = vec![(None, As::Nobody)];
+    for role in Role::ALL {
+        callers.push((Some(role), As::Session(site.login(role.as_str()).await)));
+        callers.push((Some(role), As::Bearer(site.token(role).await)));
+    }
+    let routes = fleet_controller::routes();
+    assert!(routes.len() >= 8, "{routes:?}");
+    let mut checked = 0;
+    for route in &routes {
+        let path = route.path.replace("{name}", "nobody");
+        for (role, who) in &callers {
+            // A body each route accepts, so that the answer is about the caller, not the body.
+            let json = (route.method == "POST" && path.starts_with("/api/")).then_some(
+                r#"{"name":"matrix-user","role":"viewer","password":"long enough password"}"#,
+            );
+            let answer = site
+                .send(request(route.method, &path, who, true, json))
+                .await;
+            let status = answer.status();
+            let what = format!(
+                "{} {} as {who:?} ({role:?}): {status}",
+                route.method, route.path
+            );
+            match (route.access, role) {
+                (Access::Public, _) => {
+                    assert!(
+                        status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                        "{what}"
+                    )
+                }
+                (Access::At(_), None) if path.starts_with("/api/") => {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}")
+                }
+                (Access::At(_), None) => {
+                    assert_eq!(status, StatusCode::SEE_OTHER, "{what}");
+                    let to = answer.headers()[header::LOCATION]
+                        .to_str()
+                        .expect("location");
+                    assert!(to.starts_with("/login?next="), "{what}: {to}");
+                }
+                (Access::At(needed), Some(r)) if r < &needed => {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{what}")
+                }
+                (Access::At(_), Some(_)) => assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{what}"
+                ),
+            }
+            // Logging out ends the session used: log in again for the next routes.
+            checked += 1;
+        }
+        if route.path == "/logout" {
+            for (role, who) in callers.iter_mut() {
+                if let (Some(r), As::Session(id)) = (role, who) {
+                    *id = site.login(r.as_str()).await;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, routes.len() * callers.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_need_this_sessions_csrf_token_and_our_origin() {
+    let site = Site::new(ServeOptions::default()).await;
+    let admin = site.login("admin").await;
+    let other = site.login("viewer").await;
+    let add = |name: &str| {
+        format!(r#"{{"name":"{name}","role":"viewer","password":"long enough password"}}"#)
+    };
+    let post = |who: &As, csrf: Option<String>, origin: Option<&str>, name: &str| {
+        let mut req = request("POST", "/api/users", who, false, Some(&add(name)));
+        if let Some(c) = csrf {
+            req.headers_mut()
+                .insert("x-csrf-token", c.parse().expect("header"));
+        }
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert(header::ORIGIN, o.parse().expect("header"));
+            req.headers_mut()
+                .insert(header::HOST, "127.0.0.1:8700".parse().expect("header"));
+        }
+        req
+    };
+    let session = As::Session(admin.clone());
+    // No token, another session's token: refused, nothing added.
+    let answer = site.send(post(&session, None, None, "u1")).await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    assert!(body(answer).await.contains("CSRF"));
+    let answer = site
+        .send(post(&session, Some(auth::csrf_token(&other)), None, "u1"))
+        .await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    // The right token from another site's page: refused.
+    let answer = site
+        .send(post(
+            &session,
+            Some(auth::csrf_token(&admin)),
+            Some("https://evil.example"),
+            "u1",
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    assert!(
+        site.store
+            .users()
+            .await
+            .expect("users")
+            .iter()
+            .all(|u| u.name != "u1")
+    );
+    // From our own origin with the token: added.
+    let answer = site
+        .send(post(
+            &session,
+            Some(auth::csrf_token(&admin)),
+            Some("http://127.0.0.1:8700"),
+            "u1",
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    // A bearer token needs no CSRF token (a browser never sends it by itself).
+    let token = As::Bearer(site.token(Role::Admin).await);
+    assert_eq!(
+        site.send(post(&token, None, None, "u2")).await.status(),
+        StatusCode::CREATED
+    );
+    // A form carries the token as a field: logout without it is refused, with it ends the session.
+    let form = |csrf: &str| {
+        Request::post("/logout")
+            .header(header::COOKIE, format!("fleet_session={admin}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .expect("request")
+    };
+    assert_eq!(
+        site.send(form("wrong")).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let answer = site.send(form(&auth::csrf_token(&admin))).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let cleared = answer.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("cookie");
+    assert!(
+        cleared.starts_with("fleet_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let me = site
+        .send(request("GET", "/api/me", &session, false, None))
+        .await;
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "the session ended");
+    // A token that is not valid is refused, not taken for anonymous.
+    let bad = As::Bearer("fleet_0000_nope".into());
+    assert_eq!(
+        site.send(request("GET", "/login", &bad, false, None))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_makes_a_new_session_and_ends_the_one_it_came_with() {
+    let site = Site::new(ServeOptions {
+        secure_cookies: true,
+        ..ServeOptions::default()
+    })
+    .await;
+    // A session id planted before the login is never adopted.
+    let answer = site
+        .send(login_request(
+            "viewer",
+            PASSWORD,
+            Some("planted-by-an-attacker"),
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers()[header::LOCATION], "/api/me");
+    let set = answer.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let first = cookie_id(&answer).expect("id");
+    assert_ne!(first, "planted-by-an-attacker");
+    // Logging in again with that session's cookie ends it.
+    let answer = site
+        .send(login_request("viewer", PASSWORD, Some(&first)))
+        .await;
+    let second = cookie_id(&answer).expect("id");
+    assert_ne!(first, second);
+    let old = site
+        .send(request("GET", "/api/me", &As::Session(first), false, None))
+        .await;
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let me = site
+        .send(request(
+            "GET",
+            "/api/me",
+            &As::Session(second.clone()),
+            false,
+            None,
+        ))
+        .await;
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: serde_json::Value = serde_json::from_str(&body(me).await).expect("json");
+    assert_eq!(
+        (&me["name"], &me["role"]),
+        (&"viewer".into(), &"viewer".into())
+    );
+    assert_eq!(me["csrf"], auth::csrf_token(&second));
+    // A `next` that leaves the site goes home instead.
+    let mut req = login_request("viewer", PASSWORD, None);
+    *req.body_mut() = Body::from(format!(
+        "user=viewer&password={}&next=%2F%2Fevil.example",
+        PASSWORD.replace(' ', "+")
+    ));
+    assert_eq!(site.send(req).await.headers()[header::LOCATION], "/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_and_every_login_is_audited() {
+    let site = Site::new(ServeOptions::default()).await;
+    site.login("admin").await;
+    // An unknown user is told the same as a wrong password.
+    let answer = site.send(login_request("ghost", PASSWORD, None)).await;
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert!(body(answer).await.contains("Wrong user name or password."));
+    // Four more failures from the same client (oneshot has no address: one "unknown" client).
+    for _ in 0..4 {
+        let answer = site
+            .send(login_request("operator", "wrong password!!", None))
+            .await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        assert!(cookie_id(&answer).is_none());
+        assert!(body(answer).await.contains("Wrong user name or password."));
+    }
+    // Five failures: now even the right password waits, whoever it is for.
+    for user in ["operator", "viewer"] {
+        let answer = site.send(login_request(user, PASSWORD, None)).await;
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS, "{user}");
+        assert!(answer.headers().contains_key(header::RETRY_AFTER));
+        assert!(cookie_id(&answer).is_none());
+    }
+    let rows = site.store.audit(None).await.expect("audit");
+    let seen: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.entry.os_user.clone(), r.entry.result.clone()))
+        .collect();
+    let count = |user: &str, part: &str| {
+        seen.iter()
+            .filter(|(u, r)| u == user && r.contains(part))
+            .count()
+    };
+    assert_eq!(count("web:admin", "ok"), 1, "{seen:?}");
+    assert_eq!(
+        count("web:ghost", "wrong user name or password"),
+        1,
+        "{seen:?}"
+    );
+    assert_eq!(
+        count("web:operator", "wrong user name or password"),
+        4,
+        "{seen:?}"
+    );
+    assert_eq!(count("web:operator", "too many"), 1, "{seen:?}");
+    assert_eq!(count("web:viewer", "too many"), 1, "{seen:?}");
+    assert!(
+        !format!("{rows:?}").contains(PASSWORD),
+        "a password in the audit log"
+    );
+    assert_eq!(site.store.verify_audit().await.expect("verify").1, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_shown_in_pages_are_escaped() {
+    let site = Site::new(ServeOptions::default()).await;
+    let payload = "\"><script>alert(1)</script>";
+    let uri = format!(
+        "/login?next={}",
+        payload
+            .replace('"', "%22")
+            .replace('<', "%3C")
+            .replace('>', "%3E")
+            .replace(' ', "%20")
+            .replace('(', "%28")
+            .replace(')', "%29")
+    );
+    let page = body(
+        site.send(request("GET", &uri, &As::Nobody, false, None))
+            .await,
+    )
+    .await;
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+}
