@@ -11,6 +11,32 @@ use tower::ServiceExt;
 
 const PASSWORD: &str = "a test password of some length";
 
+/// Two customers, three nodes; one airgapped.
+const INVENTORY: &str = r#"
+defaults:
+  ssh: { user: ops, port: 1 }
+customers:
+  acme:
+    mode: dedicated
+    clusters:
+      prod:
+        redis_url: "redis://127.0.0.1:6379/0"
+        postgres_url: "postgres://127.0.0.1/x"
+        shared_storage: /srv/shared
+        nodes:
+          - { name: acme-1, host: 127.0.0.1, node_root: /srv/fleet }
+          - { name: acme-2, host: 127.0.0.1, node_root: /srv/fleet }
+  globex:
+    mode: airgapped
+    clusters:
+      main:
+        redis_url: "redis://127.0.0.1:6379/0"
+        postgres_url: "postgres://127.0.0.1/x"
+        shared_storage: /srv/shared
+        nodes:
+          - { name: globex-1, host: 127.0.0.1, node_root: /srv/fleet }
+"#;
+
 struct Site {
     _dir: tempfile::TempDir,
     store: Store,
@@ -30,7 +56,10 @@ impl Site {
                 .await
                 .expect("user");
         }
-        let app = App::new(store.clone(), options);
+        let inventory =
+            fleet_inventory::Inventory::from_str(INVENTORY, std::path::Path::new("fleet.yaml"))
+                .expect("inventory");
+        let app = App::new(store.clone(), Arc::new(inventory), options);
         Site {
             _dir: dir,
             store,
@@ -140,7 +169,7 @@ async fn every_route_refuses_the_roles_it_must() {
     assert!(routes.len() >= 8, "{routes:?}");
     let mut checked = 0;
     for route in &routes {
-        let path = route.path.replace("{name}", "nobody");
+        let path = route.path.replace("{name}", "acme-1");
         for (role, who) in &callers {
             // A body each route accepts, so that the answer is about the caller, not the body.
             let json = (route.method == "POST" && path.starts_with("/api/")).then_some(
@@ -429,4 +458,132 @@ async fn values_shown_in_pages_are_escaped() {
     .await;
     assert!(!page.contains("<script>alert(1)"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_show_their_last_report_its_age_and_failures_paged_on_the_server() {
+    let site = Site::new(ServeOptions::default()).await;
+    let viewer = As::Bearer(site.token(Role::Viewer).await);
+    let operator = As::Bearer(site.token(Role::Operator).await);
+    site.store
+        .save_node_status(
+            "acme-1",
+            &serde_json::json!({ "active": "1.0.0", "daemon": { "server": "healthy", "restarts": 2 } }),
+        )
+        .await
+        .expect("status");
+    site.store
+        .save_node_error("acme-2", "ssh 127.0.0.1:1: connection refused")
+        .await
+        .expect("error");
+    let get = |uri: &str| {
+        let (site, who, uri) = (&site, viewer.clone(), uri.to_owned());
+        async move {
+            let answer = site.send(request("GET", &uri, &who, false, None)).await;
+            let status = answer.status();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&body(answer).await).expect("json"),
+            )
+        }
+    };
+    let (status, all) = get("/api/nodes").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["total"], 3);
+    let states: Vec<(String, String)> = all["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or("?").into(),
+                n["state"].as_str().unwrap_or("?").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("acme-1".to_owned(), "healthy".to_owned()),
+            ("acme-2".to_owned(), "unreachable".to_owned()),
+            ("globex-1".to_owned(), "unknown".to_owned())
+        ]
+    );
+    let acme1 = &all["nodes"][0];
+    assert_eq!(
+        (&acme1["active"], &acme1["restarts"]),
+        (&"1.0.0".into(), &2.into())
+    );
+    assert!(acme1["age_ms"].as_i64().is_some_and(|a| a >= 0), "{acme1}");
+    assert_eq!(
+        all["nodes"][1]["error"],
+        "ssh 127.0.0.1:1: connection refused"
+    );
+
+    // Filters and pages are the server's.
+    assert_eq!(get("/api/nodes?customer=acme").await.1["total"], 2);
+    assert_eq!(
+        get("/api/nodes?q=globex").await.1["nodes"][0]["name"],
+        "globex-1"
+    );
+    let (_, page) = get("/api/nodes?per_page=1&page=2").await;
+    assert_eq!(
+        (
+            page["total"].clone(),
+            page["nodes"].as_array().map(Vec::len)
+        ),
+        (3.into(), Some(1))
+    );
+    assert_eq!(page["nodes"][0]["name"], "acme-2");
+    let (status, bad) = get("/api/nodes?colour=red").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+
+    // A report older than the staleness bound never reads healthy.
+    let strict = Site::new(ServeOptions {
+        stale_after: std::time::Duration::ZERO,
+        ..ServeOptions::default()
+    })
+    .await;
+    strict
+        .store
+        .save_node_status(
+            "acme-1",
+            &serde_json::json!({ "daemon": { "server": "healthy" } }),
+        )
+        .await
+        .expect("status");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let token = As::Bearer(strict.token(Role::Viewer).await);
+    let answer = strict
+        .send(request("GET", "/api/nodes?q=acme-1", &token, false, None))
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&body(answer).await).expect("json");
+    assert_eq!(v["nodes"][0]["state"], "stale", "{v}");
+
+    // Asking a node now: an operator's; never an airgapped node; only inventory nodes.
+    let refresh = |name: &str, who: &As| {
+        request(
+            "POST",
+            &format!("/api/nodes/{name}/refresh"),
+            who,
+            false,
+            None,
+        )
+    };
+    assert_eq!(
+        site.send(refresh("acme-1", &viewer)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        site.send(refresh("acme-1", &operator)).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        site.send(refresh("globex-1", &operator)).await.status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        site.send(refresh("nope", &operator)).await.status(),
+        StatusCode::NOT_FOUND
+    );
 }

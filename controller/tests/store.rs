@@ -281,6 +281,31 @@ on_both!(
             .expect("save again");
         let (_, read) = store.node_status("n1").await.expect("read").expect("saved");
         assert_eq!(read, status);
+        // A failure is kept beside the last status, and a node only ever failed is listed too.
+        store
+            .save_node_error("n1", "connection refused")
+            .await
+            .expect("error");
+        store
+            .save_node_error("n3", "no route")
+            .await
+            .expect("error");
+        let snapshots = store.node_snapshots().await.expect("snapshots");
+        let names: Vec<&str> = snapshots.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(names, ["n1", "n3"]);
+        assert_eq!(snapshots[0].status.as_ref().map(|(_, s)| s), Some(&status));
+        assert_eq!(
+            snapshots[0].error.as_ref().map(|(_, e)| e.as_str()),
+            Some("connection refused")
+        );
+        assert!(snapshots[1].status.is_none());
+        exec(
+            &store,
+            "UPDATE node_status SET status = '{' WHERE node = 'n1'",
+        )
+        .await;
+        let err = store.node_snapshots().await.expect_err("corrupt");
+        assert!(err.to_string().contains("the status of n1"), "{err}");
     }
 );
 

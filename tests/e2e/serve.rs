@@ -1,5 +1,6 @@
 //! `fleet serve` as a process: it says where it listens, logs a user in over real HTTP, keeps
-//! the session's cookie HttpOnly, and stops cleanly on SIGTERM.
+//! the session's cookie HttpOnly, collects the inventory's nodes (here one where nothing
+//! listens: its SSH failure is shown, not a status), and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -35,8 +36,29 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
         .expect("password");
     assert!(add.wait().expect("add").success());
 
+    let key = data.path().join("deploy_key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(made.success());
+    let inventory = data.path().join("fleet.yaml");
+    std::fs::write(
+        &inventory,
+        format!("defaults:\n  ssh: {{ deploy_identity_file: {key:?} }}\n") + "customers:\n  acme:\n    mode: dedicated\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - { name: gone-1, host: 127.0.0.1, node_root: /srv/fleet, ssh: { user: ops, port: 1 } }\n",
+    )
+    .expect("inventory");
     let mut server = fleet()
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--collect-every",
+            "1s",
+            "-i",
+        ])
+        .arg(&inventory)
         .env("FLEET_DATA_DIR", data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,6 +103,26 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
         me.contains(r#""name":"alice""#) && me.contains(r#""role":"admin""#),
         "{me}"
     );
+    // The collector tried the node: nothing listens there, and the page says so.
+    let asked = Instant::now();
+    let nodes = loop {
+        let nodes = http(
+            &addr,
+            &format!(
+                "GET /api/nodes HTTP/1.1\r\nHost: {addr}\r\nCookie: {pair}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        if nodes.contains(r#""state":"unreachable""#) {
+            break nodes;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "never collected: {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(nodes.contains(r#""name":"gone-1""#), "{nodes}");
+    assert!(nodes.contains("refused"), "{nodes}");
     let anonymous = http(
         &addr,
         &format!("GET /api/me HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),

@@ -117,6 +117,16 @@ pub enum Command {
     /// SIGTERM or Ctrl-C, then lets requests in flight finish. Users come from `fleet user`,
     /// API tokens from `fleet token`.
     Serve {
+        /// The inventory YAML file: the nodes whose status is collected and shown.
+        #[arg(short, long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Ask each node for its status this often (over SSH, like `fleet status`); a node
+        /// that fails is asked again after a growing wait, at most 5 minutes.
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        collect_every: humantime::Duration,
+        /// Ask at most this many nodes at once.
+        #[arg(long, default_value_t = 32, value_name = "N")]
+        collect_parallel: usize,
         /// The address to serve on; keep it on loopback unless a TLS proxy fronts it.
         #[arg(long, default_value = "127.0.0.1:8700", value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,

@@ -24,10 +24,13 @@ use report::Failure;
 /// `fleet serve`: opens the store, binds, serves until SIGTERM or Ctrl-C.
 fn serve(
     state: Option<&str>,
+    inventory: &std::path::Path,
     listen: std::net::SocketAddr,
     options: crate::serve::ServeOptions,
+    collect: crate::serve::collect::CollectOptions,
 ) -> Result<report::Report, Failure> {
     use anyhow::Context as _;
+    let inventory = std::sync::Arc::new(commands::load_inventory(inventory)?);
     let location = crate::store::StateLocation::from_setting(state).map_err(anyhow::Error::from)?;
     let runtime = commands::runtime()?;
     runtime.block_on(async {
@@ -54,9 +57,16 @@ fn serve(
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        crate::serve::serve(store.clone(), options, listener, shutdown)
-            .await
-            .context("serving")?;
+        crate::serve::serve(
+            store.clone(),
+            inventory,
+            options,
+            collect,
+            listener,
+            shutdown,
+        )
+        .await
+        .context("serving")?;
         store.close().await;
         Ok::<_, Failure>(report::Report::new(
             format!("fleet serve: stopped (was on http://{bound})"),
@@ -166,17 +176,27 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(c) => users::user(state.as_deref(), c),
         Command::Token(c) => users::token(state.as_deref(), c),
         Command::Serve {
+            inventory,
+            collect_every,
+            collect_parallel,
             listen,
             secure_cookies,
             trusted_origin,
             session_ttl,
         } => {
+            let every: std::time::Duration = collect_every.into();
             let options = crate::serve::ServeOptions {
                 secure_cookies,
                 trusted_origins: trusted_origin,
                 session_ttl: session_ttl.into(),
+                stale_after: every * 3,
             };
-            serve(state.as_deref(), listen, options)
+            let collect = crate::serve::collect::CollectOptions {
+                every,
+                parallel: collect_parallel,
+                ..Default::default()
+            };
+            serve(state.as_deref(), &inventory, listen, options, collect)
         }
     };
     match outcome {

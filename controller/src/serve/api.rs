@@ -124,3 +124,89 @@ pub async fn remove_user(
         Err(e) => store_down(e),
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    customer: Option<String>,
+    cluster: Option<String>,
+    /// A part of the node's name.
+    q: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+/// The most nodes one page holds.
+const PER_PAGE_MAX: usize = 500;
+
+/// `GET /api/nodes`: the inventory's nodes with what the collector last heard, filtered and
+/// paged on the server (`customer`, `cluster`, `q`, `page` from 1, `per_page` up to 500).
+pub async fn nodes(
+    State(app): State<Arc<App>>,
+    query: Result<axum::extract::Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return refuse("/api/nodes", StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let per_page = q.per_page.unwrap_or(50).clamp(1, PER_PAGE_MAX);
+    let page = q.page.unwrap_or(1).max(1);
+    let snapshots = match app.store.node_snapshots().await {
+        Ok(s) => s,
+        Err(e) => return store_down(e),
+    };
+    let by_name: std::collections::HashMap<&str, &crate::store::NodeSnapshot> =
+        snapshots.iter().map(|s| (s.node.as_str(), s)).collect();
+    let now = crate::store::now_ms();
+    let selected: Vec<&fleet_inventory::Node> = app
+        .inventory
+        .nodes()
+        .iter()
+        .filter(|n| q.customer.as_ref().is_none_or(|c| &n.customer == c))
+        .filter(|n| q.cluster.as_ref().is_none_or(|c| &n.cluster == c))
+        .filter(|n| {
+            q.q.as_ref()
+                .is_none_or(|part| n.name.contains(part.as_str()))
+        })
+        .collect();
+    let total = selected.len();
+    let nodes: Vec<serde_json::Value> = selected
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|n| {
+            super::view::node(
+                n,
+                by_name.get(n.name.as_str()).copied(),
+                now,
+                app.options.stale_after,
+            )
+        })
+        .collect();
+    Json(json!({ "total": total, "page": page, "per_page": per_page, "nodes": nodes }))
+        .into_response()
+}
+
+/// `POST /api/nodes/{name}/refresh`: the collector asks the node now (202).
+pub async fn refresh_node(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match app.inventory.node(&name) {
+        None => refuse(
+            "/api/nodes",
+            StatusCode::NOT_FOUND,
+            &format!("no node named {name} in the inventory"),
+        ),
+        Some(n) if n.mode == fleet_inventory::Mode::Airgapped => refuse(
+            "/api/nodes",
+            StatusCode::CONFLICT,
+            &format!("{name} is airgapped: it is never contacted"),
+        ),
+        Some(_) => {
+            app.collect_now(&name);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "node": name, "refresh": "asked" })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,17 +1,22 @@
 //! `fleet serve`: the controller as a service (being built). So far: the route table
 //! (`routes.rs`), the guard every route goes through with logins, sessions, CSRF and the
 //! login rate limit (`session.rs`), the credentials (`auth.rs`, shared with `fleet user` and
-//! `fleet token`), the pages (`pages.rs`, templates in `templates/`) and the JSON API
-//! (`api.rs`). Every login and every change is an audit row, `who` being `web:<user>`.
+//! `fleet token`), the status collector (`collect.rs`), the pages (`pages.rs`, templates in
+//! `templates/`) and the JSON API (`api.rs`). Every login and every change is an audit row,
+//! `who` being `web:<user>`.
 
 mod api;
 pub mod auth;
+pub mod collect;
 mod pages;
 mod routes;
 mod session;
+mod view;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use fleet_inventory::Inventory;
 
 pub use routes::{Access, RouteSpec, router, routes};
 
@@ -27,6 +32,8 @@ pub struct ServeOptions {
     pub trusted_origins: Vec<String>,
     /// How long a session lasts after its login.
     pub session_ttl: Duration,
+    /// A node's status older than this shows as `stale` (three collection intervals).
+    pub stale_after: Duration,
 }
 
 impl Default for ServeOptions {
@@ -35,6 +42,7 @@ impl Default for ServeOptions {
             secure_cookies: false,
             trusted_origins: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3600),
+            stale_after: Duration::from_secs(90),
         }
     }
 }
@@ -42,33 +50,73 @@ impl Default for ServeOptions {
 /// What every handler shares.
 pub struct App {
     pub store: Store,
+    pub inventory: Arc<Inventory>,
     pub options: ServeOptions,
     limiter: session::Limiter,
+    /// Nodes whose status is wanted now (`collect_now`), and the collector's wake-up.
+    collect_requests: Mutex<Vec<String>>,
+    collect_wake: tokio::sync::Notify,
 }
 
-/// Serves `store` on `listener` until `shutdown`, then lets requests in flight finish.
+/// Serves `store` and `inventory` on `listener`, collecting the nodes' status, until
+/// `shutdown`; then the collector stops and requests in flight finish.
 pub async fn serve(
     store: Store,
+    inventory: Arc<Inventory>,
     options: ServeOptions,
+    collect: collect::CollectOptions,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = App::new(store, options);
-    axum::serve(
+    let app = App::new(store, inventory.clone(), options);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let collector = tokio::spawn(collect::run(app.clone(), inventory, collect, stop.clone()));
+    let served = axum::serve(
         listener,
         router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    })
+    .await;
+    stop.cancel();
+    let _ = collector.await;
+    served
 }
 
 impl App {
-    pub fn new(store: Store, options: ServeOptions) -> Arc<App> {
+    pub fn new(store: Store, inventory: Arc<Inventory>, options: ServeOptions) -> Arc<App> {
         Arc::new(App {
             store,
+            inventory,
             options,
             limiter: session::Limiter::default(),
+            collect_requests: Mutex::new(Vec::new()),
+            collect_wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Asks the collector for `node`'s status now (at once, unless an ask of it is under
+    /// way).
+    pub fn collect_now(&self, node: &str) {
+        self.collect_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(node.to_owned());
+        self.collect_wake.notify_one();
+    }
+
+    fn take_collect_requests(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .collect_requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// The `Set-Cookie` value of a session (`max_age` zero: one that clears it).

@@ -50,7 +50,7 @@ fn spec(
 /// The table with each route's handler.
 fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
     use Access::{At, Public};
-    use Role::{Admin, Viewer};
+    use Role::{Admin, Operator, Viewer};
     vec![
         (
             spec("GET", "/login", Public, "the login page"),
@@ -78,6 +78,24 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
                 "the caller: name, role, CSRF token",
             ),
             get(api::me),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/nodes",
+                At(Viewer),
+                "the nodes with their last status (customer, cluster, q, page, per_page)",
+            ),
+            get(api::nodes),
+        ),
+        (
+            spec(
+                "POST",
+                "/api/nodes/{name}/refresh",
+                At(Operator),
+                "ask a node's status now",
+            ),
+            post(api::refresh_node),
         ),
         (
             spec("GET", "/api/users", At(Admin), "the users and their roles"),

@@ -6,12 +6,13 @@
 //! timeout, and its write transactions take the write lock up front (`BEGIN IMMEDIATE`: a
 //! deferred transaction that reads first fails at once on the lock upgrade); its migrations
 //! run under a lock file beside the database (sqlx takes no lock for SQLite). Holds the audit
-//! log (`audit.rs`), rollouts with their orders, per-node outcomes, node status snapshots and
-//! the order sequence (`rollouts.rs`), and the users of `fleet serve` with their sessions and
-//! API tokens (`users.rs`).
+//! log (`audit.rs`), rollouts with their orders, per-node outcomes and the order sequence
+//! (`rollouts.rs`), each node's last status and last failure to reach it (`nodes.rs`), and
+//! the users of `fleet serve` with their sessions and API tokens (`users.rs`).
 //! Never a secret: what goes in is what the operator may read.
 
 mod audit;
+mod nodes;
 mod rollouts;
 mod users;
 
@@ -20,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use audit::{AuditEntry, AuditRow, Tamper};
+pub use nodes::NodeSnapshot;
 pub use rollouts::{NodeOutcome, Rollout};
 pub use users::{Principal, Role, Token, User};
 

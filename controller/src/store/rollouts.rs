@@ -1,4 +1,4 @@
-//! Rollouts and their per-node outcomes, and node status snapshots. A rollout in flight holds
+//! Rollouts and their per-node outcomes. A rollout in flight holds
 //! its cluster (a unique index over the clusters of rollouts not ended): a second one is
 //! refused naming the first, and the claim ends with the rollout itself, so it cannot go
 //! stale. A rollout keeps its targets and the signed order handed to them, so a controller
@@ -317,45 +317,5 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
-    }
-
-    /// Keeps the latest status document of `node` (as `fleet status --json` shows it).
-    pub async fn save_node_status(
-        &self,
-        node: &str,
-        status: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO node_status (node, at_ms, status) VALUES ($1, $2, $3)
-                 ON CONFLICT (node) DO UPDATE SET at_ms = excluded.at_ms, status = excluded.status",
-            )
-            .bind(node)
-            .bind(now_ms())
-            .bind(status.to_string())
-            .execute(pool)
-            .await
-            .map(|_| ())?
-        });
-        Ok(())
-    }
-
-    /// The last saved status of `node` and when it was saved.
-    pub async fn node_status(
-        &self,
-        node: &str,
-    ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
-        let row: Option<(i64, String)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT at_ms, status FROM node_status WHERE node = $1")
-                .bind(node)
-                .fetch_optional(pool)
-                .await?
-        });
-        row.map(|(at, text)| {
-            serde_json::from_str(&text)
-                .map(|v| (at, v))
-                .map_err(|e| StoreError::Corrupt(format!("the status of {node}: {e}")))
-        })
-        .transpose()
     }
 }
