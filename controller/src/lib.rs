@@ -19,6 +19,7 @@ mod store;
 
 pub use cli::{Cli, init_logging, run};
 pub use node::{AgentCallError, NodeStatus, Provisioned, agent, deploy_target, refusal};
+pub use serve::collect::{CollectOptions, run as collect};
 pub use serve::{Access, App, RouteSpec, ServeOptions, auth, router, routes};
 pub use ssh::{
     Enrolled, Input, KnownHostsError, OUTPUT_CAP, Output, PASSPHRASE_ENV, Session, SshError,

@@ -587,3 +587,140 @@ async fn nodes_show_their_last_report_its_age_and_failures_paged_on_the_server()
         StatusCode::NOT_FOUND
     );
 }
+
+/// Reads the SSE body until `done` says what was read is enough (bounded in time).
+async fn read_events(answer: Response<Body>, done: impl Fn(&str) -> bool) -> String {
+    use futures_util::StreamExt;
+    let mut stream = answer.into_body().into_data_stream();
+    let mut text = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if done(&text) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no such event within 30 s: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_puts_nodes_needing_attention_first_and_escapes_what_nodes_say() {
+    let site = Site::new(ServeOptions::default()).await;
+    site.store
+        .save_node_status(
+            "acme-1",
+            &serde_json::json!({ "active": "1.0.0", "daemon": { "server": "healthy" } }),
+        )
+        .await
+        .expect("status");
+    site.store
+        .save_node_error("acme-2", "<script>alert('xss')</script> refused")
+        .await
+        .expect("error");
+    let viewer = As::Session(site.login("viewer").await);
+    let answer = site.send(request("GET", "/", &viewer, false, None)).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let page = body(answer).await;
+    let at = |name: &str| {
+        page.find(&format!("data-node=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} missing: {page}"))
+    };
+    assert!(
+        at("acme-2") < at("acme-1") && at("globex-1") < at("acme-1"),
+        "attention first: {page}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert("), "{page}");
+    assert!(page.contains("1.0.0: 1"), "counts by version: {page}");
+    assert!(page.contains("/static/fleet.js"), "{page}");
+    // The filters are the URL's.
+    let only = body(
+        site.send(request("GET", "/?customer=globex", &viewer, false, None))
+            .await,
+    )
+    .await;
+    assert!(
+        only.contains("data-node=\"globex-1\"") && !only.contains("data-node=\"acme-1\""),
+        "{only}"
+    );
+    let bad = site
+        .send(request("GET", "/?colour=red", &viewer, false, None))
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // The script is served, and sets values as text only.
+    let script = body(
+        site.send(request("GET", "/static/fleet.js", &As::Nobody, false, None))
+            .await,
+    )
+    .await;
+    assert!(
+        script.contains("EventSource") && script.contains("textContent"),
+        "{script}"
+    );
+    assert!(!script.contains("innerHTML"), "{script}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_resume_after_the_last_event_id() {
+    let site = Site::new(ServeOptions::default()).await;
+    let viewer = As::Bearer(site.token(Role::Viewer).await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let inventory = site.app.inventory.clone();
+    let collector = tokio::spawn(fleet_controller::collect(
+        site.app.clone(),
+        inventory,
+        fleet_controller::CollectOptions {
+            every: std::time::Duration::from_millis(200),
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+    // The collector tries acme-1 and acme-2 (nothing listens on port 1): each failure is a
+    // `node` event with the node's view; globex-1 is airgapped and never tried.
+    let answer = site
+        .send(request("GET", "/api/events", &viewer, false, None))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let text = read_events(answer, |t| {
+        t.contains("\"acme-1\"") && t.contains("\"acme-2\"")
+    })
+    .await;
+    assert!(text.contains("event: node"), "{text}");
+    assert!(text.contains(r#""state":"unreachable""#), "{text}");
+    assert!(!text.contains("globex-1"), "{text}");
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ").and_then(|id| id.trim().parse().ok()))
+        .collect();
+    assert!(ids.len() >= 2, "{text}");
+    // Coming back with the last id seen: only what came after it, nothing twice.
+    let last = *ids.last().expect("an id");
+    let mut again = request("GET", "/api/events", &viewer, false, None);
+    again
+        .headers_mut()
+        .insert("last-event-id", last.to_string().parse().expect("header"));
+    let resumed = read_events(site.send(again).await, |t| t.contains("id: ")).await;
+    let first_new: u64 = resumed
+        .lines()
+        .find_map(|l| l.strip_prefix("id: ").and_then(|id| id.trim().parse().ok()))
+        .expect("an id");
+    assert_eq!(first_new, last + 1, "{resumed}");
+    // An id the server never handed out: reload.
+    let mut stale = request("GET", "/api/events", &viewer, false, None);
+    stale
+        .headers_mut()
+        .insert("last-event-id", "5".parse().expect("header"));
+    let reset = read_events(site.send(stale).await, |t| t.contains("event: reset")).await;
+    assert!(reset.contains("reload"), "{reset}");
+    stop.cancel();
+    collector.await.expect("the collector stops");
+    let rows = site.store.node_snapshots().await.expect("snapshots");
+    assert!(
+        rows.iter().all(|r| r.node != "globex-1"),
+        "an airgapped node was contacted"
+    );
+}

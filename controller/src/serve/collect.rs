@@ -3,7 +3,8 @@
 //! a node that fails is asked again after a growing wait (doubling, at most `BACKOFF_MAX`),
 //! and any node can be asked at once on demand (`App::collect_now`). Each answer or failure
 //! goes to the store (`save_node_status`, `save_node_error`), which the pages and the API
-//! read. Airgapped nodes are never contacted.
+//! read, and out as a live `node` note with the node's new view. Airgapped nodes are never
+//! contacted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 use crate::ssh::Timeouts;
+use crate::store::NodeSnapshot;
 
 /// The longest a failing node waits before it is asked again.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -73,6 +75,14 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(options.parallel.max(1)));
     let mut running: JoinSet<(String, Result<serde_json::Value, String>)> = JoinSet::new();
     let mut asked: std::collections::HashSet<String> = Default::default();
+    // What the store holds of each node, kept up to date here (for the live notes).
+    let mut last: HashMap<String, NodeSnapshot> = match app.store.node_snapshots().await {
+        Ok(s) => s.into_iter().map(|s| (s.node.clone(), s)).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the nodes' last status");
+            HashMap::new()
+        }
+    };
     loop {
         // Nodes asked for on demand are due now.
         for name in app.take_collect_requests() {
@@ -117,19 +127,33 @@ pub async fn run(
                 let Ok((name, answer)) = done else { continue };
                 asked.remove(&name);
                 let failed = failures.entry(name.clone()).or_default();
+                let at = crate::store::now_ms();
+                let known = last.entry(name.clone()).or_insert_with(|| NodeSnapshot {
+                    node: name.clone(),
+                    status: None,
+                    error: None,
+                });
                 let saved = match answer {
                     Ok(status) => {
                         *failed = 0;
-                        app.store.save_node_status(&name, &status).await
+                        let saved = app.store.save_node_status(&name, &status).await;
+                        known.status = Some((at, status));
+                        saved
                     }
                     Err(error) => {
                         *failed += 1;
                         tracing::debug!(node = %name, %error, "status not collected");
-                        app.store.save_node_error(&name, &error).await
+                        let saved = app.store.save_node_error(&name, &error).await;
+                        known.error = Some((at, error));
+                        saved
                     }
                 };
                 if let Err(e) = saved {
                     tracing::error!(node = %name, error = %e, "saving a node's status");
+                }
+                if let Some(node) = inventory.node(&name) {
+                    let view = super::view::node(node, Some(known), at, app.options.stale_after);
+                    app.events.publish("node", view);
                 }
                 due.insert(name, Instant::now() + backoff(options.every, *failed));
             }

@@ -8,6 +8,7 @@
 mod api;
 pub mod auth;
 pub mod collect;
+mod events;
 mod pages;
 mod routes;
 mod session;
@@ -56,6 +57,10 @@ pub struct App {
     /// Nodes whose status is wanted now (`collect_now`), and the collector's wake-up.
     collect_requests: Mutex<Vec<String>>,
     collect_wake: tokio::sync::Notify,
+    /// Live updates for the pages (`events.rs`).
+    events: events::Hub,
+    /// The server's shutdown: live streams end with it.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// Serves `store` and `inventory` on `listener`, collecting the nodes' status, until
@@ -69,7 +74,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = App::new(store, inventory.clone(), options);
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = app.stop.clone();
     let collector = tokio::spawn(collect::run(app.clone(), inventory, collect, stop.clone()));
     let served = axum::serve(
         listener,
@@ -97,6 +102,8 @@ impl App {
             limiter: session::Limiter::default(),
             collect_requests: Mutex::new(Vec::new()),
             collect_wake: tokio::sync::Notify::new(),
+            events: events::Hub::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
         })
     }
 

@@ -15,7 +15,7 @@ fn environment() -> &'static Environment<'static> {
             ("layout.html", include_str!("templates/layout.html")),
             ("login.html", include_str!("templates/login.html")),
             ("message.html", include_str!("templates/message.html")),
-            ("home.html", include_str!("templates/home.html")),
+            ("overview.html", include_str!("templates/overview.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -24,13 +24,18 @@ fn environment() -> &'static Environment<'static> {
     })
 }
 
-fn render(name: &str, ctx: minijinja::Value) -> Html<String> {
+/// A page, or 500 when its template fails (logged).
+fn render(name: &str, ctx: minijinja::Value) -> (StatusCode, Html<String>) {
     match environment().get_template(name).and_then(|t| t.render(ctx)) {
-        Ok(html) => Html(html),
+        Ok(html) => (StatusCode::OK, Html(html)),
         Err(e) => {
             tracing::error!(template = name, error = %e, "rendering a page");
-            Html(
-                "<!doctype html><title>Fleet</title><p>This page could not be rendered.</p>".into(),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html(
+                    "<!doctype html><title>Fleet</title><p>This page could not be rendered.</p>"
+                        .into(),
+                ),
             )
         }
     }
@@ -47,7 +52,7 @@ fn user(caller: Option<&Caller>) -> (minijinja::Value, Option<String>) {
     }
 }
 
-pub fn login(next: &str, error: Option<&str>) -> Html<String> {
+pub fn login(next: &str, error: Option<&str>) -> (StatusCode, Html<String>) {
     render("login.html", context! { next, error })
 }
 
@@ -56,11 +61,7 @@ pub fn message(status: StatusCode, message: &str) -> Html<String> {
         "message.html",
         context! { status => status.to_string(), message },
     )
-}
-
-pub fn home(caller: &Caller) -> Html<String> {
-    let (user, csrf) = user(Some(caller));
-    render("home.html", context! { user, csrf })
+    .1
 }
 
 /// Percent-encodes everything but unreserved characters (a value in a query string).
@@ -74,4 +75,168 @@ pub fn url_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// The filters of the overview, all in the URL.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    #[serde(default)]
+    customer: String,
+    #[serde(default)]
+    cluster: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    page: Option<usize>,
+}
+
+/// Nodes on one page of the overview.
+const PAGE: usize = 50;
+
+/// States that need no one's attention.
+fn calm(state: &str) -> bool {
+    matches!(state, "healthy" | "starting" | "draining")
+}
+
+/// The overview's link to page `page` with the same filters.
+fn overview_link(q: &OverviewQuery, page: usize) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("customer", &q.customer),
+        ("cluster", &q.cluster),
+        ("q", &q.q),
+        ("state", &q.state),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{k}={}", url_encode(v)));
+        }
+    }
+    parts.push(format!("page={page}"));
+    format!("/?{}", parts.join("&"))
+}
+
+/// `GET /`: counts by state and version over the whole fleet, the rollouts in flight, and
+/// one page of the nodes the filters select, those needing attention first.
+pub async fn overview(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<super::App>>,
+    who: axum::Extension<super::session::Who>,
+    query: Result<axum::extract::Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(caller) = who.0.0.as_ref() else {
+        return axum::response::Redirect::to("/login").into_response();
+    };
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                message(StatusCode::BAD_REQUEST, &e.body_text()),
+            )
+                .into_response();
+        }
+    };
+    let (snapshots, rollouts) = match (
+        app.store.node_snapshots().await,
+        app.store.rollouts(true).await,
+    ) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "the state store");
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return (status, message(status, "the state store is not answering")).into_response();
+        }
+    };
+    let by_name: std::collections::HashMap<&str, &crate::store::NodeSnapshot> =
+        snapshots.iter().map(|s| (s.node.as_str(), s)).collect();
+    let now = crate::store::now_ms();
+    let views: Vec<serde_json::Value> = app
+        .inventory
+        .nodes()
+        .iter()
+        .map(|n| {
+            super::view::node(
+                n,
+                by_name.get(n.name.as_str()).copied(),
+                now,
+                app.options.stale_after,
+            )
+        })
+        .collect();
+    let mut by_state = std::collections::BTreeMap::<String, usize>::new();
+    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
+    for v in &views {
+        *by_state
+            .entry(v["state"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+        *by_version
+            .entry(v["active"].as_str().unwrap_or("none").to_owned())
+            .or_default() += 1;
+    }
+    let keep = |v: &&serde_json::Value| {
+        let is = |field: &str, want: &str| want.is_empty() || v[field].as_str() == Some(want);
+        is("customer", &q.customer)
+            && is("cluster", &q.cluster)
+            && is("state", &q.state)
+            && (q.q.is_empty() || v["name"].as_str().is_some_and(|n| n.contains(q.q.as_str())))
+    };
+    let mut selected: Vec<&serde_json::Value> = views.iter().filter(keep).collect();
+    selected.sort_by_key(|v| {
+        (
+            calm(v["state"].as_str().unwrap_or("")),
+            v["name"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    let total = selected.len();
+    let pages = total.div_ceil(PAGE).max(1);
+    let page = q.page.unwrap_or(1).clamp(1, pages);
+    let nodes: Vec<&serde_json::Value> = selected
+        .into_iter()
+        .skip((page - 1) * PAGE)
+        .take(PAGE)
+        .collect();
+    let mut customers: Vec<String> = app
+        .inventory
+        .customers()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    customers.sort_unstable();
+    let (user, csrf) = user(Some(caller));
+    render(
+        "overview.html",
+        context! {
+            user, csrf,
+            live => true,
+            stale_ms => u64::try_from(app.options.stale_after.as_millis()).unwrap_or(u64::MAX),
+            by_state => minijinja::value::Serde(&by_state.into_iter().collect::<Vec<_>>()),
+            by_version => minijinja::value::Serde(&by_version.into_iter().collect::<Vec<_>>()),
+            rollouts => rollouts.iter().map(|r| context! { id => r.id.clone(), cluster => r.cluster.clone(), version => r.version.clone() }).collect::<Vec<_>>(),
+            customers,
+            filter => minijinja::value::Serde(&q),
+            nodes => minijinja::value::Serde(&nodes), total, page, pages,
+            prev => (page > 1).then(|| overview_link(&q, page - 1)),
+            next => (page < pages).then(|| overview_link(&q, page + 1)),
+        },
+    )
+    .into_response()
+}
+
+/// `GET /static/fleet.js`: the pages' one script, compiled in.
+pub async fn script() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        include_str!("static/fleet.js"),
+    )
+        .into_response()
 }

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 
-use super::session::{self, Who};
+use super::session;
 use super::{App, api, pages};
 use crate::store::Role;
 
@@ -69,7 +68,28 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
             spec("POST", "/logout", At(Viewer), "log out: the session ends"),
             post(session::logout),
         ),
-        (spec("GET", "/", At(Viewer), "the overview"), get(home)),
+        (
+            spec(
+                "GET",
+                "/",
+                At(Viewer),
+                "the overview (customer, cluster, q, state, page)",
+            ),
+            get(pages::overview),
+        ),
+        (
+            spec("GET", "/static/fleet.js", Public, "the pages' script"),
+            get(pages::script),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/events",
+                At(Viewer),
+                "live updates (Server-Sent Events, Last-Event-ID)",
+            ),
+            get(super::events::stream),
+        ),
         (
             spec(
                 "GET",
@@ -144,11 +164,4 @@ async fn login_page(
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     pages::login(q.get("next").map_or("/", String::as_str), None).into_response()
-}
-
-async fn home(State(_app): State<Arc<App>>, who: axum::Extension<Who>) -> Response {
-    match &who.0.0 {
-        Some(caller) => pages::home(caller).into_response(),
-        None => axum::response::Redirect::to("/login").into_response(),
-    }
 }
