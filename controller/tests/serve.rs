@@ -724,3 +724,186 @@ async fn live_updates_resume_after_the_last_event_id() {
         "an airgapped node was contacted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let site = Site::new(ServeOptions::default()).await;
+    let answer = site
+        .send(request(
+            "GET",
+            "/api/openapi.json",
+            &As::Nobody,
+            false,
+            None,
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&body(answer).await).expect("json");
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .expect("path item")
+                .keys()
+                .map(move |m| (m.to_ascii_uppercase(), path.clone()))
+        })
+        .collect();
+    documented.sort();
+    let routes = fleet_controller::routes();
+    let mut api: Vec<(String, String)> = routes
+        .iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    api.sort();
+    assert_eq!(documented, api, "the document and the router differ");
+    // Each documented operation is routed (an admin is refused by nothing) and says its role.
+    let admin = As::Bearer(site.token(Role::Admin).await);
+    for r in routes
+        .iter()
+        .filter(|r| r.path.starts_with("/api/") && r.path != "/api/events")
+    {
+        let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+        match r.access {
+            Access::Public => assert!(op["x-fleet-role"].is_null(), "{op}"),
+            Access::At(role) => assert_eq!(op["x-fleet-role"], role.as_str(), "{op}"),
+        }
+        for q in r.query {
+            assert!(
+                op["parameters"]
+                    .as_array()
+                    .expect("parameters")
+                    .iter()
+                    .any(|p| p["name"] == *q),
+                "{op}"
+            );
+        }
+        let path = r.path.replace("{name}", "acme-1");
+        let json = (r.method == "POST").then_some("{}");
+        let status = site
+            .send(request(r.method, &path, &admin, false, json))
+            .await
+            .status();
+        assert!(
+            status != StatusCode::NOT_FOUND || r.method == "DELETE",
+            "{} {}: {status}",
+            r.method,
+            r.path
+        );
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_filtered_paged_exported_and_escaped() {
+    let site = Site::new(ServeOptions::default()).await;
+    site.login("admin").await;
+    site.login("viewer").await;
+    site.store
+        .append_audit(&fleet_controller::AuditEntry {
+            at_ms: 1,
+            os_user: "ops".into(),
+            key_fingerprints: vec![],
+            command: "push".into(),
+            args: vec!["push".into(), "<script>alert(1)</script>".into()],
+            nodes: vec![("acme-1".into(), "=HYPERLINK(\"http://evil\")".into())],
+            digests: vec![],
+            result: "=1+1".into(),
+        })
+        .await
+        .expect("row");
+    let viewer = As::Session(site.login("viewer").await);
+    let page = body(
+        site.send(request("GET", "/audit", &viewer, false, None))
+            .await,
+    )
+    .await;
+    assert!(
+        page.contains("web:admin") && page.contains("push"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+    let logins = body(
+        site.send(request(
+            "GET",
+            "/audit?command=login&user=admin",
+            &viewer,
+            false,
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert!(
+        logins.contains("web:admin") && !logins.contains("web:viewer"),
+        "{logins}"
+    );
+    assert!(
+        logins.contains("audit.csv?command=login&amp;user=admin"),
+        "the export keeps the filters: {logins}"
+    );
+    let bad = site
+        .send(request(
+            "GET",
+            "/audit?since=yesterday-ish",
+            &viewer,
+            false,
+            None,
+        ))
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // CSV: every row, newest first, no cell a spreadsheet would run.
+    let answer = site
+        .send(request("GET", "/audit.csv", &viewer, false, None))
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(
+        answer.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("type")
+            .starts_with("text/csv")
+    );
+    let csv = body(answer).await;
+    assert!(
+        csv.starts_with("id,at,user,keys,command,args,nodes,digests,result,hash"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",'=1+1,"),
+        "a formula cell is neutralised: {csv}"
+    );
+    assert!(!csv.contains(",=1+1"), "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "header + 4 rows: {csv}");
+    assert!(
+        lines[1].starts_with("4,") && lines[4].starts_with("1,"),
+        "{csv}"
+    );
+    // JSON, newest first.
+    let token = As::Bearer(site.token(Role::Viewer).await);
+    let json: serde_json::Value = serde_json::from_str(
+        &body(
+            site.send(request(
+                "GET",
+                "/api/audit?command=push",
+                &token,
+                false,
+                None,
+            ))
+            .await,
+        )
+        .await,
+    )
+    .expect("json");
+    assert_eq!(json["total"], 1);
+    assert_eq!(json["rows"][0]["command"], "push");
+}

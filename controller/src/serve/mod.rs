@@ -6,6 +6,7 @@
 //! `who` being `web:<user>`.
 
 mod api;
+mod audit;
 pub mod auth;
 pub mod collect;
 mod events;

@@ -16,6 +16,7 @@ fn environment() -> &'static Environment<'static> {
             ("login.html", include_str!("templates/login.html")),
             ("message.html", include_str!("templates/message.html")),
             ("overview.html", include_str!("templates/overview.html")),
+            ("audit.html", include_str!("templates/audit.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -99,23 +100,6 @@ const PAGE: usize = 50;
 /// States that need no one's attention.
 fn calm(state: &str) -> bool {
     matches!(state, "healthy" | "starting" | "draining")
-}
-
-/// The overview's link to page `page` with the same filters.
-fn overview_link(q: &OverviewQuery, page: usize) -> String {
-    let mut parts = Vec::new();
-    for (k, v) in [
-        ("customer", &q.customer),
-        ("cluster", &q.cluster),
-        ("q", &q.q),
-        ("state", &q.state),
-    ] {
-        if !v.is_empty() {
-            parts.push(format!("{k}={}", url_encode(v)));
-        }
-    }
-    parts.push(format!("page={page}"));
-    format!("/?{}", parts.join("&"))
 }
 
 /// `GET /`: counts by state and version over the whole fleet, the rollouts in flight, and
@@ -205,6 +189,12 @@ pub async fn overview(
         .map(|c| c.name.clone())
         .collect();
     customers.sort_unstable();
+    let filters = [
+        ("customer", q.customer.as_str()),
+        ("cluster", q.cluster.as_str()),
+        ("q", q.q.as_str()),
+        ("state", q.state.as_str()),
+    ];
     let (user, csrf) = user(Some(caller));
     render(
         "overview.html",
@@ -218,8 +208,8 @@ pub async fn overview(
             customers,
             filter => minijinja::value::Serde(&q),
             nodes => minijinja::value::Serde(&nodes), total, page, pages,
-            prev => (page > 1).then(|| overview_link(&q, page - 1)),
-            next => (page < pages).then(|| overview_link(&q, page + 1)),
+            prev => (page > 1).then(|| link("/", &filters, Some(page - 1))),
+            next => (page < pages).then(|| link("/", &filters, Some(page + 1))),
         },
     )
     .into_response()
@@ -239,4 +229,85 @@ pub async fn script() -> axum::response::Response {
         include_str!("static/fleet.js"),
     )
         .into_response()
+}
+
+/// A time in the pages: RFC 3339 to the second, UTC.
+pub fn when(ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The query string of `filters` (empty ones left out) and `page`.
+fn link(base: &str, filters: &[(&str, &str)], page: Option<usize>) -> String {
+    let mut parts: Vec<String> = filters
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", url_encode(v)))
+        .collect();
+    if let Some(p) = page {
+        parts.push(format!("page={p}"));
+    }
+    if parts.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", parts.join("&"))
+    }
+}
+
+/// The audit page: one page of `rows` (already filtered, newest first).
+pub fn audit(
+    caller: &Caller,
+    q: &super::audit::AuditQuery,
+    rows: &[crate::store::AuditRow],
+    per_page: usize,
+) -> (StatusCode, Html<String>) {
+    let filter = serde_json::to_value(q).unwrap_or_default();
+    let f = |k: &str| filter[k].as_str().unwrap_or("").to_owned();
+    let (command, user_f, since) = (f("command"), f("user"), f("since"));
+    let filters = [
+        ("command", command.as_str()),
+        ("user", user_f.as_str()),
+        ("since", since.as_str()),
+    ];
+    let total = rows.len();
+    let pages = total.div_ceil(per_page).max(1);
+    let page = filter["page"]
+        .as_u64()
+        .map_or(1, |p| p as usize)
+        .clamp(1, pages);
+    let shown: Vec<minijinja::Value> = rows
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|r| {
+            let nodes: Vec<String> = r
+                .entry
+                .nodes
+                .iter()
+                .map(|(n, res)| format!("{n}: {res}"))
+                .collect();
+            context! {
+                id => r.id,
+                when => when(r.entry.at_ms),
+                user => r.entry.os_user.clone(),
+                command => r.entry.command.clone(),
+                args => r.entry.args.join(" "),
+                nodes => nodes.join("; "),
+                result => r.entry.result.clone(),
+            }
+        })
+        .collect();
+    let (user, csrf) = user(Some(caller));
+    render(
+        "audit.html",
+        context! {
+            user, csrf,
+            filter => context! { command => command.clone(), user => user_f.clone(), since => since.clone() },
+            rows => shown, total, page, pages,
+            csv => link("/audit.csv", &filters, None),
+            prev => (page > 1).then(|| link("/audit", &filters, Some(page - 1))),
+            next => (page < pages).then(|| link("/audit", &filters, Some(page + 1))),
+        },
+    )
 }

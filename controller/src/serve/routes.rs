@@ -30,6 +30,8 @@ pub struct RouteSpec {
     pub path: &'static str,
     pub access: Access,
     pub summary: &'static str,
+    /// The query parameters it reads (all optional).
+    pub query: &'static [&'static str],
 }
 
 fn spec(
@@ -43,7 +45,72 @@ fn spec(
         path,
         access,
         summary,
+        query: &[],
     }
+}
+
+impl RouteSpec {
+    fn query(mut self, names: &'static [&'static str]) -> Self {
+        self.query = names;
+        self
+    }
+}
+
+/// The OpenAPI document of the JSON API (every `/api/` route of the table), served at
+/// `/api/openapi.json`: each operation with its summary, path and query parameters, the role
+/// it needs (`x-fleet-role`) and how a caller authenticates.
+pub fn openapi() -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let mut paths = Map::new();
+    for r in routes().into_iter().filter(|r| r.path.starts_with("/api/")) {
+        let mut parameters: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        parameters.extend(
+            r.query
+                .iter()
+                .map(|name| json!({ "name": name, "in": "query", "required": false, "schema": { "type": "string" } })),
+        );
+        let (role, security) = match r.access {
+            Access::Public => (Value::Null, json!([])),
+            Access::At(role) => (
+                role.as_str().into(),
+                json!([{ "session": [] }, { "bearer": [] }]),
+            ),
+        };
+        let operation = json!({
+            "summary": r.summary,
+            "operationId": format!("{} {}", r.method, r.path),
+            "parameters": parameters,
+            "security": security,
+            "x-fleet-role": role,
+            "responses": {
+                "default": { "description": "JSON; errors are {\"error\": \"...\"}" }
+            },
+        });
+        paths
+            .entry(r.path.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("a path item is an object")
+            .insert(r.method.to_ascii_lowercase(), operation);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "fleet serve", "version": env!("CARGO_PKG_VERSION") },
+        "components": { "securitySchemes": {
+            "session": { "type": "apiKey", "in": "cookie", "name": session::COOKIE },
+            "bearer": { "type": "http", "scheme": "bearer" },
+        }},
+        "paths": paths,
+    })
+}
+
+async fn openapi_document() -> Response {
+    axum::Json(openapi()).into_response()
 }
 
 /// The table with each route's handler.
@@ -69,13 +136,38 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
             post(session::logout),
         ),
         (
+            spec("GET", "/", At(Viewer), "the overview")
+                .query(&["customer", "cluster", "q", "state", "page"]),
+            get(pages::overview),
+        ),
+        (
             spec(
                 "GET",
-                "/",
-                At(Viewer),
-                "the overview (customer, cluster, q, state, page)",
+                "/api/openapi.json",
+                Public,
+                "this API's OpenAPI document",
             ),
-            get(pages::overview),
+            get(openapi_document),
+        ),
+        (
+            spec("GET", "/audit", At(Viewer), "the audit log")
+                .query(&["command", "user", "since", "page"]),
+            get(super::audit::page),
+        ),
+        (
+            spec("GET", "/audit.csv", At(Viewer), "the audit log as CSV")
+                .query(&["command", "user", "since"]),
+            get(super::audit::csv),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/audit",
+                At(Viewer),
+                "the audit log, newest first",
+            )
+            .query(&["command", "user", "since", "page"]),
+            get(super::audit::json),
         ),
         (
             spec("GET", "/static/fleet.js", Public, "the pages' script"),
@@ -104,8 +196,9 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
                 "GET",
                 "/api/nodes",
                 At(Viewer),
-                "the nodes with their last status (customer, cluster, q, page, per_page)",
-            ),
+                "the nodes with their last status",
+            )
+            .query(&["customer", "cluster", "q", "page", "per_page"]),
             get(api::nodes),
         ),
         (
