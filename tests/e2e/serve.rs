@@ -4,8 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use fleet_tests::Provisioned;
 
 use super::support::fleet;
 
@@ -146,4 +149,234 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
     let mut rest = String::new();
     out.read_to_string(&mut rest).expect("the rest");
     assert!(rest.contains("fleet serve: stopped"), "{rest}");
+}
+
+/// A running `fleet serve`: its address and its stdout, stopped by SIGTERM on drop.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Served {
+    fn start(mut command: std::process::Command) -> Served {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fleet serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("the listening line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Served { child, addr }
+    }
+
+    /// Logs `user` in; the `Cookie` header's value.
+    fn login(&self, user: &str, password: &str) -> String {
+        let addr = &self.addr;
+        let body = format!("user={user}&password={}", password.replace(' ', "+"));
+        let answer = http(
+            addr,
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        let cookie = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("no cookie: {answer}"));
+        cookie.split(';').next().expect("pair").to_owned()
+    }
+
+    fn get(&self, path: &str, cookie: &str) -> String {
+        let addr = &self.addr;
+        http(
+            addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(pid) = rustix::process::Pid::from_raw(self.child.id() as i32).ok_or(()) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON body of an answer.
+fn json_body(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"))
+}
+
+#[test]
+fn a_rollout_started_in_the_browser_is_carried_out_and_followed_live() {
+    let mut c = Provisioned::start(
+        Path::new(env!("CARGO_BIN_EXE_fleet")),
+        "e2e_serve_rollout",
+        3,
+    );
+    for v in ["1.0.0", "1.1.0"] {
+        c.build_release(v);
+    }
+    c.activate("1.0.0");
+    c.with_logs(web_rollout_scenario);
+}
+
+fn web_rollout_scenario(c: &mut Provisioned) {
+    let password = "an operator password";
+    let mut add = c
+        .command(&["user", "add", "op", "--role", "operator"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("user add");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    assert!(add.wait().expect("add").success());
+    let (store, inventory) = (
+        c.store.to_string_lossy().into_owned(),
+        c.inventory.to_string_lossy().into_owned(),
+    );
+    let served = Served::start(c.command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--collect-every",
+        "1s",
+        "--store",
+        &store,
+        "-i",
+        &inventory,
+    ]));
+    let cookie = served.login("op", password);
+    let me = json_body(&served.get("/api/me", &cookie));
+    let csrf = me["csrf"].as_str().expect("csrf").to_owned();
+
+    // The live stream, read on a thread of its own from before the start.
+    let events = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (addr, cookie, events) = (served.addr.clone(), cookie.clone(), events.clone());
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            s.write_all(
+                format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .expect("write");
+            let started = Instant::now();
+            let mut buf = [0u8; 65536];
+            while started.elapsed() < Duration::from_secs(240) {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut e = events.lock().expect("events");
+                        e.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        if e.matches(r#""outcome":"committed""#).count() >= 3
+                            && e.contains(r#""state":"committed""#)
+                        {
+                            break;
+                        }
+                    }
+                    Err(_) => continue,
+                }
+            }
+        })
+    };
+
+    // The operator starts the rollout with the page's form.
+    let addr = &served.addr;
+    let body = format!(
+        "csrf={csrf}&version=1.1.0&cluster=test%2Flocal&max_unavailable=1&canary=&min_healthy_secs=1"
+    );
+    let answer = http(
+        addr,
+        &format!(
+            "POST /rollouts HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let location = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location: {answer}"))
+        .trim()
+        .to_owned();
+    let id = location
+        .strip_prefix("/rollouts/")
+        .expect("a rollout page")
+        .to_owned();
+
+    // The server watches it to its end, and the store says so.
+    let asked = Instant::now();
+    let rollout = loop {
+        let r = json_body(&served.get(&format!("/api/rollouts/{id}"), &cookie));
+        if r["state"] == "committed" {
+            break r;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(240),
+            "not committed: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let outcomes: Vec<&str> = rollout["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["committed", "committed", "committed"],
+        "{rollout}"
+    );
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.1.0");
+    }
+
+    // The live stream showed the nodes' progress as it happened: a step under way on a node
+    // before its outcome, then every outcome, without anyone asking again.
+    reader.join().expect("the reader");
+    let seen = events.lock().expect("events").clone();
+    assert!(seen.contains("event: rollout"), "{seen}");
+    assert!(
+        seen.contains(r#""outcome":null"#) && seen.contains(r#""step":"gate""#),
+        "no step seen under way: {seen}"
+    );
+    assert!(
+        seen.matches(r#""outcome":"committed""#).count() >= 3,
+        "{seen}"
+    );
+    let page = served.get(&location, &cookie);
+    assert!(
+        page.contains("data-rollout-node=\"") && page.contains("committed"),
+        "{page}"
+    );
+
+    // Audited as the web user.
+    let audit = c.run(&["audit", "--json"]).ok().json();
+    let rows = audit["rows"].as_array().expect("rows");
+    assert!(
+        rows.iter().any(|r| r["command"] == "rollout start"
+            && r["os_user"] == "web:op"
+            && r["result"].as_str().is_some_and(|s| s.starts_with("ok"))),
+        "{audit}"
+    );
 }

@@ -127,6 +127,14 @@ pub enum Command {
         /// Ask at most this many nodes at once.
         #[arg(long, default_value_t = 32, value_name = "N")]
         collect_parallel: usize,
+        /// The release store rollouts started from the browser take their bundles from
+        /// (without it the web cannot start one).
+        #[arg(long, value_name = "STORE")]
+        store: Option<PathBuf>,
+        /// The order key that signs the rollouts and controls started from the browser
+        /// [default: $FLEET_ORDER_KEY, else order.key in the data directory].
+        #[arg(long, value_name = "PATH")]
+        order_key: Option<PathBuf>,
         /// The address to serve on; keep it on loopback unless a TLS proxy fronts it.
         #[arg(long, default_value = "127.0.0.1:8700", value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,

@@ -177,6 +177,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(c) => users::token(state.as_deref(), c),
         Command::Serve {
             inventory,
+            store,
+            order_key,
             collect_every,
             collect_parallel,
             listen,
@@ -190,6 +192,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 trusted_origins: trusted_origin,
                 session_ttl: session_ttl.into(),
                 stale_after: every * 3,
+                release_store: store,
+                order_key,
             };
             let collect = crate::serve::collect::CollectOptions {
                 every,

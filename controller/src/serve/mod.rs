@@ -11,6 +11,7 @@ pub mod auth;
 pub mod collect;
 mod events;
 mod pages;
+mod rollouts;
 mod routes;
 mod session;
 mod view;
@@ -36,6 +37,11 @@ pub struct ServeOptions {
     pub session_ttl: Duration,
     /// A node's status older than this shows as `stale` (three collection intervals).
     pub stale_after: Duration,
+    /// The release store rollouts are started from (none: the web cannot start one).
+    pub release_store: Option<std::path::PathBuf>,
+    /// The order key's file (none: `$FLEET_ORDER_KEY`, else `order.key` in the data
+    /// directory, as `fleet rollout` finds it).
+    pub order_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -45,6 +51,8 @@ impl Default for ServeOptions {
             trusted_origins: Vec::new(),
             session_ttl: Duration::from_secs(12 * 3600),
             stale_after: Duration::from_secs(90),
+            release_store: None,
+            order_key: None,
         }
     }
 }
@@ -60,6 +68,8 @@ pub struct App {
     collect_wake: tokio::sync::Notify,
     /// Live updates for the pages (`events.rs`).
     events: events::Hub,
+    /// Pokes the rollout follower (a rollout was just started).
+    watch_soon: tokio::sync::Notify,
     /// The server's shutdown: live streams end with it.
     stop: tokio_util::sync::CancellationToken,
 }
@@ -77,6 +87,7 @@ pub async fn serve(
     let app = App::new(store, inventory.clone(), options);
     let stop = app.stop.clone();
     let collector = tokio::spawn(collect::run(app.clone(), inventory, collect, stop.clone()));
+    let follower = tokio::spawn(rollouts::follow(app.clone(), stop.clone()));
     let served = axum::serve(
         listener,
         router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -91,6 +102,7 @@ pub async fn serve(
     .await;
     stop.cancel();
     let _ = collector.await;
+    let _ = follower.await;
     served
 }
 
@@ -104,6 +116,7 @@ impl App {
             collect_requests: Mutex::new(Vec::new()),
             collect_wake: tokio::sync::Notify::new(),
             events: events::Hub::default(),
+            watch_soon: tokio::sync::Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
         })
     }

@@ -17,6 +17,8 @@ fn environment() -> &'static Environment<'static> {
             ("message.html", include_str!("templates/message.html")),
             ("overview.html", include_str!("templates/overview.html")),
             ("audit.html", include_str!("templates/audit.html")),
+            ("rollouts.html", include_str!("templates/rollouts.html")),
+            ("rollout.html", include_str!("templates/rollout.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -308,6 +310,79 @@ pub fn audit(
             csv => link("/audit.csv", &filters, None),
             prev => (page > 1).then(|| link("/audit", &filters, Some(page - 1))),
             next => (page < pages).then(|| link("/audit", &filters, Some(page + 1))),
+        },
+    )
+}
+
+/// The rollouts page: the list (in flight first) and, for operators when the server has a
+/// release store, the start form.
+pub fn rollouts(
+    caller: &Caller,
+    all: &[crate::store::Rollout],
+    clusters: &[String],
+    has_store: bool,
+) -> (StatusCode, Html<String>) {
+    let rows: Vec<minijinja::Value> = all
+        .iter()
+        .map(|r| {
+            context! {
+                id => r.id.clone(),
+                link => format!("/rollouts/{}", url_encode(&r.id)),
+                cluster => r.cluster.clone(),
+                version => r.version.clone(),
+                state => r.state.clone(),
+                created => when(r.created_ms),
+                reason => r.reason.clone(),
+            }
+        })
+        .collect();
+    let can_start = has_store && caller.principal.role >= crate::store::Role::Operator;
+    let (user, csrf) = user(Some(caller));
+    render(
+        "rollouts.html",
+        context! { user, csrf, rollouts => rows, clusters => clusters.to_vec(), can_start },
+    )
+}
+
+/// A rollout's page: each target's outcome and step, live; the controls for operators.
+pub fn rollout(
+    caller: &Caller,
+    view: &serde_json::Value,
+    stale_after: std::time::Duration,
+) -> (StatusCode, Html<String>) {
+    let time = |v: &serde_json::Value| v.as_i64().map(when);
+    let nodes: Vec<minijinja::Value> = view["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            context! {
+                node => n["node"].as_str().unwrap_or("?").to_owned(),
+                outcome => n["outcome"].as_str().map(str::to_owned),
+                step => n["step"].as_str().map(str::to_owned),
+                reason => n["reason"].as_str().map(str::to_owned),
+                started => time(&n["started_ms"]),
+                ended => time(&n["ended_ms"]),
+            }
+        })
+        .collect();
+    let s = |k: &str| view[k].as_str().map(str::to_owned);
+    let r = context! {
+        id => s("id"), cluster => s("cluster"), version => s("version"), state => s("state"),
+        reason => s("reason"), last_control => s("last_control"),
+        in_flight => view["in_flight"].as_bool().unwrap_or(false),
+        nodes,
+    };
+    let can_act = caller.principal.role >= crate::store::Role::Operator;
+    let (user, csrf) = user(Some(caller));
+    render(
+        "rollout.html",
+        context! {
+            user, csrf, r, can_act,
+            live => true,
+            stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
+            rollout_id => s("id"),
         },
     )
 }

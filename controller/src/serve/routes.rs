@@ -170,6 +170,69 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
             get(super::audit::json),
         ),
         (
+            spec(
+                "GET",
+                "/rollouts",
+                At(Viewer),
+                "the rollouts, in flight first",
+            ),
+            get(super::rollouts::list_page),
+        ),
+        (
+            spec(
+                "POST",
+                "/rollouts",
+                At(Operator),
+                "start a rollout (form: version, cluster, canary, max_unavailable, min_healthy_secs)",
+            ),
+            post(super::rollouts::start_form),
+        ),
+        (
+            spec(
+                "GET",
+                "/rollouts/{id}",
+                At(Viewer),
+                "a rollout's per-node progress, live",
+            ),
+            get(super::rollouts::one_page),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/rollouts",
+                At(Viewer),
+                "the rollouts, in flight first",
+            ),
+            get(super::rollouts::list_json),
+        ),
+        (
+            spec(
+                "POST",
+                "/api/rollouts",
+                At(Operator),
+                "start a rollout (JSON: version, cluster, canary, max_unavailable, min_healthy_secs)",
+            ),
+            post(super::rollouts::start_json),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/rollouts/{id}",
+                At(Viewer),
+                "a rollout and each target's outcome",
+            ),
+            get(super::rollouts::one_json),
+        ),
+        (
+            spec(
+                "POST",
+                "/api/rollouts/{id}/{action}",
+                At(Operator),
+                "pause, resume, abort or abort-rollback a rollout",
+            ),
+            post(super::rollouts::control),
+        ),
+        (
             spec("GET", "/static/fleet.js", Public, "the pages' script"),
             get(pages::script),
         ),

@@ -50,9 +50,49 @@
     tick();
   }
 
+  function when(ms) {
+    return ms ? new Date(ms).toISOString().replace(".000Z", "Z") : "—";
+  }
+
+  // A rollout's page: its state and each target's row follow the rollout's notes.
+  function applyRollout(r) {
+    if (r.id !== body.getAttribute("data-rollout")) { return; }
+    document.querySelectorAll("[data-rollout-field]").forEach(function (el) {
+      var v = r[el.getAttribute("data-rollout-field")];
+      el.textContent = v === null || v === undefined ? "" : String(v);
+    });
+    r.nodes.forEach(function (n) {
+      document.querySelectorAll('tr[data-rollout-node="' + CSS.escape(n.node) + '"]').forEach(function (row) {
+        setField(row, "outcome", n.outcome);
+        setField(row, "step", n.step);
+        setField(row, "started", n.started_ms ? when(n.started_ms) : null);
+        setField(row, "ended", n.ended_ms ? when(n.ended_ms) : null);
+        setField(row, "reason", n.reason || "");
+      });
+    });
+  }
+
+  // A rollout's controls: POST with this session's CSRF token; the answer, as text.
+  document.querySelectorAll("button[data-action]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var id = body.getAttribute("data-rollout");
+      var out = document.querySelector("[data-control-result]");
+      fetch("/api/rollouts/" + encodeURIComponent(id) + "/" + button.getAttribute("data-action"), {
+        method: "POST",
+        headers: { "X-CSRF-Token": body.getAttribute("data-csrf") || "" },
+        credentials: "same-origin"
+      }).then(function (r) {
+        return r.json().then(function (j) {
+          if (out) { out.textContent = r.ok ? button.getAttribute("data-action") + ": sent" : (j.error || String(r.status)); }
+        });
+      }).catch(function (e) { if (out) { out.textContent = String(e); } });
+    });
+  });
+
   if (window.EventSource && body.hasAttribute("data-live")) {
     var source = new EventSource("/api/events");
     source.addEventListener("node", function (e) { apply(JSON.parse(e.data)); });
+    source.addEventListener("rollout", function (e) { applyRollout(JSON.parse(e.data)); });
     source.addEventListener("reset", function () { window.location.reload(); });
     source.addEventListener("open", function () { body.setAttribute("data-live", "connected"); });
     source.addEventListener("error", function () { body.setAttribute("data-live", "reconnecting"); });
