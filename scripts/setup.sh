@@ -4,9 +4,10 @@
 # fleet's sshd nodes, `time` and zstd for tests and benchmarks, systemd for
 # `systemd-analyze verify` of the agent's unit, debootstrap and systemd-container for the test
 # that provisions a node booted with real systemd in `systemd-nspawn`, curl and jq for the
-# demo's calls to the nodes' API) without starting any service, builds that node's cached root
-# filesystem once (scripts/nspawn-rootfs.sh), and starts PostgreSQL and Redis when they are
-# down. Says what it does; prints nothing when all is there.
+# demo's calls to the nodes' API, chromium and Node.js for the dashboard's browser test) without
+# starting any service, installs that test's npm packages in tests/browser (npm ci), builds
+# the systemd node's cached root filesystem once (scripts/nspawn-rootfs.sh), and starts
+# PostgreSQL and Redis when they are down. Says what it does; prints nothing when all is there.
 set -euo pipefail
 
 need_apt=()
@@ -18,6 +19,10 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+# The dashboard's browser test: Debian's chromium, driven by playwright-core (npm, below).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -29,6 +34,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   policy=/usr/sbin/policy-rc.d
   [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+fi
+
+# The browser test's npm packages (playwright-core, axe-core), as locked in tests/browser.
+browser="$(dirname "$0")/../tests/browser"
+if [ ! -d "$browser/node_modules/playwright-core" ] || [ ! -d "$browser/node_modules/axe-core" ]; then
+  echo "setup: installing the browser test's npm packages"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # The root filesystem of the node the systemd test boots (cached in /var/tmp: built once).

@@ -1,5 +1,6 @@
 //! End-to-end tests: they run the real `fleet` binary on real files, as an operator would.
 
+mod browser;
 mod daemons;
 mod deploy;
 mod inventory;

@@ -13,7 +13,7 @@ use fleet_tests::Provisioned;
 use super::support::fleet;
 
 /// One HTTP/1.1 request on a fresh connection; the whole answer as text.
-fn http(addr: &str, request: &str) -> String {
+pub(super) fn http(addr: &str, request: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -152,13 +152,13 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
 }
 
 /// A running `fleet serve`: its address and its stdout, stopped by SIGTERM on drop.
-struct Served {
+pub(super) struct Served {
     child: std::process::Child,
-    addr: String,
+    pub(super) addr: String,
 }
 
 impl Served {
-    fn start(mut command: std::process::Command) -> Served {
+    pub(super) fn start(mut command: std::process::Command) -> Served {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -177,7 +177,7 @@ impl Served {
     }
 
     /// Logs `user` in; the `Cookie` header's value.
-    fn login(&self, user: &str, password: &str) -> String {
+    pub(super) fn login(&self, user: &str, password: &str) -> String {
         let addr = &self.addr;
         let body = format!("user={user}&password={}", password.replace(' ', "+"));
         let answer = http(
@@ -194,7 +194,7 @@ impl Served {
         cookie.split(';').next().expect("pair").to_owned()
     }
 
-    fn get(&self, path: &str, cookie: &str) -> String {
+    pub(super) fn get(&self, path: &str, cookie: &str) -> String {
         let addr = &self.addr;
         http(
             addr,
@@ -234,10 +234,10 @@ fn a_rollout_started_in_the_browser_is_carried_out_and_followed_live() {
     c.with_logs(web_rollout_scenario);
 }
 
-fn web_rollout_scenario(c: &mut Provisioned) {
-    let password = "an operator password";
+/// `fleet user add NAME --role ROLE` with `password` on stdin, in the fleet's data directory.
+pub(super) fn add_user(c: &Provisioned, name: &str, role: &str, password: &str) {
     let mut add = c
-        .command(&["user", "add", "op", "--role", "operator"])
+        .command(&["user", "add", name, "--role", role])
         .stdin(Stdio::piped())
         .spawn()
         .expect("user add");
@@ -247,6 +247,11 @@ fn web_rollout_scenario(c: &mut Provisioned) {
         .write_all(format!("{password}\n").as_bytes())
         .expect("password");
     assert!(add.wait().expect("add").success());
+}
+
+fn web_rollout_scenario(c: &mut Provisioned) {
+    let password = "an operator password";
+    add_user(c, "op", "operator", password);
     let (store, inventory) = (
         c.store.to_string_lossy().into_owned(),
         c.inventory.to_string_lossy().into_owned(),
