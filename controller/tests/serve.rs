@@ -24,7 +24,7 @@ customers:
         postgres_url: "postgres://127.0.0.1/x"
         shared_storage: /srv/shared
         nodes:
-          - { name: acme-1, host: 127.0.0.1, node_root: /srv/fleet }
+          - { name: acme-1, host: 127.0.0.1, node_root: /srv/fleet, labels: { team: "<b>ops</b>" } }
           - { name: acme-2, host: 127.0.0.1, node_root: /srv/fleet }
   globex:
     mode: airgapped
@@ -132,6 +132,8 @@ async fn body(answer: Response<Body>) -> String {
 fn fill(path: &str) -> String {
     path.replace("{name}", "acme-1")
         .replace("{id}", "no-such-rollout")
+        .replace("{customer}", "acme")
+        .replace("{cluster}", "prod")
         .replace("{action}", "pause")
 }
 
@@ -915,4 +917,80 @@ async fn the_audit_log_is_filtered_paged_exported_and_escaped() {
     .expect("json");
     assert_eq!(json["total"], 1);
     assert_eq!(json["rows"][0]["command"], "push");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_and_node_pages_show_what_was_heard_escaped() {
+    let site = Site::new(ServeOptions::default()).await;
+    site.store
+        .save_node_status(
+            "acme-1",
+            &serde_json::json!({
+                "active": "1.0.0", "previous": "0.9.0", "staged": ["1.0.0", "1.1.0"], "free_bytes": 5u64 << 30,
+                "daemon": { "server": "healthy", "restarts": 1, "last_exit": "<img src=x onerror=alert(1)>", "heartbeat_age_ms": 800 }
+            }),
+        )
+        .await
+        .expect("status");
+    site.store
+        .start_rollout(
+            "r-1",
+            "acme/prod",
+            "1.1.0",
+            &["acme-1".to_owned(), "acme-2".to_owned()],
+        )
+        .await
+        .expect("rollout");
+    site.store
+        .set_node_outcome(
+            "r-1",
+            &fleet_controller::NodeOutcome {
+                node: "acme-1".into(),
+                outcome: None,
+                step: Some("gate".into()),
+                reason: None,
+                updated_ms: 1,
+                started_ms: Some(1),
+                ended_ms: None,
+            },
+        )
+        .await
+        .expect("outcome");
+    let viewer = As::Session(site.login("viewer").await);
+    let get = |uri: &str| {
+        let (site, who, uri) = (&site, viewer.clone(), uri.to_owned());
+        async move {
+            let answer = site.send(request("GET", &uri, &who, false, None)).await;
+            (answer.status(), body(answer).await)
+        }
+    };
+    let (status, page) = get("/clusters/acme/prod").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("data-node=\"acme-1\"") && page.contains("data-node=\"acme-2\""),
+        "{page}"
+    );
+    assert!(!page.contains("data-node=\"globex-1\""), "{page}");
+    assert!(
+        page.contains("1.0.0, 1.1.0") && page.contains("5.0 GiB"),
+        "staged and free disk: {page}"
+    );
+    assert!(page.contains("r-1"), "the rollout in flight: {page}");
+    assert_eq!(get("/clusters/acme/nope").await.0, StatusCode::NOT_FOUND);
+
+    let (status, page) = get("/nodes/acme-1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("0.9.0") && page.contains("gate") && page.contains("r-1"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<img src=x") && page.contains("&lt;img src=x"),
+        "the agent's words escaped: {page}"
+    );
+    assert!(
+        !page.contains("<b>ops</b>") && page.contains("&lt;b&gt;ops&lt;"),
+        "labels escaped: {page}"
+    );
+    assert_eq!(get("/nodes/nope").await.0, StatusCode::NOT_FOUND);
 }

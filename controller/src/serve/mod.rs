@@ -10,6 +10,7 @@ mod audit;
 pub mod auth;
 pub mod collect;
 mod events;
+mod nodes;
 mod pages;
 mod rollouts;
 mod routes;

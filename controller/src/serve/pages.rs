@@ -19,6 +19,8 @@ fn environment() -> &'static Environment<'static> {
             ("audit.html", include_str!("templates/audit.html")),
             ("rollouts.html", include_str!("templates/rollouts.html")),
             ("rollout.html", include_str!("templates/rollout.html")),
+            ("cluster.html", include_str!("templates/cluster.html")),
+            ("node.html", include_str!("templates/node.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -67,11 +69,11 @@ pub fn message(status: StatusCode, message: &str) -> Html<String> {
     .1
 }
 
-/// Percent-encodes everything but unreserved characters (a value in a query string).
+/// Percent-encodes everything but unreserved characters (a query value or a path segment).
 pub fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -383,6 +385,134 @@ pub fn rollout(
             live => true,
             stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
             rollout_id => s("id"),
+        },
+    )
+}
+
+/// An age as the pages say it.
+fn age(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) if ms < 120_000 => format!("{} s ago", ms.max(0) / 1000),
+        Some(ms) if ms < 7_200_000 => format!("{} min ago", ms / 60_000),
+        Some(ms) => format!("{} h ago", ms / 3_600_000),
+    }
+}
+
+/// Bytes as the pages say them.
+fn bytes(b: Option<u64>) -> String {
+    match b {
+        None => "—".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
+        Some(b) => format!("{} MiB", b >> 20),
+    }
+}
+
+/// A node's view with the words a row shows.
+fn node_row(v: &serde_json::Value) -> minijinja::Value {
+    let staged: Vec<&str> = v["staged"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    let name = v["name"].as_str().unwrap_or("?");
+    context! {
+        name => name,
+        link => v["page"].as_str(),
+        customer => v["customer"].as_str(),
+        cluster => v["cluster"].as_str(),
+        mode => v["mode"].as_str(),
+        state => v["state"].as_str(),
+        reported_ms => v["reported_ms"].as_i64(),
+        active => v["active"].as_str(),
+        staged => if staged.is_empty() { "—".to_owned() } else { staged.join(", ") },
+        server_release => v["server_release"].as_str(),
+        restarts => v["restarts"].as_u64(),
+        heartbeat => v["heartbeat_age_ms"].as_i64().map_or_else(|| "—".to_owned(), |a| age(Some(a))),
+        free => bytes(v["free_bytes"].as_u64()),
+        rollout => v["step"].as_str(),
+        age => age(v["age_ms"].as_i64()),
+        error => v["error"].as_str(),
+        error_when => v["error_ms"].as_i64().map(when),
+    }
+}
+
+/// A cluster's page.
+pub fn cluster(
+    caller: &Caller,
+    key: &str,
+    nodes: &[serde_json::Value],
+    rollout: Option<&serde_json::Value>,
+    stale_after: std::time::Duration,
+) -> (StatusCode, Html<String>) {
+    let rows: Vec<minijinja::Value> = nodes.iter().map(node_row).collect();
+    let rollout = rollout.map(|r| {
+        let id = r["id"].as_str().unwrap_or("?");
+        context! {
+            id => id,
+            link => format!("/rollouts/{}", url_encode(id)),
+            version => r["version"].as_str(),
+            state => r["state"].as_str(),
+        }
+    });
+    let (user, csrf) = user(Some(caller));
+    render(
+        "cluster.html",
+        context! {
+            user, csrf, cluster => key, nodes => rows, rollout,
+            live => true,
+            stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
+        },
+    )
+}
+
+/// A node's page.
+pub fn node(
+    caller: &Caller,
+    view: &serde_json::Value,
+    status: Option<&serde_json::Value>,
+    history: &[(crate::store::Rollout, Option<crate::store::NodeOutcome>)],
+    stale_after: std::time::Duration,
+) -> (StatusCode, Html<String>) {
+    let d = |k: &str| {
+        status
+            .and_then(|s| s["daemon"][k].as_str())
+            .map(str::to_owned)
+    };
+    let labels: Vec<String> = view["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let history: Vec<minijinja::Value> = history
+        .iter()
+        .map(|(r, o)| {
+            context! {
+                id => r.id.clone(),
+                link => format!("/rollouts/{}", url_encode(&r.id)),
+                version => r.version.clone(),
+                outcome => o.as_ref().and_then(|o| o.outcome.clone()),
+                step => o.as_ref().and_then(|o| o.step.clone()),
+                reason => o.as_ref().and_then(|o| o.reason.clone()),
+                when => when(r.created_ms),
+            }
+        })
+        .collect();
+    let cluster_link = view["cluster_page"].as_str().unwrap_or("/").to_owned();
+    let (user, csrf) = user(Some(caller));
+    render(
+        "node.html",
+        context! {
+            user, csrf, n => node_row(view), cluster_link,
+            labels => labels.join(", "),
+            previous => status.and_then(|s| s["previous"].as_str()).map(str::to_owned),
+            last_exit => d("last_exit"), health_error => d("health_error"),
+            step => d("step"), last_step => d("last_step"),
+            history,
+            live => true,
+            stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
         },
     )
 }

@@ -172,6 +172,24 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
         (
             spec(
                 "GET",
+                "/clusters/{customer}/{cluster}",
+                At(Viewer),
+                "a cluster's nodes and its rollout, live",
+            ),
+            get(super::nodes::cluster),
+        ),
+        (
+            spec(
+                "GET",
+                "/nodes/{name}",
+                At(Viewer),
+                "a node: its last report, last failure and rollouts",
+            ),
+            get(super::nodes::node),
+        ),
+        (
+            spec(
+                "GET",
                 "/rollouts",
                 At(Viewer),
                 "the rollouts, in flight first",

@@ -46,6 +46,12 @@ pub fn node(
     let daemon = |f: &str| st.map_or(Value::Null, |v| v["daemon"][f].clone());
     json!({
         "name": n.name,
+        "page": format!("/nodes/{}", super::pages::url_encode(&n.name)),
+        "cluster_page": format!(
+            "/clusters/{}/{}",
+            super::pages::url_encode(&n.customer),
+            super::pages::url_encode(&n.cluster)
+        ),
         "customer": n.customer,
         "cluster": n.cluster,
         "mode": n.mode,

@@ -1,0 +1,118 @@
+//! A cluster's page (`/clusters/{customer}/{cluster}`: its nodes with their versions, agent and
+//! server state, heartbeat age, restarts and free disk, and its rollout in flight) and a node's
+//! page (`/nodes/{name}`: what it last said, its last failure, and the rollouts that named it
+//! with its outcome in each). Both live like the overview: the node rows follow the
+//! collector's notes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::session::{Who, refuse};
+use super::{App, pages};
+
+fn store_down(path: &str, e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "the state store");
+    refuse(
+        path,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state store is not answering",
+    )
+}
+
+/// `GET /clusters/{customer}/{cluster}`.
+pub async fn cluster(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    Path((customer, name)): Path<(String, String)>,
+) -> Response {
+    let Some(caller) = who.0.0.as_ref() else {
+        return Redirect::to("/login").into_response();
+    };
+    let path = "/clusters";
+    let Some(cluster) = app.inventory.cluster(&customer, &name) else {
+        return refuse(
+            path,
+            StatusCode::NOT_FOUND,
+            &format!("no cluster {customer}/{name} in the inventory"),
+        );
+    };
+    let snapshots = match app.store.node_snapshots().await {
+        Ok(s) => s,
+        Err(e) => return store_down(path, e),
+    };
+    let now = crate::store::now_ms();
+    let nodes: Vec<serde_json::Value> = app
+        .inventory
+        .nodes_of(cluster)
+        .map(|n| {
+            let snap = snapshots.iter().find(|s| s.node == n.name);
+            super::view::node(n, snap, now, app.options.stale_after)
+        })
+        .collect();
+    let key = format!("{customer}/{name}");
+    let rollout = match app.store.rollout_in_flight(&key).await {
+        Ok(Some(r)) => match app.store.node_outcomes(&r.id).await {
+            Ok(outcomes) => Some(super::rollouts::shown(&r, &outcomes)),
+            Err(e) => return store_down(path, e),
+        },
+        Ok(None) => None,
+        Err(e) => return store_down(path, e),
+    };
+    pages::cluster(
+        caller,
+        &key,
+        &nodes,
+        rollout.as_ref(),
+        app.options.stale_after,
+    )
+    .into_response()
+}
+
+/// `GET /nodes/{name}`.
+pub async fn node(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(caller) = who.0.0.as_ref() else {
+        return Redirect::to("/login").into_response();
+    };
+    let path = "/nodes";
+    let Some(node) = app.inventory.node(&name) else {
+        return refuse(
+            path,
+            StatusCode::NOT_FOUND,
+            &format!("no node named {name} in the inventory"),
+        );
+    };
+    let (snapshots, rollouts) = match (
+        app.store.node_snapshots().await,
+        app.store.rollouts(false).await,
+    ) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => return store_down(path, e),
+    };
+    let snap = snapshots.iter().find(|s| s.node == name);
+    let view = super::view::node(node, snap, crate::store::now_ms(), app.options.stale_after);
+    // The rollouts that named it, newest first, each with its outcome there.
+    let mut history = Vec::new();
+    for r in rollouts.iter().rev().filter(|r| r.targets.contains(&name)) {
+        let outcome = match app.store.node_outcomes(&r.id).await {
+            Ok(o) => o.into_iter().find(|o| o.node == name),
+            Err(e) => return store_down(path, e),
+        };
+        history.push((r.clone(), outcome));
+    }
+    let status = snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v.clone());
+    pages::node(
+        caller,
+        &view,
+        status.as_ref(),
+        &history,
+        app.options.stale_after,
+    )
+    .into_response()
+}
