@@ -67,6 +67,16 @@ try {
   }
   await axe(op, "overview");
   await shot(op, "overview");
+  // A cluster's and a node's page, from the overview's links.
+  await Promise.all([op.waitForNavigation(), op.click(`tr[data-node="${nodes[0]}"] td:nth-child(2) a`)]);
+  check(/\/clusters\/[^/]+\/[^/]+$/.test(op.url()), `the cluster link goes to ${op.url()}`);
+  await op.waitForSelector(`tr[data-node="${nodes[2]}"]`);
+  await axe(op, "cluster");
+  await shot(op, "cluster");
+  await Promise.all([op.waitForNavigation(), op.click(`tr[data-node="${nodes[0]}"] a`)]);
+  check(op.url().endsWith(`/nodes/${nodes[0]}`), `the node link goes to ${op.url()}`);
+  await axe(op, "node");
+  await shot(op, "node");
 
   // A deep link opens the filtered view.
   await op.goto(`${base}/?q=${encodeURIComponent(nodes[1])}`);
@@ -126,6 +136,10 @@ try {
   }, id);
   check(refused === 403, `the API answered a viewer's pause with ${refused}`);
   await shot(viewer, "rollout-as-viewer");
+  await viewer.goto(`${base}/releases`);
+  check((await viewer.textContent("tbody")).includes(version), `the releases page lists ${version}`);
+  await axe(viewer, "releases");
+  await shot(viewer, "releases");
   await viewer.goto(`${base}/audit?command=rollout+start`);
   await axe(viewer, "audit");
   check((await viewer.textContent("tbody")).includes("web:"), "the audit page shows the web's rollout start");

@@ -82,9 +82,12 @@ fn browser_scenario(c: &mut Provisioned, script_dir: &Path) {
     eprintln!("browser: {seen}\nscreenshots in {}", shots.display());
     for page in [
         "overview",
+        "cluster",
+        "node",
         "deep-link",
         "rollout",
         "rollout-as-viewer",
+        "releases",
         "audit",
     ] {
         let png = shots.join(format!("{page}.png"));

@@ -269,6 +269,21 @@ fn web_rollout_scenario(c: &mut Provisioned) {
     ]));
     let cookie = served.login("op", password);
     let me = json_body(&served.get("/api/me", &cookie));
+    // The store's releases, as `fleet release list` reads them.
+    let releases = json_body(&served.get("/api/releases", &cookie));
+    let versions: Vec<&str> = releases["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| r["version"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.1.0"], "{releases}");
+    assert!(
+        releases["releases"][0]["signed_by"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{releases}"
+    );
     let csrf = me["csrf"].as_str().expect("csrf").to_owned();
 
     // The live stream, read on a thread of its own from before the start.

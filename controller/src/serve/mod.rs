@@ -12,6 +12,7 @@ pub mod collect;
 mod events;
 mod nodes;
 mod pages;
+mod releases;
 mod rollouts;
 mod routes;
 mod session;

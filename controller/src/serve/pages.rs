@@ -21,6 +21,7 @@ fn environment() -> &'static Environment<'static> {
             ("rollout.html", include_str!("templates/rollout.html")),
             ("cluster.html", include_str!("templates/cluster.html")),
             ("node.html", include_str!("templates/node.html")),
+            ("releases.html", include_str!("templates/releases.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -514,5 +515,40 @@ pub fn node(
             live => true,
             stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
         },
+    )
+}
+
+/// The releases page (`found`: the store's releases and its unreadable bundles; none: no
+/// store).
+pub fn releases(
+    caller: &Caller,
+    found: Option<&(Vec<serde_json::Value>, Vec<String>)>,
+) -> (StatusCode, Html<String>) {
+    let rows: Vec<minijinja::Value> = found
+        .map(|(ok, _)| ok.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let signers: Vec<String> = r["signed_by"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            context! {
+                version => r["version"].as_str(), channel => r["channel"].as_str(),
+                counter => r["counter"].as_u64(), created => r["created"].as_str(),
+                expires => r["expires"].as_str(), platform => r["platform"].as_str(),
+                size => bytes(r["size"].as_u64()), signers => signers.join(", "),
+            }
+        })
+        .collect();
+    let unreadable = found.map(|(_, b)| b.clone()).unwrap_or_default();
+    let (user, csrf) = user(Some(caller));
+    render(
+        "releases.html",
+        context! { user, csrf, has_store => found.is_some(), releases => rows, unreadable },
     )
 }

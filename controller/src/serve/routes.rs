@@ -188,6 +188,19 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
             get(super::nodes::node),
         ),
         (
+            spec("GET", "/releases", At(Viewer), "the releases in the store"),
+            get(super::releases::page),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/releases",
+                At(Viewer),
+                "the releases in the store",
+            ),
+            get(super::releases::json),
+        ),
+        (
             spec(
                 "GET",
                 "/rollouts",
