@@ -485,6 +485,7 @@ async fn nodes_show_their_last_report_its_age_and_failures_paged_on_the_server()
         .save_node_error("acme-2", "ssh 127.0.0.1:1: connection refused")
         .await
         .expect("error");
+    site.app.reload().await.expect("reload");
     let get = |uri: &str| {
         let (site, who, uri) = (&site, viewer.clone(), uri.to_owned());
         async move {
@@ -562,6 +563,7 @@ async fn nodes_show_their_last_report_its_age_and_failures_paged_on_the_server()
         .await
         .expect("status");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    strict.app.reload().await.expect("reload");
     let token = As::Bearer(strict.token(Role::Viewer).await);
     let answer = strict
         .send(request("GET", "/api/nodes?q=acme-1", &token, false, None))
@@ -629,6 +631,7 @@ async fn the_overview_puts_nodes_needing_attention_first_and_escapes_what_nodes_
         .save_node_error("acme-2", "<script>alert('xss')</script> refused")
         .await
         .expect("error");
+    site.app.reload().await.expect("reload");
     let viewer = As::Session(site.login("viewer").await);
     let answer = site.send(request("GET", "/", &viewer, false, None)).await;
     assert_eq!(answer.status(), StatusCode::OK);
@@ -956,6 +959,7 @@ async fn cluster_and_node_pages_show_what_was_heard_escaped() {
         )
         .await
         .expect("outcome");
+    site.app.reload().await.expect("reload");
     let viewer = As::Session(site.login("viewer").await);
     let get = |uri: &str| {
         let (site, who, uri) = (&site, viewer.clone(), uri.to_owned());

@@ -22,7 +22,7 @@ const version = env("ROLLOUT_VERSION");
 const nodes = env("NODES").split(",");
 mkdirSync(shots, { recursive: true });
 
-const seen = { pages: [], axe: {}, steps: {}, navigations_during_rollout: null };
+const seen = { pages: [], axe: {}, steps: {}, latency_ms: {}, navigations_during_rollout: null };
 
 function check(ok, what) {
   if (!ok) { throw new Error(what); }
@@ -102,8 +102,15 @@ try {
       r.getAttribute("data-rollout-node"),
       r.querySelector('[data-field="step"]').textContent,
       r.querySelector('[data-field="outcome"]').textContent,
+      Number(r.getAttribute("data-ended-ms") || "0"),
+      Date.now(),
     ]));
-    for (const [node, step, outcome] of rows) {
+    for (const [node, step, outcome, endedMs, at] of rows) {
+      // How long after the node's agent ended its step the page showed it (the browser's
+      // clock, sampled every 100 ms; the agent runs on this machine, so one clock).
+      if (outcome === "committed" && endedMs > 0 && !(node in seen.latency_ms)) {
+        seen.latency_ms[node] = at - endedMs;
+      }
       seen.steps[node] = seen.steps[node] || [];
       const last = seen.steps[node][seen.steps[node].length - 1];
       const now = `${step}/${outcome}`;

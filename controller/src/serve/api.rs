@@ -151,38 +151,28 @@ pub async fn nodes(
     };
     let per_page = q.per_page.unwrap_or(50).clamp(1, PER_PAGE_MAX);
     let page = q.page.unwrap_or(1).max(1);
-    let snapshots = match app.store.node_snapshots().await {
-        Ok(s) => s,
-        Err(e) => return store_down(e),
-    };
-    let by_name: std::collections::HashMap<&str, &crate::store::NodeSnapshot> =
-        snapshots.iter().map(|s| (s.node.as_str(), s)).collect();
     let now = crate::store::now_ms();
-    let selected: Vec<&fleet_inventory::Node> = app
-        .inventory
-        .nodes()
-        .iter()
-        .filter(|n| q.customer.as_ref().is_none_or(|c| &n.customer == c))
-        .filter(|n| q.cluster.as_ref().is_none_or(|c| &n.cluster == c))
-        .filter(|n| {
-            q.q.as_ref()
-                .is_none_or(|part| n.name.contains(part.as_str()))
-        })
-        .collect();
-    let total = selected.len();
-    let nodes: Vec<serde_json::Value> = selected
-        .into_iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .map(|n| {
-            super::view::node(
-                n,
-                by_name.get(n.name.as_str()).copied(),
-                now,
-                app.options.stale_after,
-            )
-        })
-        .collect();
+    let (total, nodes) = {
+        let heard = app.heard();
+        let selected: Vec<&fleet_inventory::Node> = app
+            .inventory
+            .nodes()
+            .iter()
+            .filter(|n| q.customer.as_ref().is_none_or(|c| &n.customer == c))
+            .filter(|n| q.cluster.as_ref().is_none_or(|c| &n.cluster == c))
+            .filter(|n| {
+                q.q.as_ref()
+                    .is_none_or(|part| n.name.contains(part.as_str()))
+            })
+            .collect();
+        let nodes: Vec<serde_json::Value> = selected
+            .iter()
+            .skip((page - 1).saturating_mul(per_page))
+            .take(per_page)
+            .map(|n| super::view::node(n, heard.get(&n.name), now, app.options.stale_after))
+            .collect();
+        (selected.len(), nodes)
+    };
     Json(json!({ "total": total, "page": page, "per_page": per_page, "nodes": nodes }))
         .into_response()
 }

@@ -75,14 +75,6 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(options.parallel.max(1)));
     let mut running: JoinSet<(String, Result<serde_json::Value, String>)> = JoinSet::new();
     let mut asked: std::collections::HashSet<String> = Default::default();
-    // What the store holds of each node, kept up to date here (for the live notes).
-    let mut last: HashMap<String, NodeSnapshot> = match app.store.node_snapshots().await {
-        Ok(s) => s.into_iter().map(|s| (s.node.clone(), s)).collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "reading the nodes' last status");
-            HashMap::new()
-        }
-    };
     loop {
         // Nodes asked for on demand are due now.
         for name in app.take_collect_requests() {
@@ -128,31 +120,35 @@ pub async fn run(
                 asked.remove(&name);
                 let failed = failures.entry(name.clone()).or_default();
                 let at = crate::store::now_ms();
-                let known = last.entry(name.clone()).or_insert_with(|| NodeSnapshot {
-                    node: name.clone(),
-                    status: None,
-                    error: None,
-                });
-                let saved = match answer {
+                let saved = match &answer {
                     Ok(status) => {
                         *failed = 0;
-                        let saved = app.store.save_node_status(&name, &status).await;
-                        known.status = Some((at, status));
-                        saved
+                        app.store.save_node_status(&name, status).await
                     }
                     Err(error) => {
                         *failed += 1;
                         tracing::debug!(node = %name, %error, "status not collected");
-                        let saved = app.store.save_node_error(&name, &error).await;
-                        known.error = Some((at, error));
-                        saved
+                        app.store.save_node_error(&name, error).await
                     }
                 };
                 if let Err(e) = saved {
                     tracing::error!(node = %name, error = %e, "saving a node's status");
                 }
+                let known = {
+                    let mut heard = app.heard.write().unwrap_or_else(|e| e.into_inner());
+                    let known = heard.entry(name.clone()).or_insert_with(|| NodeSnapshot {
+                        node: name.clone(),
+                        status: None,
+                        error: None,
+                    });
+                    match answer {
+                        Ok(status) => known.status = Some((at, status)),
+                        Err(error) => known.error = Some((at, error)),
+                    }
+                    known.clone()
+                };
                 if let Some(node) = inventory.node(&name) {
-                    let view = super::view::node(node, Some(known), at, app.options.stale_after);
+                    let view = super::view::node(node, Some(&known), at, app.options.stale_after);
                     app.events.publish("node", view);
                 }
                 due.insert(name, Instant::now() + backoff(options.every, *failed));

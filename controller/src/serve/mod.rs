@@ -68,6 +68,9 @@ pub struct App {
     /// Nodes whose status is wanted now (`collect_now`), and the collector's wake-up.
     collect_requests: Mutex<Vec<String>>,
     collect_wake: tokio::sync::Notify,
+    /// What the collector last heard of each node, kept here so that a page reads memory,
+    /// not the store (the store keeps it durably; `reload` reads it back).
+    heard: std::sync::RwLock<std::collections::HashMap<String, crate::store::NodeSnapshot>>,
     /// Live updates for the pages (`events.rs`).
     events: events::Hub,
     /// Pokes the rollout follower (a rollout was just started).
@@ -87,6 +90,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = App::new(store, inventory.clone(), options);
+    if let Err(e) = app.reload().await {
+        tracing::error!(error = %e, "reading what was heard of the nodes: starting without it");
+    }
     let stop = app.stop.clone();
     let collector = tokio::spawn(collect::run(app.clone(), inventory, collect, stop.clone()));
     let follower = tokio::spawn(rollouts::follow(app.clone(), stop.clone()));
@@ -117,6 +123,7 @@ impl App {
             limiter: session::Limiter::default(),
             collect_requests: Mutex::new(Vec::new()),
             collect_wake: tokio::sync::Notify::new(),
+            heard: Default::default(),
             events: events::Hub::default(),
             watch_soon: tokio::sync::Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
@@ -131,6 +138,23 @@ impl App {
             .unwrap_or_else(|e| e.into_inner())
             .push(node.to_owned());
         self.collect_wake.notify_one();
+    }
+
+    /// Reads what the store holds of every node into memory (at the start; tests after they
+    /// wrote the store themselves).
+    pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
+        let snapshots = self.store.node_snapshots().await?;
+        *self.heard.write().unwrap_or_else(|e| e.into_inner()) =
+            snapshots.into_iter().map(|s| (s.node.clone(), s)).collect();
+        Ok(())
+    }
+
+    /// What was last heard of every node (a read lock: keep it short).
+    fn heard(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, crate::store::NodeSnapshot>>
+    {
+        self.heard.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take_collect_requests(&self) -> Vec<String> {

@@ -39,19 +39,14 @@ pub async fn cluster(
             &format!("no cluster {customer}/{name} in the inventory"),
         );
     };
-    let snapshots = match app.store.node_snapshots().await {
-        Ok(s) => s,
-        Err(e) => return store_down(path, e),
-    };
     let now = crate::store::now_ms();
-    let nodes: Vec<serde_json::Value> = app
-        .inventory
-        .nodes_of(cluster)
-        .map(|n| {
-            let snap = snapshots.iter().find(|s| s.node == n.name);
-            super::view::node(n, snap, now, app.options.stale_after)
-        })
-        .collect();
+    let nodes: Vec<serde_json::Value> = {
+        let heard = app.heard();
+        app.inventory
+            .nodes_of(cluster)
+            .map(|n| super::view::node(n, heard.get(&n.name), now, app.options.stale_after))
+            .collect()
+    };
     let key = format!("{customer}/{name}");
     let rollout = match app.store.rollout_in_flight(&key).await {
         Ok(Some(r)) => match app.store.node_outcomes(&r.id).await {
@@ -88,15 +83,18 @@ pub async fn node(
             &format!("no node named {name} in the inventory"),
         );
     };
-    let (snapshots, rollouts) = match (
-        app.store.node_snapshots().await,
-        app.store.rollouts(false).await,
-    ) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return store_down(path, e),
+    let rollouts = match app.store.rollouts(false).await {
+        Ok(r) => r,
+        Err(e) => return store_down(path, e),
     };
-    let snap = snapshots.iter().find(|s| s.node == name);
-    let view = super::view::node(node, snap, crate::store::now_ms(), app.options.stale_after);
+    let (view, status) = {
+        let heard = app.heard();
+        let snap = heard.get(&name);
+        (
+            super::view::node(node, snap, crate::store::now_ms(), app.options.stale_after),
+            snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v.clone()),
+        )
+    };
     // The rollouts that named it, newest first, each with its outcome there.
     let mut history = Vec::new();
     for r in rollouts.iter().rev().filter(|r| r.targets.contains(&name)) {
@@ -106,7 +104,6 @@ pub async fn node(
         };
         history.push((r.clone(), outcome));
     }
-    let status = snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v.clone());
     pages::node(
         caller,
         &view,

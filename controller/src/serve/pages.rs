@@ -128,65 +128,52 @@ pub async fn overview(
                 .into_response();
         }
     };
-    let (snapshots, rollouts) = match (
-        app.store.node_snapshots().await,
-        app.store.rollouts(true).await,
-    ) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => {
+    let rollouts = match app.store.rollouts(true).await {
+        Ok(r) => r,
+        Err(e) => {
             tracing::error!(error = %e, "the state store");
             let status = StatusCode::SERVICE_UNAVAILABLE;
             return (status, message(status, "the state store is not answering")).into_response();
         }
     };
-    let by_name: std::collections::HashMap<&str, &crate::store::NodeSnapshot> =
-        snapshots.iter().map(|s| (s.node.as_str(), s)).collect();
     let now = crate::store::now_ms();
-    let views: Vec<serde_json::Value> = app
-        .inventory
-        .nodes()
-        .iter()
-        .map(|n| {
-            super::view::node(
-                n,
-                by_name.get(n.name.as_str()).copied(),
-                now,
-                app.options.stale_after,
-            )
-        })
-        .collect();
-    let mut by_state = std::collections::BTreeMap::<String, usize>::new();
-    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
-    for v in &views {
-        *by_state
-            .entry(v["state"].as_str().unwrap_or("?").to_owned())
-            .or_default() += 1;
-        *by_version
-            .entry(v["active"].as_str().unwrap_or("none").to_owned())
-            .or_default() += 1;
-    }
-    let keep = |v: &&serde_json::Value| {
-        let is = |field: &str, want: &str| want.is_empty() || v[field].as_str() == Some(want);
-        is("customer", &q.customer)
-            && is("cluster", &q.cluster)
-            && is("state", &q.state)
-            && (q.q.is_empty() || v["name"].as_str().is_some_and(|n| n.contains(q.q.as_str())))
+    // Every node's state and version from memory; a whole view only for the rows shown.
+    let (total, nodes, by_state, by_version) = {
+        let heard = app.heard();
+        let mut by_state = std::collections::BTreeMap::<String, usize>::new();
+        let mut by_version = std::collections::BTreeMap::<String, usize>::new();
+        let mut selected: Vec<(bool, &str, &fleet_inventory::Node)> = Vec::new();
+        for n in app.inventory.nodes() {
+            let h = heard.get(&n.name);
+            let state = super::view::state(h, now, app.options.stale_after);
+            let active = h
+                .and_then(|h| h.status.as_ref())
+                .and_then(|(_, st)| st["active"].as_str())
+                .unwrap_or("none");
+            *by_version.entry(active.to_owned()).or_default() += 1;
+            let keep = (q.customer.is_empty() || n.customer == q.customer)
+                && (q.cluster.is_empty() || n.cluster == q.cluster)
+                && (q.state.is_empty() || state == q.state)
+                && (q.q.is_empty() || n.name.contains(q.q.as_str()));
+            if keep {
+                selected.push((calm(&state), n.name.as_str(), n));
+            }
+            *by_state.entry(state).or_default() += 1;
+        }
+        selected.sort_by_key(|(calm, name, _)| (*calm, *name));
+        let total = selected.len();
+        let pages = total.div_ceil(PAGE).max(1);
+        let page = q.page.unwrap_or(1).clamp(1, pages);
+        let nodes: Vec<serde_json::Value> = selected
+            .into_iter()
+            .skip((page - 1) * PAGE)
+            .take(PAGE)
+            .map(|(_, _, n)| super::view::node(n, heard.get(&n.name), now, app.options.stale_after))
+            .collect();
+        (total, nodes, by_state, by_version)
     };
-    let mut selected: Vec<&serde_json::Value> = views.iter().filter(keep).collect();
-    selected.sort_by_key(|v| {
-        (
-            calm(v["state"].as_str().unwrap_or("")),
-            v["name"].as_str().unwrap_or("").to_owned(),
-        )
-    });
-    let total = selected.len();
     let pages = total.div_ceil(PAGE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let nodes: Vec<&serde_json::Value> = selected
-        .into_iter()
-        .skip((page - 1) * PAGE)
-        .take(PAGE)
-        .collect();
     let mut customers: Vec<String> = app
         .inventory
         .customers()

@@ -264,20 +264,27 @@ impl Store {
     }
 
     /// Who the token with this hash stands for, if it exists and has not expired; notes
-    /// when it was last used.
+    /// when it was last used (to the minute: a token used again within a minute costs no
+    /// write).
     pub async fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
         let now = now_ms();
-        let row: Option<(String, String, Option<i64>)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, role, expires_ms FROM api_tokens WHERE hash = $1")
+        let row: Option<(String, String, Option<i64>, Option<i64>)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, role, expires_ms, last_used_ms FROM api_tokens WHERE hash = $1")
                 .bind(hash)
                 .fetch_optional(pool)
                 .await?
         });
-        let Some((id, r, expires)) = row else {
+        let Some((id, r, expires, last_used)) = row else {
             return Ok(None);
         };
         if expires.is_some_and(|e| e <= now) {
             return Ok(None);
+        }
+        if last_used.is_some_and(|t| now - t < 60_000) {
+            return Ok(Some(Principal {
+                role: role(&r, &id)?,
+                name: format!("token:{id}"),
+            }));
         }
         on_pool!(self, pool => {
             sqlx::query("UPDATE api_tokens SET last_used_ms = $2 WHERE id = $1")

@@ -64,6 +64,8 @@
     r.nodes.forEach(function (n) {
       document.querySelectorAll('tr[data-rollout-node="' + CSS.escape(n.node) + '"]').forEach(function (row) {
         setField(row, "outcome", n.outcome);
+        // When the node's agent says its step ended (for the browser test's latency).
+        row.setAttribute("data-ended-ms", n.ended_ms || "");
         setField(row, "step", n.step);
         setField(row, "started", n.started_ms ? when(n.started_ms) : null);
         setField(row, "ended", n.ended_ms ? when(n.ended_ms) : null);
