@@ -11,7 +11,7 @@ use std::process::Command;
 
 use fleet_tests::Provisioned;
 
-use super::serve::{Served, add_user};
+use super::serve::{add_user, serve_provisioned};
 
 #[test]
 fn the_dashboard_in_a_real_browser() {
@@ -37,21 +37,7 @@ fn browser_scenario(c: &mut Provisioned, script_dir: &Path) {
     let (operator, viewer) = ("an operator password", "a viewer password here");
     add_user(c, "op", "operator", operator);
     add_user(c, "watcher", "viewer", viewer);
-    let (store, inventory) = (
-        c.store.to_string_lossy().into_owned(),
-        c.inventory.to_string_lossy().into_owned(),
-    );
-    let served = Served::start(c.command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--collect-every",
-        "1s",
-        "--store",
-        &store,
-        "-i",
-        &inventory,
-    ]));
+    let served = serve_provisioned(c);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
     let nodes: Vec<String> = c.fleet.nodes().iter().map(|n| n.name.clone()).collect();
     let out = Command::new("node")

@@ -52,7 +52,8 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
         format!("defaults:\n  ssh: {{ deploy_identity_file: {key:?} }}\n") + "customers:\n  acme:\n    mode: dedicated\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - { name: gone-1, host: 127.0.0.1, node_root: /srv/fleet, ssh: { user: ops, port: 1 } }\n",
     )
     .expect("inventory");
-    let mut server = fleet()
+    let mut command = fleet();
+    command
         .args([
             "serve",
             "--listen",
@@ -62,20 +63,9 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
             "-i",
         ])
         .arg(&inventory)
-        .env("FLEET_DATA_DIR", data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fleet serve");
-    let mut out = BufReader::new(server.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("the listening line");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+        .env("FLEET_DATA_DIR", data.path());
+    let served = Served::start(command);
+    let addr = served.addr.clone();
 
     let body = "user=alice&password=a+long+enough+password&next=%2Fapi%2Fme";
     let answer = http(
@@ -132,28 +122,16 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
     );
     assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
 
-    let pid = rustix::process::Pid::from_raw(server.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    let asked = Instant::now();
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(20),
-            "fleet serve did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, rest) = served.stop();
     assert!(status.success(), "{status}");
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).expect("the rest");
     assert!(rest.contains("fleet serve: stopped"), "{rest}");
 }
 
-/// A running `fleet serve`: its address and its stdout, stopped by SIGTERM on drop.
+/// A running `fleet serve`: its address and its stdout, stopped by SIGTERM (`stop`, or on
+/// drop).
 pub(super) struct Served {
     child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
     pub(super) addr: String,
 }
 
@@ -173,7 +151,32 @@ impl Served {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned();
-        Served { child, addr }
+        Served { child, out, addr }
+    }
+
+    /// SIGTERM; how it exited (within 20 s) and the rest of what it printed.
+    pub(super) fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal();
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(20),
+                "fleet serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).expect("the rest");
+        (status, rest)
+    }
+
+    fn signal(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
     }
 
     /// Logs `user` in; the `Cookie` header's value.
@@ -207,10 +210,10 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Ok(pid) = rustix::process::Pid::from_raw(self.child.id() as i32).ok_or(()) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal();
+            let _ = self.child.wait();
         }
-        let _ = self.child.wait();
     }
 }
 
@@ -249,14 +252,14 @@ pub(super) fn add_user(c: &Provisioned, name: &str, role: &str, password: &str) 
     assert!(add.wait().expect("add").success());
 }
 
-fn web_rollout_scenario(c: &mut Provisioned) {
-    let password = "an operator password";
-    add_user(c, "op", "operator", password);
+/// `fleet serve` on the provisioned fleet: its inventory, its release store, the nodes'
+/// status collected every second.
+pub(super) fn serve_provisioned(c: &Provisioned) -> Served {
     let (store, inventory) = (
         c.store.to_string_lossy().into_owned(),
         c.inventory.to_string_lossy().into_owned(),
     );
-    let served = Served::start(c.command(&[
+    Served::start(c.command(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -266,7 +269,13 @@ fn web_rollout_scenario(c: &mut Provisioned) {
         &store,
         "-i",
         &inventory,
-    ]));
+    ]))
+}
+
+fn web_rollout_scenario(c: &mut Provisioned) {
+    let password = "an operator password";
+    add_user(c, "op", "operator", password);
+    let served = serve_provisioned(c);
     let cookie = served.login("op", password);
     let me = json_body(&served.get("/api/me", &cookie));
     // The store's releases, as `fleet release list` reads them.

@@ -89,6 +89,16 @@ pub async fn json(
         .into_response()
 }
 
+/// A row's nodes with their results, as one text (`node-1: ok; node-2: failed: …`).
+pub fn nodes_text(entry: &crate::store::AuditEntry) -> String {
+    let nodes: Vec<String> = entry
+        .nodes
+        .iter()
+        .map(|(n, res)| format!("{n}: {res}"))
+        .collect();
+    nodes.join("; ")
+}
+
 /// A CSV cell: one that a spreadsheet would run as a formula gets a leading `'`.
 fn cell(text: &str) -> String {
     if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
@@ -117,12 +127,6 @@ pub async fn csv(
     ];
     let mut written = out.write_record(header_row);
     for r in &rows {
-        let nodes: Vec<String> = r
-            .entry
-            .nodes
-            .iter()
-            .map(|(n, res)| format!("{n}: {res}"))
-            .collect();
         let record = [
             r.id.to_string(),
             pages::when(r.entry.at_ms),
@@ -130,7 +134,7 @@ pub async fn csv(
             r.entry.key_fingerprints.join(" "),
             r.entry.command.clone(),
             r.entry.args.join(" "),
-            nodes.join("; "),
+            nodes_text(&r.entry),
             r.entry.digests.join(" "),
             r.entry.result.clone(),
             r.hash.clone(),

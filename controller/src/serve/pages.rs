@@ -273,19 +273,13 @@ pub fn audit(
         .skip((page - 1) * per_page)
         .take(per_page)
         .map(|r| {
-            let nodes: Vec<String> = r
-                .entry
-                .nodes
-                .iter()
-                .map(|(n, res)| format!("{n}: {res}"))
-                .collect();
             context! {
                 id => r.id,
                 when => when(r.entry.at_ms),
                 user => r.entry.os_user.clone(),
                 command => r.entry.command.clone(),
                 args => r.entry.args.join(" "),
-                nodes => nodes.join("; "),
+                nodes => super::audit::nodes_text(&r.entry),
                 result => r.entry.result.clone(),
             }
         })
