@@ -39,14 +39,6 @@ pub async fn cluster(
             &format!("no cluster {customer}/{name} in the inventory"),
         );
     };
-    let now = crate::store::now_ms();
-    let nodes: Vec<serde_json::Value> = {
-        let heard = app.heard();
-        app.inventory
-            .nodes_of(cluster)
-            .map(|n| super::view::node(n, heard.get(&n.name), now, app.options.stale_after))
-            .collect()
-    };
     let key = format!("{customer}/{name}");
     let rollout = match app.store.rollout_in_flight(&key).await {
         Ok(Some(r)) => match app.store.node_outcomes(&r.id).await {
@@ -56,6 +48,14 @@ pub async fn cluster(
         Ok(None) => None,
         Err(e) => return store_down(path, e),
     };
+    // Held to the end (no await below): the rows borrow from it.
+    let heard = app.heard();
+    let now = crate::store::now_ms();
+    let nodes: Vec<super::view::NodeView<'_>> = app
+        .inventory
+        .nodes_of(cluster)
+        .map(|n| super::view::row(n, heard.get(&n.name), now, app.options.stale_after))
+        .collect();
     pages::cluster(
         caller,
         &key,
@@ -87,14 +87,6 @@ pub async fn node(
         Ok(r) => r,
         Err(e) => return store_down(path, e),
     };
-    let (view, status) = {
-        let heard = app.heard();
-        let snap = heard.get(&name);
-        (
-            super::view::node(node, snap, crate::store::now_ms(), app.options.stale_after),
-            snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v.clone()),
-        )
-    };
     // The rollouts that named it, newest first, each with its outcome there.
     let mut history = Vec::new();
     for r in rollouts.iter().rev().filter(|r| r.targets.contains(&name)) {
@@ -104,12 +96,10 @@ pub async fn node(
         };
         history.push((r.clone(), outcome));
     }
-    pages::node(
-        caller,
-        &view,
-        status.as_ref(),
-        &history,
-        app.options.stale_after,
-    )
-    .into_response()
+    // Held to the end (no await below): the view borrows from it.
+    let heard = app.heard();
+    let snap = heard.get(&name);
+    let view = super::view::row(node, snap, crate::store::now_ms(), app.options.stale_after);
+    let status = snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v);
+    pages::node(caller, &view, status, &history, app.options.stale_after).into_response()
 }

@@ -138,8 +138,9 @@ pub async fn overview(
     };
     let now = crate::store::now_ms();
     // Every node's state and version from memory; a whole view only for the rows shown.
+    // Held to the end (no await below): the rows borrow from it.
+    let heard = app.heard();
     let (total, nodes, by_state, by_version) = {
-        let heard = app.heard();
         let mut by_state = std::collections::BTreeMap::<String, usize>::new();
         let mut by_version = std::collections::BTreeMap::<String, usize>::new();
         let mut selected: Vec<(bool, &str, &fleet_inventory::Node)> = Vec::new();
@@ -164,11 +165,11 @@ pub async fn overview(
         let total = selected.len();
         let pages = total.div_ceil(PAGE).max(1);
         let page = q.page.unwrap_or(1).clamp(1, pages);
-        let nodes: Vec<serde_json::Value> = selected
+        let nodes: Vec<super::view::NodeView<'_>> = selected
             .into_iter()
             .skip((page - 1) * PAGE)
             .take(PAGE)
-            .map(|(_, _, n)| super::view::node(n, heard.get(&n.name), now, app.options.stale_after))
+            .map(|(_, _, n)| super::view::row(n, heard.get(&n.name), now, app.options.stale_after))
             .collect();
         (total, nodes, by_state, by_version)
     };
@@ -391,30 +392,30 @@ fn bytes(b: Option<u64>) -> String {
 }
 
 /// A node's view with the words a row shows.
-fn node_row(v: &serde_json::Value) -> minijinja::Value {
-    let staged: Vec<&str> = v["staged"]
+fn node_row(v: &super::view::NodeView<'_>) -> minijinja::Value {
+    let staged: Vec<&str> = v
+        .staged
         .as_array()
         .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
         .unwrap_or_default();
-    let name = v["name"].as_str().unwrap_or("?");
     context! {
-        name => name,
-        link => v["page"].as_str(),
-        customer => v["customer"].as_str(),
-        cluster => v["cluster"].as_str(),
-        mode => v["mode"].as_str(),
-        state => v["state"].as_str(),
-        reported_ms => v["reported_ms"].as_i64(),
-        active => v["active"].as_str(),
+        name => v.name,
+        link => v.page.as_str(),
+        customer => v.customer,
+        cluster => v.cluster,
+        mode => minijinja::value::Serde(&v.mode),
+        state => v.state.as_str(),
+        reported_ms => v.reported_ms,
+        active => v.active.as_str(),
         staged => if staged.is_empty() { "—".to_owned() } else { staged.join(", ") },
-        server_release => v["server_release"].as_str(),
-        restarts => v["restarts"].as_u64(),
-        heartbeat => v["heartbeat_age_ms"].as_i64().map_or_else(|| "—".to_owned(), |a| age(Some(a))),
-        free => bytes(v["free_bytes"].as_u64()),
-        rollout => v["step"].as_str(),
-        age => age(v["age_ms"].as_i64()),
-        error => v["error"].as_str(),
-        error_when => v["error_ms"].as_i64().map(when),
+        server_release => v.server_release.as_str(),
+        restarts => v.restarts.as_u64(),
+        heartbeat => v.heartbeat_age_ms.as_i64().map_or_else(|| "—".to_owned(), |a| age(Some(a))),
+        free => bytes(v.free_bytes.as_u64()),
+        rollout => v.step.as_str(),
+        age => age(v.age_ms),
+        error => v.error,
+        error_when => v.error_ms.map(when),
     }
 }
 
@@ -422,7 +423,7 @@ fn node_row(v: &serde_json::Value) -> minijinja::Value {
 pub fn cluster(
     caller: &Caller,
     key: &str,
-    nodes: &[serde_json::Value],
+    nodes: &[super::view::NodeView<'_>],
     rollout: Option<&serde_json::Value>,
     stale_after: std::time::Duration,
 ) -> (StatusCode, Html<String>) {
@@ -450,7 +451,7 @@ pub fn cluster(
 /// A node's page.
 pub fn node(
     caller: &Caller,
-    view: &serde_json::Value,
+    view: &super::view::NodeView<'_>,
     status: Option<&serde_json::Value>,
     history: &[(crate::store::Rollout, Option<crate::store::NodeOutcome>)],
     stale_after: std::time::Duration,
@@ -460,14 +461,11 @@ pub fn node(
             .and_then(|s| s["daemon"][k].as_str())
             .map(str::to_owned)
     };
-    let labels: Vec<String> = view["labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
+    let labels: Vec<String> = view
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let history: Vec<minijinja::Value> = history
         .iter()
         .map(|(r, o)| {
@@ -482,7 +480,7 @@ pub fn node(
             }
         })
         .collect();
-    let cluster_link = view["cluster_page"].as_str().unwrap_or("/").to_owned();
+    let cluster_link = view.cluster_page.clone();
     let (user, csrf) = user(Some(caller));
     render(
         "node.html",

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::json;
 
 use crate::store::NodeSnapshot;
 
@@ -33,42 +36,86 @@ pub fn state(snapshot: Option<&NodeSnapshot>, now_ms: i64, stale_after: Duration
     }
 }
 
-/// A node as the API and the pages show it.
+/// Null, for a field a node never reported.
+static NULL: Value = Value::Null;
+
+/// A node as the API and the pages show it, borrowing from the inventory and from what was
+/// heard (no copy of the status: a page builds one per row it shows).
+#[derive(Debug, Serialize)]
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    /// Its page, and its cluster's.
+    pub page: String,
+    pub cluster_page: String,
+    pub customer: &'a str,
+    pub cluster: &'a str,
+    pub mode: fleet_inventory::Mode,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub state: String,
+    pub reported_ms: Option<i64>,
+    pub age_ms: Option<i64>,
+    pub active: &'a Value,
+    pub staged: &'a Value,
+    pub free_bytes: &'a Value,
+    pub server_release: &'a Value,
+    pub restarts: &'a Value,
+    pub heartbeat_age_ms: &'a Value,
+    pub step: &'a Value,
+    pub error: Option<&'a str>,
+    pub error_ms: Option<i64>,
+}
+
+/// A node's view.
+pub fn row<'a>(
+    n: &'a fleet_inventory::Node,
+    snapshot: Option<&'a NodeSnapshot>,
+    now_ms: i64,
+    stale_after: Duration,
+) -> NodeView<'a> {
+    let status = snapshot.and_then(|s| s.status.as_ref());
+    let st = status.map(|(_, v)| v);
+    let field = |f: &str| st.and_then(|v| v.get(f)).unwrap_or(&NULL);
+    let daemon = |f: &str| {
+        st.and_then(|v| v.get("daemon"))
+            .and_then(|d| d.get(f))
+            .unwrap_or(&NULL)
+    };
+    let error = snapshot.and_then(|s| s.error.as_ref());
+    NodeView {
+        name: &n.name,
+        page: format!("/nodes/{}", super::pages::url_encode(&n.name)),
+        cluster_page: format!(
+            "/clusters/{}/{}",
+            super::pages::url_encode(&n.customer),
+            super::pages::url_encode(&n.cluster)
+        ),
+        customer: &n.customer,
+        cluster: &n.cluster,
+        mode: n.mode,
+        labels: &n.labels,
+        state: state(snapshot, now_ms, stale_after),
+        reported_ms: status.map(|(at, _)| *at),
+        age_ms: status.map(|(at, _)| now_ms - at),
+        active: field("active"),
+        staged: field("staged"),
+        free_bytes: field("free_bytes"),
+        server_release: daemon("server_release"),
+        restarts: daemon("restarts"),
+        heartbeat_age_ms: daemon("heartbeat_age_ms"),
+        step: daemon("step"),
+        error: error.map(|(_, e)| e.as_str()),
+        error_ms: error.map(|(at, _)| *at),
+    }
+}
+
+/// A node's view as JSON.
 pub fn node(
     n: &fleet_inventory::Node,
     snapshot: Option<&NodeSnapshot>,
     now_ms: i64,
     stale_after: Duration,
 ) -> Value {
-    let status = snapshot.and_then(|s| s.status.as_ref());
-    let st = status.map(|(_, v)| v);
-    let field = |f: &str| st.map_or(Value::Null, |v| v[f].clone());
-    let daemon = |f: &str| st.map_or(Value::Null, |v| v["daemon"][f].clone());
-    json!({
-        "name": n.name,
-        "page": format!("/nodes/{}", super::pages::url_encode(&n.name)),
-        "cluster_page": format!(
-            "/clusters/{}/{}",
-            super::pages::url_encode(&n.customer),
-            super::pages::url_encode(&n.cluster)
-        ),
-        "customer": n.customer,
-        "cluster": n.cluster,
-        "mode": n.mode,
-        "labels": n.labels,
-        "state": state(snapshot, now_ms, stale_after),
-        "reported_ms": status.map(|(at, _)| at),
-        "age_ms": status.map(|(at, _)| now_ms - at),
-        "active": field("active"),
-        "staged": field("staged"),
-        "free_bytes": field("free_bytes"),
-        "server_release": daemon("server_release"),
-        "restarts": daemon("restarts"),
-        "heartbeat_age_ms": daemon("heartbeat_age_ms"),
-        "step": daemon("step"),
-        "error": snapshot.and_then(|s| s.error.as_ref()).map(|(_, e)| e),
-        "error_ms": snapshot.and_then(|s| s.error.as_ref()).map(|(at, _)| at),
-    })
+    serde_json::to_value(row(n, snapshot, now_ms, stale_after)).unwrap_or_default()
 }
 
 #[cfg(test)]
