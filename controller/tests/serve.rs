@@ -998,3 +998,90 @@ async fn cluster_and_node_pages_show_what_was_heard_escaped() {
     );
     assert_eq!(get("/nodes/nope").await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_manage_users_from_the_page() {
+    let site = Site::new(ServeOptions::default()).await;
+    let admin = site.login("admin").await;
+    let page = body(
+        site.send(request(
+            "GET",
+            "/users",
+            &As::Session(admin.clone()),
+            false,
+            None,
+        ))
+        .await,
+    )
+    .await;
+    assert!(
+        page.contains("Add user") && page.contains(">operator<"),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"&#x2f;users\"") || page.contains("href=\"/users\""),
+        "the admin's nav links the page: {page}"
+    );
+    let form = |path: &str, fields: &str, csrf: &str| {
+        Request::post(path)
+            .header(header::COOKIE, format!("fleet_session={admin}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}&{fields}")))
+            .expect("request")
+    };
+    let csrf = auth::csrf_token(&admin);
+    let added = site
+        .send(form(
+            "/users",
+            "name=newbie&role=viewer&password=long+enough+secret",
+            &csrf,
+        ))
+        .await;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    assert!(
+        site.store
+            .users()
+            .await
+            .expect("users")
+            .iter()
+            .any(|u| u.name == "newbie")
+    );
+    let short = site
+        .send(form(
+            "/users",
+            "name=other&role=viewer&password=short",
+            &csrf,
+        ))
+        .await;
+    assert_eq!(short.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body(short).await.contains("12 to 1024 characters"));
+    let forged = site
+        .send(form("/users/newbie/remove", "", "not-the-token"))
+        .await;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let removed = site.send(form("/users/newbie/remove", "", &csrf)).await;
+    assert_eq!(removed.status(), StatusCode::SEE_OTHER);
+    assert!(
+        site.store
+            .users()
+            .await
+            .expect("users")
+            .iter()
+            .all(|u| u.name != "newbie")
+    );
+    // A viewer's pages link no users page.
+    let viewer = As::Session(site.login("viewer").await);
+    let overview = body(site.send(request("GET", "/", &viewer, false, None)).await).await;
+    assert!(!overview.contains(">Users<"), "{overview}");
+    let audit = site.store.audit(None).await.expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.entry.command == "user add" && r.entry.os_user == "web:admin")
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.entry.command == "user remove" && r.entry.result == "ok")
+    );
+}

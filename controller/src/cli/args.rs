@@ -112,10 +112,12 @@ pub enum Command {
     /// role. Only a hash is kept: a token is shown once, when it is created.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Run the controller as a service (being built: so far logins, sessions and the users'
-    /// API; the dashboard and the nodes' status come next). Serves HTTP on --listen until
-    /// SIGTERM or Ctrl-C, then lets requests in flight finish. Users come from `fleet user`,
-    /// API tokens from `fleet token`.
+    /// Run the controller as a service: the web dashboard (live over Server-Sent Events) and
+    /// the JSON API, the nodes' status collected over SSH, rollouts started and controlled
+    /// from the browser. Serves HTTP on --listen until SIGTERM or Ctrl-C, then lets requests
+    /// in flight finish. Users come from `fleet user`, API tokens from `fleet token`; no TLS
+    /// of its own yet: keep it on loopback behind a TLS proxy (--trusted-origin,
+    /// --secure-cookies).
     Serve {
         /// The inventory YAML file: the nodes whose status is collected and shown.
         #[arg(short, long, value_name = "FILE")]

@@ -49,6 +49,68 @@ pub struct NewUser {
     name: String,
     role: Role,
     password: String,
+    /// A form's CSRF field (checked by the guard).
+    #[serde(default)]
+    #[allow(dead_code)]
+    csrf: Option<String>,
+}
+
+/// Adds a user for `by`, audited; the status and reason when it cannot.
+async fn add(app: &App, by: &str, new: NewUser) -> Result<(), (StatusCode, String)> {
+    if let Some(problem) =
+        auth::user_name_problem(&new.name).or_else(|| auth::password_problem(&new.password))
+    {
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, problem));
+    }
+    let password = new.password;
+    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
+        Ok(Ok(hash)) => hash,
+        _ => {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hashing the password failed".into(),
+            ));
+        }
+    };
+    let added = match app.store.add_user(&new.name, new.role, &hash).await {
+        Ok(()) => Ok(()),
+        Err(e @ StoreError::UserExists { .. }) => Err((StatusCode::CONFLICT, e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "the state store");
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store is not answering".into(),
+            ));
+        }
+    };
+    let result = match &added {
+        Ok(()) => "ok".to_owned(),
+        Err((_, why)) => format!("failed: {why}"),
+    };
+    app.audit_web(by, "user add", &new.name, &result).await;
+    added
+}
+
+/// Removes a user for `by`, audited; the status and reason when it cannot.
+async fn remove(app: &App, by: &str, name: &str) -> Result<(), (StatusCode, String)> {
+    match app.store.remove_user(name).await {
+        Ok(true) => {
+            app.audit_web(by, "user remove", name, "ok").await;
+            Ok(())
+        }
+        Ok(false) => Err((StatusCode::NOT_FOUND, format!("no user named {name}"))),
+        Err(e) => {
+            tracing::error!(error = %e, "the state store");
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store is not answering".into(),
+            ))
+        }
+    }
+}
+
+fn by(who: &Who) -> &str {
+    who.0.as_ref().map_or("?", |c| c.principal.name.as_str())
 }
 
 /// `POST /api/users`: adds a user (201), 422 naming the problem, 409 when the name is taken.
@@ -67,41 +129,15 @@ pub async fn add_user(
             );
         }
     };
-    if let Some(problem) =
-        auth::user_name_problem(&new.name).or_else(|| auth::password_problem(&new.password))
-    {
-        return refuse("/api/users", StatusCode::UNPROCESSABLE_ENTITY, &problem);
-    }
-    let password = new.password;
-    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
-        Ok(Ok(hash)) => hash,
-        _ => {
-            return refuse(
-                "/api/users",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "hashing the password failed",
-            );
-        }
-    };
-    let by = who.0.0.as_ref().map_or("?", |c| c.principal.name.as_str());
-    let answer = match app.store.add_user(&new.name, new.role, &hash).await {
+    let (name, role) = (new.name.clone(), new.role);
+    match add(&app, by(&who.0), new).await {
         Ok(()) => (
             StatusCode::CREATED,
-            Json(json!({ "name": new.name, "role": new.role })),
+            Json(json!({ "name": name, "role": role })),
         )
             .into_response(),
-        Err(e @ StoreError::UserExists { .. }) => {
-            refuse("/api/users", StatusCode::CONFLICT, &e.to_string())
-        }
-        Err(e) => return store_down(e),
-    };
-    let result = if answer.status().is_success() {
-        "ok".to_owned()
-    } else {
-        format!("failed: {} exists already", new.name)
-    };
-    app.audit_web(by, "user add", &new.name, &result).await;
-    answer
+        Err((status, why)) => refuse("/api/users", status, &why),
+    }
 }
 
 /// `DELETE /api/users/{name}`.
@@ -110,18 +146,55 @@ pub async fn remove_user(
     who: axum::Extension<Who>,
     Path(name): Path<String>,
 ) -> Response {
-    let by = who.0.0.as_ref().map_or("?", |c| c.principal.name.as_str());
-    match app.store.remove_user(&name).await {
-        Ok(true) => {
-            app.audit_web(by, "user remove", &name, "ok").await;
-            Json(json!({ "removed": name })).into_response()
+    match remove(&app, by(&who.0), &name).await {
+        Ok(()) => Json(json!({ "removed": name })).into_response(),
+        Err((status, why)) => refuse("/api/users", status, &why),
+    }
+}
+
+/// `GET /users`: the users, a form to add one and a button to remove each.
+pub async fn users_page(State(app): State<Arc<App>>, who: axum::Extension<Who>) -> Response {
+    let Some(caller) = who.0.0.as_ref() else {
+        return axum::response::Redirect::to("/login").into_response();
+    };
+    match app.store.users().await {
+        Ok(users) => super::pages::users(caller, &users).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the state store");
+            refuse(
+                "/users",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store is not answering",
+            )
         }
-        Ok(false) => refuse(
-            "/api/users",
-            StatusCode::NOT_FOUND,
-            &format!("no user named {name}"),
-        ),
-        Err(e) => store_down(e),
+    }
+}
+
+/// `POST /users` (the add form): back to the list, or the reason.
+pub async fn add_user_form(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    form: Result<axum::Form<NewUser>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let axum::Form(new) = match form {
+        Ok(f) => f,
+        Err(e) => return refuse("/users", StatusCode::UNPROCESSABLE_ENTITY, &e.body_text()),
+    };
+    match add(&app, by(&who.0), new).await {
+        Ok(()) => axum::response::Redirect::to("/users").into_response(),
+        Err((status, why)) => refuse("/users", status, &why),
+    }
+}
+
+/// `POST /users/{name}/remove` (a button's form): back to the list, or the reason.
+pub async fn remove_user_form(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    match remove(&app, by(&who.0), &name).await {
+        Ok(()) => axum::response::Redirect::to("/users").into_response(),
+        Err((status, why)) => refuse("/users", status, &why),
     }
 }
 

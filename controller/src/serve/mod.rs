@@ -1,9 +1,11 @@
-//! `fleet serve`: the controller as a service (being built). So far: the route table
-//! (`routes.rs`), the guard every route goes through with logins, sessions, CSRF and the
-//! login rate limit (`session.rs`), the credentials (`auth.rs`, shared with `fleet user` and
-//! `fleet token`), the status collector (`collect.rs`), the pages (`pages.rs`, templates in
-//! `templates/`) and the JSON API (`api.rs`). Every login and every change is an audit row,
-//! `who` being `web:<user>`.
+//! `fleet serve`: the controller as a service. The route table (`routes.rs`, which also makes
+//! the OpenAPI document), the guard every route goes through with logins, sessions, CSRF and
+//! the login rate limit (`session.rs`), the credentials (`auth.rs`, shared with `fleet user`
+//! and `fleet token`), the status collector (`collect.rs`) and what a node shows (`view.rs`),
+//! live updates (`events.rs`), the pages (`pages.rs` renders them, templates in `templates/`,
+//! the script in `static/`; `nodes.rs`, `rollouts.rs`, `releases.rs`, `audit.rs` serve them)
+//! and the JSON API (`api.rs` and the same modules). Every login and every change is an audit
+//! row, `who` being `web:<user>`.
 
 mod api;
 mod audit;

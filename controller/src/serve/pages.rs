@@ -22,6 +22,7 @@ fn environment() -> &'static Environment<'static> {
             ("cluster.html", include_str!("templates/cluster.html")),
             ("node.html", include_str!("templates/node.html")),
             ("releases.html", include_str!("templates/releases.html")),
+            ("users.html", include_str!("templates/users.html")),
         ] {
             env.add_template(name, text)
                 .expect("the compiled-in templates parse");
@@ -530,4 +531,22 @@ pub fn releases(
         "releases.html",
         context! { user, csrf, has_store => found.is_some(), releases => rows, unreadable },
     )
+}
+
+/// The users page (admins).
+pub fn users(caller: &Caller, users: &[crate::store::User]) -> (StatusCode, Html<String>) {
+    let rows: Vec<minijinja::Value> = users
+        .iter()
+        .map(|u| {
+            context! {
+                name => u.name.clone(),
+                role => u.role.as_str(),
+                created => when(u.created_ms),
+                updated => when(u.updated_ms),
+                remove => format!("/users/{}/remove", url_encode(&u.name)),
+            }
+        })
+        .collect();
+    let (user, csrf) = user(Some(caller));
+    render("users.html", context! { user, csrf, users => rows })
 }

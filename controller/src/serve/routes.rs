@@ -203,6 +203,33 @@ fn table() -> Vec<(RouteSpec, MethodRouter<Arc<App>>)> {
         (
             spec(
                 "GET",
+                "/users",
+                At(Admin),
+                "the users, with forms to add and remove",
+            ),
+            get(api::users_page),
+        ),
+        (
+            spec(
+                "POST",
+                "/users",
+                At(Admin),
+                "add a user (form: name, role, password)",
+            ),
+            post(api::add_user_form),
+        ),
+        (
+            spec(
+                "POST",
+                "/users/{name}/remove",
+                At(Admin),
+                "remove a user (form)",
+            ),
+            post(api::remove_user_form),
+        ),
+        (
+            spec(
+                "GET",
                 "/rollouts",
                 At(Viewer),
                 "the rollouts, in flight first",

@@ -57,6 +57,10 @@
   // A rollout's page: its state and each target's row follow the rollout's notes.
   function applyRollout(r) {
     if (r.id !== body.getAttribute("data-rollout")) { return; }
+    // An ended rollout takes no control.
+    if (!r.in_flight) {
+      document.querySelectorAll("button[data-action]").forEach(function (b) { b.hidden = true; });
+    }
     document.querySelectorAll("[data-rollout-field]").forEach(function (el) {
       var v = r[el.getAttribute("data-rollout-field")];
       el.textContent = v === null || v === undefined ? "" : String(v);
