@@ -146,7 +146,7 @@ impl Served {
         let mut line = String::new();
         out.read_line(&mut line).expect("the listening line");
         let addr = line
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
@@ -408,4 +408,126 @@ fn web_rollout_scenario(c: &mut Provisioned) {
             && r["result"].as_str().is_some_and(|s| s.starts_with("ok"))),
         "{audit}"
     );
+}
+
+/// `fleet serve --tls-cert --tls-key`: HTTPS with a certificate made here, its session cookie
+/// `Secure`; plain HTTP on that port gets no page; a certificate file that is not one is one
+/// clear error and no server.
+#[test]
+fn fleet_serve_speaks_tls_from_cert_and_key_files() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (data.path().join("cert.pem"), data.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let mut add = fleet()
+        .args(["user", "add", "alice", "--role", "viewer"])
+        .env("FLEET_DATA_DIR", data.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("fleet user add");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a long enough password\n")
+        .expect("password");
+    assert!(add.wait().expect("add").success());
+    let inventory = data.path().join("fleet.yaml");
+    std::fs::write(
+        &inventory,
+        "customers:\n  acme:\n    mode: airgapped\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - { name: far-1, host: 127.0.0.1, node_root: /srv/fleet, ssh: { user: ops } }\n",
+    )
+    .expect("inventory");
+
+    // A key file that is not one: one clear error naming it, exit 1.
+    let wrong = fleet()
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&inventory)
+        .arg("-i")
+        .arg(&inventory)
+        .env("FLEET_DATA_DIR", data.path())
+        .output()
+        .expect("fleet serve");
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("TLS:") && stderr.contains("fleet.yaml"),
+        "{stderr}"
+    );
+
+    let mut command = fleet();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("-i")
+        .arg(&inventory)
+        .env("FLEET_DATA_DIR", data.path());
+    let served = Served::start(command);
+    let url = format!("https://{}", served.addr);
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "20", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl(&[&format!("{url}/login")]);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let origin = format!("Origin: {url}");
+    let login = curl(&[
+        "-H",
+        &origin,
+        "--data",
+        "user=alice&password=a+long+enough+password",
+        &format!("{url}/login"),
+    ]);
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {login}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP to the TLS port: no page.
+    let plain = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--max-time",
+            "10",
+            &format!("http://{}/login", served.addr),
+        ])
+        .output()
+        .expect("curl");
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("200 OK"));
+    let (status, rest) = served.stop();
+    assert!(status.success(), "{status}");
+    assert!(rest.contains("stopped (was on https://"), "{rest}");
 }

@@ -115,9 +115,9 @@ pub enum Command {
     /// Run the controller as a service: the web dashboard (live over Server-Sent Events) and
     /// the JSON API, the nodes' status collected over SSH, rollouts started and controlled
     /// from the browser. Serves HTTP on --listen until SIGTERM or Ctrl-C, then lets requests
-    /// in flight finish. Users come from `fleet user`, API tokens from `fleet token`; no TLS
-    /// of its own yet: keep it on loopback behind a TLS proxy (--trusted-origin,
-    /// --secure-cookies).
+    /// in flight finish. Users come from `fleet user`, API tokens from `fleet token`. HTTPS
+    /// with --tls-cert and --tls-key, or keep it on loopback behind a TLS proxy
+    /// (--trusted-origin, --secure-cookies).
     Serve {
         /// The inventory YAML file: the nodes whose status is collected and shown.
         #[arg(short, long, value_name = "FILE")]
@@ -140,9 +140,16 @@ pub enum Command {
         /// The address to serve on; keep it on loopback unless a TLS proxy fronts it.
         #[arg(long, default_value = "127.0.0.1:8700", value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,
-        /// Mark session cookies Secure (when a TLS proxy fronts the server).
+        /// Mark session cookies Secure (when a TLS proxy fronts the server; implied by
+        /// --tls-cert).
         #[arg(long)]
         secure_cookies: bool,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// An origin besides the server's own whose forms and API calls are accepted (the
         /// public address of a reverse proxy: https://fleet.example.com). Repeatable.
         #[arg(long, value_name = "ORIGIN")]

@@ -42,7 +42,12 @@ fn serve(
             .with_context(|| format!("listening on {listen}"))?;
         let bound = listener.local_addr().context("the bound address")?;
         // The line a script or a test waits for.
-        println!("fleet serve: listening on http://{bound} (state {location})");
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("fleet serve: listening on {scheme}://{bound} (state {location})");
         let shutdown = async {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -69,7 +74,7 @@ fn serve(
         .context("serving")?;
         store.close().await;
         Ok::<_, Failure>(report::Report::new(
-            format!("fleet serve: stopped (was on http://{bound})"),
+            format!("fleet serve: stopped (was on {scheme}://{bound})"),
             serde_json::json!({ "ok": true, "listen": bound.to_string() }),
         ))
     })
@@ -183,24 +188,36 @@ pub fn run(cli: Cli) -> ExitCode {
             collect_parallel,
             listen,
             secure_cookies,
+            tls_cert,
+            tls_key,
             trusted_origin,
             session_ttl,
         } => {
             let every: std::time::Duration = collect_every.into();
-            let options = crate::serve::ServeOptions {
-                secure_cookies,
-                trusted_origins: trusted_origin,
-                session_ttl: session_ttl.into(),
-                stale_after: every * 3,
-                release_store: store,
-                order_key,
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => crate::serve::tls::config(&cert, &key).map(Some),
+                _ => Ok(None),
             };
-            let collect = crate::serve::collect::CollectOptions {
-                every,
-                parallel: collect_parallel,
-                ..Default::default()
-            };
-            serve(state.as_deref(), &inventory, listen, options, collect)
+            match tls {
+                Err(e) => Err(Failure::from(anyhow::anyhow!("TLS: {e}"))),
+                Ok(tls) => {
+                    let options = crate::serve::ServeOptions {
+                        secure_cookies: secure_cookies || tls.is_some(),
+                        tls,
+                        trusted_origins: trusted_origin,
+                        session_ttl: session_ttl.into(),
+                        stale_after: every * 3,
+                        release_store: store,
+                        order_key,
+                    };
+                    let collect = crate::serve::collect::CollectOptions {
+                        every,
+                        parallel: collect_parallel,
+                        ..Default::default()
+                    };
+                    serve(state.as_deref(), &inventory, listen, options, collect)
+                }
+            }
         }
     };
     match outcome {

@@ -4,8 +4,8 @@
 //! and `fleet token`), the status collector (`collect.rs`) and what a node shows (`view.rs`),
 //! live updates (`events.rs`), the pages (`pages.rs` renders them, templates in `templates/`,
 //! the script in `static/`; `nodes.rs`, `rollouts.rs`, `releases.rs`, `audit.rs` serve them)
-//! and the JSON API (`api.rs` and the same modules). Every login and every change is an audit
-//! row, `who` being `web:<user>`.
+//! and the JSON API (`api.rs` and the same modules); HTTPS from PEM files (`tls.rs`). Every
+//! login and every change is an audit row, `who` being `web:<user>`.
 
 mod api;
 mod audit;
@@ -18,6 +18,7 @@ mod releases;
 mod rollouts;
 mod routes;
 mod session;
+pub mod tls;
 mod view;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     /// The order key's file (none: `$FLEET_ORDER_KEY`, else `order.key` in the data
     /// directory, as `fleet rollout` finds it).
     pub order_key: Option<std::path::PathBuf>,
+    /// Serve over TLS with this configuration (`tls::config`); none: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServeOptions {
@@ -57,6 +60,7 @@ impl Default for ServeOptions {
             stale_after: Duration::from_secs(90),
             release_store: None,
             order_key: None,
+            tls: None,
         }
     }
 }
@@ -98,18 +102,24 @@ pub async fn serve(
     let stop = app.stop.clone();
     let collector = tokio::spawn(collect::run(app.clone(), inventory, collect, stop.clone()));
     let follower = tokio::spawn(rollouts::follow(app.clone(), stop.clone()));
-    let served = axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown({
+    let shutdown = {
         let stop = stop.clone();
         async move {
             shutdown.await;
             stop.cancel();
         }
-    })
-    .await;
+    };
+    let served = match app.options.tls.clone() {
+        Some(config) => tls::serve(router(app), listener, config, shutdown).await,
+        None => {
+            axum::serve(
+                listener,
+                router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }
+    };
     stop.cancel();
     let _ = collector.await;
     let _ = follower.await;
