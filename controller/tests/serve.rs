@@ -597,6 +597,15 @@ async fn nodes_show_their_last_report_its_age_and_failures_paged_on_the_server()
         site.send(refresh("nope", &operator)).await.status(),
         StatusCode::NOT_FOUND
     );
+    // Each ask is an audit row, refused ones too.
+    let audit = site.store.audit(None).await.expect("audit");
+    let refreshes: Vec<&str> = audit
+        .iter()
+        .filter(|r| r.entry.command == "node refresh")
+        .map(|r| r.entry.result.as_str())
+        .collect();
+    assert_eq!(refreshes.len(), 3, "{refreshes:?}");
+    assert_eq!(refreshes[0], "ok");
 }
 
 /// Reads the SSE body until `done` says what was read is enough (bounded in time).
@@ -647,6 +656,11 @@ async fn the_overview_puts_nodes_needing_attention_first_and_escapes_what_nodes_
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("&lt;script&gt;alert("), "{page}");
     assert!(page.contains("1.0.0: 1"), "counts by version: {page}");
+    assert!(
+        page.contains(": 2 nodes, <strong>1 needing attention</strong>")
+            && page.contains(": 1 nodes, <strong>1 needing attention</strong>"),
+        "each customer's clusters: {page}"
+    );
     assert!(page.contains("/static/fleet.js"), "{page}");
     // The filters are the URL's.
     let only = body(
@@ -960,6 +974,27 @@ async fn cluster_and_node_pages_show_what_was_heard_escaped() {
         .await
         .expect("outcome");
     site.app.reload().await.expect("reload");
+    site.store
+        .append_audit(&fleet_controller::AuditEntry {
+            at_ms: 5,
+            os_user: "ops".into(),
+            key_fingerprints: vec![],
+            command: "activate".into(),
+            args: vec![
+                "activate".into(),
+                "1.0.0".into(),
+                "-i".into(),
+                "fleet.yaml".into(),
+            ],
+            nodes: vec![
+                ("acme-1".into(), "committed".into()),
+                ("acme-2".into(), "failed: x".into()),
+            ],
+            digests: vec![],
+            result: "ok".into(),
+        })
+        .await
+        .expect("audit");
     let viewer = As::Session(site.login("viewer").await);
     let get = |uri: &str| {
         let (site, who, uri) = (&site, viewer.clone(), uri.to_owned());
@@ -996,6 +1031,11 @@ async fn cluster_and_node_pages_show_what_was_heard_escaped() {
         !page.contains("<b>ops</b>") && page.contains("&lt;b&gt;ops&lt;"),
         "labels escaped: {page}"
     );
+    assert!(
+        page.contains("activate 1.0.0 -i fleet.yaml") && page.contains(">committed<"),
+        "the audit rows naming the node, with its result: {page}"
+    );
+    assert!(!page.contains("failed: x"), "another node's result: {page}");
     assert_eq!(get("/nodes/nope").await.0, StatusCode::NOT_FOUND);
 }
 

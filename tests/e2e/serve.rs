@@ -230,7 +230,7 @@ fn a_rollout_started_in_the_browser_is_carried_out_and_followed_live() {
         "e2e_serve_rollout",
         3,
     );
-    for v in ["1.0.0", "1.1.0"] {
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
         c.build_release(v);
     }
     c.activate("1.0.0");
@@ -286,7 +286,7 @@ fn web_rollout_scenario(c: &mut Provisioned) {
         .iter()
         .map(|r| r["version"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(versions, ["1.0.0", "1.1.0"], "{releases}");
+    assert_eq!(versions, ["1.0.0", "1.1.0", "1.2.0"], "{releases}");
     assert!(
         releases["releases"][0]["signed_by"]
             .as_array()
@@ -398,6 +398,44 @@ fn web_rollout_scenario(c: &mut Provisioned) {
         page.contains("data-rollout-node=\"") && page.contains("committed"),
         "{page}"
     );
+
+    // The other way round: a rollout started from the command line (detached: nobody but
+    // the server watches it) shows up in the server, which follows it to its end.
+    let store = c.store.to_string_lossy().into_owned();
+    let started = c
+        .run_i(&[
+            "rollout",
+            "start",
+            "1.2.0",
+            "--store",
+            &store,
+            "--detach",
+            "--json",
+            "--min-healthy",
+            "1",
+        ])
+        .ok()
+        .json();
+    let cli_id = started["rollouts"][0]["rollout"]
+        .as_str()
+        .or_else(|| started["clusters"][0]["rollout"].as_str())
+        .unwrap_or_else(|| panic!("no rollout id: {started}"))
+        .to_owned();
+    let asked = Instant::now();
+    loop {
+        let r = json_body(&served.get(&format!("/api/rollouts/{cli_id}"), &cookie));
+        if r["state"] == "committed" {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(240),
+            "the CLI's rollout, as the server sees it: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for k in 0..3 {
+        assert_eq!(c.serving(k), "1.2.0");
+    }
 
     // Audited as the web user.
     let audit = c.run(&["audit", "--json"]).ok().json();

@@ -251,8 +251,12 @@ pub async fn nodes(
 }
 
 /// `POST /api/nodes/{name}/refresh`: the collector asks the node now (202).
-pub async fn refresh_node(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    match app.inventory.node(&name) {
+pub async fn refresh_node(
+    State(app): State<Arc<App>>,
+    who: axum::Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    let answer = match app.inventory.node(&name) {
         None => refuse(
             "/api/nodes",
             StatusCode::NOT_FOUND,
@@ -271,5 +275,13 @@ pub async fn refresh_node(State(app): State<Arc<App>>, Path(name): Path<String>)
             )
                 .into_response()
         }
-    }
+    };
+    let result = if answer.status().is_success() {
+        "ok".to_owned()
+    } else {
+        format!("failed: {}", answer.status())
+    };
+    app.audit_web(by(&who.0), "node refresh", &name, &result)
+        .await;
+    answer
 }

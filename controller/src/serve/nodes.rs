@@ -96,10 +96,28 @@ pub async fn node(
         };
         history.push((r.clone(), outcome));
     }
+    // What was done to it, from the audit log (newest first, the last 20).
+    let changes: Vec<crate::store::AuditRow> = match app.store.audit(None).await {
+        Ok(rows) => rows
+            .into_iter()
+            .rev()
+            .filter(|r| r.entry.nodes.iter().any(|(n, _)| *n == name))
+            .take(20)
+            .collect(),
+        Err(e) => return store_down(path, e),
+    };
     // Held to the end (no await below): the view borrows from it.
     let heard = app.heard();
     let snap = heard.get(&name);
     let view = super::view::row(node, snap, crate::store::now_ms(), app.options.stale_after);
     let status = snap.and_then(|s| s.status.as_ref()).map(|(_, v)| v);
-    pages::node(caller, &view, status, &history, app.options.stale_after).into_response()
+    pages::node(
+        caller,
+        &view,
+        status,
+        &changes,
+        &history,
+        app.options.stale_after,
+    )
+    .into_response()
 }

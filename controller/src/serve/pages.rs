@@ -141,6 +141,8 @@ pub async fn overview(
     // Every node's state and version from memory; a whole view only for the rows shown.
     // Held to the end (no await below): the rows borrow from it.
     let heard = app.heard();
+    // Each customer's clusters: nodes, and those needing attention.
+    let mut clusters = std::collections::BTreeMap::<(&str, &str), (usize, usize)>::new();
     let (total, nodes, by_state, by_version) = {
         let mut by_state = std::collections::BTreeMap::<String, usize>::new();
         let mut by_version = std::collections::BTreeMap::<String, usize>::new();
@@ -157,6 +159,11 @@ pub async fn overview(
                 && (q.cluster.is_empty() || n.cluster == q.cluster)
                 && (q.state.is_empty() || state == q.state)
                 && (q.q.is_empty() || n.name.contains(q.q.as_str()));
+            let counts = clusters
+                .entry((n.customer.as_str(), n.cluster.as_str()))
+                .or_default();
+            counts.0 += 1;
+            counts.1 += usize::from(!calm(&state));
             if keep {
                 selected.push((calm(&state), n.name.as_str(), n));
             }
@@ -198,6 +205,16 @@ pub async fn overview(
             stale_ms => u64::try_from(app.options.stale_after.as_millis()).unwrap_or(u64::MAX),
             by_state => minijinja::value::Serde(&by_state.into_iter().collect::<Vec<_>>()),
             by_version => minijinja::value::Serde(&by_version.into_iter().collect::<Vec<_>>()),
+            clusters => clusters
+                .iter()
+                .map(|((customer, cluster), (nodes, attention))| context! {
+                    customer => *customer,
+                    cluster => *cluster,
+                    link => format!("/clusters/{}/{}", url_encode(customer), url_encode(cluster)),
+                    nodes => *nodes,
+                    attention => *attention,
+                })
+                .collect::<Vec<_>>(),
             rollouts => rollouts.iter().map(|r| context! { id => r.id.clone(), cluster => r.cluster.clone(), version => r.version.clone() }).collect::<Vec<_>>(),
             customers,
             filter => minijinja::value::Serde(&q),
@@ -454,6 +471,7 @@ pub fn node(
     caller: &Caller,
     view: &super::view::NodeView<'_>,
     status: Option<&serde_json::Value>,
+    changes: &[crate::store::AuditRow],
     history: &[(crate::store::Rollout, Option<crate::store::NodeOutcome>)],
     stale_after: std::time::Duration,
 ) -> (StatusCode, Html<String>) {
@@ -482,6 +500,24 @@ pub fn node(
         })
         .collect();
     let cluster_link = view.cluster_page.clone();
+    let node = view.name;
+    let changes: Vec<minijinja::Value> = changes
+        .iter()
+        .map(|r| {
+            let here = r
+                .entry
+                .nodes
+                .iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, res)| res.clone());
+            context! {
+                when => when(r.entry.at_ms),
+                user => r.entry.os_user.clone(),
+                command => r.entry.args.join(" "),
+                result => here,
+            }
+        })
+        .collect();
     let (user, csrf) = user(Some(caller));
     render(
         "node.html",
@@ -491,7 +527,7 @@ pub fn node(
             previous => status.and_then(|s| s["previous"].as_str()).map(str::to_owned),
             last_exit => d("last_exit"), health_error => d("health_error"),
             step => d("step"), last_step => d("last_step"),
-            history,
+            history, changes,
             live => true,
             stale_ms => u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
         },
