@@ -3,8 +3,8 @@
 // tests/e2e/browser.rs, which passes everything in the environment). Logs in, sees the fleet,
 // opens a deep link, starts a rollout as an operator and watches every node's progress change
 // on the page without reloading it, checks that a viewer has no buttons and that the API
-// refuses them, runs axe-core on every page (no serious or critical violation), and keeps a
-// screenshot of each page. Prints one JSON line of what it saw; exits 1 naming the first
+// refuses them, opens an admin's users page, runs axe-core on every page (no serious or
+// critical violation), and keeps a screenshot of each page. Prints one JSON line of what it saw; exits 1 naming the first
 // check that failed.
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
@@ -151,6 +151,13 @@ try {
   await axe(viewer, "audit");
   check((await viewer.textContent("tbody")).includes("web:"), "the audit page shows the web's rollout start");
   await shot(viewer, "audit");
+  // An admin's users page: the form and the list.
+  const admin = await login(browser, env("ADMIN_USER"), env("ADMIN_PASSWORD"));
+  await admin.goto(`${base}/users`);
+  check((await admin.$("form[aria-label='Add a user']")) !== null, "the users page has its form");
+  check((await admin.textContent("tbody")).includes(env("VIEWER_USER")), "the users page lists the viewer");
+  await axe(admin, "users");
+  await shot(admin, "users");
   console.log(JSON.stringify({ ok: true, ...seen }));
 } catch (e) {
   console.log(JSON.stringify({ ok: false, error: String(e && e.message || e), ...seen }));

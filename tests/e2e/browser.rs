@@ -37,6 +37,8 @@ fn browser_scenario(c: &mut Provisioned, script_dir: &Path) {
     let (operator, viewer) = ("an operator password", "a viewer password here");
     add_user(c, "op", "operator", operator);
     add_user(c, "watcher", "viewer", viewer);
+    let admin = "an admin password here";
+    add_user(c, "boss", "admin", admin);
     let served = serve_provisioned(c);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
     let nodes: Vec<String> = c.fleet.nodes().iter().map(|n| n.name.clone()).collect();
@@ -51,6 +53,8 @@ fn browser_scenario(c: &mut Provisioned, script_dir: &Path) {
         .env("OPERATOR_PASSWORD", operator)
         .env("VIEWER_USER", "watcher")
         .env("VIEWER_PASSWORD", viewer)
+        .env("ADMIN_USER", "boss")
+        .env("ADMIN_PASSWORD", admin)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -75,6 +79,7 @@ fn browser_scenario(c: &mut Provisioned, script_dir: &Path) {
         "rollout-as-viewer",
         "releases",
         "audit",
+        "users",
     ] {
         let png = shots.join(format!("{page}.png"));
         let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
