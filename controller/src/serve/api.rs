@@ -9,18 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::session::{Who, refuse};
+use super::session::{Who, refuse, store_down, store_failed};
 use super::{App, auth};
 use crate::store::{Role, StoreError};
-
-fn store_down(e: StoreError) -> Response {
-    tracing::error!(error = %e, "the state store");
-    refuse(
-        "/api/",
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the state store is not answering",
-    )
-}
 
 /// `GET /api/me`: who the caller is, and the CSRF token of their session.
 pub async fn me(who: axum::Extension<Who>) -> Response {
@@ -39,7 +30,7 @@ pub async fn me(who: axum::Extension<Who>) -> Response {
 pub async fn users(State(app): State<Arc<App>>) -> Response {
     match app.store.users().await {
         Ok(users) => Json(json!({ "users": users })).into_response(),
-        Err(e) => store_down(e),
+        Err(e) => store_down("/api/", &e),
     }
 }
 
@@ -75,13 +66,7 @@ async fn add(app: &App, by: &str, new: NewUser) -> Result<(), (StatusCode, Strin
     let added = match app.store.add_user(&new.name, new.role, &hash).await {
         Ok(()) => Ok(()),
         Err(e @ StoreError::UserExists { .. }) => Err((StatusCode::CONFLICT, e.to_string())),
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering".into(),
-            ));
-        }
+        Err(e) => return Err(store_failed(&e)),
     };
     let result = match &added {
         Ok(()) => "ok".to_owned(),
@@ -99,13 +84,7 @@ async fn remove(app: &App, by: &str, name: &str) -> Result<(), (StatusCode, Stri
             Ok(())
         }
         Ok(false) => Err((StatusCode::NOT_FOUND, format!("no user named {name}"))),
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering".into(),
-            ))
-        }
+        Err(e) => Err(store_failed(&e)),
     }
 }
 
@@ -159,14 +138,7 @@ pub async fn users_page(State(app): State<Arc<App>>, who: axum::Extension<Who>) 
     };
     match app.store.users().await {
         Ok(users) => super::pages::users(caller, &users).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            refuse(
-                "/users",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering",
-            )
-        }
+        Err(e) => store_down("/users", &e),
     }
 }
 
@@ -201,10 +173,13 @@ pub async fn remove_user_form(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeQuery {
-    customer: Option<String>,
-    cluster: Option<String>,
+    #[serde(default)]
+    customer: String,
+    #[serde(default)]
+    cluster: String,
     /// A part of the node's name.
-    q: Option<String>,
+    #[serde(default)]
+    q: String,
     page: Option<usize>,
     per_page: Option<usize>,
 }
@@ -231,12 +206,7 @@ pub async fn nodes(
             .inventory
             .nodes()
             .iter()
-            .filter(|n| q.customer.as_ref().is_none_or(|c| &n.customer == c))
-            .filter(|n| q.cluster.as_ref().is_none_or(|c| &n.cluster == c))
-            .filter(|n| {
-                q.q.as_ref()
-                    .is_none_or(|part| n.name.contains(part.as_str()))
-            })
+            .filter(|n| super::view::selected(n, &q.customer, &q.cluster, &q.q))
             .collect();
         let nodes: Vec<serde_json::Value> = selected
             .iter()

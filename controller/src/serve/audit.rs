@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::session::{Who, refuse};
+use super::session::{Who, refuse, store_down};
 use super::{App, pages};
 use crate::store::AuditRow;
 
@@ -53,14 +53,11 @@ async fn select(app: &App, path: &str, q: &AuditQuery) -> Result<Vec<AuditRow>, 
             ),
         ));
     };
-    let rows = app.store.audit(since).await.map_err(|e| {
-        tracing::error!(error = %e, "reading the audit log");
-        refuse(
-            path,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state store is not answering",
-        )
-    })?;
+    let rows = app
+        .store
+        .audit(since)
+        .await
+        .map_err(|e| store_down(path, &e))?;
     Ok(rows
         .into_iter()
         .rev()

@@ -10,17 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::session::{Who, refuse};
+use super::session::{Who, refuse, store_down};
 use super::{App, pages};
-
-fn store_down(path: &str, e: crate::store::StoreError) -> Response {
-    tracing::error!(error = %e, "the state store");
-    refuse(
-        path,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the state store is not answering",
-    )
-}
 
 /// `GET /clusters/{customer}/{cluster}`.
 pub async fn cluster(
@@ -43,10 +34,10 @@ pub async fn cluster(
     let rollout = match app.store.rollout_in_flight(&key).await {
         Ok(Some(r)) => match app.store.node_outcomes(&r.id).await {
             Ok(outcomes) => Some(super::rollouts::shown(&r, &outcomes)),
-            Err(e) => return store_down(path, e),
+            Err(e) => return store_down(path, &e),
         },
         Ok(None) => None,
-        Err(e) => return store_down(path, e),
+        Err(e) => return store_down(path, &e),
     };
     // Held to the end (no await below): the rows borrow from it.
     let heard = app.heard();
@@ -85,14 +76,14 @@ pub async fn node(
     };
     let rollouts = match app.store.rollouts(false).await {
         Ok(r) => r,
-        Err(e) => return store_down(path, e),
+        Err(e) => return store_down(path, &e),
     };
     // The rollouts that named it, newest first, each with its outcome there.
     let mut history = Vec::new();
     for r in rollouts.iter().rev().filter(|r| r.targets.contains(&name)) {
         let outcome = match app.store.node_outcomes(&r.id).await {
             Ok(o) => o.into_iter().find(|o| o.node == name),
-            Err(e) => return store_down(path, e),
+            Err(e) => return store_down(path, &e),
         };
         history.push((r.clone(), outcome));
     }
@@ -104,7 +95,7 @@ pub async fn node(
             .filter(|r| r.entry.nodes.iter().any(|(n, _)| *n == name))
             .take(20)
             .collect(),
-        Err(e) => return store_down(path, e),
+        Err(e) => return store_down(path, &e),
     };
     // Held to the end (no await below): the view borrows from it.
     let heard = app.heard();

@@ -131,11 +131,7 @@ pub async fn overview(
     };
     let rollouts = match app.store.rollouts(true).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            return (status, message(status, "the state store is not answering")).into_response();
-        }
+        Err(e) => return super::session::store_down("/", &e),
     };
     let now = crate::store::now_ms();
     // Every node's state and version from memory; a whole view only for the rows shown.
@@ -155,10 +151,8 @@ pub async fn overview(
                 .and_then(|(_, st)| st["active"].as_str())
                 .unwrap_or("none");
             *by_version.entry(active.to_owned()).or_default() += 1;
-            let keep = (q.customer.is_empty() || n.customer == q.customer)
-                && (q.cluster.is_empty() || n.cluster == q.cluster)
-                && (q.state.is_empty() || state == q.state)
-                && (q.q.is_empty() || n.name.contains(q.q.as_str()));
+            let keep = super::view::selected(n, &q.customer, &q.cluster, &q.q)
+                && (q.state.is_empty() || state == q.state);
             let counts = clusters
                 .entry((n.customer.as_str(), n.cluster.as_str()))
                 .or_default();

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{Who, refuse};
+use super::session::{Who, refuse, store_down};
 use super::{App, pages};
 use crate::ssh::Timeouts;
 use crate::store::{NodeOutcome, Rollout};
@@ -62,14 +62,7 @@ pub fn shown(rollout: &Rollout, outcomes: &[NodeOutcome]) -> Value {
 }
 
 async fn load(app: &App, id: &str) -> Result<Option<Value>, Response> {
-    let down = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "the state store");
-        refuse(
-            "/api/rollouts",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state store is not answering",
-        )
-    };
+    let down = |e: crate::store::StoreError| store_down("/api/rollouts", &e);
     let Some(rollout) = app.store.rollout(id).await.map_err(down)? else {
         return Ok(None);
     };
@@ -84,14 +77,7 @@ pub async fn list_json(State(app): State<Arc<App>>) -> Response {
             all.sort_by_key(|r| (!r.in_flight(), std::cmp::Reverse(r.created_ms)));
             Json(json!({ "rollouts": all })).into_response()
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            refuse(
-                "/api/rollouts",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering",
-            )
-        }
+        Err(e) => store_down("/api/rollouts", &e),
     }
 }
 
@@ -115,14 +101,7 @@ pub async fn list_page(State(app): State<Arc<App>>, who: axum::Extension<Who>) -
     };
     let mut all = match app.store.rollouts(false).await {
         Ok(all) => all,
-        Err(e) => {
-            tracing::error!(error = %e, "the state store");
-            return refuse(
-                "/rollouts",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering",
-            );
-        }
+        Err(e) => return store_down("/rollouts", &e),
     };
     all.sort_by_key(|r| (!r.in_flight(), std::cmp::Reverse(r.created_ms)));
     let clusters: Vec<String> = app

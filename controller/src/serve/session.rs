@@ -86,6 +86,22 @@ impl Limiter {
     }
 }
 
+/// A state store that failed under a request: logged, and the caller told only that it is not
+/// answering (the store's own words may name where it lives).
+pub fn store_failed(e: &crate::store::StoreError) -> (StatusCode, String) {
+    tracing::error!(error = %e, "the state store");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the state store is not answering".to_owned(),
+    )
+}
+
+/// `store_failed` as the answer to a request for `path`.
+pub fn store_down(path: &str, e: &crate::store::StoreError) -> Response {
+    let (status, message) = store_failed(e);
+    refuse(path, status, &message)
+}
+
 /// An answer to a refused request: JSON under `/api/`, a small page elsewhere.
 pub fn refuse(path: &str, status: StatusCode, message: &str) -> Response {
     if path.starts_with("/api/") {
@@ -111,13 +127,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// Who the request comes from: a bearer token, else a session cookie (none when neither is
 /// valid). A bearer token that is not valid is refused outright, never taken for anonymous.
 async fn caller(app: &App, headers: &HeaderMap) -> Result<Option<Caller>, (StatusCode, String)> {
-    let store_error = |e: crate::store::StoreError| {
-        tracing::error!(error = %e, "reading the state store");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state store is not answering".to_owned(),
-        )
-    };
+    let store_error = |e: crate::store::StoreError| store_failed(&e);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
             .to_str()
@@ -375,14 +385,7 @@ pub async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let credentials = match app.store.user_credentials(&form.user).await {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the state store");
-            return refuse(
-                "/login",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the state store is not answering",
-            );
-        }
+        Err(e) => return store_down("/login", &e),
     };
     let hash = credentials
         .as_ref()
@@ -420,12 +423,7 @@ pub async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
         .create_session(&auth::session_hash(&id), &form.user, expires)
         .await
     {
-        tracing::error!(error = %e, "recording a session");
-        return refuse(
-            "/login",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the state store is not answering",
-        );
+        return store_down("/login", &e);
     }
     app.audit_web(&form.user, "login", &from, "ok").await;
     let mut answer = Redirect::to(&next).into_response();

@@ -36,6 +36,14 @@ pub fn state(snapshot: Option<&NodeSnapshot>, now_ms: i64, stale_after: Duration
     }
 }
 
+/// Whether node `n` is in the selection the pages and the API share: of `customer` and of
+/// `cluster` (each empty: any), its name containing `part` (empty: any).
+pub fn selected(n: &fleet_inventory::Node, customer: &str, cluster: &str, part: &str) -> bool {
+    (customer.is_empty() || n.customer == customer)
+        && (cluster.is_empty() || n.cluster == cluster)
+        && n.name.contains(part)
+}
+
 /// Null, for a field a node never reported.
 static NULL: Value = Value::Null;
 
