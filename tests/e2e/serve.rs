@@ -26,18 +26,7 @@ pub(super) fn http(addr: &str, request: &str) -> String {
 #[test]
 fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut add = fleet()
-        .args(["user", "add", "alice", "--role", "admin"])
-        .env("FLEET_DATA_DIR", data.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fleet user add");
-    add.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"a long enough password\n")
-        .expect("password");
-    assert!(add.wait().expect("add").success());
+    add_user_in(data.path(), "alice", "admin", "a long enough password");
 
     let key = data.path().join("deploy_key");
     let made = std::process::Command::new("ssh-keygen")
@@ -46,12 +35,12 @@ fn fleet_serve_logs_users_in_and_stops_on_sigterm() {
         .status()
         .expect("ssh-keygen");
     assert!(made.success());
-    let inventory = data.path().join("fleet.yaml");
-    std::fs::write(
-        &inventory,
-        format!("defaults:\n  ssh: {{ deploy_identity_file: {key:?} }}\n") + "customers:\n  acme:\n    mode: dedicated\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - { name: gone-1, host: 127.0.0.1, node_root: /srv/fleet, ssh: { user: ops, port: 1 } }\n",
-    )
-    .expect("inventory");
+    let inventory = one_node_inventory(
+        data.path(),
+        "dedicated",
+        "gone-1",
+        &format!("deploy_identity_file: {key:?}"),
+    );
     let mut command = fleet();
     command
         .args([
@@ -237,19 +226,38 @@ fn a_rollout_started_in_the_browser_is_carried_out_and_followed_live() {
     c.with_logs(web_rollout_scenario);
 }
 
-/// `fleet user add NAME --role ROLE` with `password` on stdin, in the fleet's data directory.
+/// `fleet user add NAME --role ROLE` with `password` on stdin, the state in `data`.
+fn add_user_in(data: &Path, name: &str, role: &str, password: &str) {
+    super::users::with_stdin(
+        data,
+        &["user", "add", name, "--role", role],
+        &format!("{password}\n"),
+    )
+    .ok();
+}
+
+/// The same in the provisioned fleet's data directory.
 pub(super) fn add_user(c: &Provisioned, name: &str, role: &str, password: &str) {
-    let mut add = c
-        .command(&["user", "add", name, "--role", role])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("user add");
-    add.stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password");
-    assert!(add.wait().expect("add").success());
+    add_user_in(&c.data, name, role, password);
+}
+
+/// `fleet.yaml` in `dir`: customer `acme` (`mode`) with one cluster `prod` of one node `name`
+/// on 127.0.0.1, SSH port 1 (nothing listens there), `ssh` more of its defaults' SSH settings.
+fn one_node_inventory(dir: &Path, mode: &str, name: &str, ssh: &str) -> std::path::PathBuf {
+    let inventory = dir.join("fleet.yaml");
+    let more = if ssh.is_empty() {
+        String::new()
+    } else {
+        format!(", {ssh}")
+    };
+    std::fs::write(
+        &inventory,
+        format!(
+            "defaults:\n  ssh: {{ user: ops, port: 1{more} }}\ncustomers:\n  acme:\n    mode: {mode}\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - {{ name: {name}, host: 127.0.0.1, node_root: /srv/fleet }}\n"
+        ),
+    )
+    .expect("inventory");
+    inventory
 }
 
 /// `fleet serve` on the provisioned fleet: its inventory, its release store, the nodes'
@@ -477,24 +485,8 @@ fn fleet_serve_speaks_tls_from_cert_and_key_files() {
         .status()
         .expect("openssl");
     assert!(made.success());
-    let mut add = fleet()
-        .args(["user", "add", "alice", "--role", "viewer"])
-        .env("FLEET_DATA_DIR", data.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("fleet user add");
-    add.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"a long enough password\n")
-        .expect("password");
-    assert!(add.wait().expect("add").success());
-    let inventory = data.path().join("fleet.yaml");
-    std::fs::write(
-        &inventory,
-        "customers:\n  acme:\n    mode: airgapped\n    clusters:\n      prod:\n        redis_url: \"redis://127.0.0.1:6379/0\"\n        postgres_url: \"postgres://127.0.0.1/x\"\n        shared_storage: /srv/shared\n        nodes:\n          - { name: far-1, host: 127.0.0.1, node_root: /srv/fleet, ssh: { user: ops } }\n",
-    )
-    .expect("inventory");
+    add_user_in(data.path(), "alice", "viewer", "a long enough password");
+    let inventory = one_node_inventory(data.path(), "airgapped", "far-1", "");
 
     // A key file that is not one: one clear error naming it, exit 1.
     let wrong = fleet()

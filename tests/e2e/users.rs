@@ -9,7 +9,7 @@ use std::process::Stdio;
 use super::support::{Run, fleet, run_env};
 
 /// `fleet ARGS` with the state in `data`, `stdin` written to its standard input.
-fn with_stdin(data: &Path, args: &[&str], stdin: &str) -> Run {
+pub(super) fn with_stdin(data: &Path, args: &[&str], stdin: &str) -> Run {
     let mut child = fleet()
         .args(args)
         .env("FLEET_DATA_DIR", data)
