@@ -128,6 +128,15 @@ async fn body(answer: Response<Body>) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// A form posted from the session `session`.
+fn form_post(path: &str, session: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header(header::COOKIE, format!("fleet_session={session}"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
 /// A route's path with its parameters filled in.
 fn fill(path: &str) -> String {
     path.replace("{name}", "acme-1")
@@ -297,13 +306,7 @@ async fn state_changes_need_this_sessions_csrf_token_and_our_origin() {
         StatusCode::CREATED
     );
     // A form carries the token as a field: logout without it is refused, with it ends the session.
-    let form = |csrf: &str| {
-        Request::post("/logout")
-            .header(header::COOKIE, format!("fleet_session={admin}"))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(format!("csrf={csrf}")))
-            .expect("request")
-    };
+    let form = |csrf: &str| form_post("/logout", &admin, &format!("csrf={csrf}"));
     assert_eq!(
         site.send(form("wrong")).await.status(),
         StatusCode::FORBIDDEN
@@ -1063,11 +1066,7 @@ async fn admins_manage_users_from_the_page() {
         "the admin's nav links the page: {page}"
     );
     let form = |path: &str, fields: &str, csrf: &str| {
-        Request::post(path)
-            .header(header::COOKIE, format!("fleet_session={admin}"))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(format!("csrf={csrf}&{fields}")))
-            .expect("request")
+        form_post(path, &admin, &format!("csrf={csrf}&{fields}"))
     };
     let csrf = auth::csrf_token(&admin);
     let added = site
