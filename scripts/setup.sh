@@ -2,11 +2,13 @@
 # Makes a Debian machine of this kind ready for the demo and the tests, the same way for
 # `./demo.sh`, `./test.sh` and `.ci/run`: installs what it lacks (openssh-server for the test
 # fleet's sshd nodes, `time` and zstd for tests and benchmarks, systemd for
-# `systemd-analyze verify` of the agent's unit, debootstrap and systemd-container for the test
-# that provisions a node booted with real systemd in `systemd-nspawn`, curl and jq for the
+# `systemd-analyze verify` of the agent's unit, debootstrap and systemd-container for the tests
+# that boot nodes with real systemd or SysV init in `systemd-nspawn`, shellcheck and dash for
+# the install script's lint, binutils' objdump for the glibc ceiling, curl and jq for the
 # demo's calls to the nodes' API, chromium and Node.js for the dashboard's browser test) without
-# starting any service, installs that test's npm packages in tests/browser (npm ci), builds
-# the systemd node's cached root filesystem once (scripts/nspawn-rootfs.sh), and starts
+# starting any service, zig and cargo-zigbuild (PyPI) for the node binaries built for glibc
+# 2.17, installs the browser test's npm packages in tests/browser (npm ci), builds the
+# containers' cached root filesystems once (scripts/nspawn-rootfs.sh all), and starts
 # PostgreSQL and Redis when they are down. Says what it does; prints nothing when all is there.
 set -euo pipefail
 
@@ -17,6 +19,9 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+command -v dash >/dev/null 2>&1 || need_apt+=(dash)
+command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 # The dashboard's browser test: Debian's chromium, driven by playwright-core (npm, below).
@@ -36,6 +41,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
 fi
 
+# zig and cargo-zigbuild: the node binaries for old glibc (scripts/release-tree.sh).
+if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >/dev/null 2>&1; then
+  echo "setup: installing ziglang and cargo-zigbuild (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check ziglang cargo-zigbuild
+fi
+
 # The browser test's npm packages (playwright-core, axe-core), as locked in tests/browser.
 browser="$(dirname "$0")/../tests/browser"
 if [ ! -d "$browser/node_modules/playwright-core" ] || [ ! -d "$browser/node_modules/axe-core" ]; then
@@ -43,8 +54,8 @@ if [ ! -d "$browser/node_modules/playwright-core" ] || [ ! -d "$browser/node_mod
   (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# The root filesystem of the node the systemd test boots (cached in /var/tmp: built once).
-"$(dirname "$0")/nspawn-rootfs.sh"
+# The root filesystems of the containers the tests boot (cached in /var/tmp: built once).
+"$(dirname "$0")/nspawn-rootfs.sh" all
 
 # Postgres and Redis: the ETL server's tests and the demo's cluster use them.
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then

@@ -6,11 +6,13 @@
 //! One folder per part: `cli/` (the command line, fan-out, reports), `ssh/` (transport,
 //! known_hosts, host key enrolment), `node/` (provisioning, agent requests, config files),
 //! `store/` (the state store), `rollout/` (rolling upgrades: orders, controls, watching),
-//! `serve/` (`fleet serve`: the dashboard, the JSON API, users and sessions);
+//! `serve/` (`fleet serve`: the dashboard, the JSON API, users and sessions), `installer/`
+//! (`fleet installer`: the install script and offline bundles);
 //! `files.rs` is the controller's own small files.
 
 mod cli;
 mod files;
+mod installer;
 mod node;
 mod rollout;
 mod serve;
@@ -18,6 +20,7 @@ mod ssh;
 mod store;
 
 pub use cli::{Cli, init_logging, run};
+pub use installer::{BuildRequest, Built, Script, build as build_installer, render_script};
 pub use node::{AgentCallError, NodeStatus, Provisioned, agent, deploy_target, refusal};
 pub use serve::collect::{CollectOptions, run as collect};
 pub use serve::{Access, App, RouteSpec, ServeOptions, auth, router, routes};

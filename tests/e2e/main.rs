@@ -3,6 +3,8 @@
 mod browser;
 mod daemons;
 mod deploy;
+mod install_nspawn;
+mod installer;
 mod inventory;
 mod release;
 mod rollout;

@@ -49,6 +49,7 @@ mod postgres;
 mod provisioned;
 mod redis;
 mod release_fixture;
+mod release_server;
 mod unique;
 
 pub use agents::{
@@ -67,7 +68,8 @@ pub use load::{
 };
 pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
 pub use nspawn::{
-    BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, NSPAWN, NSPAWN_SSH_PORT, NspawnNode, POWEROFF_TIMEOUT,
+    BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, DEFAULT_NSPAWN_SYSV_ROOTFS, Init, NSPAWN, NSPAWN_SSH_PORT,
+    NspawnNode, NspawnOptions, POWEROFF_TIMEOUT,
 };
 pub use postgres::{POSTGRES_ADMIN_URL, TestDb};
 pub use provisioned::{FleetRun, Provisioned, per_node, run_fleet, trust_root};
@@ -76,3 +78,4 @@ pub use release_fixture::{
     RELEASE_VALIDITY, Signing, build_own_release, build_release, bundle_manifest_digest,
     hand_manifest, own_binaries, release_tree, sha256_hex, sign_order, signed_bundle, test_order,
 };
+pub use release_server::ReleaseServer;

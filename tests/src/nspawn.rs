@@ -22,10 +22,12 @@ use crate::unique::unique_name;
 pub const NSPAWN: &str = "/usr/bin/systemd-nspawn";
 /// Where the cached root filesystem is, unless `FLEET_NSPAWN_ROOTFS` says otherwise.
 pub const DEFAULT_NSPAWN_ROOTFS: &str = "/var/tmp/fleet-nspawn-bookworm";
+/// Where the cached SysV root filesystem is, unless `FLEET_NSPAWN_SYSV_ROOTFS` says otherwise.
+pub const DEFAULT_NSPAWN_SYSV_ROOTFS: &str = "/var/tmp/fleet-nspawn-bookworm-sysv";
 /// The marker `scripts/nspawn-rootfs.sh` writes last into a complete root filesystem.
 const ROOTFS_MARKER: &str = "etc/fleet-nspawn-rootfs";
-/// How to build it.
-const PREPARE: &str = "scripts/nspawn-rootfs.sh (or scripts/setup.sh) as root";
+/// How to build them.
+const PREPARE: &str = "scripts/nspawn-rootfs.sh all (or scripts/setup.sh) as root";
 /// The port the container's sshd listens on, on its own address.
 pub const NSPAWN_SSH_PORT: u16 = 2222;
 /// How long the container may take from `systemd-nspawn` to an sshd accepting connections
@@ -34,6 +36,29 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long it may take to power off after SIGTERM before `systemd-nspawn` is killed.
 pub const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
+
+/// Which init a container boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// systemd as PID 1.
+    #[default]
+    Systemd,
+    /// SysV init (`sysvinit-core`) as PID 1.
+    Sysv,
+}
+
+/// How to boot a container.
+#[derive(Debug, Clone, Default)]
+pub struct NspawnOptions {
+    pub init: Init,
+    /// `(host path, container path)` bound read-only.
+    pub bind_ro: Vec<(PathBuf, String)>,
+    /// `(host path, container path)` bound read-write.
+    pub bind: Vec<(PathBuf, String)>,
+    /// No network but the container's own loopback (`--private-network`); its sshd is then
+    /// reached through [`NspawnNode::exec`] instead.
+    pub private_network: bool,
+}
 
 /// A booted container; dropping it powers it off.
 #[derive(Debug)]
@@ -45,6 +70,10 @@ pub struct NspawnNode {
     pub port: u16,
     /// The container's console output (systemd's boot and shutdown messages).
     pub console_log: PathBuf,
+    /// The init it booted.
+    pub init: Init,
+    /// Whether it has only its own loopback.
+    pub private_network: bool,
     child: Option<Child>,
     /// Held while the container lives, so no fleet takes its address.
     _block: Block,
@@ -53,17 +82,36 @@ pub struct NspawnNode {
 impl NspawnNode {
     /// The cached root filesystem: `$FLEET_NSPAWN_ROOTFS`, else [`DEFAULT_NSPAWN_ROOTFS`].
     pub fn rootfs() -> PathBuf {
-        std::env::var_os("FLEET_NSPAWN_ROOTFS")
-            .filter(|v| !v.is_empty())
-            .map_or_else(|| PathBuf::from(DEFAULT_NSPAWN_ROOTFS), PathBuf::from)
+        Self::rootfs_of(Init::Systemd)
     }
 
-    /// Boots a container whose root logs in with the key in `authorized_key` (a `.pub` file);
-    /// its files (sshd drop-in, the key, the console log) go to `dir`, which is created. On
-    /// return its sshd accepts connections.
+    /// The cached root filesystem of containers booting `init`.
+    pub fn rootfs_of(init: Init) -> PathBuf {
+        let (var, default) = match init {
+            Init::Systemd => ("FLEET_NSPAWN_ROOTFS", DEFAULT_NSPAWN_ROOTFS),
+            Init::Sysv => ("FLEET_NSPAWN_SYSV_ROOTFS", DEFAULT_NSPAWN_SYSV_ROOTFS),
+        };
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(default), PathBuf::from)
+    }
+
+    /// Boots a container with systemd whose root logs in with the key in `authorized_key` (a
+    /// `.pub` file); its files (sshd drop-in, the key, the console log) go to `dir`, which is
+    /// created. On return its sshd accepts connections.
     pub fn boot(dir: &Path, authorized_key: &Path) -> Result<NspawnNode, HarnessError> {
-        check_ready_to_boot()?;
-        let rootfs = Self::rootfs();
+        Self::boot_with(dir, authorized_key, &NspawnOptions::default())
+    }
+
+    /// [`NspawnNode::boot`] with `options`: another init, bound folders, no network. On
+    /// return its sshd accepts connections (with a private network: its init runs).
+    pub fn boot_with(
+        dir: &Path,
+        authorized_key: &Path,
+        options: &NspawnOptions,
+    ) -> Result<NspawnNode, HarnessError> {
+        check_ready_to_boot(options.init)?;
+        let rootfs = Self::rootfs_of(options.init);
         let keys = dir.join("keys");
         fs::create_dir_all(&keys)
             .map_err(HarnessError::io(format!("create {}", keys.display())))?;
@@ -98,7 +146,25 @@ impl NspawnNode {
         let mut bind_keys = std::ffi::OsString::from("--bind-ro=");
         bind_keys.push(&keys);
         bind_keys.push(":/etc/fleet-test");
-        let child = Command::new(NSPAWN)
+        let mut cmd = Command::new(NSPAWN);
+        for (flag, binds) in [("--bind-ro=", &options.bind_ro), ("--bind=", &options.bind)] {
+            for (host, inside) in binds {
+                let mut arg = std::ffi::OsString::from(flag);
+                arg.push(host);
+                arg.push(":");
+                arg.push(inside);
+                cmd.arg(arg);
+            }
+        }
+        if options.private_network {
+            cmd.arg("--private-network");
+        }
+        if options.init == Init::Sysv {
+            // SysV init ignores systemd's SIGRTMIN+3; SIGINT runs inittab's ctrlaltdel line,
+            // whose shutdown ends the container.
+            cmd.arg("--kill-signal=SIGINT");
+        }
+        let child = cmd
             .arg("--directory")
             .arg(&rootfs)
             .arg(format!("--machine={machine}"))
@@ -123,6 +189,8 @@ impl NspawnNode {
             addr,
             port: NSPAWN_SSH_PORT,
             console_log,
+            init: options.init,
+            private_network: options.private_network,
             child: Some(child),
             _block: block,
         };
@@ -170,6 +238,66 @@ impl NspawnNode {
         }
     }
 
+    /// The container's PID 1 as this machine sees it: the child of our `systemd-nspawn`
+    /// whose innermost pid is 1.
+    pub fn leader(&self) -> Option<u32> {
+        let nspawn = self.child.as_ref()?.id();
+        let tasks = fs::read_dir(format!("/proc/{nspawn}/task")).ok()?;
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let inner = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|l| l.split_whitespace().last().map(str::to_owned));
+                if inner.as_deref() == Some("1") {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs `script` with `/bin/sh -c` as root inside the container (`nsenter` into all its
+    /// namespaces and its root), with a clean environment plus `env`: works with a private
+    /// network too. Its output, whatever the exit status.
+    pub fn exec(
+        &self,
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> Result<std::process::Output, HarnessError> {
+        let leader = self.leader().ok_or_else(|| {
+            HarnessError::NspawnUnavailable(format!(
+                "container {}: its PID 1 is not found (is it still running?)",
+                self.machine
+            ))
+        })?;
+        Command::new("nsenter")
+            .args([
+                "--target",
+                &leader.to_string(),
+                "--all",
+                "--root",
+                "--wd",
+                "--",
+            ])
+            .args(["/usr/bin/env", "-i"])
+            .args([
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+                "LANG=C.UTF-8",
+            ])
+            .args(env.iter().map(|(k, v)| format!("{k}={v}")))
+            .args(["/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(HarnessError::io("run nsenter (package util-linux)"))
+    }
+
     /// The console's last lines, for a failing test's message.
     pub fn console_tail(&self) -> String {
         node::log_tail(&self.console_log)
@@ -192,7 +320,12 @@ impl NspawnNode {
                     tail: node::log_tail(&self.console_log),
                 });
             }
-            if TcpStream::connect_timeout(&addr, POLL).is_ok() {
+            let ready = if self.private_network {
+                self.leader().is_some_and(|pid| listening(pid, self.port))
+            } else {
+                TcpStream::connect_timeout(&addr, POLL).is_ok()
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -220,7 +353,7 @@ impl Drop for NspawnNode {
 }
 
 /// Root, `systemd-nspawn` and a complete cached root filesystem, or how to get them.
-fn check_ready_to_boot() -> Result<(), HarnessError> {
+fn check_ready_to_boot(init: Init) -> Result<(), HarnessError> {
     if !rustix::process::geteuid().is_root() {
         return Err(HarnessError::NspawnUnavailable(
             "systemd-nspawn needs root: run the test as root".into(),
@@ -231,7 +364,7 @@ fn check_ready_to_boot() -> Result<(), HarnessError> {
             "{NSPAWN} not found: apt-get install -y systemd-container (scripts/setup.sh does)"
         )));
     }
-    let rootfs = NspawnNode::rootfs();
+    let rootfs = NspawnNode::rootfs_of(init);
     match fs::metadata(rootfs.join(ROOTFS_MARKER)) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -242,6 +375,17 @@ fn check_ready_to_boot() -> Result<(), HarnessError> {
         }
         Err(e) => Err(HarnessError::io(format!("read {}", rootfs.display()))(e)),
     }
+}
+
+/// Whether the network namespace of `pid` has a socket listening on TCP `port`
+/// (`/proc/PID/net/tcp`, state 0A).
+fn listening(pid: u32, port: u16) -> bool {
+    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() > 3 && cols[1].ends_with(&local) && cols[3] == "0A"
+    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), HarnessError> {

@@ -68,6 +68,8 @@ fn ping() -> std::io::Result<()> {
 /// (SIGKILL, reaped) on drop.
 pub struct PrivateRedis {
     pub port: u16,
+    /// Also listening on this Unix socket (mode 0777), when started with one.
+    pub unixsocket: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -78,9 +80,31 @@ impl PrivateRedis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = PrivateRedis { port, child: None };
+        let mut redis = PrivateRedis {
+            port,
+            unixsocket: None,
+            child: None,
+        };
         redis.restart();
         redis
+    }
+
+    /// [`PrivateRedis::start`], also listening on the Unix socket `socket` (for a container
+    /// with no network that has its folder bound in).
+    pub fn start_with_socket(socket: &std::path::Path) -> PrivateRedis {
+        let mut redis = PrivateRedis::start();
+        redis.unixsocket = Some(socket.to_owned());
+        redis.restart();
+        for _ in 0..400 {
+            if socket.exists() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "redis-server made no socket {} within 10 s",
+            socket.display()
+        );
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -102,6 +126,14 @@ impl PrivateRedis {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(self.unixsocket.iter().flat_map(|path| {
+                [
+                    "--unixsocket".into(),
+                    path.as_os_str().to_owned(),
+                    "--unixsocketperm".into(),
+                    "777".into(),
+                ]
+            }))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is needed (apt-get install -y redis-server)");

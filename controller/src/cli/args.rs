@@ -99,6 +99,11 @@ pub enum Command {
     /// Build, verify and list signed release bundles.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// The install script and offline bundles for nodes we cannot reach: customers install
+    /// and update a node with `install.sh`, which hands each signed release to the node's
+    /// agent (verified against the trust root pinned at the first install, as for a push).
+    #[command(subcommand)]
+    Installer(InstallerCommand),
     /// Rolling upgrades: stage a release on a cluster's nodes and hand them a signed order;
     /// their agents upgrade them node by node (drain, switch, health gate, roll back on
     /// failure) through the cluster's Redis, while the controller watches.
@@ -489,6 +494,49 @@ pub enum TrustCommand {
         /// The root it must succeed.
         #[arg(long, value_name = "ROOT.json")]
         previous: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstallerCommand {
+    /// Write install.sh for release VERSION of the store into DIR, with the release's bundle
+    /// and agent, `latest` and SHA256SUMS: serve DIR at --url and customers run
+    /// `curl -fsSLo install.sh URL/install.sh && sudo sh install.sh`. Building an older
+    /// release into DIR adds its files and leaves the newest release's script and `latest`.
+    /// With --offline, also fleet-offline-VERSION-ARCH.tar (script, agent, signed bundle,
+    /// SHA256SUMS), which installs with no network at all.
+    Build {
+        /// The release version.
+        version: semver::Version,
+        /// The release store holding VERSION.bundle.
+        #[arg(long, value_name = "STORE")]
+        store: PathBuf,
+        /// The trust root nodes pin at their first install; the bundle must verify against it.
+        #[arg(long, value_name = "ROOT.json")]
+        trust: PathBuf,
+        /// The folder to write (the release server's folder).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The address DIR is served at: the script downloads `latest`, bundles and the agent
+        /// from there (http_proxy / https_proxy honoured).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Also write the offline bundle, for airgapped customers.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Write the configuration of one node of the inventory (agent.toml, server.toml and
+    /// secrets/, mode 0600) into DIR, for `install.sh --config DIR`: the same files
+    /// `fleet provision` writes. DIR holds secrets: hand it over as such.
+    Config {
+        /// The node's name in the inventory.
+        node: String,
+        /// The inventory YAML file.
+        #[arg(short, long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// The folder to write (created; must be empty or missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

@@ -8,6 +8,7 @@ mod args;
 mod audit;
 mod commands;
 pub(crate) mod fanout;
+mod installer;
 mod report;
 mod rollout;
 mod rows;
@@ -177,6 +178,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(c) => commands::keys(c).map_err(Failure::from),
         Command::Trust(c) => commands::trust(c).map_err(Failure::from),
         Command::Release(c) => commands::release(c).map_err(Failure::from),
+        Command::Installer(c) => installer::installer(c),
         Command::Rollout(c) => rollout::rollout(c, state.as_deref(), cli.json),
         Command::User(c) => users::user(state.as_deref(), c),
         Command::Token(c) => users::token(state.as_deref(), c),

@@ -73,6 +73,9 @@ pub fn render(name: &str, source: &str, ctx: minijinja::Value) -> Result<String,
     env.set_syntax(syntax);
     env.add_filter("systemd_quote", systemd_quote);
     env.add_filter("systemd_escape", systemd_escape);
+    env.add_filter("shq", shell_quote);
+    env.add_function("since", |v: u32| format!("@{v}@"));
+    env.add_function("before", |v: u32| format!("@<{v}@"));
     let failed = |e: minijinja::Error| ConfigError::Template {
         template: name.to_owned(),
         line: e.line().unwrap_or(0),
@@ -85,6 +88,18 @@ pub fn render(name: &str, source: &str, ctx: minijinja::Value) -> Result<String,
     env.get_template(name)
         .and_then(|t| t.render(ctx))
         .map_err(failed)
+}
+
+/// A POSIX shell word: single-quoted, a single quote written as `'\''`; control characters
+/// refused.
+fn shell_quote(value: String) -> Result<String, minijinja::Error> {
+    if value.chars().any(char::is_control) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("{value:?} contains a control character"),
+        ));
+    }
+    Ok(format!("'{}'", value.replace('\'', "'\\''")))
 }
 
 /// A unit file's word: `%` (a specifier) doubled, and nothing a unit file cannot hold.
@@ -114,10 +129,80 @@ fn systemd_quote(value: String) -> Result<String, minijinja::Error> {
     Ok(format!("\"{escaped}\""))
 }
 
-/// The agent's systemd unit for `node`, installed at [`UNIT_PATH`] where the node runs systemd.
+/// The agent's systemd unit for `node`, installed at [`UNIT_PATH`] where the node runs systemd,
+/// for the newest systemd ([`unit_for_systemd`] with `None`).
 pub fn agent_unit(node: &Node, cluster: &Cluster) -> Result<String, ConfigError> {
-    let ctx = context! { node => Serde(node), cluster => Serde(cluster) };
+    let unit = annotated_unit(&UnitValues {
+        description: &format!(
+            "Fleet node agent for {} ({}/{}): supervises the ETL server",
+            node.name, node.customer, node.cluster
+        ),
+        rendered_by: "`fleet provision`",
+        user: &node.ssh.user,
+        root: &node.node_root.to_string_lossy(),
+        shared_storage: &cluster.shared_storage.to_string_lossy(),
+        stop_secs: node
+            .vars
+            .get("stop_grace_secs")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(30)
+            + 30,
+    })?;
+    Ok(unit_for_systemd(&unit, None))
+}
+
+/// What the agent's unit says about one node.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitValues<'a> {
+    pub description: &'a str,
+    pub rendered_by: &'a str,
+    pub user: &'a str,
+    pub root: &'a str,
+    pub shared_storage: &'a str,
+    pub stop_secs: u64,
+}
+
+/// The agent's unit with each version-dependent line still marked: `@N@` (keep from systemd N
+/// on) or `@<N@` (keep below N only). [`unit_for_systemd`] resolves the marks here; the
+/// install script resolves them on the host, for the systemd it finds there.
+pub fn annotated_unit(values: &UnitValues<'_>) -> Result<String, ConfigError> {
+    let ctx = context! {
+        description => values.description,
+        rendered_by => values.rendered_by,
+        user => values.user,
+        root => values.root,
+        shared_storage => values.shared_storage,
+        stop_secs => values.stop_secs,
+    };
     render(UNIT_TEMPLATE.0, UNIT_TEMPLATE.1, ctx)
+}
+
+/// `annotated` (see [`annotated_unit`]) for systemd `version`, or for the newest when `None`:
+/// marked lines kept without their mark, or dropped.
+pub fn unit_for_systemd(annotated: &str, version: Option<u32>) -> String {
+    let mut out = String::with_capacity(annotated.len());
+    for line in annotated.split_inclusive('\n') {
+        let kept = match unit_mark(line) {
+            None => Some(line),
+            Some((below, n, rest)) => {
+                let newer = version.is_none_or(|v| v >= n);
+                (newer != below).then_some(rest)
+            }
+        };
+        out.push_str(kept.unwrap_or(""));
+    }
+    out
+}
+
+/// A line's version mark: (is it `@<N@`, N, the rest of the line).
+pub fn unit_mark(line: &str) -> Option<(bool, u32, &str)> {
+    let tail = line.strip_prefix('@')?;
+    let (below, tail) = match tail.strip_prefix('<') {
+        Some(t) => (true, t),
+        None => (false, tail),
+    };
+    let (n, rest) = tail.split_once('@')?;
+    Some((below, n.parse().ok()?, rest))
 }
 
 /// Every file provisioning writes for `node` under its root: the rendered configs and the

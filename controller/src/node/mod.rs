@@ -6,7 +6,7 @@
 
 mod admin_token;
 mod agent;
-mod config;
+pub(crate) mod config;
 mod plan;
 mod provision;
 mod shell;
