@@ -4,7 +4,7 @@
 //! is what a customer types, as root inside the container (`nsenter`), and what it left is
 //! read there: the service, the agent's status, the node's links and files.
 //!
-//! systemd: a dry run writes nothing; not root is refused with the command to use; a fresh
+//! systemd: a dry run writes nothing, and downloads through the proxy `http_proxy` names; not root is refused with the command to use; a fresh
 //! install is active and healthy; the same version again changes nothing (the service's main
 //! pid and the server's pid unchanged); an update moves `previous` to the old release with
 //! one server restart and the agent's main pid kept; a release whose server fails health is
@@ -374,7 +374,7 @@ fn the_install_script_installs_updates_rolls_back_and_uninstalls_under_systemd_s
             // As a customer does: download the script to a file, then run it.
             b.get(&format!("curl -fsSLo /root/install.sh {url}/install.sh"));
         }
-        first_install(&systemd, &sysv);
+        first_install(&site, &systemd, &sysv);
         offline_install(&site, &offline);
         publish(&site, "1.1.0", &site.store, &site.trust);
         update(&systemd, &sysv);
@@ -399,9 +399,20 @@ fn cluster(
     )
 }
 
-fn first_install(systemd: &Box_, sysv: &Box_) {
-    // A dry run writes nothing.
-    let dry = systemd.sh("sh /root/install.sh --dry-run --config /srv/cfg/node-systemd");
+fn first_install(site: &Site, systemd: &Box_, sysv: &Box_) {
+    // A dry run writes nothing; downloads go through the proxy the environment names (a
+    // second server of the same folder, which sees the whole address asked for).
+    let proxy = ReleaseServer::start(site.server.dir());
+    let dry = systemd.sh(&format!(
+        "http_proxy={} sh /root/install.sh --dry-run --config /srv/cfg/node-systemd",
+        proxy.url()
+    ));
+    let through = format!("GET {}/latest ", site.server.url());
+    assert!(
+        proxy.requests().iter().any(|r| r.starts_with(&through)),
+        "the proxy saw {:?}",
+        proxy.requests()
+    );
     assert!(
         dry.out.contains("would: install release 1.0.0"),
         "{}",

@@ -283,6 +283,24 @@ fn every_supported_os_release_maps_to_its_family_package_tool_and_init_system() 
             );
         }
     }
+    // Amazon Linux 1 gets an upstart job, filled in for its root and user.
+    let out = sh(
+        &script,
+        &["--print-service", "--root", "/srv/fleet", "--user", "etl"],
+        &[
+            ("FLEET_OS_RELEASE", &s(&data("amzn-2018.03"))),
+            ("FLEET_SYSROOT", &s(&sysroot(dir.path(), "upstart"))),
+        ],
+    );
+    let job = text(&out);
+    assert!(out.status.success(), "{job}");
+    assert!(
+        job.contains("start on runlevel [2345]\n")
+            && job.contains("respawn\n")
+            && job.contains("-- etl /srv/fleet/bin/fleet-agent /srv/fleet\n")
+            && !job.contains("__FLEET_"),
+        "{job}"
+    );
 }
 
 #[test]
