@@ -4,6 +4,7 @@ mod browser;
 mod daemons;
 mod deploy;
 mod inventory;
+mod modes;
 mod release;
 mod rollout;
 mod serve;

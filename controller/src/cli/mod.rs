@@ -126,6 +126,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     nodes: &nodes,
                     bootstrap: true,
                     bundle: None,
+                    overrode: Vec::new(),
                 };
                 audited(changed, outcome)
             }
@@ -142,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: Some(&bundle),
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }
@@ -160,6 +162,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: None,
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: None,
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }
