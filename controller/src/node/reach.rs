@@ -65,3 +65,69 @@ pub fn target<'i>(
         None => Ok(node),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const INVENTORY: &str = "
+defaults: { ssh: { user: etl } }
+customers:
+  acme:
+    mode: dedicated
+    clusters:
+      prod:
+        redis_url: redis://10.0.0.5:6379/0
+        postgres_url: env:PG
+        shared_storage: /mnt/etl
+        nodes: [{ name: a1, host: 10.0.0.1 }, { name: a2, host: 10.0.0.2 }]
+  vault:
+    mode: airgapped
+    clusters:
+      main:
+        redis_url: redis://10.0.0.5:6379/0
+        postgres_url: env:PG
+        shared_storage: /mnt/etl
+        nodes: [{ name: v1, host: 10.0.1.1 }]
+";
+
+    #[test]
+    fn airgapped_nodes_are_set_aside_with_why_and_rollout_targets_too() {
+        let inventory =
+            fleet_inventory::Inventory::from_str(INVENTORY, Path::new("i.yaml")).expect("valid");
+        let (reachable, skipped) = reachable(inventory.nodes());
+        let names: Vec<&str> = reachable.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a1", "a2"]);
+        assert_eq!(
+            skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "v1: skipped: customer vault is airgapped: never contacted over SSH; give it an offline bundle (fleet installer build --offline)"
+            ]
+        );
+        assert_eq!(
+            all_skipped(&skipped).to_string(),
+            "nothing was done: every selected node (v1) is never contacted"
+        );
+        assert_eq!(target(&inventory, "a2").map(|n| n.name.as_str()), Ok("a2"));
+        let refused = target(&inventory, "v1").expect_err("airgapped");
+        assert!(
+            refused.starts_with("skipped: customer vault is airgapped"),
+            "{refused}"
+        );
+        assert!(
+            target(&inventory, "gone")
+                .expect_err("unknown")
+                .starts_with("not in the inventory ")
+        );
+        // The transport's own refusal travels with the target.
+        let v1 = inventory.node("v1").expect("v1");
+        assert!(crate::ssh::Target::of(v1).never_contacted.is_some());
+        assert!(
+            crate::ssh::Target::of(reachable[0])
+                .never_contacted
+                .is_none()
+        );
+    }
+}
