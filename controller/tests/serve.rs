@@ -1124,3 +1124,146 @@ async fn admins_manage_users_from_the_page() {
             .any(|r| r.entry.command == "user remove" && r.entry.result == "ok")
     );
 }
+
+/// A customer_managed cluster whose only window opens two hours from now (closed while the
+/// test runs), and an airgapped one.
+fn windowed_inventory() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let minute = (secs / 60) % 1440;
+    let clock = |m: u64| format!("\"{:02}:{:02}\"", (m % 1440) / 60, m % 60);
+    format!(
+        r#"
+defaults:
+  ssh: {{ user: ops, port: 1 }}
+customers:
+  acme:
+    mode: customer_managed
+    clusters:
+      prod:
+        redis_url: "redis://127.0.0.1:6379/0"
+        postgres_url: "postgres://127.0.0.1/x"
+        shared_storage: /srv/shared
+        maintenance_windows: [{{ days: [mon, tue, wed, thu, fri, sat, sun], start: {}, end: {} }}]
+        nodes:
+          - {{ name: acme-1, host: 127.0.0.1, node_root: /srv/fleet }}
+  globex:
+    mode: airgapped
+    clusters:
+      main:
+        redis_url: "redis://127.0.0.1:6379/0"
+        postgres_url: "postgres://127.0.0.1/x"
+        shared_storage: /srv/shared
+        nodes:
+          - {{ name: globex-1, host: 127.0.0.1, node_root: /srv/fleet }}
+"#,
+        clock(minute + 120),
+        clock(minute + 180)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_start_outside_the_maintenance_window_is_refused_unless_now_and_airgapped_never() {
+    let releases = tempfile::tempdir().expect("tempdir");
+    // Only the release's presence in the store is looked at before the window is.
+    std::fs::write(releases.path().join("1.0.0.bundle"), b"").expect("bundle");
+    let options = ServeOptions {
+        release_store: Some(releases.path().to_owned()),
+        order_key: Some(releases.path().join("no-order.key")),
+        ..ServeOptions::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StateLocation::Sqlite(dir.path().join("state.db")))
+        .await
+        .expect("store");
+    let hash = auth::hash_password(PASSWORD).expect("hash");
+    store
+        .add_user("operator", Role::Operator, &hash)
+        .await
+        .expect("user");
+    let inventory = fleet_inventory::Inventory::from_str(
+        &windowed_inventory(),
+        std::path::Path::new("fleet.yaml"),
+    )
+    .expect("inventory");
+    let site = Site {
+        _dir: dir,
+        store: store.clone(),
+        app: App::new(store.clone(), Arc::new(inventory), options),
+    };
+    let session = site.login("operator").await;
+    let who = As::Session(session.clone());
+    let post = |body: &str| request("POST", "/api/rollouts", &who, true, Some(body));
+
+    // Outside the window: 409, naming the window and when it opens.
+    let answer = site
+        .send(post(r#"{"version":"1.0.0","cluster":"acme/prod"}"#))
+        .await;
+    assert_eq!(answer.status(), StatusCode::CONFLICT);
+    let text = body(answer).await;
+    assert!(
+        text.contains("acme/prod is outside its maintenance windows (mon,tue,wed,thu,fri,sat,sun ")
+            && text.contains("opens at ")
+            && text.contains("check \\\"now\\\" to override"),
+        "{text}"
+    );
+    // The form says the same (its CSRF field checked as for every form).
+    let csrf = auth::csrf_token(&session);
+    let answer = site
+        .send(form_post(
+            "/rollouts",
+            &session,
+            &format!("csrf={csrf}&version=1.0.0&cluster=acme%2Fprod"),
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::CONFLICT);
+    let answer = site
+        .send(form_post(
+            "/rollouts",
+            &session,
+            "version=1.0.0&cluster=acme%2Fprod&now=on",
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN, "no CSRF field");
+
+    // "now" passes the window: what stops it next is the missing order key, not the window.
+    let answer = site
+        .send(post(
+            r#"{"version":"1.0.0","cluster":"acme/prod","now":true}"#,
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = body(answer).await;
+    assert!(text.contains("no order key"), "{text}");
+
+    // An airgapped customer's cluster is never started.
+    let answer = site
+        .send(post(
+            r#"{"version":"1.0.0","cluster":"globex/main","now":true}"#,
+        ))
+        .await;
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = body(answer).await;
+    assert!(
+        text.contains("globex-1: skipped: customer globex is airgapped: never contacted over SSH"),
+        "{text}"
+    );
+
+    // Each attempt is an audit row as web:operator, the override asked for in its arguments.
+    let rows = store.audit(None).await.expect("audit");
+    let starts: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.command == "rollout start")
+        .collect();
+    assert_eq!(starts.len(), 4, "{rows:?}");
+    assert!(
+        starts[0]
+            .entry
+            .result
+            .contains("outside its maintenance windows")
+    );
+    assert_eq!(starts[0].entry.os_user, "web:operator");
+    assert_eq!(starts[2].entry.args, ["1.0.0 acme/prod now"]);
+}

@@ -20,6 +20,7 @@ mod problem;
 mod schema;
 mod secret;
 mod select;
+mod window;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use schema::{
 };
 pub use secret::{Secret, SecretError, SecretRef, Setting, mask_url_password};
 pub use select::{SelectError, glob_match};
+pub use window::{MaintenanceWindow, Opening, Weekday, describe as describe_windows};
 pub use yaml::{MAX_DEPTH, MAX_NODES};
 
 /// A validated inventory with every node's settings resolved.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Serialize, Serializer};
 
 use crate::secret::Setting;
+use crate::window::{self, MaintenanceWindow};
 
 /// How a customer runs the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -38,6 +39,14 @@ impl Mode {
             Mode::CustomerManaged => "customer_managed",
             Mode::Airgapped => "airgapped",
         }
+    }
+}
+
+impl Mode {
+    /// Whether the controller ever connects to this mode's nodes (never to an airgapped
+    /// customer's: they take offline bundles).
+    pub fn contacted(self) -> bool {
+        self != Mode::Airgapped
     }
 }
 
@@ -198,6 +207,9 @@ pub struct Cluster {
     pub shared_storage: PathBuf,
     pub load_balancing: LoadBalancing,
     pub rollout: Rollout,
+    /// When rollouts may start (`customer_managed` only; its own, else its customer's); none:
+    /// any time.
+    pub maintenance_windows: Vec<MaintenanceWindow>,
     /// Names of the cluster's nodes, in file order.
     pub nodes: Vec<String>,
 }
@@ -218,7 +230,37 @@ pub struct Node {
     pub weight: u32,
 }
 
+impl Cluster {
+    /// How a release reaches this cluster's nodes when their customer runs in `mode`, for
+    /// people: `over SSH by us`, `over SSH, in maintenance windows (sat,sun 02:00-05:00 UTC)`,
+    /// `never: offline bundle`.
+    pub fn push_route(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Shared | Mode::Dedicated => "over SSH by us".to_owned(),
+            Mode::CustomerManaged if self.maintenance_windows.is_empty() => {
+                "over SSH, any time (no maintenance windows)".to_owned()
+            }
+            Mode::CustomerManaged => format!(
+                "over SSH, in maintenance windows ({})",
+                window::describe(&self.maintenance_windows)
+            ),
+            Mode::Airgapped => "never: offline bundle".to_owned(),
+        }
+    }
+}
+
 impl Node {
+    /// Why the controller must never connect to this node, as the line that says it was
+    /// skipped (after the node's name); `None` when it may.
+    pub fn never_contacted(&self) -> Option<String> {
+        (!self.mode.contacted()).then(|| {
+            format!(
+                "customer {} is {}: never contacted over SSH; give it an offline bundle (fleet installer build --offline)",
+                self.customer, self.mode
+            )
+        })
+    }
+
     /// `true` when `cluster` is this node's cluster.
     pub fn belongs_to(&self, cluster: &Cluster) -> bool {
         self.customer == cluster.customer && self.cluster == cluster.name
@@ -263,10 +305,11 @@ impl Node {
                 .join(",")
         };
         line.push_str(&format!(
-            " identity={identity} known_hosts={} node_root={} mode={} lb={}",
+            " identity={identity} known_hosts={} node_root={} mode={} push={:?} lb={}",
             self.ssh.known_hosts.display(),
             self.node_root.display(),
             self.mode,
+            cluster.push_route(self.mode),
             cluster.load_balancing,
         ));
         if cluster.load_balancing == LoadBalancing::Weighted {
@@ -307,6 +350,8 @@ impl Serialize for NodeView<'_> {
             shared_storage: &'a PathBuf,
             load_balancing: LoadBalancing,
             rollout: &'a Rollout,
+            maintenance_windows: &'a [MaintenanceWindow],
+            push: String,
         }
         Flat {
             node: self.node,
@@ -315,6 +360,8 @@ impl Serialize for NodeView<'_> {
             shared_storage: &self.cluster.shared_storage,
             load_balancing: self.cluster.load_balancing,
             rollout: &self.cluster.rollout,
+            maintenance_windows: &self.cluster.maintenance_windows,
+            push: self.cluster.push_route(self.node.mode),
         }
         .serialize(serializer)
     }

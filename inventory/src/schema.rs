@@ -10,19 +10,23 @@ use crate::fields::{self, Fields, join, wrong_type};
 use crate::model::{Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh};
 use crate::problem::{Pos, Problems, typo_hint};
 use crate::secret::{self, Setting};
+use crate::window::{MaintenanceWindow, Weekday};
 use crate::yaml::{Entry, Value, Yaml};
 
 const INHERITABLE: [&str; 4] = ["ssh", "node_root", "labels", "vars"];
 const ROOT_KEYS: [&str; 2] = ["defaults", "customers"];
-const CUSTOMER_KEYS: [&str; 2] = ["mode", "clusters"];
-const CLUSTER_KEYS: [&str; 6] = [
+const CUSTOMER_KEYS: [&str; 3] = ["mode", "clusters", "maintenance_windows"];
+const CLUSTER_KEYS: [&str; 7] = [
     "redis_url",
     "postgres_url",
     "shared_storage",
     "load_balancing",
     "rollout",
     "nodes",
+    "maintenance_windows",
 ];
+const WINDOW_KEYS: [&str; 4] = ["days", "start", "end", "utc_offset"];
+const WINDOW_HINT: &str = "a maintenance window is { days: [sat, sun], start: \"02:00\", end: \"05:00\" }, with an optional utc_offset: \"+01:00\" (UTC when absent)";
 const NODE_KEYS: [&str; 3] = ["name", "host", "weight"];
 const SSH_KEYS: [&str; 7] = [
     "user",
@@ -185,6 +189,8 @@ struct Cx<'a> {
     cluster: &'a str,
     path: &'a str,
     mode: Mode,
+    /// The customer's maintenance windows, which its clusters inherit.
+    windows: &'a [MaintenanceWindow],
 }
 
 struct Checker<'p> {
@@ -548,6 +554,7 @@ impl Checker<'_> {
             .require("mode", self.problems)
             .and_then(|y| fields::enum_value(y, &f.child("mode"), "mode", &modes, self.problems))
             .unwrap_or(Mode::Shared);
+        let windows = self.windows_of(&f, mode);
         let layer = self.layer(&f).over(defaults);
         let mut cluster_names = Vec::new();
         if let Some(clusters) = f.require("clusters", self.problems) {
@@ -569,6 +576,7 @@ impl Checker<'_> {
                             cluster: &ce.key,
                             path: &join(&clusters_path, &ce.key),
                             mode,
+                            windows: &windows,
                         };
                         self.cluster(&cx, ce, &layer);
                     }
@@ -581,6 +589,177 @@ impl Checker<'_> {
             mode,
             clusters: cluster_names,
         });
+    }
+
+    /// The `maintenance_windows` of a customer or cluster (none when absent); reported when
+    /// the customer is not `customer_managed`: only those wait for their windows.
+    fn windows_of(&mut self, f: &Fields<'_>, mode: Mode) -> Vec<MaintenanceWindow> {
+        let path = f.child("maintenance_windows");
+        let Some(y) = f.opt("maintenance_windows") else {
+            return Vec::new();
+        };
+        if mode != Mode::CustomerManaged {
+            self.problems.add_hint(
+                y.pos,
+                &path,
+                format!("maintenance windows apply only to customer_managed customers, and this one is {mode}"),
+                Some("remove them, or set the customer's mode to customer_managed"),
+            );
+            return Vec::new();
+        }
+        let Value::Seq(items) = &y.value else {
+            self.problems.add_hint(
+                y.pos,
+                &path,
+                format!("expected a list of maintenance windows, found {}", y.kind()),
+                Some(WINDOW_HINT),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.window(item, &format!("{path}[{i}]")))
+            .collect()
+    }
+
+    fn window(&mut self, y: &Yaml, path: &str) -> Option<MaintenanceWindow> {
+        let f = Fields::read(y, path, &WINDOW_KEYS, self.problems)?;
+        let days = f
+            .require("days", self.problems)
+            .and_then(|d| self.days(d, &f.child("days")));
+        let start = f
+            .require("start", self.problems)
+            .and_then(|t| self.clock(t, &f.child("start"), false));
+        let end = f
+            .require("end", self.problems)
+            .and_then(|t| self.clock(t, &f.child("end"), true));
+        let utc_offset = match f.opt("utc_offset") {
+            Some(o) => self.utc_offset(o, &f.child("utc_offset")),
+            None => Some(0),
+        };
+        let (days, start, end, utc_offset) = (days?, start?, end?, utc_offset?);
+        if start == end % 1440 {
+            let at = f.get("end").map_or(f.pos(), |e| e.pos);
+            self.problems.add_hint(
+                at,
+                &f.child("end"),
+                format!("the window starts and ends at {}: it never opens", crate::window::clock(start)),
+                Some("a window across midnight ends on the next day's clock, e.g. start: \"22:00\", end: \"02:00\""),
+            );
+            return None;
+        }
+        Some(MaintenanceWindow {
+            days,
+            start,
+            end,
+            utc_offset,
+        })
+    }
+
+    fn days(&mut self, y: &Yaml, path: &str) -> Option<Vec<Weekday>> {
+        let Value::Seq(items) = &y.value else {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("expected a list of days, found {}", y.kind()),
+                Some("write e.g. [sat, sun]"),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.problems
+                .add_hint(y.pos, path, "no days", Some("write e.g. [sat, sun]"));
+            return None;
+        }
+        let names: Vec<(&str, Weekday)> = Weekday::ALL.iter().map(|d| (d.as_str(), *d)).collect();
+        let mut days = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let day_path = format!("{path}[{i}]");
+            let Some(text) = fields::string(item, &day_path, self.problems) else {
+                ok = false;
+                continue;
+            };
+            match fields::one_of(
+                &text.to_lowercase(),
+                item.pos,
+                &day_path,
+                "day",
+                &names,
+                self.problems,
+            ) {
+                Some(day) if days.contains(&day) => {
+                    self.problems
+                        .add(item.pos, &day_path, format!("`{text}` is listed twice"));
+                    ok = false;
+                }
+                Some(day) => days.push(day),
+                None => ok = false,
+            }
+        }
+        days.sort();
+        ok.then_some(days)
+    }
+
+    /// `HH:MM` as minutes after midnight; `24:00` only as an end.
+    fn clock(&mut self, y: &Yaml, path: &str, end: bool) -> Option<u16> {
+        let text = fields::string(y, path, self.problems)?;
+        let parsed = text.split_once(':').and_then(|(h, m)| {
+            let digits =
+                |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(h) || m.len() != 2 || !digits(m) {
+                return None;
+            }
+            let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
+            let minutes = h * 60 + m;
+            (m < 60 && (h < 24 || (end && minutes == 1440))).then_some(minutes)
+        });
+        if parsed.is_none() {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("`{text}` is not a time of day"),
+                Some(if end {
+                    "write HH:MM from 00:00 to 24:00, e.g. \"05:00\""
+                } else {
+                    "write HH:MM from 00:00 to 23:59, e.g. \"02:00\""
+                }),
+            );
+        }
+        parsed
+    }
+
+    /// `+HH:MM` / `-HH:MM` (or `Z`, `UTC`) as minutes east of UTC, within ±14:00.
+    fn utc_offset(&mut self, y: &Yaml, path: &str) -> Option<i16> {
+        let text = fields::string(y, path, self.problems)?;
+        let parsed = match text.as_str() {
+            "Z" | "UTC" | "utc" => Some(0),
+            _ => {
+                let (sign, rest) = match text.as_bytes().first() {
+                    Some(b'+') => (1, &text[1..]),
+                    Some(b'-') => (-1, &text[1..]),
+                    _ => (0, ""),
+                };
+                rest.split_once(':').and_then(|(h, m)| {
+                    let ok = h.len() == 2
+                        && m.len() == 2
+                        && rest.bytes().filter(u8::is_ascii_digit).count() == 4;
+                    let (h, m) = (h.parse::<i16>().ok()?, m.parse::<i16>().ok()?);
+                    (ok && sign != 0 && m < 60 && h * 60 + m <= 14 * 60)
+                        .then_some(sign * (h * 60 + m))
+                })
+            }
+        };
+        if parsed.is_none() {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("`{text}` is not a UTC offset"),
+                Some("write a fixed offset +HH:MM or -HH:MM within ±14:00, e.g. \"+01:00\" (no time-zone names: a window does not move with daylight saving)"),
+            );
+        }
+        parsed
     }
 
     fn rollout(&mut self, y: &Yaml, path: &str) -> (Rollout, Option<(String, Pos, String)>) {
@@ -719,6 +898,10 @@ impl Checker<'_> {
             Some(y) => self.rollout(y, &f.child("rollout")),
             None => (Rollout::default(), None),
         };
+        let maintenance_windows = match f.get("maintenance_windows") {
+            Some(_) => self.windows_of(&f, cx.mode),
+            None => cx.windows.to_vec(),
+        };
         let layer = self.layer(&f).over(parent);
 
         let mut node_names = Vec::new();
@@ -769,6 +952,7 @@ impl Checker<'_> {
                 shared_storage,
                 load_balancing,
                 rollout,
+                maintenance_windows,
                 nodes: node_names,
             });
         }

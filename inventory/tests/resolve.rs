@@ -33,11 +33,11 @@ fn acme_example_is_accepted_as_is() {
         lines,
         [
             format!(
-                "acme-prod-1 customer=acme cluster=prod host=10.0.1.11 ssh=etl@10.0.1.11:22 identity=~/.ssh/fleet_ed25519 known_hosts={} node_root=/opt/etl mode=customer_managed lb=round_robin labels=cloud=aws,region=eu-west-2 redis=redis://10.0.0.5:6379/0 postgres=env:ACME_PG_URL",
+                "acme-prod-1 customer=acme cluster=prod host=10.0.1.11 ssh=etl@10.0.1.11:22 identity=~/.ssh/fleet_ed25519 known_hosts={} node_root=/opt/etl mode=customer_managed push=\"over SSH, any time (no maintenance windows)\" lb=round_robin labels=cloud=aws,region=eu-west-2 redis=redis://10.0.0.5:6379/0 postgres=env:ACME_PG_URL",
                 kh.display()
             ),
             format!(
-                "acme-prod-2 customer=acme cluster=prod host=10.0.1.12 ssh=etl@10.0.1.12:2222 identity=~/.ssh/fleet_ed25519 known_hosts={} node_root=/opt/etl mode=customer_managed lb=round_robin labels=cloud=aws,region=eu-west-2 redis=redis://10.0.0.5:6379/0 postgres=env:ACME_PG_URL",
+                "acme-prod-2 customer=acme cluster=prod host=10.0.1.12 ssh=etl@10.0.1.12:2222 identity=~/.ssh/fleet_ed25519 known_hosts={} node_root=/opt/etl mode=customer_managed push=\"over SSH, any time (no maintenance windows)\" lb=round_robin labels=cloud=aws,region=eu-west-2 redis=redis://10.0.0.5:6379/0 postgres=env:ACME_PG_URL",
                 kh.display()
             ),
         ]

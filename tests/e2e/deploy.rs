@@ -9,15 +9,16 @@ use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
 use crate::support::{Run, run, run_env, run_on, trust_root};
 
-struct Site {
-    fleet: TestFleet,
-    inv: String,
-    root: String,
-    store: String,
+/// A fleet ready to deploy to (shared with the modes' tests, `modes.rs`).
+pub(crate) struct Site {
+    pub(crate) fleet: TestFleet,
+    pub(crate) inv: String,
+    pub(crate) root: String,
+    pub(crate) store: String,
     keys: PathBuf,
 }
 
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let agent = Path::new(env!("CARGO_BIN_EXE_fleet")).with_file_name("fleet-agent");
     assert!(
         agent.exists(),
@@ -29,11 +30,19 @@ fn agent_binary() -> PathBuf {
 
 /// A fleet with enrolled host keys, a trust root and signed releases 1.0.0 and 2.0.0.
 fn site(nodes: usize) -> Site {
-    let fleet = TestFleet::start(FleetOptions {
+    site_with(FleetOptions {
         nodes,
         ..FleetOptions::default()
     })
-    .expect("test fleet");
+}
+
+/// `site` of a fleet started with `opts`.
+fn site_with(opts: FleetOptions) -> Site {
+    site_of(TestFleet::start(opts).expect("test fleet"))
+}
+
+/// `site` of a running fleet (`hosts trust` enrols every node it may contact).
+pub(crate) fn site_of(fleet: TestFleet) -> Site {
     let dir = fleet.dir().to_owned();
     let inv = dir.join("inventory.yaml");
     fleet
@@ -73,11 +82,11 @@ fn site(nodes: usize) -> Site {
 impl Site {
     /// Runs `fleet ARGS -i INVENTORY`, with the controller's key (the admin tokens' source)
     /// kept in this site's folder.
-    fn fleet_cmd(&self, args: &[&str]) -> Run {
+    pub(crate) fn fleet_cmd(&self, args: &[&str]) -> Run {
         run_on(&self.inv, &self.fleet.dir().join("data"), args)
     }
 
-    fn provision(&self, extra: &[&str]) -> Run {
+    pub(crate) fn provision(&self, extra: &[&str]) -> Run {
         let agent = agent_binary().to_string_lossy().into_owned();
         let mut args = vec![
             "provision",

@@ -6,6 +6,7 @@ mod deploy;
 mod install_nspawn;
 mod installer;
 mod inventory;
+mod modes;
 mod release;
 mod rollout;
 mod serve;

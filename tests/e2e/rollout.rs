@@ -513,3 +513,122 @@ fn halt_scenario(c: &mut Provisioned) {
     }
     load.finish().assert_clean(1);
 }
+
+/// A maintenance window every day that opens two hours from now and lasts an hour: closed
+/// for as long as the test runs.
+fn window_not_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let minute = (secs / 60) % 1440;
+    let clock = |m: u64| format!("\"{:02}:{:02}\"", (m % 1440) / 60, m % 60);
+    format!(
+        "[{{ days: [mon, tue, wed, thu, fri, sat, sun], start: {}, end: {} }}]",
+        clock(minute + 120),
+        clock(minute + 180)
+    )
+}
+
+#[test]
+fn a_rollout_outside_its_maintenance_window_waits_and_now_starts_it_audited() {
+    let windows = window_not_now();
+    let mut c = Provisioned::start_with(
+        Path::new(env!("CARGO_BIN_EXE_fleet")),
+        "e2e_rollout_window",
+        fleet_tests::FleetOptions {
+            nodes: 2,
+            maintenance_windows: Some(windows),
+            ..fleet_tests::FleetOptions::default()
+        },
+    );
+    for v in ["1.0.0", "1.1.0"] {
+        c.build_release(v);
+    }
+    c.activate("1.0.0");
+    c.with_logs(window_scenario);
+}
+
+fn window_scenario(c: &mut Provisioned) {
+    use std::io::BufRead;
+    // Outside the window: the start says which window it waits for, and when it opens.
+    let mut child = start_command(c, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a start");
+    let stderr = child.stderr.take().expect("its stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // A guard against a start that never says it waits (the test fails, it does not hang).
+    let waiting = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!("no line from the waiting start: {e}")
+        });
+    assert!(
+        waiting.starts_with(
+            "test/local: outside its maintenance windows (mon,tue,wed,thu,fri,sat,sun "
+        ) && waiting.contains("UTC): waiting for the window ")
+            && waiting.contains(", which opens at ")
+            && waiting.ends_with("; --now starts it at once"),
+        "{waiting}"
+    );
+    // It sent nothing: no rollout claimed, no order on any node, 1.1.0 staged nowhere.
+    assert!(rollouts(c).is_empty(), "a waiting start claimed a rollout");
+    for node in c.fleet.nodes() {
+        let orders = node.root.join("state/orders");
+        let taken = std::fs::read_dir(&orders).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(taken, 0, "{} has an order while the start waits", node.name);
+    }
+    let status = c.ok_json(&["status"]);
+    for (node, staged) in per_node(&status, "staged") {
+        assert!(
+            !names(&staged).contains(&"1.1.0".to_owned()),
+            "{node} staged 1.1.0 while the start waits: {status}"
+        );
+    }
+    // Only the process this test started.
+    child.kill().expect("stop the waiting start");
+    let _ = child.wait();
+
+    // --now starts it at once, and the audit log says who overrode which window.
+    let started = start_command(c, &["--now"]).output().expect("a start ends");
+    let started = FleetRun::from(started).ok().json();
+    assert_eq!(started["rollouts"][0]["started"], true, "{started}");
+    let audit = c.run(&["audit", "--json"]).ok().json();
+    let row = audit["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["command"] == "rollout start")
+        .unwrap_or_else(|| panic!("no rollout start row: {audit}"));
+    let result = row["result"].as_str().unwrap_or_default();
+    let user = row["os_user"].as_str().unwrap_or_default();
+    assert!(
+        result.starts_with(&format!("ok; --now by {user}: started test/local outside its maintenance windows (mon,tue,wed,thu,fri,sat,sun "))
+            && result.contains("the next, mon,tue,wed,thu,fri,sat,sun "),
+        "{row}"
+    );
+    assert!(row["args"].to_string().contains("--now"), "{row}");
+    assert_eq!(
+        audit["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["command"] == "rollout start")
+            .count(),
+        1,
+        "the waiting start recorded nothing: {audit}"
+    );
+}

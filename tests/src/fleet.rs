@@ -47,6 +47,13 @@ pub struct FleetOptions {
     /// The cluster's `rollout.min_healthy_secs`: how long a new server must stay healthy in
     /// the upgrade step (short, so tests are quick).
     pub min_healthy_secs: u64,
+    /// The cluster's `maintenance_windows`, as YAML flow text (`[{ days: [sat], start:
+    /// "02:00", end: "05:00" }]`); with them the customer is `customer_managed`, without them
+    /// `dedicated`.
+    pub maintenance_windows: Option<String>,
+    /// Nodes (by index) written under a second customer, `<customer>-offline`, whose mode is
+    /// `airgapped` (a cluster of the same name): nodes the controller must never contact.
+    pub airgapped: Vec<usize>,
 }
 
 impl Default for FleetOptions {
@@ -59,6 +66,8 @@ impl Default for FleetOptions {
             cluster: "local".to_string(),
             postgres_url: DEFAULT_POSTGRES_URL.to_string(),
             min_healthy_secs: 2,
+            maintenance_windows: None,
+            airgapped: Vec::new(),
         }
     }
 }
@@ -311,8 +320,9 @@ impl TestFleet {
         fs::write(path, text)
     }
 
-    /// Writes an inventory for `fleet-inventory`: one dedicated customer with one cluster
-    /// holding every node, each with its own `node_root`, logging in with the client key and
+    /// Writes an inventory for `fleet-inventory`: one dedicated customer (customer_managed
+    /// with `maintenance_windows`) with one cluster holding every node but the `airgapped`
+    /// ones, which an airgapped customer's cluster holds, each node with its own `node_root`, logging in with the client key and
     /// checking host keys against `known_hosts` (written as given; relative paths are read
     /// from the inventory's folder).
     pub fn write_inventory(&self, path: &Path, known_hosts: &Path) -> io::Result<()> {
@@ -334,10 +344,39 @@ impl TestFleet {
         let _ = writeln!(y, "    identity_file: {}", p(&self.client_key));
         let _ = writeln!(y, "    deploy_identity_file: {}", p(&self.deploy_key));
         let _ = writeln!(y, "    known_hosts: {}", p(known_hosts));
-        let _ = writeln!(y, "customers:\n  {}:", q(&self.opts.customer));
+        let _ = writeln!(y, "customers:");
+        let (offline, online): (Vec<_>, Vec<_>) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .partition(|(k, _)| self.opts.airgapped.contains(k));
+        let mode = match self.opts.maintenance_windows {
+            Some(_) => "customer_managed",
+            None => "dedicated",
+        };
+        self.customer_text(&mut y, &self.opts.customer, mode, &online);
+        let offline_name = format!("{}-offline", self.opts.customer);
+        self.customer_text(&mut y, &offline_name, "airgapped", &offline);
+        y
+    }
+
+    /// One customer of the inventory holding `nodes` in one cluster (nothing when none).
+    fn customer_text(
+        &self,
+        y: &mut String,
+        customer: &str,
+        mode: &str,
+        nodes: &[(usize, &TestNode)],
+    ) {
+        if nodes.is_empty() {
+            return;
+        }
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let p = |p: &Path| q(&p.to_string_lossy());
+        let _ = writeln!(y, "  {}:", q(customer));
         let _ = writeln!(
             y,
-            "    mode: dedicated\n    clusters:\n      {}:",
+            "    mode: {mode}\n    clusters:\n      {}:",
             q(&self.opts.cluster)
         );
         let _ = writeln!(y, "        redis_url: \"redis://127.0.0.1:6379/0\"");
@@ -348,6 +387,9 @@ impl TestFleet {
             "        rollout: {{ min_healthy_secs: {} }}",
             self.opts.min_healthy_secs
         );
+        if let (Some(windows), "customer_managed") = (&self.opts.maintenance_windows, mode) {
+            let _ = writeln!(y, "        maintenance_windows: {windows}");
+        }
         // The cluster's keys in the shared Redis are this fleet's alone.
         let _ = writeln!(
             y,
@@ -355,7 +397,7 @@ impl TestFleet {
             q(&self.redis_prefix)
         );
         let _ = writeln!(y, "        nodes:");
-        for n in &self.nodes {
+        for (_, n) in nodes {
             // Each node's server and agent metrics on the node's own address: the nodes of all
             // fleets on this machine can run at once.
             let _ = writeln!(
@@ -369,7 +411,6 @@ impl TestFleet {
                 q(&SocketAddrV4::new(n.addr, AGENT_METRICS_PORT).to_string())
             );
         }
-        y
     }
 
     /// An OpenSSH client command logging in to node `k` as the fleet's user with the client key,

@@ -159,15 +159,20 @@ impl Provisioned {
     /// A fleet of `nodes` nodes with a database labelled `label`, provisioned through
     /// `fleet_bin`, every agent daemon running; panics, saying what failed, when a step does.
     pub fn start(fleet_bin: &Path, label: &str, nodes: usize) -> Provisioned {
+        Self::start_with(fleet_bin, label, FleetOptions::with_nodes(nodes))
+    }
+
+    /// `start` with the fleet's options (its inventory's maintenance windows, say); their
+    /// `postgres_url` is the test's database.
+    pub fn start_with(fleet_bin: &Path, label: &str, opts: FleetOptions) -> Provisioned {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         let db = rt.block_on(TestDb::new(label));
         let fleet = TestFleet::start(FleetOptions {
-            nodes,
             postgres_url: db.url.clone(),
-            ..FleetOptions::default()
+            ..opts
         })
         .unwrap_or_else(|e| panic!("the test fleet: {e}"));
         let dir = fleet.dir().to_owned();

@@ -212,7 +212,9 @@ pub enum InventoryCommand {
         #[arg(short, long, value_name = "FILE")]
         inventory: PathBuf,
     },
-    /// List nodes with their resolved settings, one per line (secrets masked).
+    /// List nodes with their resolved settings, one per line (secrets masked), each with its
+    /// customer's mode and how a release reaches it (`push=`: over SSH by us; over SSH, in
+    /// its cluster's maintenance windows; never: an offline bundle for an airgapped customer).
     List {
         /// The inventory YAML file.
         #[arg(short, long, value_name = "FILE")]
@@ -230,7 +232,9 @@ pub struct NodeArgs {
     /// The inventory YAML file.
     #[arg(short, long, value_name = "FILE")]
     pub inventory: PathBuf,
-    /// Select nodes (see `fleet inventory list --help`).
+    /// Select nodes (see `fleet inventory list --help`). An airgapped customer's nodes are
+    /// skipped whatever is selected: never contacted, each named on a `skipped` line; when
+    /// only those are selected, nothing is done and the command fails.
     #[arg(short, long, value_name = "PATTERN")]
     pub limit: Option<String>,
     /// How many nodes to work on at once.
@@ -252,7 +256,9 @@ pub enum RolloutCommand {
     /// per cluster): claim the cluster (one rollout in flight per cluster), stage VERSION on
     /// every target (nothing running changes), sign the order with the order key and hand it
     /// to every target, then watch until every target has an outcome. Exit 0 only when every
-    /// target committed (with --detach: when every target took its order).
+    /// target committed (with --detach: when every target took its order). A customer_managed
+    /// cluster outside its maintenance windows waits for the next one (see --now); an
+    /// airgapped customer's nodes are skipped, never contacted.
     Start(RolloutStart),
     /// Show one rollout: the state store's record and, with -i, each target's progress as the
     /// nodes report it now (exit 0 only when every target committed). Without ID: the
@@ -360,6 +366,12 @@ pub struct RolloutStart {
     /// Hand out the orders and return; `fleet rollout watch ID` follows it.
     #[arg(long)]
     pub detach: bool,
+    /// Start at once on clusters outside their maintenance windows (a customer_managed
+    /// cluster's `maintenance_windows` in the inventory); without it, such a cluster waits for
+    /// its next window, saying which and when it opens. The audit log records who overrode
+    /// which window.
+    #[arg(long)]
+    pub now: bool,
     #[command(flatten)]
     pub key: OrderKeyArg,
     /// Seconds after which a target nobody heard of is `lost` (see `fleet rollout watch`).

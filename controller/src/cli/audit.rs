@@ -23,6 +23,9 @@ pub struct Changed<'a> {
     pub bootstrap: bool,
     /// The bundle it pushed, if any (its manifest's digest is recorded).
     pub bundle: Option<&'a Path>,
+    /// What an operator's `--now` overrode (a cluster and its maintenance windows, each), added
+    /// to the row's result with who gave it.
+    pub overrode: Vec<String>,
 }
 
 /// Appends the audit row of a command that ran (whether it succeeded or not).
@@ -54,6 +57,15 @@ pub fn record(
         Ok(report) if report.problems.is_empty() => "ok".to_owned(),
         Ok(report) => format!("failed: {}", report.problems.join("; ")),
         Err(failure) => format!("failed: {:#}", failure.error),
+    };
+    let result = if changed.overrode.is_empty() {
+        result
+    } else {
+        format!(
+            "{result}; --now by {}: {}",
+            os_user(),
+            changed.overrode.join("; ")
+        )
     };
     let entry = AuditEntry {
         at_ms: now_ms(),

@@ -88,23 +88,29 @@ pub fn hosts(command: HostsCommand, progress: bool) -> Result<Report, Failure> {
     }
 }
 
-/// What a per-node command works on: the inventory, the selected nodes, how many at once and
-/// how long to wait.
+/// What a per-node command works on: the inventory, the selected nodes it may connect to,
+/// those it never does (an airgapped customer's), how many at once and how long to wait.
 struct Selection {
     inventory: Inventory,
     nodes: Vec<fleet_inventory::Node>,
+    skipped: Vec<node::Skipped>,
     parallel: usize,
     timeouts: ssh::Timeouts,
 }
 
 /// The selection `args` make; a command waits `default_command` for each node's answer
-/// unless `--command-timeout` says otherwise.
+/// unless `--command-timeout` says otherwise. Nodes never contacted are set aside here, before
+/// any connection; when no node is left, nothing is done and the command fails saying why.
 fn selection(args: &NodeArgs, default_command: Duration) -> Result<Selection, Failure> {
     let inventory = load_inventory(&args.inventory)?;
-    let nodes = select(&inventory, args.limit.as_deref())?
-        .into_iter()
-        .cloned()
-        .collect();
+    let (nodes, skipped) = node::reachable(
+        select(&inventory, args.limit.as_deref())?
+            .into_iter()
+            .cloned(),
+    );
+    if nodes.is_empty() && !skipped.is_empty() {
+        return Err(skipped_failure(&skipped));
+    }
     let timeouts = ssh::Timeouts {
         connect: Duration::from_secs(args.connect_timeout),
         command: args
@@ -114,6 +120,7 @@ fn selection(args: &NodeArgs, default_command: Duration) -> Result<Selection, Fa
     Ok(Selection {
         inventory,
         nodes,
+        skipped,
         parallel: args.parallel as usize,
         timeouts,
     })
@@ -167,7 +174,21 @@ where
             }
         }
     }
-    Ok(node_report(headers, rows, json, &results))
+    Ok(node_report(headers, rows, json, &results, &sel.skipped))
+}
+
+/// The failure of a command that had only skipped nodes: a line per node, nothing done.
+pub(super) fn skipped_failure(skipped: &[node::Skipped]) -> Failure {
+    Failure {
+        error: node::all_skipped(skipped),
+        lines: skipped.iter().map(ToString::to_string).collect(),
+        details: Some(json!({ "skipped": skipped })),
+    }
+}
+
+/// A skipped node's entry in a command's JSON `nodes` (the audit log reads its `result`).
+pub(super) fn skipped_json(s: &node::Skipped) -> serde_json::Value {
+    json!({ "node": s.node, "ok": true, "result": "skipped", "skipped": s.why })
 }
 
 pub fn provision(
@@ -373,10 +394,18 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// exit code says the run was partial).
 fn node_report<T>(
     headers: &[&str],
-    rows: Vec<Vec<String>>,
-    json: Vec<serde_json::Value>,
+    mut rows: Vec<Vec<String>>,
+    mut json: Vec<serde_json::Value>,
     results: &[fanout::NodeResult<T>],
+    skipped: &[node::Skipped],
 ) -> Report {
+    for s in skipped {
+        // Why follows the table, one line per node: a long cell would widen every row.
+        let mut cells = vec![s.node.clone(), "SKIPPED".to_owned()];
+        cells.resize(headers.len().max(2), String::new());
+        rows.push(cells);
+        json.push(skipped_json(s));
+    }
     let failed: Vec<String> = results
         .iter()
         .filter_map(|r| {
@@ -386,14 +415,18 @@ fn node_report<T>(
                 .map(|e| format!("{}: {}", r.node, e.problem()))
         })
         .collect();
-    let summary = format!(
+    let mut summary = format!(
         "{} nodes: {} ok, {} failed",
-        results.len(),
+        results.len() + skipped.len(),
         results.len() - failed.len(),
         failed.len()
     );
+    if !skipped.is_empty() {
+        summary.push_str(&format!(", {} skipped", skipped.len()));
+    }
+    let skip_lines: String = skipped.iter().map(|s| format!("\n{s}")).collect();
     let text = format!(
-        "{}
+        "{}{skip_lines}
 {summary}",
         fanout::table(headers, &rows)
     );

@@ -127,6 +127,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     nodes: &nodes,
                     bootstrap: true,
                     bundle: None,
+                    overrode: Vec::new(),
                 };
                 audited(changed, outcome)
             }
@@ -143,6 +144,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: Some(&bundle),
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }
@@ -161,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: None,
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }
@@ -171,6 +174,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 nodes: &nodes,
                 bootstrap: false,
                 bundle: None,
+                overrode: Vec::new(),
             };
             audited(changed, outcome)
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::args::{NodeArgs, OrderKeyArg, ReachArgs, RolloutCommand, RolloutStart};
 use super::audit::{self, Changed};
-use super::commands::{load_inventory, runtime, select};
+use super::commands::{load_inventory, runtime, select, skipped_failure, skipped_json};
 use super::fanout::table;
 use super::report::{Failure, Report};
 use crate::rollout::{self, Shown};
@@ -105,7 +105,10 @@ fn when_i64(ms: Option<i64>) -> String {
     when(ms.and_then(|v| u64::try_from(v).ok()))
 }
 
-/// `fleet rollout start`.
+/// `fleet rollout start`: prepares the rollouts, starts each cluster whose maintenance windows
+/// let it start now (or all, under `--now`, which the audit row records), waits for the next
+/// window of the others (a line each on stderr) and starts them then, each batch of hand-outs
+/// its own audit row; then watches them all unless `--detach`.
 fn start(args: RolloutStart, state: Option<&str>, json: bool) -> Result<Report, Failure> {
     let progress = !json;
     let store_dir = match &args.store {
@@ -119,28 +122,87 @@ fn start(args: RolloutStart, state: Option<&str>, json: bool) -> Result<Report, 
             fleet_release::bundle::BUNDLE_SUFFIX
         ))
     });
-    let rt = runtime()?;
-    let mut watch = None;
-    let handed = hand_out(&args, bundle.as_deref(), state, progress, &rt).map(|handed| {
-        let (report, ids, store, inventory) = handed;
-        if !ids.is_empty() && !args.detach {
-            watch = Some((ids, store, inventory));
-        } else {
-            rt.block_on(store.close());
-        }
-        report
-    });
-    // The change to the nodes is recorded now, before any watching; a failed attempt too.
-    let changed = Changed {
+    let changed = |overrode: Vec<String>| Changed {
         command: "rollout start",
         nodes: &args.nodes,
         bootstrap: false,
         bundle: bundle.as_deref(),
+        overrode,
     };
-    let report = audit::audited(state, &changed, handed)?;
-    let Some((ids, store, inventory)) = watch else {
+    let rt = runtime()?;
+    // A start that cannot begin is recorded too.
+    let prepared = match prepare(&args, bundle.as_deref()) {
+        Ok(p) => p,
+        Err(f) => return audit::audited(state, &changed(Vec::new()), Err(f)),
+    };
+    let mut skipped = prepared.skipped.clone();
+    let mut pending = prepared.plans.clone();
+    let mut announced = std::collections::HashSet::new();
+    let mut started: Option<Report> = None;
+    let mut ids = Vec::new();
+    let mut store: Option<Store> = None;
+    loop {
+        let now = std::time::SystemTime::now();
+        let closed = rollout::closed(&prepared.inventory, &pending, now);
+        let (mut ready, mut waiting, mut overrode) = (Vec::new(), Vec::new(), Vec::new());
+        for (plan, closed) in pending.into_iter().zip(closed) {
+            match closed {
+                None => ready.push(plan),
+                Some(c) if args.now => {
+                    overrode.push(c.overridden());
+                    ready.push(plan);
+                }
+                Some(c) => waiting.push((plan, c)),
+            }
+        }
+        if !ready.is_empty() {
+            let handed = hand_out(&args, &prepared, ready, state, progress, &rt).map(
+                |(mut report, batch, batch_store)| {
+                    // The nodes never contacted go with the first batch (and its audit row).
+                    with_skipped(&mut report, &std::mem::take(&mut skipped));
+                    ids.extend(batch);
+                    if let Some(old) = store.replace(batch_store) {
+                        rt.block_on(old.close());
+                    }
+                    report
+                },
+            );
+            // The change to the nodes is recorded now, before any waiting or watching; a failed
+            // attempt too.
+            let report = audit::audited(state, &changed(overrode), handed)?;
+            started = Some(match started.take() {
+                None => report,
+                Some(before) => merged(before, report),
+            });
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        for (_, c) in &waiting {
+            // Said once per window awaited; stderr also under --json, where stdout is the report.
+            if announced.insert((c.cluster.clone(), c.opens)) {
+                eprintln!("{}", c.waiting_line(now));
+            }
+        }
+        let opens = waiting.iter().map(|(_, c)| c.opens).min().unwrap_or(now);
+        // Looked at again at least every minute: the clock may jump.
+        let nap = opens
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(Duration::from_secs(60))
+            .max(Duration::from_millis(100));
+        std::thread::sleep(nap);
+        pending = waiting.into_iter().map(|(plan, _)| plan).collect();
+    }
+    let report = started.unwrap_or_else(|| Report::new("", json!({ "ok": true })));
+    let Some(store) = store else {
         return Ok(report);
     };
+    if ids.is_empty() || args.detach {
+        rt.block_on(store.close());
+        return Ok(report);
+    }
+    let inventory = &prepared.inventory;
     if progress {
         eprintln!(
             "watching {} (Ctrl-C stops watching; the rollout goes on, and `fleet rollout watch ID -i INVENTORY` follows it again)",
@@ -152,7 +214,7 @@ fn start(args: RolloutStart, state: Option<&str>, json: bool) -> Result<Report, 
         lost_after: Duration::from_secs(args.lost_after),
         progress,
     };
-    let watched = rt.block_on(rollout::watch(&store, &inventory, &ids, settings));
+    let watched = rt.block_on(rollout::watch(&store, inventory, &ids, settings));
     rt.block_on(store.close());
     let after = watched_report(&watched.map_err(Failure::from)?);
     let mut text = report.text;
@@ -172,17 +234,54 @@ fn start(args: RolloutStart, state: Option<&str>, json: bool) -> Result<Report, 
     })
 }
 
-/// The start up to the orders handed out: its report, the rollouts to watch, the open store
-/// and the inventory.
-fn hand_out(
-    args: &RolloutStart,
-    bundle: Option<&std::path::Path>,
-    state: Option<&str>,
-    progress: bool,
-    rt: &tokio::runtime::Runtime,
-) -> Result<(Report, Vec<String>, Store, fleet_inventory::Inventory), Failure> {
+/// Adds the nodes never contacted to a start's report: a line each and a `nodes` entry each.
+fn with_skipped(report: &mut Report, skipped: &[crate::node::Skipped]) {
+    if skipped.is_empty() {
+        return;
+    }
+    for s in skipped {
+        report.text.push_str(&format!("\n{s}"));
+    }
+    if let Some(nodes) = report.json["nodes"].as_array_mut() {
+        nodes.extend(skipped.iter().map(skipped_json));
+    }
+}
+
+/// Two batches' reports as one: the texts one after the other, the rollouts and nodes of both.
+fn merged(first: Report, second: Report) -> Report {
+    let mut doc = first.json;
+    for key in ["rollouts", "nodes"] {
+        if let (Some(all), Some(more)) = (
+            doc[key].as_array_mut(),
+            second.json[key].as_array().cloned(),
+        ) {
+            all.extend(more);
+        }
+    }
+    let mut problems = first.problems;
+    problems.extend(second.problems);
+    Report::new(format!("{}\n\n{}", first.text, second.text), doc).with_problems(problems)
+}
+
+/// What every batch of a start shares: the inventory, the plans, the nodes never contacted,
+/// the release's bundle, the order key and the timeouts.
+struct Prepared {
+    inventory: fleet_inventory::Inventory,
+    plans: Vec<rollout::ClusterPlan>,
+    skipped: Vec<crate::node::Skipped>,
+    bundle: std::path::PathBuf,
+    key: fleet_release::SecretKey,
+    timeouts: Timeouts,
+}
+
+/// Everything checked before a start touches a node or the state store.
+fn prepare(args: &RolloutStart, bundle: Option<&std::path::Path>) -> Result<Prepared, Failure> {
     let inventory = load_inventory(&args.nodes.inventory)?;
-    let selected = select(&inventory, args.nodes.limit.as_deref())?;
+    let (selected, skipped) =
+        crate::node::reachable(select(&inventory, args.nodes.limit.as_deref())?);
+    if selected.is_empty() && !skipped.is_empty() {
+        return Err(skipped_failure(&skipped));
+    }
     let overrides = rollout::Overrides {
         canary: args.canary,
         max_unavailable: args.max_unavailable,
@@ -212,6 +311,25 @@ fn hand_out(
             .command_timeout
             .map_or(Timeouts::default().command, Duration::from_secs),
     };
+    Ok(Prepared {
+        inventory,
+        plans,
+        skipped,
+        bundle: bundle.to_owned(),
+        key,
+        timeouts,
+    })
+}
+
+/// Starts the rollouts of `plans`: its report, the rollouts to watch and the open store.
+fn hand_out(
+    args: &RolloutStart,
+    prepared: &Prepared,
+    plans: Vec<rollout::ClusterPlan>,
+    state: Option<&str>,
+    progress: bool,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Report, Vec<String>, Store), Failure> {
     let location = StateLocation::from_setting(state).map_err(anyhow::Error::from)?;
     let store = rt
         .block_on(Store::open(&location))
@@ -219,14 +337,14 @@ fn hand_out(
     let started = rt.block_on(rollout::start(
         &store,
         rollout::Start {
-            inventory: &inventory,
+            inventory: &prepared.inventory,
             plans,
             version: args.version.clone(),
-            bundle: bundle.to_owned(),
-            key: &key,
+            bundle: prepared.bundle.clone(),
+            key: &prepared.key,
             skip_unstaged: args.skip_unstaged,
             parallel: args.nodes.parallel as usize,
-            timeouts,
+            timeouts: prepared.timeouts,
             progress,
         },
     ));
@@ -239,7 +357,7 @@ fn hand_out(
                     eprintln!("{line}");
                 }
             }
-            Ok((report, ids, store, inventory))
+            Ok((report, ids, store))
         }
         Err(e) => {
             rt.block_on(store.close());
@@ -582,6 +700,7 @@ fn control(
         nodes: &nodes,
         bootstrap: false,
         bundle: None,
+        overrode: Vec::new(),
     };
     audit::audited(state, &changed, outcome)
 }

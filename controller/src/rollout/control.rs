@@ -21,6 +21,7 @@ use super::plan;
 use super::progress::{Polled, Tracker};
 use super::watch::{load, stored_progress};
 use crate::cli::fanout;
+use crate::node;
 use crate::ssh::Timeouts;
 use crate::store::{Rollout, Store};
 
@@ -103,22 +104,26 @@ pub async fn send(
     signed.sign(key);
     let document = Arc::new(signed.to_json().into_bytes());
     let targets = order.upgrade_sequence();
+    // A target not in the inventory, or never contacted, keeps the line that says why.
+    let found: Vec<Result<&fleet_inventory::Node, String>> = targets
+        .iter()
+        .map(|t| node::rollout_target(inventory, t))
+        .collect();
     let mut nodes: Vec<NodeControl> = targets
         .iter()
-        .map(|t| NodeControl {
+        .zip(&found)
+        .map(|(t, found)| NodeControl {
             node: t.clone(),
             taken: false,
             asked: None,
-            error: Some(format!(
-                "not in the inventory {}",
-                inventory.file().display()
-            )),
+            error: found.as_ref().err().cloned(),
             code: None,
         })
         .collect();
     let items: Vec<(String, fleet_inventory::Node)> = targets
         .iter()
-        .filter_map(|t| inventory.node(t).map(|n| (t.clone(), n.clone())))
+        .zip(&found)
+        .filter_map(|(t, found)| found.as_ref().ok().map(|n| (t.clone(), (*n).clone())))
         .collect();
     if progress {
         eprintln!("rollout {id}: handing {word} (sequence {sequence}) to its nodes");

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::progress::{Event, Polled, Tracker};
-use crate::node::{AgentCallError, agent, deploy_target};
+use crate::node::{self, AgentCallError, agent, deploy_target};
 use crate::ssh::{Input, Session, Timeouts};
 use crate::store::{NodeOutcome, Rollout, Store, now_ms};
 
@@ -299,10 +299,7 @@ pub async fn watch(
                 );
             }
             for node in &targets {
-                let found = inventory
-                    .node(node)
-                    .cloned()
-                    .ok_or_else(|| format!("not in the inventory {}", inventory.file().display()));
+                let found = node::rollout_target(inventory, node).cloned();
                 pollers.spawn(poll_node(
                     (k, node.clone()),
                     found,
@@ -430,13 +427,12 @@ pub async fn snapshot(
     };
     let mut asks = JoinSet::new();
     for node in &targets {
-        let found = inventory.node(node).cloned();
+        let found = node::rollout_target(inventory, node).cloned();
         let (node, id) = (node.clone(), id.to_owned());
-        let file = inventory.file().display().to_string();
         asks.spawn(async move {
             let polled = match found {
-                None => Polled::Unreachable(format!("not in the inventory {file}")),
-                Some(n) => match deploy_target(&n) {
+                Err(why) => Polled::Unreachable(why),
+                Ok(n) => match deploy_target(&n) {
                     Err(e) => Polled::Unreachable(format!("{e:#}")),
                     Ok(target) => match Session::connect(&target, timeouts).await {
                         Err(e) => Polled::Unreachable(e.to_string()),

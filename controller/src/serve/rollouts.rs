@@ -146,6 +146,10 @@ pub struct StartRequest {
     max_unavailable: Option<u32>,
     #[serde(default, deserialize_with = "blank_as_none")]
     min_healthy_secs: Option<u64>,
+    /// Start even outside the cluster's maintenance windows (recorded in the audit row): JSON
+    /// `true`, or a checked box (`on`).
+    #[serde(default, deserialize_with = "flag")]
+    now: bool,
     /// A form's CSRF field (checked by the guard).
     #[serde(default)]
     #[allow(dead_code)]
@@ -177,15 +181,65 @@ where
     }
 }
 
+/// A JSON boolean, or a form's checkbox (`on`, `true`, `1`; blank or absent: false).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(false),
+        Some(Raw::Bool(b)) => Ok(b),
+        Some(Raw::Text(t)) => match t.trim() {
+            "" | "false" | "off" | "0" => Ok(false),
+            "on" | "true" | "1" => Ok(true),
+            other => Err(serde::de::Error::custom(format!(
+                "now: {other:?} is neither true nor false"
+            ))),
+        },
+    }
+}
+
 fn caller_name(who: &Who) -> String {
     who.0
         .as_ref()
         .map_or_else(|| "?".to_owned(), |c| c.principal.name.clone())
 }
 
-/// Starts a rollout: the same steps as `fleet rollout start` (claim, stage, sign, hand out);
-/// the id of each rollout started, or why not.
-async fn start(app: &App, req: &StartRequest) -> Result<Vec<String>, String> {
+/// A started rollout: the id of each, and what an explicit "now" overrode.
+struct Started {
+    ids: Vec<String>,
+    overrode: Vec<String>,
+}
+
+/// Why a start was refused: 409 for a cluster outside its maintenance windows, else 422.
+struct Refused {
+    status: StatusCode,
+    why: String,
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Self {
+        Refused {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            why,
+        }
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(why: &str) -> Self {
+        why.to_owned().into()
+    }
+}
+
+/// Starts a rollout: the same steps as `fleet rollout start` (claim, stage, sign, hand out),
+/// except that a cluster outside its maintenance windows is refused, not waited for, unless
+/// the request says "now"; an airgapped customer's cluster is never started (never
+/// contacted). The ids of the rollouts started, or why not.
+async fn start(app: &App, req: &StartRequest) -> Result<Started, Refused> {
     let version: semver::Version = req
         .version
         .trim()
@@ -197,17 +251,24 @@ async fn start(app: &App, req: &StartRequest) -> Result<Vec<String>, String> {
         )?;
     let bundle = store_dir.join(format!("{version}{}", fleet_release::bundle::BUNDLE_SUFFIX));
     if !bundle.exists() {
-        return Err(format!("release {version} is not in the release store"));
+        return Err(format!("release {version} is not in the release store").into());
     }
     let selected = app
         .inventory
         .select(&req.cluster)
         .map_err(|e| format!("cluster {:?}: {e}", req.cluster))?;
     if selected.is_empty() || !req.cluster.contains('/') {
+        return Err(format!("cluster {:?}: name it as customer/cluster", req.cluster).into());
+    }
+    let (selected, skipped) = crate::node::reachable(selected);
+    if selected.is_empty() {
+        let lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         return Err(format!(
-            "cluster {:?}: name it as customer/cluster",
-            req.cluster
-        ));
+            "{}: {}",
+            crate::node::all_skipped(&skipped),
+            lines.join("; ")
+        )
+        .into());
     }
     let overrides = crate::rollout::Overrides {
         canary: req.canary,
@@ -219,6 +280,25 @@ async fn start(app: &App, req: &StartRequest) -> Result<Vec<String>, String> {
     };
     let plans = crate::rollout::plan(&app.inventory, &selected, &overrides)
         .map_err(|e| format!("{e:#}"))?;
+    let closed: Vec<crate::rollout::Closed> =
+        crate::rollout::closed(&app.inventory, &plans, std::time::SystemTime::now())
+            .into_iter()
+            .flatten()
+            .collect();
+    if !req.now && !closed.is_empty() {
+        return Err(Refused {
+            status: StatusCode::CONFLICT,
+            why: closed
+                .iter()
+                .map(crate::rollout::Closed::refusal)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let overrode = closed
+        .iter()
+        .map(crate::rollout::Closed::overridden)
+        .collect();
     let (_, key) = crate::rollout::order_key(app.options.order_key.as_deref())
         .map_err(|e| format!("{e:#}"))?;
     let (clusters, _) = crate::rollout::start(
@@ -246,10 +326,10 @@ async fn start(app: &App, req: &StartRequest) -> Result<Vec<String>, String> {
         }
     }
     if ids.is_empty() {
-        return Err(problems.join("; "));
+        return Err(problems.join("; ").into());
     }
     app.watch_soon.notify_one();
-    Ok(ids)
+    Ok(Started { ids, overrode })
 }
 
 /// `POST /api/rollouts` (JSON: version, cluster, canary, max_unavailable, min_healthy_secs):
@@ -272,8 +352,8 @@ pub async fn start_json(
     let result = start(&app, &req).await;
     audit_start(&app, &who.0, &req, &result).await;
     match result {
-        Ok(ids) => (StatusCode::CREATED, Json(json!({ "rollouts": ids }))).into_response(),
-        Err(why) => refuse("/api/rollouts", StatusCode::UNPROCESSABLE_ENTITY, &why),
+        Ok(s) => (StatusCode::CREATED, Json(json!({ "rollouts": s.ids }))).into_response(),
+        Err(r) => refuse("/api/rollouts", r.status, &r.why),
     }
 }
 
@@ -296,27 +376,29 @@ pub async fn start_form(
     let result = start(&app, &req).await;
     audit_start(&app, &who.0, &req, &result).await;
     match result {
-        Ok(ids) => {
-            Redirect::to(&format!("/rollouts/{}", pages::url_encode(&ids[0]))).into_response()
+        Ok(s) => {
+            Redirect::to(&format!("/rollouts/{}", pages::url_encode(&s.ids[0]))).into_response()
         }
-        Err(why) => refuse("/rollouts", StatusCode::UNPROCESSABLE_ENTITY, &why),
+        Err(r) => refuse("/rollouts", r.status, &r.why),
     }
 }
 
-async fn audit_start(
-    app: &App,
-    who: &Who,
-    req: &StartRequest,
-    result: &Result<Vec<String>, String>,
-) {
+async fn audit_start(app: &App, who: &Who, req: &StartRequest, result: &Result<Started, Refused>) {
     let outcome = match result {
-        Ok(ids) => format!("ok ({})", ids.join(", ")),
-        Err(why) => format!("failed: {why}"),
+        Ok(s) if s.overrode.is_empty() => format!("ok ({})", s.ids.join(", ")),
+        Ok(s) => format!(
+            "ok ({}); now by web:{}: {}",
+            s.ids.join(", "),
+            caller_name(who),
+            s.overrode.join("; ")
+        ),
+        Err(r) => format!("failed: {}", r.why),
     };
+    let now = if req.now { " now" } else { "" };
     app.audit_web(
         &caller_name(who),
         "rollout start",
-        &format!("{} {}", req.version, req.cluster),
+        &format!("{} {}{now}", req.version, req.cluster),
         &outcome,
     )
     .await;

@@ -33,6 +33,9 @@ pub struct Target {
     pub jump: Option<Box<Target>>,
     /// The ssh-agent socket used when no identity file is set (from `SSH_AUTH_SOCK`).
     pub agent_socket: Option<PathBuf>,
+    /// Why this node must never be connected to (an airgapped customer's): the transport
+    /// refuses it before opening any socket, whatever path led here.
+    pub never_contacted: Option<String>,
 }
 
 impl Target {
@@ -54,9 +57,11 @@ impl Target {
                     known_hosts: expand_home(&node.ssh.known_hosts),
                     jump: None,
                     agent_socket: agent_socket(),
+                    never_contacted: None,
                 })
             }),
             agent_socket: agent_socket(),
+            never_contacted: node.never_contacted(),
         }
     }
 
@@ -108,6 +113,8 @@ impl Default for Timeouts {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
+    #[error("{node}: skipped: {why}")]
+    NeverContacted { node: String, why: String },
     #[error("{node} ({addr}): cannot connect: {error}")]
     Connect {
         node: String,
@@ -543,6 +550,12 @@ async fn key_exchange(
     ),
     SshError,
 > {
+    if let Some(why) = &target.never_contacted {
+        return Err(SshError::NeverContacted {
+            node: target.node.clone(),
+            why: why.clone(),
+        });
+    }
     let seen = Arc::new(Mutex::new(None));
     let checker = HostKeyCheck {
         known,
