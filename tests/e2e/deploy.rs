@@ -7,7 +7,7 @@ use std::process::Command;
 
 use fleet_tests::{FleetOptions, TestFleet, build_release, release_tree};
 
-use crate::support::{Run, run, run_env, run_on, trust_root};
+use crate::support::{Run, Tree, release_build, run, run_env, run_on, trust_root};
 
 /// A fleet ready to deploy to (shared with the modes' tests, `modes.rs`).
 pub(crate) struct Site {
@@ -55,19 +55,7 @@ pub(crate) fn site_of(fleet: TestFleet) -> Site {
     let store = dir.join("store");
     for v in ["1.0.0", "2.0.0"] {
         let tree = release_tree(&dir, v);
-        run(&[
-            "release",
-            "build",
-            "--version",
-            v,
-            "--from",
-            &s(&tree),
-            "--key",
-            &s(&keys.join("release.key")),
-            "--out",
-            &s(&store),
-        ])
-        .ok();
+        release_build(v, Tree::From(&tree), &keys.join("release.key"), &store);
     }
     run(&["hosts", "trust", "-i", &s(&inv)]).ok();
     Site {
@@ -839,19 +827,7 @@ fn a_full_disk_during_staging_is_refused_cleanly() {
     fs::write(tree.join("data.bin"), noise).expect("write");
     fs::write(tree.join("bin/etl-server"), "#!/bin/sh\n").expect("write");
     let key = site.keys.join("release.key");
-    run(&[
-        "release",
-        "build",
-        "--version",
-        "9.0.0",
-        "--from",
-        &tree.to_string_lossy(),
-        "--key",
-        &key.to_string_lossy(),
-        "--out",
-        &site.store,
-    ])
-    .ok();
+    release_build("9.0.0", Tree::From(&tree), &key, Path::new(&site.store));
     let out = site
         .fleet_cmd(&["push", "9.0.0", "--store", &site.store])
         .fails();

@@ -25,7 +25,7 @@ use fleet_tests::{
     own_binaries,
 };
 
-use crate::support::{run, run_on, trust_root};
+use crate::support::{Tree, release_build, run, run_on, trust_root};
 
 const ROOT: &str = "/opt/fleet";
 const EXIT_VERIFY: i32 = 4;
@@ -137,19 +137,7 @@ fn keygen(path: &Path) {
 
 /// Builds release `version` into `store` from the binaries in `bin_dir`, signed with `key`.
 fn release(version: &str, bin_dir: &Path, key: &Path, store: &Path) {
-    run(&[
-        "release",
-        "build",
-        "--version",
-        version,
-        "--bin-dir",
-        &s(bin_dir),
-        "--key",
-        &s(key),
-        "--out",
-        &s(store),
-    ])
-    .ok();
+    release_build(version, Tree::Bins(bin_dir), key, store);
 }
 
 /// `fleet installer build VERSION` into the release server's folder (and the offline tar).

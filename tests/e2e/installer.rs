@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{run, trust_root};
+use crate::support::{Tree, release_build, run, trust_root};
 
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNSUPPORTED: i32 = 3;
@@ -37,19 +37,12 @@ pub fn small_store(dir: &Path, versions: &[&str]) -> (PathBuf, PathBuf) {
             std::fs::write(&path, format!("#!/bin/sh\necho {bin} {version}\n")).expect("bin");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        run(&[
-            "release",
-            "build",
-            "--version",
+        release_build(
             version,
-            "--from",
-            &s(&tree),
-            "--key",
-            &s(&keys.join("release.key")),
-            "--out",
-            &s(&store),
-        ])
-        .ok();
+            Tree::From(&tree),
+            &keys.join("release.key"),
+            &store,
+        );
     }
     (store, root)
 }

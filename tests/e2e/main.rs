@@ -7,6 +7,7 @@ mod install_nspawn;
 mod installer;
 mod inventory;
 mod modes;
+mod old_glibc;
 mod release;
 mod rollout;
 mod serve;

@@ -44,3 +44,34 @@ pub fn run_on(inventory: &str, data: &Path, args: &[&str]) -> Run {
 pub fn trust_root(keys: &Path, root: &Path) {
     fleet_tests::trust_root(Path::new(env!("CARGO_BIN_EXE_fleet")), keys, root, None);
 }
+
+/// Where `fleet release build` takes a release's files from.
+pub enum Tree<'a> {
+    /// A release tree (`--from`).
+    From(&'a Path),
+    /// A directory of built binaries (`--bin-dir`).
+    Bins(&'a Path),
+}
+
+/// `fleet release build --version VERSION` of `tree` into `store`, signed with `key`, which must
+/// succeed.
+pub fn release_build(version: &str, tree: Tree<'_>, key: &Path, store: &Path) -> Run {
+    let (flag, dir) = match tree {
+        Tree::From(dir) => ("--from", dir),
+        Tree::Bins(dir) => ("--bin-dir", dir),
+    };
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    run(&[
+        "release",
+        "build",
+        "--version",
+        version,
+        flag,
+        &s(dir),
+        "--key",
+        &s(key),
+        "--out",
+        &s(store),
+    ])
+    .ok()
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fleet_tests::{NspawnNode, SSH_KEYGEN, TestDb, TestRedis, own_binaries};
 use serde_json::Value;
 
-use crate::support::{Run, run, run_on, trust_root};
+use crate::support::{Run, Tree, release_build, run_on, trust_root};
 
 /// Where provisioning puts the node inside the container.
 const NODE_ROOT: &str = "/opt/fleet";
@@ -208,19 +208,12 @@ fn scenario(site: &Site) {
     // hardening (its sandbox is the server's too) and the server comes up healthy.
     let bin_dir = own_binaries().unwrap_or_else(|e| panic!("{e}"));
     let store = s(&site.path("store"));
-    run(&[
-        "release",
-        "build",
-        "--version",
+    release_build(
         "1.0.0",
-        "--bin-dir",
-        &s(&bin_dir),
-        "--key",
-        &s(&keys.join("release.key")),
-        "--out",
-        &store,
-    ])
-    .ok();
+        Tree::Bins(&bin_dir),
+        &keys.join("release.key"),
+        Path::new(&store),
+    );
     site.fleet(&["push", "1.0.0", "--store", &store]).ok();
     let activated = site.fleet(&["activate", "1.0.0", "--json"]).ok().json();
     assert_eq!(activated["nodes"][0]["server"], "committed", "{activated}");
