@@ -5,6 +5,7 @@
 //! (`ConfigError`, `RunsError`, the pipeline's, HTTP's `AppError`); `run` answers a
 //! `ServerError`.
 
+pub mod auth;
 mod cluster;
 mod config;
 mod db;
@@ -13,6 +14,7 @@ mod node;
 mod node_lock;
 mod pipeline;
 mod runs;
+pub mod token_cli;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 pub use cluster::HEARTBEAT_TTL;
 pub use config::{Config, ConfigError, ConfigProblem, PostgresSettings, SourceConnection};
-pub use db::schema_version;
+pub use db::{connect as connect_db, schema_version};
 pub use pipeline::{Flow, StorageError};
 pub use runs::RunsError;
 

@@ -13,12 +13,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: etl-server --config FILE
+       etl-server token create|list|revoke --config FILE ... (etl-server token --help)
 
 Runs the ETL server of one node: the flow and run API on the configured listen address,
 flows executed on this node, runs recorded in Postgres. SIGTERM or Ctrl-C stops it gracefully.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("token") {
+        return token(&args[1..]);
+    }
     let config_path = match args.as_slice() {
         [flag, path] if flag == "--config" => PathBuf::from(path),
         [flag] if flag == "--help" || flag == "-h" => {
@@ -84,6 +88,45 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// `etl-server token ...`: the cluster's API tokens (`fleet_server::token_cli`).
+fn token(args: &[String]) -> ExitCode {
+    use fleet_server::token_cli;
+    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", token_cli::USAGE);
+        return if args.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let (command, path, json) = match token_cli::parse(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("etl-server token: {e:#}\n{}", token_cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let done = fleet_server::Config::load(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(token_cli::run(command, &config, json))
+        });
+    match done {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("etl-server token: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The release the agent started this server from: `FLEET_RELEASE`, read once at start; unset
