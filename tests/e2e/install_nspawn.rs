@@ -12,7 +12,8 @@
 //! with the pinned root and the tree untouched; a download cut midway leaves nothing behind;
 //! of two runs at once one is refused naming the other's pid (exit 6); a run killed with
 //! SIGKILL mid-update converges when run again; a downgrade is refused (exit 8); uninstall
-//! keeps config, state and trust, and purge removes everything. /tmp is mounted noexec
+//! keeps config, state and trust, and purge removes everything. A first install whose
+//! download is cut leaves no folder and no user. /tmp is mounted noexec
 //! throughout. SysV: install, start, status and update. Offline: the same install and update
 //! from offline bundles in a container with `--private-network` (Postgres and Redis through
 //! Unix sockets bound in).
@@ -462,6 +463,17 @@ fn first_install(site: &Site, systemd: &Box_, sysv: &Box_) {
     assert!(again.contains("nothing to do"), "{again}");
     assert_eq!(systemd.main_pid(), pid);
     assert_eq!(systemd.status()["daemon"]["server_pid"], server_pid);
+
+    // A first install whose download is cut midway leaves nothing: no folder, no user.
+    site.server.cut("fleet-agent-1.0.0-x86_64", true);
+    let cut = sysv.sh("sh /root/install.sh --config /srv/cfg/node-sysv");
+    assert_eq!(cut.code, Some(1), "{}", cut.out);
+    assert!(cut.out.contains("fleet-agent-1.0.0-x86_64"), "{}", cut.out);
+    assert_eq!(
+        sysv.sh(&format!("test -e {ROOT} || id fleet")).code,
+        Some(1)
+    );
+    site.server.cut("fleet-agent-1.0.0-x86_64", false);
 
     // SysV: installed, started at boot by its rc links, running.
     let out = sysv
