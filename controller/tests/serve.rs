@@ -1128,12 +1128,6 @@ async fn admins_manage_users_from_the_page() {
 /// A customer_managed cluster whose only window opens two hours from now (closed while the
 /// test runs), and an airgapped one.
 fn windowed_inventory() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let minute = (secs / 60) % 1440;
-    let clock = |m: u64| format!("\"{:02}:{:02}\"", (m % 1440) / 60, m % 60);
     format!(
         r#"
 defaults:
@@ -1146,7 +1140,7 @@ customers:
         redis_url: "redis://127.0.0.1:6379/0"
         postgres_url: "postgres://127.0.0.1/x"
         shared_storage: /srv/shared
-        maintenance_windows: [{{ days: [mon, tue, wed, thu, fri, sat, sun], start: {}, end: {} }}]
+        maintenance_windows: {}
         nodes:
           - {{ name: acme-1, host: 127.0.0.1, node_root: /srv/fleet }}
   globex:
@@ -1159,8 +1153,7 @@ customers:
         nodes:
           - {{ name: globex-1, host: 127.0.0.1, node_root: /srv/fleet }}
 "#,
-        clock(minute + 120),
-        clock(minute + 180)
+        fleet_tests::window_not_now()
     )
 }
 

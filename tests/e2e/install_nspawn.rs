@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_tests::{
-    Init, NspawnNode, NspawnOptions, PrivateRedis, ReleaseServer, SSH_KEYGEN, TestDb, TestRedis,
+    Init, NspawnNode, NspawnOptions, PrivateRedis, ReleaseServer, TestDb, TestRedis, keygen_all,
     own_binaries,
 };
 
@@ -125,15 +125,6 @@ impl Box_ {
             self.node.console_tail()
         )
     }
-}
-
-fn keygen(path: &Path) {
-    let out = std::process::Command::new(SSH_KEYGEN)
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-e2e", "-f"])
-        .arg(path)
-        .output()
-        .expect("ssh-keygen runs");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
 }
 
 /// Builds release `version` into `store` from the binaries in `bin_dir`, signed with `key`.
@@ -247,7 +238,7 @@ fn the_install_script_installs_updates_rolls_back_and_uninstalls_under_systemd_s
     // Three containers: systemd, SysV (both on this machine's network, so Postgres, Redis
     // and the release server answer on 127.0.0.1), and systemd with no network.
     let bootstrap = site.path("bootstrap_ed25519");
-    keygen(&bootstrap);
+    keygen_all(std::slice::from_ref(&bootstrap), "fleet-e2e").unwrap_or_else(|e| panic!("{e}"));
     let pubkey = bootstrap.with_extension("pub");
     let boot = |name: &str, options: NspawnOptions| {
         NspawnNode::boot_with(&site.path(name), &pubkey, &options).unwrap_or_else(|e| panic!("{e}"))

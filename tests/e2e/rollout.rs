@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use fleet_tests::{FleetRun, Provisioned, per_node};
+use fleet_tests::{FleetRun, Provisioned, per_node, window_not_now};
 use serde_json::Value;
 
 fn provisioned(label: &str) -> Provisioned {
@@ -512,22 +512,6 @@ fn halt_scenario(c: &mut Provisioned) {
         assert_eq!(c.serving(k), "1.0.0");
     }
     load.finish().assert_clean(1);
-}
-
-/// A maintenance window every day that opens two hours from now and lasts an hour: closed
-/// for as long as the test runs.
-fn window_not_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let minute = (secs / 60) % 1440;
-    let clock = |m: u64| format!("\"{:02}:{:02}\"", (m % 1440) / 60, m % 60);
-    format!(
-        "[{{ days: [mon, tue, wed, thu, fri, sat, sun], start: {}, end: {} }}]",
-        clock(minute + 120),
-        clock(minute + 180)
-    )
 }
 
 #[test]

@@ -6,10 +6,9 @@
 //! second provision that changes nothing.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_tests::{NspawnNode, SSH_KEYGEN, TestDb, TestRedis, own_binaries};
+use fleet_tests::{NspawnNode, TestDb, TestRedis, keygen_all, own_binaries};
 use serde_json::Value;
 
 use crate::support::{Run, Tree, release_build, run_on, trust_root};
@@ -22,15 +21,6 @@ const AGENT_UP_WITHIN: Duration = Duration::from_secs(30);
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-fn keygen(path: &Path) {
-    let out = Command::new(SSH_KEYGEN)
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-e2e", "-f"])
-        .arg(path)
-        .output()
-        .expect("ssh-keygen runs");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
 }
 
 struct Site {
@@ -74,8 +64,11 @@ fn provision_installs_enables_and_starts_the_agent_unit_under_real_systemd() {
         .tempdir()
         .expect("temporary folder");
     let bootstrap = dir.path().join("bootstrap_ed25519");
-    keygen(&bootstrap);
-    keygen(&dir.path().join("deploy_ed25519"));
+    keygen_all(
+        &[bootstrap.clone(), dir.path().join("deploy_ed25519")],
+        "fleet-e2e",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let node = NspawnNode::boot(&dir.path().join("node"), &bootstrap.with_extension("pub"))
         .unwrap_or_else(|e| panic!("{e}"));

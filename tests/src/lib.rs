@@ -66,7 +66,7 @@ pub use load::{
     FIRST_FIRE_WITHIN, LoadChecker, LoadError, LoadNode, LoadOptions, LoadReport, OutPeriod,
     Outage, RunOutcome, ScheduleReport,
 };
-pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD};
+pub use node::{READY_TIMEOUT, SSH, SSH_KEYGEN, SSHD, keygen_all};
 pub use nspawn::{
     BOOT_TIMEOUT, DEFAULT_NSPAWN_ROOTFS, DEFAULT_NSPAWN_SYSV_ROOTFS, Init, NSPAWN, NSPAWN_SSH_PORT,
     NspawnNode, NspawnOptions, POWEROFF_TIMEOUT,
@@ -79,3 +79,19 @@ pub use release_fixture::{
     hand_manifest, own_binaries, release_tree, sha256_hex, sign_order, signed_bundle, test_order,
 };
 pub use release_server::ReleaseServer;
+
+/// A maintenance window every day that opens two hours from now and lasts an hour: closed
+/// for as long as the test runs.
+pub fn window_not_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let minute = (secs / 60) % 1440;
+    let clock = |m: u64| format!("\"{:02}:{:02}\"", (m % 1440) / 60, m % 60);
+    format!(
+        "[{{ days: [mon, tue, wed, thu, fri, sat, sun], start: {}, end: {} }}]",
+        clock(minute + 120),
+        clock(minute + 180)
+    )
+}

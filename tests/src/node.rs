@@ -180,7 +180,7 @@ pub(crate) fn render_config(listen: SocketAddrV4, files: &NodeFiles, no_penaltie
 }
 
 /// Makes ed25519 keys without a passphrase, `KEYGEN_PARALLEL` ssh-keygen at a time.
-pub(crate) fn keygen_all(keys: &[PathBuf], comment: &str) -> Result<(), HarnessError> {
+pub fn keygen_all(keys: &[PathBuf], comment: &str) -> Result<(), HarnessError> {
     for chunk in keys.chunks(KEYGEN_PARALLEL) {
         let mut running = Vec::with_capacity(chunk.len());
         for key in chunk {
