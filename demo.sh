@@ -97,13 +97,18 @@ step "push 1.0.0 and activate it: each agent starts its server and gates it on h
 
 api() { grep '^listen' "$nodes/node-$1/root/config/server.toml" | cut -d'"' -f2; }
 api1=$(api 1)
+step "an API token with the run role, made on node-1 (Postgres keeps only its hash)"
+token=$("$nodes/node-1/root/current/bin/etl-server" token create --role run --by demo \
+  --config "$nodes/node-1/root/config/server.toml" | head -n 1)
+auth=(-H "Authorization: Bearer $token")
+echo "without it: HTTP $(curl -s -o /dev/null -w '%{http_code}' "http://$api1/api/cluster")"
 step "the cluster, as node-1 ($api1) sees it"
 for _ in $(seq 50); do
-  members=$(curl -sf "http://$api1/api/cluster" | jq '.members | length' || true)
+  members=$(curl -sf "${auth[@]}" "http://$api1/api/cluster" | jq '.members | length' || true)
   [ "$members" = 3 ] && break
   sleep 0.2
 done
-curl -sf "http://$api1/api/cluster" | jq -c '{leader, active, members: [.members[] | {node, release}]}'
+curl -sf "${auth[@]}" "http://$api1/api/cluster" | jq -c '{leader, active, members: [.members[] | {node, release}]}'
 
 step "a flow on shared storage, run 6 times through node-1's API: the cluster spreads the runs"
 mkdir -p "$nodes/shared/incoming"
@@ -119,18 +124,18 @@ transform:
   - filter: "amount > 100"
 destination: { type: jsonl, path: out/orders.jsonl }
 EOF
-curl -sf -X POST "http://$api1/api/flows" --data-binary "@$dir/orders.yaml" | jq -c .
+curl -sf "${auth[@]}" -X POST "http://$api1/api/flows" --data-binary "@$dir/orders.yaml" | jq -c .
 ids=()
 for _ in $(seq 6); do
-  ids+=("$(curl -sf -X POST "http://$api1/api/flows/orders/run" | jq -r .run_id)")
+  ids+=("$(curl -sf "${auth[@]}" -X POST "http://$api1/api/flows/orders/run" | jq -r .run_id)")
 done
 for id in "${ids[@]}"; do
   for _ in $(seq 100); do
-    state=$(curl -sf "http://$api1/api/runs/$id" | jq -r .state || true)
+    state=$(curl -sf "${auth[@]}" "http://$api1/api/runs/$id" | jq -r .state || true)
     case "$state" in succeeded|failed|canceled|interrupted) break ;; esac
     sleep 0.2
   done
-  curl -sf "http://$api1/api/runs/$id" | jq -r '"run \(.id): \(.state) on \(.node), \(.rows_read) rows read, \(.rows_written) written"'
+  curl -sf "${auth[@]}" "http://$api1/api/runs/$id" | jq -r '"run \(.id): \(.state) on \(.node), \(.rows_read) rows read, \(.rows_written) written"'
   [ "$state" = succeeded ] || { echo "demo: FAILED: run $id ended $state" >&2; exit 1; }
 done
 
@@ -153,7 +158,7 @@ for n in 1 2 3; do
   echo "node-$n serves $(curl -sf "http://$(api "$n")/health" | jq -r .release)"
 done
 "$fleet" rollout list
-curl -sf "http://$api1/api/cluster" | jq -c '{members: [.members[] | {node, release}]}'
+curl -sf "${auth[@]}" "http://$api1/api/cluster" | jq -c '{members: [.members[] | {node, release}]}'
 
 step "roll node-3 back to 1.0.0 through the same step"
 "$fleet" rollback -i "$inv" --limit node-3

@@ -50,7 +50,7 @@ TOML
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return; sleep 0.05; done
   echo "bench: $1 did not start" >&2; exit 1
 }
-api() { curl -sS -X "$1" "http://127.0.0.1:$2$3" --data-binary "${4:-}"; }
+api() { curl -sS -H "Authorization: Bearer bench-admin-token-$$" -X "$1" "http://127.0.0.1:$2$3" --data-binary "${4:-}"; }
 trivial='name: trivial
 source: { type: postgres, connection: db, query: "SELECT 1 AS x" }
 destination: { type: jsonl, path: out/trivial.jsonl }'
@@ -60,7 +60,7 @@ throughput() {
   api POST "$1" /api/flows "$trivial" >/dev/null
   local t0 t1 left
   t0=$(now)
-  seq "$runs" | xargs -P 8 -I{} curl -sS -o /dev/null -X POST "http://127.0.0.1:$1/api/flows/trivial/run"
+  seq "$runs" | xargs -P 8 -I{} curl -sS -o /dev/null -H "Authorization: Bearer bench-admin-token-$$" -X POST "http://127.0.0.1:$1/api/flows/trivial/run"
   while :; do
     left=$(psql -tA "$pg/$db" -c "SELECT count(*) FROM runs WHERE state IN ('queued', 'running')")
     [ "$left" = 0 ] && break

@@ -46,11 +46,12 @@ listen = "127.0.0.1:18089"
 shared_storage = "$work/shared"
 postgres_url = "$pg/$db"
 redis_url = "redis://127.0.0.1:6379"
+admin_token = "bench-admin-token-0123456789"
 TOML
 ETL_LOG=warn "$server" --config "$work/server.toml" &
 pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18089/health >/dev/null && break; sleep 0.1; done
-api() { curl -sS -X "$1" "http://127.0.0.1:18089$2" --data-binary "${3:-}"; }
+api() { curl -sS -H "Authorization: Bearer bench-admin-token-0123456789" -X "$1" "http://127.0.0.1:18089$2" --data-binary "${3:-}"; }
 
 # run_flow NAME: runs it to the end, prints its wall seconds (from the request until the run
 # has ended, polled every 0.1 s).

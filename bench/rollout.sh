@@ -98,8 +98,10 @@ stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 c = {"submitted": 0, "accepted": 0, "refused_then_placed": 0, "not_placed": 0,
      "run_ids": [], "max_out": 0, "samples": 0, "errors": {}}
+token = open(sys.argv[4]).read().strip()
 def call(addr, method, path, timeout):
-    req = urllib.request.Request(f"http://{addr}{path}", method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(f"http://{addr}{path}", method=method, data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, json.loads(r.read() or b"null")
 def sample():
@@ -186,7 +188,7 @@ q() { psql -tA "$pg/$db" -c "$1"; }
 load_start() {
   local addrs k
   addrs=$(for k in $(seq "$n"); do grep '^listen' "$1/node-$k/root/config/server.toml" | cut -d'"' -f2; done | paste -sd,)
-  python3 "$work/load.py" "$addrs" bench "$work/load.json" &
+  python3 "$work/load.py" "$addrs" bench "$work/load.json" "$1/node-1/root/config/secrets/admin_token" &
   load_pid=$!
   load_t0=$(date +%s)
 }
@@ -284,21 +286,22 @@ for n in "${sizes[@]}"; do
   quiet "$testfleet" agents start --dir "$dir"
   quiet "$fleet" activate 1.0.0 -i "$inv" --parallel "$n"
   api1=$(grep '^listen' "$dir/node-1/root/config/server.toml" | cut -d'"' -f2)
-  members() { curl -sf "http://$api1/api/cluster" | jq '[.members[] | select(.draining | not)] | length' 2>/dev/null || echo 0; }
+  auth="Authorization: Bearer $(cat "$dir/node-1/root/config/secrets/admin_token")"
+  members() { curl -sf -H "$auth" "http://$api1/api/cluster" | jq '[.members[] | select(.draining | not)] | length' 2>/dev/null || echo 0; }
   for _ in $(seq 100); do [ "$(members)" = "$n" ] && break; sleep 0.2; done
   [ "$(members)" = "$n" ] || { echo "bench: the cluster did not gather its $n members" >&2; exit 1; }
   # The flow the load runs: 20 000 rows of CSV on shared storage, cast, filtered, to JSON lines.
   mkdir -p "$dir/shared/incoming"
   { echo "id,customer,amount"; for i in $(seq 20000); do echo "$i,c$((i % 37)),$(( (i * 7919) % 500 ))"; done; } > "$dir/shared/incoming/bench.csv"
   printf 'id,at\n1,now\n' > "$dir/shared/incoming/tick.csv"
-  curl -sf -X POST "http://$api1/api/flows" --data-binary 'name: bench
+  curl -sf -H "$auth" -X POST "http://$api1/api/flows" --data-binary 'name: bench
 source: { type: csv, path: incoming/bench.csv, header: true }
 transform:
   - cast: { id: int, amount: int }
   - filter: "amount > 100"
 destination: { type: jsonl, path: out/bench.jsonl }' >/dev/null
   # And a flow the cluster's scheduler fires every second.
-  curl -sf -X POST "http://$api1/api/flows" --data-binary 'name: tick
+  curl -sf -H "$auth" -X POST "http://$api1/api/flows" --data-binary 'name: tick
 source: { type: csv, path: incoming/tick.csv, header: true }
 destination: { type: jsonl, path: out/tick.jsonl }
 schedule: "* * * * * *"' >/dev/null

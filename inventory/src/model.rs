@@ -210,8 +210,19 @@ pub struct Cluster {
     /// When rollouts may start (`customer_managed` only; its own, else its customer's); none:
     /// any time.
     pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// The customers on a shared cluster, each a tenant of its ETL servers; none elsewhere.
+    pub tenants: Vec<TenantSpec>,
     /// Names of the cluster's nodes, in file order.
     pub nodes: Vec<String>,
+}
+
+/// A tenant of a shared cluster: a customer of ours whose flows and runs the cluster's ETL
+/// servers keep apart from the others'.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TenantSpec {
+    pub name: String,
+    /// Its runs running at once, cluster-wide; none: the node's `max_running_flows`.
+    pub max_running_flows: Option<u32>,
 }
 
 /// One node with every inherited setting resolved (node over cluster over customer over defaults).

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use crate::fields::{self, Fields, join, wrong_type};
-use crate::model::{Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh};
+use crate::model::{
+    Canary, Cluster, Customer, Jump, LoadBalancing, Mode, Node, Rollout, Ssh, TenantSpec,
+};
 use crate::problem::{Pos, Problems, typo_hint};
 use crate::secret::{self, Setting};
 use crate::window::{MaintenanceWindow, Weekday};
@@ -16,7 +18,7 @@ use crate::yaml::{Entry, Value, Yaml};
 const INHERITABLE: [&str; 4] = ["ssh", "node_root", "labels", "vars"];
 const ROOT_KEYS: [&str; 2] = ["defaults", "customers"];
 const CUSTOMER_KEYS: [&str; 3] = ["mode", "clusters", "maintenance_windows"];
-const CLUSTER_KEYS: [&str; 7] = [
+const CLUSTER_KEYS: [&str; 8] = [
     "redis_url",
     "postgres_url",
     "shared_storage",
@@ -24,7 +26,10 @@ const CLUSTER_KEYS: [&str; 7] = [
     "rollout",
     "nodes",
     "maintenance_windows",
+    "tenants",
 ];
+const TENANT_KEYS: [&str; 2] = ["name", "max_running_flows"];
+const TENANT_HINT: &str = "a tenant is a name (`acme`) or { name: acme, max_running_flows: 2 }; a name starts with a-z, then a-z, 0-9, '_' or '-', at most 48, and `default` is taken";
 const WINDOW_KEYS: [&str; 4] = ["days", "start", "end", "utc_offset"];
 const WINDOW_HINT: &str = "a maintenance window is { days: [sat, sun], start: \"02:00\", end: \"05:00\" }, with an optional utc_offset: \"+01:00\" (UTC when absent)";
 const NODE_KEYS: [&str; 3] = ["name", "host", "weight"];
@@ -103,6 +108,15 @@ pub fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+}
+
+/// Whether `s` is a tenant's name, as the ETL server takes it: what follows `tenants/` in its
+/// paths and `tenant_` in its schema.
+pub fn is_tenant_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.len() <= 48
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// Whether `s` is a name the ETL server accepts for a flow (its `pipeline::flow` rule).
@@ -902,6 +916,10 @@ impl Checker<'_> {
             Some(_) => self.windows_of(&f, cx.mode),
             None => cx.windows.to_vec(),
         };
+        let tenants = match f.opt("tenants") {
+            Some(y) => self.tenants(y, &f.child("tenants"), cx.mode),
+            None => Vec::new(),
+        };
         let layer = self.layer(&f).over(parent);
 
         let mut node_names = Vec::new();
@@ -953,9 +971,82 @@ impl Checker<'_> {
                 load_balancing,
                 rollout,
                 maintenance_windows,
+                tenants,
                 nodes: node_names,
             });
         }
+    }
+
+    /// A shared cluster's `tenants`: the customers on it, each its own tenant of the ETL
+    /// servers (`[tenants.NAME]` in their config).
+    fn tenants(&mut self, y: &Yaml, path: &str, mode: Mode) -> Vec<TenantSpec> {
+        if mode != Mode::Shared {
+            self.problems.add_hint(
+                y.pos,
+                path,
+                format!("tenants apply only to shared customers' clusters, and this one is {mode}"),
+                Some("remove them, or set the customer's mode to shared"),
+            );
+            return Vec::new();
+        }
+        let Value::Seq(items) = &y.value else {
+            wrong_type(y, path, "a list of tenants", self.problems);
+            return Vec::new();
+        };
+        let mut out: Vec<TenantSpec> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let (name, max_running_flows, pos) = match &item.value {
+                Value::Map(_) => {
+                    let Some(f) = Fields::read(item, &at, &TENANT_KEYS, self.problems) else {
+                        continue;
+                    };
+                    let Some(name) = f
+                        .require("name", self.problems)
+                        .and_then(|n| fields::string(n, &f.child("name"), self.problems))
+                    else {
+                        continue;
+                    };
+                    let max = match f.opt("max_running_flows") {
+                        Some(v) => match fields::int(
+                            v,
+                            &f.child("max_running_flows"),
+                            1,
+                            10_000,
+                            self.problems,
+                        ) {
+                            Some(n) => Some(n as u32),
+                            None => continue,
+                        },
+                        None => None,
+                    };
+                    (name, max, f.get("name").map_or(item.pos, |n| n.pos))
+                }
+                _ => match fields::string(item, &at, self.problems) {
+                    Some(name) => (name, None, item.pos),
+                    None => continue,
+                },
+            };
+            if !is_tenant_name(&name) || name == "default" {
+                self.problems.add_hint(
+                    pos,
+                    &at,
+                    format!("invalid tenant name `{name}`"),
+                    Some(TENANT_HINT),
+                );
+                continue;
+            }
+            if out.iter().any(|t| t.name == name) {
+                self.problems
+                    .add(pos, &at, format!("tenant `{name}` is listed twice"));
+                continue;
+            }
+            out.push(TenantSpec {
+                name,
+                max_running_flows,
+            });
+        }
+        out
     }
 
     /// Checks one node; returns its name when it has a valid one (for the canary check).

@@ -19,7 +19,7 @@ fn unknown_key_suggests_the_nearest() {
 fn unknown_key_without_a_near_one_lists_the_allowed_keys() {
     assert_eq!(
         one(&base("        flavour: vanilla\n", "")),
-        "/inv/fleet.yaml:11:9: customers.acme.clusters.prod.flavour: unknown key `flavour` (hint: allowed keys: redis_url, postgres_url, shared_storage, load_balancing, rollout, nodes, maintenance_windows, ssh, node_root, labels, vars)"
+        "/inv/fleet.yaml:11:9: customers.acme.clusters.prod.flavour: unknown key `flavour` (hint: allowed keys: redis_url, postgres_url, shared_storage, load_balancing, rollout, nodes, maintenance_windows, tenants, ssh, node_root, labels, vars)"
     );
 }
 

@@ -31,6 +31,20 @@ pub struct File {
     redis_prefix: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<PathBuf>,
+    cluster_token: Option<String>,
+    cluster_token_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_tokenless_loopback: bool,
+    #[serde(default)]
+    plain_http_on_network: bool,
+    listen_tls: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    auth: AuthSettings,
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantSettings>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
@@ -105,6 +119,10 @@ pub struct ClusterSettings {
     pub leader_ttl_ms: u64,
     /// How often the leader renews it (the TTL must be at least three of these).
     pub leader_renew_ms: u64,
+    /// Node-to-node calls go over TLS only: this node calls its peers at their `listen_tls`
+    /// (their certificates checked against `tls_ca_file`) and refuses the cluster token over
+    /// plain HTTP.
+    pub require_tls: bool,
 }
 
 impl Default for ClusterSettings {
@@ -112,8 +130,63 @@ impl Default for ClusterSettings {
         Self {
             leader_ttl_ms: 6000,
             leader_renew_ms: 2000,
+            require_tls: false,
         }
     }
+}
+
+/// `[auth]`: how the API treats callers that fail to prove who they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Failed attempts (a missing, malformed, unknown, revoked or expired token) one client
+    /// address may make in a minute; beyond them it is answered 429 until the minute ends.
+    pub failed_attempts_per_minute: u32,
+    /// How long a checked database token is trusted without asking Postgres again: a
+    /// revocation reaches every node within this time.
+    pub cache_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            failed_attempts_per_minute: 20,
+            cache_secs: 5,
+        }
+    }
+}
+
+/// `[tenants.NAME]`: a tenant of a shared cluster (the inventory's customers on it, written
+/// by `fleet provision`). Tokens are made only for configured tenants (and `default`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// The tenant's runs running at once, cluster-wide; none: `limits.max_running_flows`.
+    pub max_running_flows: Option<usize>,
+    /// The `[sources.NAME]` connections its flows may read through (none by default).
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+/// A tenant's settings as the server uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its runs running at once, cluster-wide (none: no limit, the `default` tenant's unless
+    /// configured).
+    pub max_running_flows: Option<usize>,
+    /// The connections its flows may read through (none: all, the `default` tenant's unless
+    /// configured).
+    pub sources: Option<Vec<String>>,
+}
+
+/// HTTPS: `listen_tls` with `tls_cert_file` and `tls_key_file` (PEM); `tls_ca_file` is what
+/// peers' certificates are checked against in node-to-node calls.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ClusterSettings {
@@ -164,8 +237,19 @@ pub struct Config {
     pub cluster: ClusterSettings,
     pub load_balancing: LoadBalancing,
     pub weight: u32,
-    /// The bearer token of `/admin/*` (which also answer only on loopback); none: disabled.
+    /// A token for the operator with the `admin` role, from the node's secret files (the
+    /// agent's drain and resume); none: only database tokens have that role.
     pub admin_token: Option<String>,
+    /// The token nodes of the cluster present to each other (`read`, every tenant).
+    pub cluster_token: Option<String>,
+    /// For a transition after an upgrade: requests from loopback without a token are the
+    /// operator's, with the `run` role (never `admin`). Off unless set.
+    pub allow_tokenless_loopback: bool,
+    /// HTTPS on a second listener; none: plain HTTP only.
+    pub tls: Option<TlsSettings>,
+    pub auth: AuthSettings,
+    /// The configured tenants (`default` among them, with its own settings or none).
+    pub tenants: BTreeMap<String, Tenant>,
     /// Settings of every session of the server's own pool.
     pub postgres: PostgresSettings,
     /// The connections Postgres sources may name, by name.
@@ -192,6 +276,13 @@ impl std::fmt::Debug for Config {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "(secret)"),
             )
+            .field(
+                "cluster_token",
+                &self.cluster_token.as_ref().map(|_| "(secret)"),
+            )
+            .field("allow_tokenless_loopback", &self.allow_tokenless_loopback)
+            .field("tls", &self.tls)
+            .field("tenants", &self.tenants)
             .field("limits", &self.limits)
             .field("postgres", &self.postgres)
             .field("sources", &self.sources)
@@ -262,8 +353,38 @@ pub enum ConfigProblem {
     LeaderTiming { ttl_ms: u64, renew_ms: u64 },
     #[error("limits.max_running_flows must be at least 1")]
     ZeroMaxRunningFlows,
-    #[error("admin_token must have at least 16 characters")]
-    ShortAdminToken,
+    #[error("{key} must have at least 16 characters")]
+    ShortToken { key: &'static str },
+    /// Plain HTTP on an address others can reach needs saying so.
+    #[error(
+        "listen `{given}` is not a loopback address: serve the network with listen_tls (and tls_cert_file, tls_key_file), or set plain_http_on_network = true"
+    )]
+    PlainOnNetwork { given: String },
+    #[error("listen_tls `{given}` is not an address:port")]
+    ListenTls { given: String },
+    #[error("listen_tls needs tls_cert_file and tls_key_file")]
+    TlsFiles,
+    #[error("tls_cert_file, tls_key_file and tls_ca_file mean nothing without listen_tls")]
+    TlsWithoutListen,
+    #[error("cluster.require_tls needs listen_tls and tls_ca_file")]
+    RequireTls,
+    #[error(
+        "tenants.{given:?} is not a tenant name (a-z first, then a-z, 0-9, '_' or '-', at most 48)"
+    )]
+    TenantName { given: String },
+    #[error(
+        "tenants.{tenant}.sources names `{connection}`, which is not a [sources.NAME] of this config"
+    )]
+    TenantSource { tenant: String, connection: String },
+    #[error("tenants.{tenant}.max_running_flows must be at least 1")]
+    ZeroTenantRunning { tenant: String },
+    #[error("auth.failed_attempts_per_minute must be at least 1")]
+    ZeroFailedAttempts,
+}
+
+/// Whether plain HTTP on `addr` stays on this machine.
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 fn load_balancing_names() -> String {
@@ -349,9 +470,82 @@ impl Config {
                 "admin_token",
             )?),
         };
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(at(ConfigProblem::ShortAdminToken));
+        let cluster_token = match (&file.cluster_token, &file.cluster_token_file) {
+            (None, None) => None,
+            _ => Some(secret(
+                file.cluster_token.clone(),
+                file.cluster_token_file.clone(),
+                "cluster_token",
+            )?),
+        };
+        for (key, token) in [
+            ("admin_token", &admin_token),
+            ("cluster_token", &cluster_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(at(ConfigProblem::ShortToken { key }));
+            }
         }
+        if !file.plain_http_on_network && !is_loopback(&listen) {
+            return Err(at(ConfigProblem::PlainOnNetwork {
+                given: file.listen.clone(),
+            }));
+        }
+        let tls = match (&file.listen_tls, &file.tls_cert_file, &file.tls_key_file) {
+            (None, None, None) if file.tls_ca_file.is_none() => None,
+            (None, _, _) => return Err(at(ConfigProblem::TlsWithoutListen)),
+            (Some(given), Some(cert), Some(key)) => Some(TlsSettings {
+                listen: given.parse().map_err(|_| {
+                    at(ConfigProblem::ListenTls {
+                        given: given.clone(),
+                    })
+                })?,
+                cert_file: base.join(cert),
+                key_file: base.join(key),
+                ca_file: file.tls_ca_file.as_ref().map(|f| base.join(f)),
+            }),
+            (Some(_), _, _) => return Err(at(ConfigProblem::TlsFiles)),
+        };
+        if file.cluster.require_tls && tls.as_ref().is_none_or(|t| t.ca_file.is_none()) {
+            return Err(at(ConfigProblem::RequireTls));
+        }
+        if file.auth.failed_attempts_per_minute == 0 {
+            return Err(at(ConfigProblem::ZeroFailedAttempts));
+        }
+        let mut tenants = BTreeMap::new();
+        for (name, t) in &file.tenants {
+            if !crate::auth::valid_tenant(name) {
+                return Err(at(ConfigProblem::TenantName {
+                    given: name.clone(),
+                }));
+            }
+            if let Some(unknown) = t.sources.iter().find(|s| !file.sources.contains_key(*s)) {
+                return Err(at(ConfigProblem::TenantSource {
+                    tenant: name.clone(),
+                    connection: unknown.clone(),
+                }));
+            }
+            if t.max_running_flows == Some(0) {
+                return Err(at(ConfigProblem::ZeroTenantRunning {
+                    tenant: name.clone(),
+                }));
+            }
+            tenants.insert(
+                name.clone(),
+                Tenant {
+                    max_running_flows: Some(
+                        t.max_running_flows.unwrap_or(file.limits.max_running_flows),
+                    ),
+                    sources: Some(t.sources.clone()),
+                },
+            );
+        }
+        tenants
+            .entry(crate::auth::DEFAULT_TENANT.to_owned())
+            .or_insert(Tenant {
+                max_running_flows: None,
+                sources: None,
+            });
         let p = &file.postgres;
         for (key, ms) in [
             ("lock_timeout_ms", p.lock_timeout_ms),
@@ -389,6 +583,11 @@ impl Config {
         }
         Ok(Config {
             admin_token,
+            cluster_token,
+            allow_tokenless_loopback: file.allow_tokenless_loopback,
+            tls,
+            auth: file.auth,
+            tenants,
             postgres_url,
             postgres: file.postgres,
             sources,
@@ -404,6 +603,12 @@ impl Config {
             release: None,
             probation: false,
         })
+    }
+
+    /// A tenant's settings: its own when configured, else none (a tenant nobody configured
+    /// has no tokens, so nothing of its own).
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenants.get(name)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -23,8 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use cluster::HEARTBEAT_TTL;
-pub use config::{Config, ConfigError, ConfigProblem, PostgresSettings, SourceConnection};
+pub use config::{
+    Config, ConfigError, ConfigProblem, PostgresSettings, SourceConnection, Tenant, TlsSettings,
+};
 pub use db::{connect as connect_db, schema_version};
+pub use http::routes::{Access, Route, routes};
 pub use pipeline::{Flow, StorageError};
 pub use runs::RunsError;
 
@@ -68,22 +71,37 @@ pub async fn run(
         .local_addr()
         .map_err(ServerError::Listener)?
         .to_string();
+    // HTTPS: the certificate and key read, and the address bound, before anything serves.
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => {
+            let server =
+                fleet_tls::server_config(&t.cert_file, &t.key_file).map_err(ServerError::Tls)?;
+            let bound = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .map_err(|e| ServerError::Tls(format!("listen_tls {}: {e}", t.listen)))?;
+            Some((bound, server))
+        }
+    };
+    let listen_tls = match &tls {
+        Some((l, _)) => Some(l.local_addr().map_err(ServerError::Listener)?.to_string()),
+        None => None,
+    };
+    let peer_tls = match config.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+        Some(ca) => Some(fleet_tls::client_config(ca).map_err(ServerError::Tls)?),
+        None => None,
+    };
     // The one shutdown: every loop selects on `stop`, every task is spawned on `tasks`.
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let executor = runs::Executor::new(
-        pool.clone(),
-        config.node.clone(),
-        config.shared_storage.clone(),
-        config.sources.clone(),
-        config.limits.max_running_flows,
-        stop.clone(),
-        tasks.clone(),
-    );
+    let executor = runs::Executor::new(pool.clone(), &config, stop.clone(), tasks.clone());
     executor.set_probation(config.probation);
     let grace = config.shutdown_grace();
     let node = Arc::new(node::Node {
+        gate: auth::Gate::new(&config),
         config,
+        listen_tls,
+        peer_tls,
         pool: pool.clone(),
         membership,
         executor: executor.clone(),
@@ -104,7 +122,7 @@ pub async fn run(
     let http = tasks.spawn({
         let stop = stop.clone();
         async move {
-            let served = http::serve(listener, node).await;
+            let served = http::serve(listener, tls, node).await;
             // HTTP failing stops the whole server.
             stop.cancel();
             served
@@ -171,6 +189,9 @@ pub enum ServerError {
     /// The run store failed at start (marking the runs an earlier start left running).
     #[error(transparent)]
     Runs(#[from] RunsError),
+    /// HTTPS cannot be served: a certificate or key file, or `listen_tls`.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The listener has no local address.
     #[error("listener: {0}")]
     Listener(std::io::Error),

@@ -17,6 +17,12 @@ pub struct Node {
     pub leadership: crate::cluster::scheduler::Leadership,
     /// The address the server listens on, as bound (what other nodes call).
     pub listen: String,
+    /// The HTTPS address, as bound, when `listen_tls` is set.
+    pub listen_tls: Option<String>,
+    /// Who each request is (`auth::Gate`).
+    pub gate: crate::auth::Gate,
+    /// The TLS client of node-to-node calls (`tls_ca_file`), when configured.
+    pub peer_tls: Option<Arc<fleet_tls::ClientConfig>>,
     /// The server's one shutdown: every loop selects on it.
     pub stop: tokio_util::sync::CancellationToken,
     /// Every task the server spawns; shutdown waits for them.
@@ -40,6 +46,7 @@ impl Node {
             draining: self.executor.draining(),
             weight: self.config.weight,
             listen: self.listen.clone(),
+            listen_tls: self.listen_tls.clone(),
             release: self.config.release.clone(),
             probation: self.executor.on_probation(),
         }

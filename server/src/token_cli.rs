@@ -114,6 +114,13 @@ pub async fn run(
                 .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
                 .transpose()
                 .context("--expires-in is too long")?;
+            if let Some(t) = &tenant
+                && config.tenant(t).is_none()
+            {
+                anyhow::bail!(
+                    "tenant `{t}` is not configured on this node: add [tenants.{t}] to the config (fleet provision writes the inventory's tenants of a shared cluster)"
+                );
+            }
             let (token, row) = store
                 .create(role, tenant.as_deref(), &by, expires_at)
                 .await?;

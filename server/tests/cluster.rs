@@ -138,7 +138,7 @@ fn an_unknown_load_balancing_or_a_zero_weight_is_refused() {
     assert!(err.contains("weight"), "{err}");
 }
 
-const TOKEN: &str = "a-test-token-of-some-length";
+const TOKEN: &str = fleet_tests::ADMIN_TOKEN;
 
 async fn admin(server: &TestServer, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -156,7 +156,7 @@ async fn a_drained_node_hands_back_its_work_and_takes_none_until_resumed() {
     let db = TestDb::new("drain").await;
     let mut servers = Vec::new();
     for name in ["d1", "d2"] {
-        let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
+        let extra = "[limits]\nmax_running_flows = 1\n".to_owned();
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     for _ in 0..200 {
@@ -226,9 +226,16 @@ async fn a_drained_node_hands_back_its_work_and_takes_none_until_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_is_off_without_a_token() {
     let db = TestDb::new("noadmin").await;
-    let server = TestServer::start(&db).await;
+    // No `admin_token` in the config: that text is no token at all, and the database has
+    // none with the admin role.
+    let server = TestServer::start_edited(&db, "", |t| {
+        t.replace(&format!("admin_token = \"{TOKEN}\"\n"), "")
+    })
+    .await;
     let (status, body) = admin(&server, "/admin/drain", Some(TOKEN)).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = admin(&server, "/admin/drain", None).await;
+    assert_eq!(status, 401, "{body}");
     server.stop().await.expect("stop");
 }
 
@@ -433,9 +440,7 @@ async fn one_leader_and_it_moves_with_a_higher_epoch_on_drain_and_stop() {
     let db = TestDb::new("leader").await;
     let mut servers = Vec::new();
     for name in ["l1", "l2", "l3"] {
-        let extra = format!(
-            "admin_token = \"{TOKEN}\"\n[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n"
-        );
+        let extra = "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n".to_owned();
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     let (first, e1) = wait_for_leader(&servers, None).await;
@@ -1050,7 +1055,7 @@ async fn pinned_runs_execute_on_their_node_only() {
     let db = TestDb::new("pinned").await;
     let mut servers = Vec::new();
     for name in ["p1", "p2", "p3"] {
-        let extra = format!("admin_token = \"{TOKEN}\"\n");
+        let extra = String::new();
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     for _ in 0..200 {
@@ -1104,9 +1109,7 @@ async fn pinned_runs_execute_on_their_node_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_probation_takes_only_pinned_runs_and_does_not_lead_until_resumed() {
     let db = TestDb::new("probation").await;
-    let extra = format!(
-        "admin_token = \"{TOKEN}\"\n[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n"
-    );
+    let extra = "[cluster]\nleader_ttl_ms = 1500\nleader_renew_ms = 300\n".to_owned();
     let mut servers = vec![TestServer::start_node(&db, "o1", &extra).await];
     servers.push(TestServer::start_on_probation(&db, "o2", &extra).await);
     for _ in 0..200 {
@@ -1184,7 +1187,7 @@ async fn a_pin_to_an_unknown_or_draining_node_or_without_the_token_is_refused() 
     let db = TestDb::new("pinrefuse").await;
     let mut servers = Vec::new();
     for name in ["r1", "r2"] {
-        let extra = format!("admin_token = \"{TOKEN}\"\n");
+        let extra = String::new();
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     for _ in 0..200 {
@@ -1258,7 +1261,7 @@ async fn runs_pinned_to_a_drained_node_end_failed_not_elsewhere() {
     let db = TestDb::new("pindrain").await;
     let mut servers = Vec::new();
     for name in ["q1", "q2"] {
-        let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
+        let extra = "[limits]\nmax_running_flows = 1\n".to_owned();
         servers.push(TestServer::start_node(&db, name, &extra).await);
     }
     for _ in 0..200 {

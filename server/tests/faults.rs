@@ -178,7 +178,7 @@ async fn a_fifo_source_is_refused_and_the_server_goes_on() {
 }
 
 /// The admin token of the stuck-run test's server.
-const ADMIN_TOKEN: &str = "faults-admin-token-0123";
+const ADMIN_TOKEN: &str = fleet_tests::ADMIN_TOKEN;
 
 /// Backends of this test's database sleeping in the destination's trigger.
 async fn sleeping(pool: &sqlx::PgPool) -> i64 {
@@ -210,11 +210,7 @@ async fn start_stuck(server: &TestServer, pool: &sqlx::PgPool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_does_not_stop_is_recorded_failed_after_cancel_drain_and_at_shutdown() {
     let db = TestDb::new("stuck").await;
-    let server = TestServer::start_with(
-        &db,
-        &format!("admin_token = \"{ADMIN_TOKEN}\"\n[limits]\nshutdown_grace_secs = 0\n"),
-    )
-    .await;
+    let server = TestServer::start_with(&db, "[limits]\nshutdown_grace_secs = 0\n").await;
     let pool = db.pool().await;
     // A destination whose every row waits an hour in Postgres: the run's task waits on it
     // and never looks at its cancel flag.

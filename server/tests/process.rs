@@ -631,13 +631,8 @@ async fn sigterm_during_a_drain_answers_the_drain_and_stops_after_the_grace() {
     let db = TestDb::new("sigterm_drain").await;
     let dir = tempfile::tempdir().expect("tempdir");
     write_csv(&dir.path().join("shared/in/long.csv"), 3_000_000);
-    let token = "a-test-token-of-some-length";
-    let p = start(
-        &db,
-        dir.path(),
-        &format!("admin_token = \"{token}\"\n[limits]\nshutdown_grace_secs = 1\n"),
-    )
-    .await;
+    let token = fleet_tests::ADMIN_TOKEN;
+    let p = start(&db, dir.path(), "[limits]\nshutdown_grace_secs = 1\n").await;
     let id = submit_and_start(&p, "name: long\nsource: { type: csv, path: in/long.csv }\ntransform:\n  - cast: { id: int, amount: decimal }\ndestination: { type: postgres, table: long }\n").await;
     let addr = p.addr;
     let drain = tokio::spawn(async move {
@@ -818,10 +813,10 @@ async fn the_release_it_was_started_from_shows_in_health_and_the_cluster() {
 /// each saying why; none hangs and none runs on another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_pinned_to_a_killed_node_end_and_are_not_retried_elsewhere() {
-    const TOKEN: &str = "a-test-token-of-some-length";
+    const TOKEN: &str = fleet_tests::ADMIN_TOKEN;
     let db = TestDb::new("pinkill").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let extra = format!("admin_token = \"{TOKEN}\"\n[limits]\nmax_running_flows = 1\n");
+    let extra = "[limits]\nmax_running_flows = 1\n".to_owned();
     let mut nodes = Vec::new();
     for name in ["k1", "k2", "k3"] {
         nodes.push(start_node(&db, dir.path(), name, &extra).await);

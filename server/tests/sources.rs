@@ -16,7 +16,7 @@ use sqlx::Connection;
 /// hostile flow took.
 const DISPATCH_LOCK: i64 = 7133401;
 
-const TOKEN: &str = "a-test-token-of-some-length";
+const TOKEN: &str = fleet_tests::ADMIN_TOKEN;
 
 /// A flow reading `query` through the test config's connection `db` (the test's database).
 fn flow(name: &str, query: &str) -> String {
@@ -214,7 +214,7 @@ async fn cancel_stops_a_source_query_that_never_ends() {
 async fn a_drain_stops_a_source_query_that_never_ends() {
     let db = TestDb::new("srcdrain").await;
     let pool = db.pool().await;
-    let server = TestServer::start_with(&db, &format!("admin_token = \"{TOKEN}\"\n")).await;
+    let server = TestServer::start(&db).await;
     let id = start_run(&server, &flow("sleepy", "SELECT pg_sleep(1e6) AS x")).await;
     wait_sleeping(&pool).await;
     let (status, drained) = tokio::time::timeout(

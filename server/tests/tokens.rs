@@ -146,10 +146,26 @@ async fn etl_server_token_prints_a_token_once_lists_without_it_and_revokes() {
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
-        common::config_text("node-a", &db, &dir.path().join("shared"), "127.0.0.1:0", ""),
+        common::config_text(
+            "node-a",
+            &db,
+            &dir.path().join("shared"),
+            "127.0.0.1:0",
+            "[tenants.acme]\n",
+        ),
     )
     .expect("config");
     let config = config.to_string_lossy().into_owned();
+
+    // A tenant this node does not know gets no token.
+    let (code, _, err) = etl_server(&[
+        "token", "create", "--config", &config, "--role", "read", "--tenant", "globex",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("tenant `globex` is not configured") && err.contains("[tenants.globex]"),
+        "{err}"
+    );
 
     let (code, out, err) = etl_server(&[
         "token",

@@ -189,27 +189,41 @@ fn provision_push_activate_status_rollback_on_five_nodes() {
         fs::metadata(&secret).expect("meta").permissions().mode() & 0o777,
         0o600
     );
-    // The cluster's admin token: one secret for all its nodes, which the server reads.
-    let tokens: Vec<String> = site
-        .fleet
-        .nodes()
-        .iter()
-        .map(|n| {
-            let path = n.root.join("config/secrets/admin_token");
-            assert_eq!(
-                fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
-                0o600
-            );
-            fs::read_to_string(path).expect("admin token")
-        })
-        .collect();
-    let token = tokens[0].trim();
+    // The cluster's admin and cluster tokens: one secret each for all its nodes, which the
+    // server reads.
+    let read_all = |name: &str| -> Vec<String> {
+        site.fleet
+            .nodes()
+            .iter()
+            .map(|n| {
+                let path = n.root.join("config/secrets").join(name);
+                assert_eq!(
+                    fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+                    0o600
+                );
+                fs::read_to_string(path).expect("token").trim().to_owned()
+            })
+            .collect()
+    };
+    let (tokens, cluster_tokens) = (read_all("admin_token"), read_all("cluster_token"));
+    let token = tokens[0].as_str();
+    for t in [token, cluster_tokens[0].as_str()] {
+        assert!(
+            t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()),
+            "{t}"
+        );
+    }
+    assert!(tokens.iter().all(|t| t == token), "{tokens:?}");
     assert!(
-        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
-        "{token}"
+        cluster_tokens
+            .iter()
+            .all(|t| *t == cluster_tokens[0] && t != token)
     );
-    assert!(tokens.iter().all(|t| t.trim() == token), "{tokens:?}");
     assert_eq!(loaded.admin_token.as_deref(), Some(token));
+    assert_eq!(
+        loaded.cluster_token.as_deref(),
+        Some(cluster_tokens[0].as_str())
+    );
     assert!(
         server.contains("admin_token_file = ")
             && server.contains(&format!("redis_prefix = {:?}\n", site.fleet.redis_prefix())),

@@ -8,16 +8,23 @@ use std::net::SocketAddr;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One request; the status and the body (JSON when it parses, else a string).
+/// The operator's admin token the tests' ETL servers are configured with (`admin_token`):
+/// `call` and `call_raw` present it; `call_with_headers` and `try_call` send only the headers
+/// they are given.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// One request with the test admin token; the status and the body (JSON when it parses, else
+/// a string).
 pub async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let (status, text) = call_raw(addr, method, path, body.as_bytes()).await;
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
 }
 
-/// One request with any body bytes; the status and the body as text.
+/// One request with any body bytes and the test admin token; the status and the body as text.
 pub async fn call_raw(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    call_with_headers(addr, method, path, &[], body).await
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    call_with_headers(addr, method, path, &[("Authorization", &auth)], body).await
 }
 
 /// One request with extra headers (`("Authorization", "Bearer …")`); the status and the body

@@ -60,7 +60,7 @@ pub use error::HarnessError;
 pub use fleet::{
     AGENT_METRICS_PORT, DEFAULT_POSTGRES_URL, FleetOptions, SERVER_PORT, TestFleet, TestNode,
 };
-pub use http::{call, call_raw, call_with_headers, try_call};
+pub use http::{ADMIN_TOKEN, call, call_raw, call_with_headers, try_call};
 pub use kept::{PIDS_FILE, stop_kept};
 pub use load::{
     FIRST_FIRE_WITHIN, LoadChecker, LoadError, LoadNode, LoadOptions, LoadReport, OutPeriod,

@@ -69,7 +69,8 @@ impl LoadNode {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub nodes: Vec<LoadNode>,
-    /// Sent as `Authorization: Bearer …` with every request, when the API needs it.
+    /// Sent as `Authorization: Bearer …` with every request (default: the tests' operator
+    /// admin token, `crate::ADMIN_TOKEN`; none: no header).
     pub token: Option<String>,
     /// The cluster's database (the test's own): where runs and fires are read at the end.
     pub postgres_url: String,
@@ -95,7 +96,7 @@ impl LoadOptions {
     ) -> LoadOptions {
         LoadOptions {
             nodes,
-            token: None,
+            token: Some(crate::ADMIN_TOKEN.to_owned()),
             postgres_url: postgres_url.into(),
             shared_storage: shared_storage.into(),
             submit_every: Duration::from_millis(75),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fleet::{FleetOptions, TestFleet};
-use crate::http::call;
+use crate::http::call_with_headers;
 use crate::postgres::TestDb;
 use crate::release_fixture::own_binaries;
 
@@ -326,10 +326,31 @@ impl Provisioned {
         }
     }
 
-    /// An HTTP request to node `k`'s server.
+    /// An HTTP request to node `k`'s server, with the cluster's admin token as provisioning
+    /// wrote it among the node's secrets.
     pub fn http(&self, k: usize, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let addr = self.fleet.nodes()[k].api.into();
-        self.rt.block_on(call(addr, method, path, body))
+        let node = &self.fleet.nodes()[k];
+        let auth = format!("Bearer {}", self.admin_token(k));
+        let (status, text) = self.rt.block_on(call_with_headers(
+            node.api.into(),
+            method,
+            path,
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        ));
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// The cluster's admin token, as provisioning wrote it among node `k`'s secrets.
+    pub fn admin_token(&self, k: usize) -> String {
+        let file = self.fleet.nodes()[k]
+            .root
+            .join("config/secrets/admin_token");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_owned()
     }
 
     /// The release node `k`'s server says it runs (`/health`'s `release`).
@@ -348,7 +369,9 @@ impl Provisioned {
             .iter()
             .map(|n| crate::LoadNode::new(&n.name, n.api.into()))
             .collect();
-        let opts = crate::LoadOptions::new(nodes, &self.db.url, self.fleet.dir().join("shared"));
+        let mut opts =
+            crate::LoadOptions::new(nodes, &self.db.url, self.fleet.dir().join("shared"));
+        opts.token = Some(self.admin_token(0));
         crate::LoadChecker::start(opts).unwrap_or_else(|e| panic!("load: {e}"))
     }
 

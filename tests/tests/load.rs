@@ -15,7 +15,7 @@ use fleet_tests::{
     call_with_headers, own_binaries,
 };
 
-const TOKEN: &str = "a-load-test-token-of-some-length";
+const TOKEN: &str = fleet_tests::ADMIN_TOKEN;
 
 /// One cluster at a time: three servers and the load each take a core's share, and a
 /// starved leader would miss a second of the schedule for reasons of this machine's own.

@@ -675,14 +675,14 @@ fn url_word(word: &str) -> String {
         .collect()
 }
 
-/// The cluster as this node's server sees it (`GET /api/cluster`: members with their release
-/// and drain, the scheduler leader).
+/// The cluster as this node's server sees it (`GET /api/cluster` with the node's admin token:
+/// members with their release and drain, the scheduler leader).
 pub(super) async fn cluster_view(daemon: &Daemon) -> Result<serde_json::Value, String> {
     let answer = http::request(
         daemon.config.server_listen,
         "GET",
         "/api/cluster",
-        None,
+        daemon.config.admin_token.as_deref(),
         daemon.config.supervise.health_check_timeout(),
     )
     .await

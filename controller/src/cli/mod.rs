@@ -201,7 +201,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => {
             let every: std::time::Duration = collect_every.into();
             let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => crate::serve::tls::config(&cert, &key).map(Some),
+                (Some(cert), Some(key)) => fleet_tls::server_config(&cert, &key).map(Some),
                 _ => Ok(None),
             };
             match tls {

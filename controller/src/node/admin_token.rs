@@ -149,9 +149,19 @@ impl ControllerKey {
 
     /// The admin token of the ETL servers of cluster `customer/cluster`: 64 hex digits.
     pub fn admin_token(&self, customer: &str, cluster: &str) -> String {
+        self.derive(b"admin-token\0", customer, cluster)
+    }
+
+    /// The token the ETL servers of cluster `customer/cluster` present to each other (another
+    /// derivation: knowing one token tells nothing of the other).
+    pub fn cluster_token(&self, customer: &str, cluster: &str) -> String {
+        self.derive(b"cluster-token\0", customer, cluster)
+    }
+
+    fn derive(&self, purpose: &[u8], customer: &str, cluster: &str) -> String {
         let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
             .expect("HMAC takes a key of any length");
-        mac.update(b"admin-token\0");
+        mac.update(purpose);
         mac.update(format!("{customer}/{cluster}").as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -187,6 +197,12 @@ mod tests {
         // Another cluster, or another customer's cluster of the same name: another token.
         assert_ne!(key.admin_token("acme", "staging"), prod);
         assert_ne!(key.admin_token("globex", "prod"), prod);
+        // The cluster token is another secret.
+        assert_ne!(key.cluster_token("acme", "prod"), prod);
+        assert_eq!(
+            key.cluster_token("acme", "prod"),
+            again.cluster_token("acme", "prod")
+        );
         // Another key, another token.
         let other = ControllerKey::load_or_create(&dir.path().join("other.key")).expect("made");
         assert_ne!(other.admin_token("acme", "prod"), prod);

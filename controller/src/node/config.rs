@@ -206,8 +206,8 @@ pub fn unit_mark(line: &str) -> Option<(bool, u32, &str)> {
 }
 
 /// Every file provisioning writes for `node` under its root: the rendered configs and the
-/// secrets they name, the cluster's admin token (derived from the controller's `key`) among
-/// them.
+/// secrets they name, the cluster's admin and cluster tokens (derived from the controller's
+/// `key`) among them.
 pub fn node_files(
     node: &Node,
     cluster: &Cluster,
@@ -241,12 +241,23 @@ pub fn node_files(
             secret: true,
         });
     }
-    files.push(NodeFile {
-        path: "config/secrets/admin_token".into(),
-        mode: "600",
-        content: format!("{}\n", key.admin_token(&cluster.customer, &cluster.name)),
-        secret: true,
-    });
+    for (name, token) in [
+        (
+            "admin_token",
+            key.admin_token(&cluster.customer, &cluster.name),
+        ),
+        (
+            "cluster_token",
+            key.cluster_token(&cluster.customer, &cluster.name),
+        ),
+    ] {
+        files.push(NodeFile {
+            path: format!("config/secrets/{name}"),
+            mode: "600",
+            content: format!("{token}\n"),
+            secret: true,
+        });
+    }
     Ok(files)
 }
 
@@ -296,9 +307,41 @@ mod tests {
              redis_url_file = \"/opt/etl/config/secrets/redis_url\"\n\
              redis_prefix = \"fleet:\"\n\
              admin_token_file = \"/opt/etl/config/secrets/admin_token\"\n\
+             cluster_token_file = \"/opt/etl/config/secrets/cluster_token\"\n\
              \n\
              [limits]\n\
              max_running_flows = 4\n"
+        );
+    }
+
+    #[test]
+    fn a_shared_clusters_tenants_are_written_into_the_server_config() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../inventory/examples/acme.yaml"),
+        )
+        .expect("example")
+        .replace("mode: customer_managed", "mode: shared")
+        .replace(
+            "        nodes:",
+            "        tenants: [globex, { name: initech, max_running_flows: 2 }]\n        nodes:",
+        );
+        let inv = fleet_inventory::Inventory::from_str(&text, Path::new("/etc/fleet/acme.yaml"))
+            .expect("valid");
+        let node = &inv.nodes()[0];
+        let cluster = inv.cluster_of(node).expect("cluster");
+        let ctx = context! { node => Serde(node), cluster => Serde(cluster) };
+        let (name, _, source) = TEMPLATES[1];
+        let rendered = render(name, source, ctx).expect("renders");
+        assert!(
+            rendered.ends_with(
+                "max_running_flows = 4\n\n\
+                 # A tenant of this shared cluster (the inventory's `tenants`).\n\
+                 [tenants.\"globex\"]\n\n\
+                 # A tenant of this shared cluster (the inventory's `tenants`).\n\
+                 [tenants.\"initech\"]\n\
+                 max_running_flows = 2\n"
+            ),
+            "{rendered}"
         );
     }
 

@@ -4,7 +4,7 @@
 //! and `fleet token`), the status collector (`collect.rs`) and what a node shows (`view.rs`),
 //! live updates (`events.rs`), the pages (`pages.rs` renders them, templates in `templates/`,
 //! the script in `static/`; `nodes.rs`, `rollouts.rs`, `releases.rs`, `audit.rs` serve them)
-//! and the JSON API (`api.rs` and the same modules); HTTPS from PEM files (`tls.rs`). Every
+//! and the JSON API (`api.rs` and the same modules); HTTPS from PEM files (`fleet_tls`). Every
 //! login and every change is an audit row, `who` being `web:<user>`.
 
 mod api;
@@ -18,7 +18,6 @@ mod releases;
 mod rollouts;
 mod routes;
 mod session;
-pub mod tls;
 mod view;
 
 use std::sync::{Arc, Mutex};
@@ -47,8 +46,8 @@ pub struct ServeOptions {
     /// The order key's file (none: `$FLEET_ORDER_KEY`, else `order.key` in the data
     /// directory, as `fleet rollout` finds it).
     pub order_key: Option<std::path::PathBuf>,
-    /// Serve over TLS with this configuration (`tls::config`); none: plain HTTP.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve over TLS with this configuration (`fleet_tls::server_config`); none: plain HTTP.
+    pub tls: Option<Arc<fleet_tls::ServerConfig>>,
 }
 
 impl Default for ServeOptions {
@@ -110,7 +109,7 @@ pub async fn serve(
         }
     };
     let served = match app.options.tls.clone() {
-        Some(config) => tls::serve(router(app), listener, config, shutdown).await,
+        Some(config) => fleet_tls::serve(router(app), listener, config, shutdown).await,
         None => {
             axum::serve(
                 listener,

@@ -5,13 +5,22 @@
 //! constant time. A token's text never reaches a log, an error or a run record: errors name
 //! the id at most.
 
+mod gate;
 mod store;
+pub mod tenant;
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+pub use gate::{ADMIN_TOKEN_ID, CLUSTER_TOKEN_ID, Gate, LOOPBACK_ID, Refusal};
 pub use store::{Caller, TokenRow, TokenStore, TokensError};
+pub use tenant::Scope;
+
+/// The tenant of flows and runs made before tenants existed, and of an operator's requests
+/// that name none. Its paths are shared storage's root (but `tenants/`) and its tables any
+/// schema but the tenants' own.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// What a token may do; each role may do what the ones before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -117,12 +126,9 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A tenant's name: what may follow `tenants/` in a path and name a Postgres schema.
+/// A tenant's name: what may follow `tenants/` in a path and `tenant_` in a schema's name.
 pub fn valid_tenant(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.len() <= 48
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    fleet_inventory::is_tenant_name(name)
 }
 
 /// A duration as `30d`, `12h`, `90m` or `3600s`.

@@ -49,6 +49,8 @@ pub struct Caller {
     pub role: Role,
     /// `None`: the operator's token, for every tenant.
     pub tenant: Option<String>,
+    /// When a database token stops being valid (none: never, or a configured token).
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 pub struct TokenStore<'a> {
@@ -156,6 +158,7 @@ impl<'a> TokenStore<'a> {
             token: id,
             role,
             tenant,
+            expires_at,
         }))
     }
 }

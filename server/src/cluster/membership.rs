@@ -28,6 +28,10 @@ pub struct Member {
     /// does not lead; false in heartbeats of servers that predate the field.
     #[serde(default)]
     pub probation: bool,
+    /// The HTTPS address (`listen_tls`), if the node serves one: where node-to-node calls go
+    /// when the cluster requires TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_tls: Option<String>,
 }
 
 pub struct Membership {

@@ -189,9 +189,9 @@ impl From<crate::runs::RunsError> for Fire {
 }
 
 type Time = chrono::DateTime<chrono::Utc>;
-/// A flow with a schedule: name, definition, last change, last fire, and the database's
-/// `now()`.
-type ScheduledFlow = (String, serde_json::Value, Time, Option<Time>, Time);
+/// A flow with a schedule: tenant, name, definition, last change, last fire, and the
+/// database's `now()`.
+type ScheduledFlow = (String, String, serde_json::Value, Time, Option<Time>, Time);
 
 /// A fire time more than this late is "missed" under `misfire: skip`.
 const ON_TIME: Duration = Duration::from_secs(2);
@@ -202,12 +202,13 @@ const ON_TIME: Duration = Duration::from_secs(2);
 async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
     let flows: Vec<ScheduledFlow> =
         sqlx::query_as(
-            "SELECT f.name, f.definition, f.updated_at, (SELECT max(fire_time) FROM schedule_fires s WHERE s.flow = f.name), now()
+            "SELECT f.tenant, f.name, f.definition, f.updated_at,
+                    (SELECT max(fire_time) FROM schedule_fires s WHERE s.tenant = f.tenant AND s.flow = f.name), now()
              FROM flows f WHERE f.definition ? 'schedule'",
         )
         .fetch_all(&app.pool)
         .await?;
-    for (name, definition, updated, last, now) in flows {
+    for (tenant, name, definition, updated, last, now) in flows {
         let Ok(flow) = crate::pipeline::flow::Flow::parse(&definition.to_string(), &name) else {
             continue;
         };
@@ -256,30 +257,39 @@ async fn fire_due(app: &Node, lease: &Lease) -> Result<(), Fire> {
             return Err(Fire::Fenced);
         }
         let inserted = sqlx::query(
-            "INSERT INTO schedule_fires (flow, fire_time, epoch, node, skipped) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO schedule_fires (tenant, flow, fire_time, epoch, node, skipped) VALUES ($6, $1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(&name)
         .bind(due)
         .bind(lease.epoch)
         .bind(&app.config.node)
         .bind(!run)
+        .bind(&tenant)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted == 1
             && run
-            && let Some((id, target)) =
-                crate::runs::create_run_in(&mut tx, &name, &targets, app.config.load_balancing)
-                    .await?
+            && let Some((id, target)) = crate::runs::create_run_in(
+                &mut tx,
+                &tenant,
+                &name,
+                &targets,
+                app.config.load_balancing,
+            )
+            .await?
         {
-            sqlx::query("UPDATE schedule_fires SET run_id = $3 WHERE flow = $1 AND fire_time = $2")
-                .bind(&name)
-                .bind(due)
-                .bind(id)
+            sqlx::query(
+                "UPDATE schedule_fires SET run_id = $3 WHERE tenant = $4 AND flow = $1 AND fire_time = $2",
+            )
+            .bind(&name)
+            .bind(due)
+            .bind(id)
+            .bind(&tenant)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            tracing::info!(flow = %name, fire_time = %due, run = id, "scheduled run");
+            tracing::info!(%tenant, flow = %name, fire_time = %due, run = id, "scheduled run");
             match target {
                 Some(node) if node != app.config.node => app.membership.wake(&node).await,
                 _ => app.executor.poke(),

@@ -32,6 +32,9 @@ pub enum AppError {
     /// Cluster mode failed: Redis (membership, the lease), the leadership's epoch, a drain.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The token store failed (Postgres).
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokensError),
 }
 
 /// What a client is told of a failure on this side: status, code and message never change
@@ -115,12 +118,31 @@ impl AppError {
         }
     }
 
+    /// A flow that reaches outside its tenant (422): every part, with its field.
+    pub fn out_of_bounds(tenant: &str, out: &[crate::auth::tenant::OutOfBounds]) -> Self {
+        let problems = out
+            .iter()
+            .map(|o| json!({ "field": o.field, "message": o.message }))
+            .collect();
+        AppError::Refused {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!(
+                "outside tenant `{tenant}`: {}",
+                out.first().map(|o| o.message.as_str()).unwrap_or_default()
+            ),
+            field: out.first().map(|o| o.field.to_owned()),
+            problems: Some(problems),
+        }
+    }
+
     /// What the client is told, for a failure on this side; `None` for a refused request.
     pub fn failure(&self) -> Option<Failure> {
         match self {
             AppError::Refused { .. } => None,
             AppError::Runs(e) => Some(runs_failure(e)),
             AppError::Cluster(e) => Some(cluster_failure(e)),
+            AppError::Tokens(crate::auth::TokensError::Db(e)) => Some(database_failure(e)),
+            AppError::Tokens(_) => Some(INTERNAL),
         }
     }
 }

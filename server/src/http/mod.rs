@@ -1,9 +1,14 @@
-//! The HTTP API (JSON): flows, runs, `/health` and `/metrics`. Every bad request gets a 4xx
-//! with a JSON error naming the field; a failure on this side gets a generic 5xx with a code,
-//! its detail logged with the request (`error.rs`, `AppError`); nothing a client sends can
-//! panic the server.
+//! The HTTP API (JSON): flows, runs, tokens, `/health` and `/metrics`. Every route is in the
+//! table of `routes.rs` with the access it needs and, but `/health` and `/metrics`, behind the
+//! gate (`auth::Gate`): a tenant's token sees and acts on its tenant's flows and runs only
+//! (another tenant's answer 404), the operator's picks a tenant with `?tenant=` (the default
+//! tenant otherwise; every tenant in lists). Every bad request gets a 4xx with a JSON error
+//! naming the field; a failure on this side gets a generic 5xx with a code, its detail logged
+//! with the request (`error.rs`, `AppError`); nothing a client sends can panic the server.
 
 mod error;
+pub mod routes;
+mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,14 +16,14 @@ use std::sync::atomic::Ordering;
 use axum::extract::rejection::QueryRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{Caller, DEFAULT_TENANT, Scope};
 use crate::node::Node;
 use crate::pipeline::flow::Flow;
 use crate::runs::{self, Cancel, RunState};
@@ -29,16 +34,38 @@ type Shared = State<Arc<Node>>;
 
 type ApiResult = Result<Response, AppError>;
 
-/// Serves the API on `listener` until the node's shutdown token is cancelled, then lets the
-/// requests in flight end (none waits long: see `cluster::drain`).
-pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) -> std::io::Result<()> {
+/// Serves the API on `listener` (and over TLS on `tls`'s listener) until the node's shutdown
+/// token is cancelled, then lets the requests in flight end (none waits long: see
+/// `cluster::drain`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, Arc<fleet_tls::ServerConfig>)>,
+    node: Arc<Node>,
+) -> std::io::Result<()> {
     let stop = node.stop.clone();
-    axum::serve(
+    let app = router(node);
+    let secure = async {
+        match tls {
+            Some((listener, config)) => {
+                fleet_tls::serve(
+                    app.clone(),
+                    listener,
+                    config,
+                    stop.clone().cancelled_owned(),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let plain = axum::serve(
         listener,
-        router(node).into_make_service_with_connect_info::<SocketAddr>(),
+        app.clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let (plain, secure) = tokio::join!(plain.into_future(), secure);
+    plain.and(secure)
 }
 
 /// A query string that did not parse is a 400 naming `query`.
@@ -50,32 +77,73 @@ fn query_params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, AppErro
 
 pub fn router(app: Arc<Node>) -> Router {
     let limit = app.config.limits.max_body_bytes;
-    Router::new()
-        .route("/api/flows", post(put_flow).get(list_flows))
-        .route("/api/flows/{name}", get(get_flow).delete(delete_flow))
-        .route("/api/flows/{name}/run", post(run_flow))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(get_run))
-        .route("/api/runs/{id}/cancel", post(cancel_run))
-        .route("/api/cluster", get(cluster))
-        .route("/admin/drain", post(drain))
-        .route("/admin/resume", post(resume))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    routes::router(app.clone())
         .fallback(|| async { AppError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(error::log_failures))
         .with_state(app)
 }
 
-async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult {
-    let _ = headers;
+/// `?tenant=`: the tenant an operator's request acts in (a tenant's token may name only its
+/// own).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantQuery {
+    tenant: Option<String>,
+}
+
+/// The one tenant a request acts in: a tenant's token's own; the operator's `asked`, else the
+/// default tenant. Naming a tenant that is not the caller's, or one this node does not know,
+/// is a 404 like a name that does not exist.
+fn tenant_of(app: &Node, caller: &Caller, asked: Option<&str>) -> Result<String, AppError> {
+    let tenant = match (&caller.tenant, asked) {
+        (Some(own), Some(asked)) if own != asked => asked,
+        (Some(own), _) => own.as_str(),
+        (None, asked) => asked.unwrap_or(DEFAULT_TENANT),
+    };
+    let known = caller.tenant.as_deref().is_none_or(|own| own == tenant)
+        && app.config.tenant(tenant).is_some();
+    if !known {
+        return Err(AppError::field(
+            StatusCode::NOT_FOUND,
+            "tenant",
+            format!("no tenant `{tenant}`"),
+        ));
+    }
+    Ok(tenant.to_owned())
+}
+
+/// The tenant a list is of: a tenant's token's own (naming another is a 404, as in
+/// `tenant_of`); the operator's `asked`, else every tenant (`None`).
+fn tenant_filter(caller: &Caller, asked: Option<String>) -> Result<Option<String>, AppError> {
+    match (&caller.tenant, asked) {
+        (Some(own), Some(asked)) if *own != asked => Err(AppError::field(
+            StatusCode::NOT_FOUND,
+            "tenant",
+            format!("no tenant `{asked}`"),
+        )),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, asked) => Ok(asked),
+    }
+}
+
+async fn put_flow(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let q = query_params(query)?;
+    let tenant = tenant_of(&app, &caller, q.tenant.as_deref())?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| AppError::field(StatusCode::BAD_REQUEST, "body", "the body is not UTF-8"))?;
     let connections: Vec<&str> = app.config.sources.keys().map(String::as_str).collect();
     let flow =
         Flow::parse_for_node(text, "body", &connections).map_err(|e| AppError::invalid_flow(&e))?;
-    let created = runs::put_flow(&app.pool, &flow).await?;
+    if let Err(out) = Scope::new(&tenant).confine(&flow, app.config.tenant(&tenant)) {
+        return Err(AppError::out_of_bounds(&tenant, &out));
+    }
+    let created = runs::put_flow(&app.pool, &tenant, &flow).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -83,25 +151,44 @@ async fn put_flow(State(app): Shared, headers: HeaderMap, body: axum::body::Byte
     };
     Ok((
         status,
-        Json(json!({ "name": flow.name, "created": created, "definition": flow.to_json() })),
+        Json(
+            json!({ "tenant": tenant, "name": flow.name, "created": created, "definition": flow.to_json() }),
+        ),
     )
         .into_response())
 }
 
-async fn list_flows(State(app): Shared) -> ApiResult {
-    let flows = runs::list_flows(&app.pool).await?;
+async fn list_flows(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> ApiResult {
+    let tenant = tenant_filter(&caller, query_params(query)?.tenant)?;
+    let flows = runs::list_flows(&app.pool, tenant.as_deref()).await?;
     Ok(Json(json!({ "flows": flows })).into_response())
 }
 
-async fn get_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
-    match runs::get_flow(&app.pool, &name).await? {
+async fn get_flow(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> ApiResult {
+    let tenant = tenant_of(&app, &caller, query_params(query)?.tenant.as_deref())?;
+    match runs::get_flow(&app.pool, &tenant, &name).await? {
         Some(f) => Ok(Json(f).into_response()),
         None => Err(no_flow(&name)),
     }
 }
 
-async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult {
-    if runs::delete_flow(&app.pool, &name).await? {
+async fn delete_flow(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    query: Result<Query<TenantQuery>, QueryRejection>,
+) -> ApiResult {
+    let tenant = tenant_of(&app, &caller, query_params(query)?.tenant.as_deref())?;
+    if runs::delete_flow(&app.pool, &tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(no_flow(&name))
@@ -112,28 +199,47 @@ async fn delete_flow(State(app): Shared, Path(name): Path<String>) -> ApiResult 
 #[serde(deny_unknown_fields)]
 struct RunQuery {
     node: Option<String>,
+    tenant: Option<String>,
 }
 
 /// Queues a run of the flow: on the node the cluster's load balancing picks, or with
-/// `?node=NAME` on that node alone (`pinned`), which only the admin may ask (see `pin`).
+/// `?node=NAME` on that node alone (`pinned`), which only the operator's admin may ask (see
+/// `run_pinned`).
 async fn run_flow(
     State(app): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     query: Result<Query<RunQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query_params(query)?;
+    let tenant = tenant_of(&app, &caller, q.tenant.as_deref())?;
     if let Some(node) = q.node {
-        admin(&app, peer, &headers)?;
-        return run_pinned(&app, &name, &node).await;
+        if caller.role < crate::auth::Role::Admin || caller.tenant.is_some() {
+            return Err(AppError::field(
+                StatusCode::FORBIDDEN,
+                "node",
+                format!(
+                    "token {} may not pin a run to a node: that is the operator's admin's",
+                    caller.token
+                ),
+            ));
+        }
+        return run_pinned(&app, &tenant, &name, &node).await;
     }
     // The executing node is picked among the active ones; without Redis, any node runs it.
     let targets = app.targets().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "dispatching without membership");
         Vec::new()
     });
-    match runs::create_run(&app.pool, &name, &targets, app.config.load_balancing).await? {
+    match runs::create_run(
+        &app.pool,
+        &tenant,
+        &name,
+        &targets,
+        app.config.load_balancing,
+    )
+    .await?
+    {
         Some((id, target)) => {
             wake(&app, target.as_deref()).await;
             Ok((
@@ -162,7 +268,7 @@ async fn wake(app: &Node, target: Option<&str>) {
 /// database's schema; a node on probation takes pinned runs): 409 naming why not. Pinning
 /// overrides the cluster's dispatch and is never handed over, so it is the admin's (the
 /// agent's smoke flow on its own node, which is on probation during its health gate).
-async fn run_pinned(app: &Node, flow: &str, node: &str) -> ApiResult {
+async fn run_pinned(app: &Node, tenant: &str, flow: &str, node: &str) -> ApiResult {
     let refuse = |why: String| AppError::field(StatusCode::CONFLICT, "node", why);
     if node.is_empty() {
         return Err(AppError::field(
@@ -189,7 +295,7 @@ async fn run_pinned(app: &Node, flow: &str, node: &str) -> ApiResult {
             member.schema_version
         )));
     }
-    match runs::create_pinned_run(&app.pool, flow, node).await? {
+    match runs::create_pinned_run(&app.pool, tenant, flow, node).await? {
         Some(id) => {
             wake(app, Some(node)).await;
             Ok((
@@ -202,9 +308,10 @@ async fn run_pinned(app: &Node, flow: &str, node: &str) -> ApiResult {
     }
 }
 
-async fn cluster(State(app): Shared) -> ApiResult {
+/// The cluster's members, leader and queues (a tenant's token: its own runs' queues).
+async fn cluster(State(app): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
     let members = app.membership.members().await?;
-    let depths = runs::queue_depths(&app.pool).await?;
+    let depths = runs::queue_depths(&app.pool, caller.tenant.as_deref()).await?;
     let queues: Vec<_> = depths
         .into_iter()
         .map(
@@ -250,9 +357,13 @@ fn run_id(text: &str) -> Result<i64, AppError> {
         })
 }
 
-async fn get_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
+async fn get_run(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = run_id(&id)?;
-    match runs::get_run(&app.pool, id).await? {
+    match runs::get_run(&app.pool, id, caller.tenant.as_deref()).await? {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(AppError::field(
             StatusCode::NOT_FOUND,
@@ -268,13 +379,16 @@ struct RunsQuery {
     flow: Option<String>,
     state: Option<String>,
     limit: Option<String>,
+    tenant: Option<String>,
 }
 
 async fn list_runs(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query_params(query)?;
+    let tenant = tenant_filter(&caller, q.tenant.clone())?;
     let state = match &q.state {
         None => None,
         Some(s) => Some(
@@ -296,13 +410,24 @@ async fn list_runs(
                 )
             })?,
     };
-    let list = runs::list_runs(&app.pool, q.flow.as_deref(), state, limit).await?;
+    let list = runs::list_runs(
+        &app.pool,
+        tenant.as_deref(),
+        q.flow.as_deref(),
+        state,
+        limit,
+    )
+    .await?;
     Ok(Json(json!({ "runs": list })).into_response())
 }
 
-async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
+async fn cancel_run(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = run_id(&id)?;
-    match runs::cancel_run(&app.pool, id).await? {
+    match runs::cancel_run(&app.pool, id, caller.tenant.as_deref()).await? {
         Cancel::Canceled => {
             Ok(Json(json!({ "run_id": id, "state": RunState::Canceled })).into_response())
         }
@@ -326,42 +451,6 @@ async fn cancel_run(State(app): Shared, Path(id): Path<String>) -> ApiResult {
     }
 }
 
-/// `/admin/*` answer only on loopback, and only with the configured bearer token.
-fn admin(app: &Node, peer: SocketAddr, headers: &HeaderMap) -> Result<(), AppError> {
-    if !peer.ip().is_loopback() {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "the admin API answers only on this machine",
-        ));
-    }
-    let Some(token) = &app.config.admin_token else {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "the admin API is disabled: set admin_token",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Every byte compared, whatever matches first.
-    let same = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
-        return Err(AppError::field(
-            StatusCode::UNAUTHORIZED,
-            "authorization",
-            "a valid bearer token is needed",
-        ));
-    }
-    Ok(())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrainQuery {
@@ -371,13 +460,7 @@ struct DrainQuery {
 /// Starts (or joins) the drain of this node (`cluster::drain`) and answers `drained` (200)
 /// when it ends within the wait a drain request gets; otherwise 202 with `draining` and the
 /// progress (ask again to keep waiting), or `stopping` when the server shuts down meanwhile.
-async fn drain(
-    State(app): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Result<Query<DrainQuery>, QueryRejection>,
-) -> ApiResult {
-    admin(&app, peer, &headers)?;
+async fn drain(State(app): Shared, query: Result<Query<DrainQuery>, QueryRejection>) -> ApiResult {
     let q = query_params(query)?;
     let deadline = match q.deadline_secs {
         None => app.config.shutdown_grace(),
@@ -412,12 +495,7 @@ async fn drain(
 
 /// Takes this node out of its drain and off probation: it takes dispatched runs again and
 /// may run for scheduler leader.
-async fn resume(
-    State(app): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> ApiResult {
-    admin(&app, peer, &headers)?;
+async fn resume(State(app): Shared) -> ApiResult {
     app.executor.set_draining(false);
     app.executor.set_probation(false);
     if let Err(e) = app.beat().await {
@@ -467,13 +545,24 @@ struct HealthQuery {
     all_nodes: Option<bool>,
 }
 
-/// `/health`, or with `?all_nodes=true` every live node's report merged (asked over HTTP at the
-/// address each one publishes in its heartbeat); 503 when any is unhealthy or unreachable.
+/// `/health`, or with `?all_nodes=true` (which needs a token: it calls every node) every live
+/// node's report merged (asked at the address each one publishes in its heartbeat, with the
+/// cluster token, over TLS when the cluster requires it); 503 when any is unhealthy or
+/// unreachable. Shows nothing of any tenant.
 async fn health(
     State(app): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    secure: Option<Extension<fleet_tls::Secure>>,
+    headers: HeaderMap,
     query: Result<Query<HealthQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = query_params(query)?;
+    if q.all_nodes == Some(true) {
+        let access = routes::Access::Tenant(crate::auth::Role::Read);
+        if let Err(refused) = routes::admit(&app, access, peer, secure.is_some(), &headers).await {
+            return Ok(refused);
+        }
+    }
     let (mut ok, mine) = own_health(&app).await;
     let body = if q.all_nodes == Some(true) {
         let mut nodes = serde_json::Map::new();
@@ -481,7 +570,7 @@ async fn health(
         match app.membership.members().await {
             Ok(members) => {
                 for m in members.into_iter().filter(|m| m.node != app.config.node) {
-                    let report = match fetch_health(&m.listen).await {
+                    let report = match fetch_health(&app, &m).await {
                         Ok((true, r)) => r,
                         Ok((false, r)) => {
                             ok = false;
@@ -527,17 +616,34 @@ enum PeerHealthError {
     NotAReport(serde_json::Error),
     #[error("no answer within 2 s")]
     Timeout,
+    #[error("it serves no HTTPS, which this cluster requires (cluster.require_tls)")]
+    NoTls,
 }
 
-/// GET http://ADDR/health with a 2 s limit: (healthy, report).
-async fn fetch_health(addr: &str) -> Result<(bool, serde_json::Value), PeerHealthError> {
+/// GET /health of another node with a 2 s limit, with the cluster token (over HTTPS at its
+/// `listen_tls` when the cluster requires TLS): (healthy, report).
+async fn fetch_health(
+    app: &Node,
+    peer: &crate::cluster::Member,
+) -> Result<(bool, serde_json::Value), PeerHealthError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, tls) = match (app.config.cluster.require_tls, &peer.listen_tls) {
+        (false, _) => (peer.listen.as_str(), None),
+        (true, Some(addr)) => (addr.as_str(), app.peer_tls.as_ref()),
+        (true, None) => return Err(PeerHealthError::NoTls),
+    };
+    let token = app
+        .config
+        .cluster_token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let work = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
+        let mut stream = fleet_tls::connect(addr, tls)
             .await
             .map_err(PeerHealthError::Io)?;
         stream
-            .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n{token}\r\n").as_bytes())
             .await
             .map_err(PeerHealthError::Io)?;
         let mut answer = Vec::new();

@@ -113,6 +113,8 @@ pub struct RunEnv {
     /// over).
     pub claim_epoch: i64,
     pub storage: PathBuf,
+    /// The run's tenant: every path it names is confined to its folder on `storage`.
+    pub scope: crate::auth::Scope,
     /// The server's own pool: a table destination writes through it (never a source).
     pub pool: sqlx::PgPool,
     /// The node running it (named in errors).
@@ -291,7 +293,7 @@ fn start_source(
             header,
             ..
         } => {
-            let (storage, path) = (env.storage.clone(), path.clone());
+            let (storage, path) = (env.storage.clone(), env.scope.path(path)?);
             let (d, q, h) = (*delimiter, *quote, *header);
             // Opening is blocking too (shared storage may be slow): on the source's thread.
             tokio::task::spawn_blocking(move || {
@@ -304,7 +306,7 @@ fn start_source(
             })
         }
         Source::Jsonl { path } => {
-            let (storage, path) = (env.storage.clone(), path.clone());
+            let (storage, path) = (env.storage.clone(), env.scope.path(path)?);
             tokio::task::spawn_blocking(move || {
                 let r = open_input(&storage, &path).and_then(|file| source::jsonl(file, &mut tx));
                 if let Err(e) = &r {
@@ -353,7 +355,7 @@ pub async fn stage_new(
     error: fn(&str, std::io::Error) -> PipelineError,
 ) -> Result<storage::Staged, PipelineError> {
     let tag = format!("run{}-{}", env.run_id, env.claim_epoch);
-    let (base, path) = (env.storage.clone(), path.to_owned());
+    let (base, path) = (env.storage.clone(), env.scope.path(path)?);
     blocking(move || {
         storage::Dir::walk(&base, &path, true)?
             .stage(&tag)

@@ -202,6 +202,9 @@ pub enum StorageError {
     LeavesStorage { path: String },
     #[error("`{path}` names no file")]
     NoFileName { path: String },
+    /// The default tenant's flows stay out of the tenants' folders.
+    #[error("`{path}` is in `tenants/`, the tenants' folders: not the default tenant's")]
+    TenantsFolder { path: String },
     /// A directory of the path, or its file, is a symbolic link (`link`: the path up to it).
     #[error(
         "`{path}` goes through the symbolic link `{link}`: no link is followed on shared storage"

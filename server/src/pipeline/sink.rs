@@ -65,6 +65,23 @@ impl Sink {
         match &flow.destination {
             Destination::Postgres { table, mode, key } => {
                 let mut conn = env.pool.acquire().await.map_err(pg("destination"))?;
+                // A tenant's table is in its own schema, made on its first use (outside the
+                // run's transaction; two runs making it at once: one of them made it).
+                if env.scope.schema().as_ref() == Some(&table.schema) {
+                    let made = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "CREATE SCHEMA IF NOT EXISTS {}",
+                        quote_ident(&table.schema)
+                    )))
+                    .execute(&mut *conn)
+                    .await;
+                    match made {
+                        Err(sqlx::Error::Database(e))
+                            if matches!(e.code().as_deref(), Some("23505" | "42P06")) => {}
+                        other => {
+                            other.map_err(pg("the tenant's schema"))?;
+                        }
+                    }
+                }
                 sqlx::raw_sql("BEGIN")
                     .execute(&mut *conn)
                     .await

@@ -12,7 +12,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::SourceConnection;
+use crate::auth::Scope;
+use crate::config::{SourceConnection, Tenant};
 use crate::pipeline::engine::{self, Ending, Report, RunEnv};
 use crate::pipeline::flow::Flow;
 
@@ -55,6 +56,9 @@ pub struct Executor {
     storage: std::path::PathBuf,
     /// The connections Postgres sources read through (`[sources.NAME]`).
     sources: Arc<BTreeMap<String, SourceConnection>>,
+    /// The configured tenants: what their flows may use, and their limits (`claim`).
+    tenants: BTreeMap<String, Tenant>,
+    limits: TenantLimits,
     slots: Arc<Semaphore>,
     limit: usize,
     wake: Notify,
@@ -74,20 +78,28 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// The executor of `config`'s node: its name, shared storage, source connections,
+    /// tenants and `limits.max_running_flows`.
     pub fn new(
         pool: PgPool,
-        node: String,
-        storage: std::path::PathBuf,
-        sources: BTreeMap<String, SourceConnection>,
-        limit: usize,
+        config: &crate::config::Config,
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Arc<Executor> {
+        let tenants = config.tenants.clone();
+        let limit = config.limits.max_running_flows;
+        let limits = TenantLimits::new(
+            tenants
+                .iter()
+                .filter_map(|(n, t)| Some((n.as_str(), t.max_running_flows?))),
+        );
         Arc::new(Executor {
             pool,
-            node,
-            storage,
-            sources: Arc::new(sources),
+            node: config.node.clone(),
+            storage: config.shared_storage.clone(),
+            sources: Arc::new(config.sources.clone()),
+            tenants,
+            limits,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             wake: Notify::new(),
@@ -211,11 +223,11 @@ impl Executor {
                 self.idle(Duration::from_secs(1)).await;
                 continue;
             }
-            match claim(&self.pool, &self.node, self.on_probation()).await {
-                Ok(Some((id, definition, epoch))) => {
+            match claim(&self.pool, &self.node, self.on_probation(), &self.limits).await {
+                Ok(Some((id, tenant, definition, epoch))) => {
                     let me = self.clone();
                     self.tasks.spawn(async move {
-                        me.execute(id, epoch, definition).await;
+                        me.execute(id, epoch, &tenant, definition).await;
                         drop(permit);
                         me.wake.notify_one();
                     });
@@ -249,7 +261,7 @@ impl Executor {
         self.stop.is_cancelled()
     }
 
-    async fn execute(&self, id: i64, epoch: i64, definition: serde_json::Value) {
+    async fn execute(&self, id: i64, epoch: i64, tenant: &str, definition: serde_json::Value) {
         let cancel = Arc::new(AtomicBool::new(false));
         let handle = Arc::new(RunHandle {
             cancel: cancel.clone(),
@@ -259,12 +271,24 @@ impl Executor {
             r.insert(id, handle.clone());
         }
         let text = definition.to_string();
-        let (state, error, report) = match Flow::parse(&text, &format!("run {id}")) {
-            Err(e) => (
-                RunState::Failed,
-                Some(format!("the stored flow is not valid: {e}")),
-                Report::default(),
-            ),
+        let scope = Scope::new(tenant);
+        // A tenant's flow is confined when it runs too, whatever was checked when it was
+        // defined (the tenant's settings may have changed since).
+        let flow = Flow::parse(&text, &format!("run {id}"))
+            .map_err(|e| format!("the stored flow is not valid: {e}"))
+            .and_then(|flow| {
+                scope
+                    .confine(&flow, self.tenants.get(tenant))
+                    .map_err(|out| {
+                        let why: Vec<String> = out
+                            .iter()
+                            .map(|o| format!("{}: {}", o.field, o.message))
+                            .collect();
+                        format!("outside tenant `{tenant}`: {}", why.join("; "))
+                    })
+            });
+        let (state, error, report) = match flow {
+            Err(e) => (RunState::Failed, Some(e), Report::default()),
             Ok(flow) => {
                 tracing::info!(run = id, flow = %flow.name, "run started");
                 let (progress_tx, mut progress_rx) =
@@ -273,6 +297,7 @@ impl Executor {
                     run_id: id,
                     claim_epoch: epoch,
                     storage: self.storage.clone(),
+                    scope,
                     pool: self.pool.clone(),
                     node: self.node.clone(),
                     sources: self.sources.clone(),
@@ -400,7 +425,7 @@ impl Executor {
     }
 
     async fn user_canceled(&self, id: i64) -> bool {
-        matches!(get_run(&self.pool, id).await, Ok(Some(r)) if r.cancel_requested)
+        matches!(get_run(&self.pool, id, None).await, Ok(Some(r)) if r.cancel_requested)
     }
 
     /// Once the server's shutdown began: lets running runs go on for `grace`, then stops them

@@ -15,6 +15,7 @@ use fleet_inventory::LoadBalancing;
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
     pub id: i64,
+    pub tenant: String,
     pub flow: String,
     #[sqlx(try_from = "String")]
     pub state: RunState,
@@ -36,20 +37,21 @@ pub struct RunRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-const RUN_COLUMNS: &str = "id, flow, state, node, target_node, pinned, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
+const RUN_COLUMNS: &str = "id, tenant, flow, state, node, target_node, pinned, retry_of, rows_read, rows_written, rows_rejected, bad_rows, \
     reject_file, error, cancel_requested, created_at, started_at, finished_at";
 
 pub(super) type Db<T> = Result<T, RunsError>;
 
-/// Stores a flow; `true` when it was new.
-pub async fn put_flow(pool: &PgPool, flow: &Flow) -> Db<bool> {
+/// Stores a tenant's flow; `true` when it was new.
+pub async fn put_flow(pool: &PgPool, tenant: &str, flow: &Flow) -> Db<bool> {
     let (inserted,): (bool,) = sqlx::query_as(
-        "INSERT INTO flows (name, definition) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
+        "INSERT INTO flows (tenant, name, definition) VALUES ($3, $1, $2)
+         ON CONFLICT (tenant, name) DO UPDATE SET definition = EXCLUDED.definition, updated_at = now()
          RETURNING (xmax = 0)",
     )
     .bind(&flow.name)
     .bind(flow.to_json())
+    .bind(tenant)
     .fetch_one(pool)
     .await?;
     Ok(inserted)
@@ -57,30 +59,35 @@ pub async fn put_flow(pool: &PgPool, flow: &Flow) -> Db<bool> {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct FlowRow {
+    pub tenant: String,
     pub name: String,
     pub definition: serde_json::Value,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn list_flows(pool: &PgPool) -> Db<Vec<FlowRow>> {
-    sqlx::query_as("SELECT name, definition, created_at, updated_at FROM flows ORDER BY name")
+/// The flows of `tenant` (none: every tenant's).
+pub async fn list_flows(pool: &PgPool, tenant: Option<&str>) -> Db<Vec<FlowRow>> {
+    sqlx::query_as("SELECT tenant, name, definition, created_at, updated_at FROM flows WHERE ($1::text IS NULL OR tenant = $1) ORDER BY tenant, name")
+        .bind(tenant)
         .fetch_all(pool)
         .await
         .map_err(RunsError::Database)
 }
 
-pub async fn get_flow(pool: &PgPool, name: &str) -> Db<Option<FlowRow>> {
-    sqlx::query_as("SELECT name, definition, created_at, updated_at FROM flows WHERE name = $1")
+pub async fn get_flow(pool: &PgPool, tenant: &str, name: &str) -> Db<Option<FlowRow>> {
+    sqlx::query_as("SELECT tenant, name, definition, created_at, updated_at FROM flows WHERE tenant = $2 AND name = $1")
         .bind(name)
+        .bind(tenant)
         .fetch_optional(pool)
         .await
         .map_err(RunsError::Database)
 }
 
-pub async fn delete_flow(pool: &PgPool, name: &str) -> Db<bool> {
-    let done = sqlx::query("DELETE FROM flows WHERE name = $1")
+pub async fn delete_flow(pool: &PgPool, tenant: &str, name: &str) -> Db<bool> {
+    let done = sqlx::query("DELETE FROM flows WHERE tenant = $2 AND name = $1")
         .bind(name)
+        .bind(tenant)
         .execute(pool)
         .await?;
     Ok(done.rows_affected() > 0)
@@ -93,12 +100,13 @@ pub async fn delete_flow(pool: &PgPool, name: &str) -> Db<bool> {
 /// entry node reads are exact.
 pub async fn create_run(
     pool: &PgPool,
+    tenant: &str,
     flow: &str,
     targets: &[(String, u32)],
     load_balancing: LoadBalancing,
 ) -> Db<Option<(i64, Option<String>)>> {
     let mut tx = pool.begin().await?;
-    let created = create_run_in(&mut tx, flow, targets, load_balancing).await?;
+    let created = create_run_in(&mut tx, tenant, flow, targets, load_balancing).await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -106,6 +114,7 @@ pub async fn create_run(
 /// `create_run` inside a transaction of the caller's (the scheduler's fire).
 pub async fn create_run_in(
     tx: &mut sqlx::PgConnection,
+    tenant: &str,
     flow: &str,
     targets: &[(String, u32)],
     load_balancing: LoadBalancing,
@@ -117,10 +126,11 @@ pub async fn create_run_in(
         Some(pick(tx, targets, load_balancing).await?)
     };
     let id: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO runs (flow, definition, target_node) SELECT name, definition, $2 FROM flows WHERE name = $1 RETURNING id",
+        "INSERT INTO runs (tenant, flow, definition, target_node) SELECT tenant, name, definition, $2 FROM flows WHERE tenant = $3 AND name = $1 RETURNING id",
     )
     .bind(flow)
     .bind(&target)
+    .bind(tenant)
     .fetch_optional(&mut *tx)
     .await?;
     Ok(id.map(|(id,)| (id, target)))
@@ -130,14 +140,20 @@ pub async fn create_run_in(
 /// live, non-draining member): only that node claims it, and it is never handed to another
 /// one (`sweep` and `redispatch` end it failed instead). Its id; `None` when there is no such
 /// flow. Under the dispatch lock, like every change of a run's node.
-pub async fn create_pinned_run(pool: &PgPool, flow: &str, node: &str) -> Db<Option<i64>> {
+pub async fn create_pinned_run(
+    pool: &PgPool,
+    tenant: &str,
+    flow: &str,
+    node: &str,
+) -> Db<Option<i64>> {
     let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
     let id: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO runs (flow, definition, target_node, pinned) SELECT name, definition, $2, true FROM flows WHERE name = $1 RETURNING id",
+        "INSERT INTO runs (tenant, flow, definition, target_node, pinned) SELECT tenant, name, definition, $2, true FROM flows WHERE tenant = $3 AND name = $1 RETURNING id",
     )
     .bind(flow)
     .bind(node)
+    .bind(tenant)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -211,29 +227,35 @@ async fn pick(
     Ok(targets[index].0.clone())
 }
 
-pub async fn get_run(pool: &PgPool, id: i64) -> Db<Option<RunRow>> {
+/// Run `id`, when it is `tenant`'s (none: any tenant's).
+pub async fn get_run(pool: &PgPool, id: i64, tenant: Option<&str>) -> Db<Option<RunRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)"
     )))
     .bind(id)
+    .bind(tenant)
     .fetch_optional(pool)
     .await
     .map_err(RunsError::Database)
 }
 
+/// The newest runs of `tenant` (none: every tenant's), of `flow` and in `state` if given.
 pub async fn list_runs(
     pool: &PgPool,
+    tenant: Option<&str>,
     flow: Option<&str>,
     state: Option<RunState>,
     limit: i64,
 ) -> Db<Vec<RunRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR flow = $1) AND ($2::text IS NULL OR state = $2)
+           AND ($4::text IS NULL OR tenant = $4)
          ORDER BY id DESC LIMIT $3"
     )))
     .bind(flow)
     .bind(state.map(RunState::as_str))
     .bind(limit)
+    .bind(tenant)
     .fetch_all(pool)
     .await
     .map_err(RunsError::Database)
@@ -251,16 +273,18 @@ pub enum Cancel {
     NotFound,
 }
 
-pub async fn cancel_run(pool: &PgPool, id: i64) -> Db<Cancel> {
+/// Cancels run `id` when it is `tenant`'s (none: any tenant's).
+pub async fn cancel_run(pool: &PgPool, id: i64, tenant: Option<&str>) -> Db<Cancel> {
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE runs SET
             state = CASE WHEN state = 'queued' THEN 'canceled' ELSE state END,
             finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
             cancel_requested = cancel_requested OR state IN ('queued', 'running')
-         WHERE id = $1
+         WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)
          RETURNING (SELECT state FROM runs WHERE id = $1)",
     )
     .bind(id)
+    .bind(tenant)
     .fetch_optional(pool)
     .await?;
     Ok(match row {
@@ -285,54 +309,104 @@ const CONCURRENCY: &str =
 /// How many times a claim looks again after losing a race for a flow's last place.
 const CLAIM_ATTEMPTS: usize = 3;
 
+/// The tenants' limits of running runs, cluster-wide (`[tenants.NAME] max_running_flows`),
+/// as the claim passes them to Postgres; a tenant not listed has no limit.
+#[derive(Debug, Clone, Default)]
+pub struct TenantLimits {
+    names: Vec<String>,
+    limits: Vec<i32>,
+}
+
+impl TenantLimits {
+    pub fn new<'a>(limits: impl IntoIterator<Item = (&'a str, usize)>) -> TenantLimits {
+        let (names, limits) = limits
+            .into_iter()
+            .map(|(n, l)| (n.to_owned(), i32::try_from(l).unwrap_or(i32::MAX)))
+            .unzip();
+        TenantLimits { names, limits }
+    }
+
+    fn of(&self, tenant: &str) -> Option<i32> {
+        let i = self.names.iter().position(|n| n == tenant)?;
+        Some(self.limits[i])
+    }
+}
+
+/// A claimed run: its id, tenant, flow definition and claim epoch.
+pub type Claimed = (i64, String, serde_json::Value, i64);
+
 /// Claims the oldest queued run for `node` (dispatched to it, or to any node; with
 /// `pinned_only`, a node on probation, only one pinned to it) whose flow is below its
-/// concurrency limit, if any: its id, flow definition and claim epoch. The limit
-/// holds cluster-wide: in the claim's transaction, a run of a limited flow takes the flow's
-/// advisory lock and counts its running runs afresh before it becomes `running`, so two nodes
-/// claiming at once cannot both take the last place.
+/// concurrency limit and whose tenant is below its own, if any. The limits
+/// hold cluster-wide: in the claim's transaction, a run of a limited flow (or tenant) takes
+/// the flow's (or tenant's) advisory lock and counts its running runs afresh before it
+/// becomes `running`, so two nodes claiming at once cannot both take the last place; a tenant
+/// at its limit leaves its runs queued and the next tenant's run is claimed.
 pub(super) async fn claim(
     pool: &PgPool,
     node: &str,
     pinned_only: bool,
-) -> Db<Option<(i64, serde_json::Value, i64)>> {
+    tenants: &TenantLimits,
+) -> Db<Option<Claimed>> {
     for _ in 0..CLAIM_ATTEMPTS {
         let mut tx = pool.begin().await?;
-        let candidate: Option<(i64, String, Option<i32>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT id, flow, {CONCURRENCY} FROM runs q
+        let candidate: Option<(i64, String, String, Option<i32>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT id, tenant, flow, {CONCURRENCY} FROM runs q
              WHERE state = 'queued' AND (target_node = $1 OR target_node IS NULL) AND (pinned OR NOT $2)
                AND ({CONCURRENCY} IS NULL
-                    OR (SELECT count(*) FROM runs r WHERE r.flow = q.flow AND r.state = 'running') < {CONCURRENCY})
+                    OR (SELECT count(*) FROM runs r WHERE r.tenant = q.tenant AND r.flow = q.flow AND r.state = 'running') < {CONCURRENCY})
+               AND (NOT q.tenant = ANY($3)
+                    OR (SELECT count(*) FROM runs r WHERE r.tenant = q.tenant AND r.state = 'running')
+                       < (SELECT l FROM unnest($3::text[], $4::int[]) AS t(n, l) WHERE n = q.tenant))
              ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
         )))
         .bind(node)
         .bind(pinned_only)
+        .bind(&tenants.names)
+        .bind(&tenants.limits)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((id, flow, limit)) = candidate else {
+        let Some((id, tenant, flow, limit)) = candidate else {
             return Ok(None);
         };
+        // Claims of this flow (tenant) queue here until the one before commits; the count
+        // below, a new statement, then sees its run.
         if let Some(limit) = limit {
-            // Claims of this flow queue here until the one before commits; the count below,
-            // a new statement, then sees its run.
-            sqlx::query("SELECT pg_advisory_xact_lock(7133402, hashtext($1))")
+            sqlx::query("SELECT pg_advisory_xact_lock(7133402, hashtext($1 || '/' || $2))")
+                .bind(&tenant)
                 .bind(&flow)
                 .execute(&mut *tx)
                 .await?;
+            let (running,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM runs WHERE tenant = $1 AND flow = $2 AND state = 'running'",
+            )
+            .bind(&tenant)
+            .bind(&flow)
+            .fetch_one(&mut *tx)
+            .await?;
+            if running >= i64::from(limit) {
+                // Another node took the last place meanwhile: look again.
+                continue;
+            }
+        }
+        if let Some(limit) = tenants.of(&tenant) {
+            sqlx::query("SELECT pg_advisory_xact_lock(7133403, hashtext($1))")
+                .bind(&tenant)
+                .execute(&mut *tx)
+                .await?;
             let (running,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM runs WHERE flow = $1 AND state = 'running'")
-                    .bind(&flow)
+                sqlx::query_as("SELECT count(*) FROM runs WHERE tenant = $1 AND state = 'running'")
+                    .bind(&tenant)
                     .fetch_one(&mut *tx)
                     .await?;
             if running >= i64::from(limit) {
-                // Another node took the last place meanwhile: look again, without this flow.
                 continue;
             }
         }
         let claimed = sqlx::query_as(
             "UPDATE runs SET state = 'running', node = $2, started_at = now(), claim_epoch = claim_epoch + 1
              WHERE id = $1 AND state = 'queued'
-             RETURNING id, definition, claim_epoch",
+             RETURNING id, tenant, definition, claim_epoch",
         )
         .bind(id)
         .bind(node)
@@ -344,12 +418,16 @@ pub(super) async fn claim(
     Ok(None)
 }
 
-/// Queued runs and running runs per node, for `/api/cluster`.
-pub async fn queue_depths(pool: &PgPool) -> Db<Vec<(Option<String>, i64, i64)>> {
+/// Queued runs and running runs per node, for `/api/cluster`: `tenant`'s (none: all).
+pub async fn queue_depths(
+    pool: &PgPool,
+    tenant: Option<&str>,
+) -> Db<Vec<(Option<String>, i64, i64)>> {
     sqlx::query_as(
         "SELECT coalesce(target_node, node), count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running')
-         FROM runs WHERE state IN ('queued', 'running') GROUP BY 1 ORDER BY 1",
+         FROM runs WHERE state IN ('queued', 'running') AND ($1::text IS NULL OR tenant = $1) GROUP BY 1 ORDER BY 1",
     )
+    .bind(tenant)
     .fetch_all(pool)
     .await
     .map_err(RunsError::Database)
@@ -443,16 +521,16 @@ pub async fn sweep(
     let mut tx = pool.begin().await?;
     lock_dispatch(&mut tx).await?;
     let mut swept = Swept::default();
-    let interrupted: Vec<(i64, String, serde_json::Value, i32, bool)> = sqlx::query_as(
+    let interrupted: Vec<(i64, String, String, serde_json::Value, i32, bool)> = sqlx::query_as(
         "UPDATE runs SET state = 'interrupted', finished_at = now(),
                 error = 'node ' || node || ' stopped sending heartbeats while the run was running'
          WHERE state = 'running' AND node = ANY($1)
-         RETURNING id, flow, definition, attempt, pinned",
+         RETURNING id, tenant, flow, definition, attempt, pinned",
     )
     .bind(dead)
     .fetch_all(&mut *tx)
     .await?;
-    for (id, flow, definition, attempt, pinned) in interrupted {
+    for (id, tenant, flow, definition, attempt, pinned) in interrupted {
         swept.interrupted.push(id);
         let retries = definition
             .get("retries")
@@ -464,13 +542,14 @@ pub async fn sweep(
         }
         let target = pick(&mut tx, live, load_balancing).await?;
         let (retry,): (i64,) = sqlx::query_as(
-            "INSERT INTO runs (flow, definition, target_node, retry_of, attempt) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO runs (tenant, flow, definition, target_node, retry_of, attempt) VALUES ($6, $1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(&flow)
         .bind(&definition)
         .bind(&target)
         .bind(id)
         .bind(attempt + 1)
+        .bind(&tenant)
         .fetch_one(&mut *tx)
         .await?;
         swept.retries.push((retry, target));

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use fleet_tests::{REDIS_URL, TestDb, call, call_raw};
+use fleet_tests::{ADMIN_TOKEN, REDIS_URL, TestDb, call, call_raw};
 use serde_json::Value;
 
 /// The text of a server config for `db`, shared storage `storage`, listening on `listen`; the
-/// Redis key prefix is the database's name, so every test has its own cluster. Postgres
+/// Redis key prefix is the database's name, so every test has its own cluster. The operator's
+/// admin token is `fleet_tests::ADMIN_TOKEN` (what `call` presents). Postgres
 /// sources read the test's database through the connection `db` (a dotted key, so `extra`
 /// may still add top-level keys and tables, `[sources.other]` included).
 pub fn config_text(node: &str, db: &TestDb, storage: &Path, listen: &str, extra: &str) -> String {
     format!(
-        "node = \"{node}\"\nlisten = \"{listen}\"\nshared_storage = \"{}\"\npostgres_url = \"{}\"\nredis_url = \"{REDIS_URL}\"\nredis_prefix = \"{}:\"\nsources.db.server_database = true\n{extra}",
+        "node = \"{node}\"\nlisten = \"{listen}\"\nshared_storage = \"{}\"\npostgres_url = \"{}\"\nredis_url = \"{REDIS_URL}\"\nredis_prefix = \"{}:\"\nadmin_token = \"{ADMIN_TOKEN}\"\nsources.db.server_database = true\n{extra}",
         storage.display(),
         db.url,
         db.name
