@@ -242,6 +242,18 @@ async fn etl_server_token_prints_a_token_once_lists_without_it_and_revokes() {
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // A reader that closed early (`| head -n 1` after the token's line) is no failure.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_etl-server"))
+        .args(["token", "create", "--config", &config, "--role", "read"])
+        .stdout(writer)
+        .output()
+        .expect("etl-server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
     let (code, _, err) = etl_server(&["token", "revoke", "--config", &config, "etl_000000000000"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no token etl_000000000000"), "{err}");

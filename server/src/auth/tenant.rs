@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn a_tenant_path_is_under_its_folder_and_the_default_tenant_stays_out_of_tenants() {
         let acme = Scope::new("acme");
-        assert_eq!(acme.path("in/a.csv").expect("allowed"), "tenants/acme/in/a.csv");
+        assert_eq!(
+            acme.path("in/a.csv").expect("allowed"),
+            "tenants/acme/in/a.csv"
+        );
         for bad in ["../x.csv", "/etc/passwd", "a/../../x", ""] {
             assert!(acme.path(bad).is_err(), "{bad}");
         }
@@ -167,7 +170,10 @@ mod tests {
         };
         let acme = Scope::new("acme");
         assert_eq!(acme.table(&t("public")).expect("allowed"), t("tenant_acme"));
-        assert_eq!(acme.table(&t("tenant_acme")).expect("allowed"), t("tenant_acme"));
+        assert_eq!(
+            acme.table(&t("tenant_acme")).expect("allowed"),
+            t("tenant_acme")
+        );
         assert!(acme.table(&t("tenant_globex")).is_err());
         assert!(acme.table(&t("sales")).is_err());
         let default = Scope::new(DEFAULT_TENANT);
