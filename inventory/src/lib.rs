@@ -31,8 +31,8 @@ pub use model::{
 };
 pub use problem::{LoadError, Pos, Problem, Problems, suggest, typo_hint};
 pub use schema::{
-    DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT, FLOW_NAME_HINT, NAME_HINT, is_flow_name, is_name,
-    is_tenant_name,
+    DEFAULT_AUTHORIZED_KEYS, DEFAULT_NODE_ROOT, FLOW_NAME_HINT, NAME_HINT, TENANT_NAME_HINT,
+    is_flow_name, is_name, is_tenant_name,
 };
 pub use secret::{Secret, SecretError, SecretRef, Setting, mask_url_password};
 pub use select::{SelectError, glob_match};

@@ -110,6 +110,9 @@ pub fn is_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
 }
 
+/// What a tenant's name may be, for messages.
+pub const TENANT_NAME_HINT: &str = "a-z first, then a-z, 0-9, '_' or '-', at most 48";
+
 /// Whether `s` is a tenant's name, as the ETL server takes it: what follows `tenants/` in its
 /// paths and `tenant_` in its schema.
 pub fn is_tenant_name(s: &str) -> bool {

@@ -369,7 +369,8 @@ pub enum ConfigProblem {
     #[error("cluster.require_tls needs listen_tls and tls_ca_file")]
     RequireTls,
     #[error(
-        "tenants.{given:?} is not a tenant name (a-z first, then a-z, 0-9, '_' or '-', at most 48)"
+        "tenants.{given:?} is not a tenant name ({})",
+        fleet_inventory::TENANT_NAME_HINT
     )]
     TenantName { given: String },
     #[error(
@@ -462,22 +463,18 @@ impl Config {
         if file.limits.max_running_flows == 0 {
             return Err(at(ConfigProblem::ZeroMaxRunningFlows));
         }
-        let admin_token = match (&file.admin_token, &file.admin_token_file) {
-            (None, None) => None,
-            _ => Some(secret(
-                file.admin_token.clone(),
-                file.admin_token_file.clone(),
-                "admin_token",
-            )?),
-        };
-        let cluster_token = match (&file.cluster_token, &file.cluster_token_file) {
-            (None, None) => None,
-            _ => Some(secret(
-                file.cluster_token.clone(),
-                file.cluster_token_file.clone(),
-                "cluster_token",
-            )?),
-        };
+        // A secret that may be left out: none when neither form is given.
+        let optional =
+            |inline: &Option<String>, file: &Option<PathBuf>, key: &str| match (inline, file) {
+                (None, None) => Ok(None),
+                _ => secret(inline.clone(), file.clone(), key).map(Some),
+            };
+        let admin_token = optional(&file.admin_token, &file.admin_token_file, "admin_token")?;
+        let cluster_token = optional(
+            &file.cluster_token,
+            &file.cluster_token_file,
+            "cluster_token",
+        )?;
         for (key, token) in [
             ("admin_token", &admin_token),
             ("cluster_token", &cluster_token),
@@ -514,7 +511,7 @@ impl Config {
         }
         let mut tenants = BTreeMap::new();
         for (name, t) in &file.tenants {
-            if !crate::auth::valid_tenant(name) {
+            if !fleet_inventory::is_tenant_name(name) {
                 return Err(at(ConfigProblem::TenantName {
                     given: name.clone(),
                 }));

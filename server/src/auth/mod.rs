@@ -126,11 +126,6 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A tenant's name: what may follow `tenants/` in a path and `tenant_` in a schema's name.
-pub fn valid_tenant(name: &str) -> bool {
-    fleet_inventory::is_tenant_name(name)
-}
-
 /// A duration as `30d`, `12h`, `90m` or `3600s`.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
@@ -196,10 +191,10 @@ mod tests {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
         for ok in ["acme", "acme-eu_2", "a"] {
-            assert!(valid_tenant(ok), "{ok}");
+            assert!(fleet_inventory::is_tenant_name(ok), "{ok}");
         }
         for bad in ["", "Acme", "../x", "a/b", "1acme", "a b", &"a".repeat(49)] {
-            assert!(!valid_tenant(bad), "{bad}");
+            assert!(!fleet_inventory::is_tenant_name(bad), "{bad}");
         }
     }
 }

@@ -13,7 +13,7 @@ pub enum TokensError {
     Db(#[from] sqlx::Error),
     #[error("no random bytes for a token: {0}")]
     Random(getrandom::Error),
-    #[error("tenant {0:?} is not a tenant name (a-z first, then a-z, 0-9, '_' or '-', at most 48)")]
+    #[error("tenant {0:?} is not a tenant name ({hint})", hint = fleet_inventory::TENANT_NAME_HINT)]
     Tenant(String),
     #[error("no token {0}")]
     NotFound(String),
@@ -71,7 +71,7 @@ impl<'a> TokenStore<'a> {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(NewToken, TokenRow), TokensError> {
         if let Some(t) = tenant
-            && !super::valid_tenant(t)
+            && !fleet_inventory::is_tenant_name(t)
         {
             return Err(TokensError::Tenant(t.to_owned()));
         }
